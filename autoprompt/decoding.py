@@ -1,0 +1,59 @@
+"""The frozen SAM prompt encoder and mask decoder, called batched: one prompt per image.
+
+The PyPI ``segment_anything.MaskDecoder.predict_masks`` repeats the image embeddings once per prompt, so B images
+with one prompt each would become B x B decodings. ``PromptDecoder.forward`` writes the batched path out with the
+decoder's own submodules, and keeps only the single-mask output (``multimask_output=False``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import MaskDecoder, PromptEncoder
+from torch import Tensor, nn
+
+
+class PromptDecoder(nn.Module):
+    """Frozen prompt encoder and mask decoder; ``input_size`` is the encoder's square input side."""
+
+    def __init__(self, prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder, input_size: int) -> None:
+        super().__init__()
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.input_size = input_size
+
+    def image_pe(self) -> Tensor:
+        """The fixed positional encoding, 1 x 256 x 64 x 64."""
+        return self.prompt_encoder.get_dense_pe()
+
+    def box_prompt(self, boxes: Tensor) -> tuple[Tensor, Tensor]:
+        """B x 4 boxes (x_min, y_min, x_max, y_max, in the input_size frame) -> sparse B x 2 x 256, dense
+        B x 256 x 64 x 64."""
+        assert boxes.ndim == 2 and boxes.shape[1] == 4, f"expected B x 4 boxes, got {tuple(boxes.shape)}"
+        return self.prompt_encoder(points=None, boxes=boxes.float(), masks=None)
+
+    def forward(self, embeddings: Tensor, sparse: Tensor, dense: Tensor) -> Tensor:
+        """Image embeddings B x 256 x 64 x 64 and one prompt per image -> low-resolution logits B x 1 x 256 x 256."""
+        decoder = self.mask_decoder
+        batch, channels, height, width = embeddings.shape
+        assert sparse.shape[0] == batch and sparse.shape[2] == channels, (
+            f"sparse prompts {tuple(sparse.shape)} do not fit embeddings {tuple(embeddings.shape)}"
+        )
+        assert dense.shape == embeddings.shape, f"dense {tuple(dense.shape)} != embeddings {tuple(embeddings.shape)}"
+
+        output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+        tokens = torch.cat([output_tokens[None].expand(batch, -1, -1), sparse], dim=1)
+        src = embeddings + dense
+        pos = self.image_pe().expand(batch, -1, -1, -1)
+
+        hs, src = decoder.transformer(src, pos, tokens)
+        first_mask_token = hs[:, 1, :]  # token 0 is the IoU token; mask token 0 is the single-mask output
+        upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(batch, channels, height, width))
+        hyper = decoder.output_hypernetworks_mlps[0](first_mask_token)  # B x C'
+        b, c, h, w = upscaled.shape
+        return torch.bmm(hyper[:, None, :], upscaled.reshape(b, c, h * w)).reshape(b, 1, h, w)
+
+
+def to_label_size(logits: Tensor, size: int) -> Tensor:
+    """B x 1 x 256 x 256 low-resolution logits -> B x size x size, bilinear, ``align_corners=False``."""
+    return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)[:, 0]

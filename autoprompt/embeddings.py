@@ -1,0 +1,171 @@
+"""The embedding store: image embeddings N x 256 x 64 x 64 float16, one image per chunk, sharded.
+
+A store is built under ``<name>.partial`` and moved to its final name only once every shard is written, so
+the final path always holds a whole store. Shards are the unit of work and of resumption: a shard counts as
+done once its marker ``_progress/shard-<i>`` exists, so a killed run redoes at most the shards it was writing.
+Parts of one job (``--part-id/--num-parts``, or torchrun's RANK/WORLD_SIZE) take disjoint sets of shards of the
+same partial store. A store's identity (backbone, checkpoint hash, prepared-data hash, ids) is in its
+attributes; a store of another identity is refused, never reused.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from autoprompt.errors import InputError
+
+log = logging.getLogger(__name__)
+
+SHAPE = (256, 64, 64)
+IDENTITY_KEYS = ("backbone", "checkpoint_sha256", "source_sha256")
+PROGRESS = "_progress"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What an embedding store was made from."""
+
+    backbone: str
+    checkpoint_sha256: str
+    source_sha256: str
+    ids: tuple[str, ...]
+
+    def attrs(self) -> dict:
+        return {"backbone": self.backbone, "checkpoint_sha256": self.checkpoint_sha256,
+                "source_sha256": self.source_sha256, "ids": list(self.ids)}
+
+    def mismatch(self, attrs: dict) -> str | None:
+        """The first attribute in which a store differs from this identity, described; None if none."""
+        for key in IDENTITY_KEYS:
+            if attrs.get(key) != getattr(self, key):
+                return f"{key} {str(attrs.get(key))[:16]} != {str(getattr(self, key))[:16]}"
+        if tuple(attrs.get("ids", ())) != self.ids:
+            return "its image ids differ"
+        return None
+
+
+def partial_path(path: Path) -> Path:
+    return Path(path).with_name(Path(path).name + ".partial")
+
+
+def shard_count(n_images: int, shard_size: int) -> int:
+    return (n_images + shard_size - 1) // shard_size
+
+
+def part_shards(n_shards: int, part_id: int, num_parts: int) -> list[int]:
+    """The shards of one part: every ``num_parts``-th, from ``part_id``."""
+    if not 0 <= part_id < num_parts:
+        raise InputError(f"--part-id {part_id} is outside 0..{num_parts - 1}; pass 0 <= part-id < num-parts")
+    return list(range(part_id, n_shards, num_parts))
+
+
+def _refuse(path: Path, why: str) -> InputError:
+    return InputError(f"{path}: embedding store made from other inputs ({why}); delete it to encode again "
+                      "(rm -r it), or set encode.backbone/encode.checkpoint back")
+
+
+def _create(path: Path, identity: Identity, shard_size: int) -> None:
+    """Create the partial store at ``path`` in one rename, so that concurrent parts agree on one store."""
+    tmp = path.with_name(f".{path.name}.new-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    group = zarr.open_group(tmp, mode="w")
+    group.create_array(
+        "embeddings",
+        shape=(len(identity.ids), *SHAPE),
+        chunks=(1, *SHAPE),
+        shards=(shard_size, *SHAPE),
+        dtype="float16",
+        compressors=[BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")],
+        fill_value=0,
+    )
+    group.attrs.update({**identity.attrs(), "shard_size": shard_size})
+    (tmp / PROGRESS).mkdir()
+    try:
+        tmp.rename(path)
+    except OSError:  # another part created it first
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def open_for_writing(path: Path, identity: Identity, shard_size: int) -> zarr.Array | None:
+    """The partial store's array to write shards into, created if needed; None when ``path`` is complete."""
+    path = Path(path)
+    if path.exists():
+        why = identity.mismatch(dict(zarr.open_group(path, mode="r").attrs))
+        if why:
+            raise _refuse(path, why)
+        return None
+    partial = partial_path(path)
+    if not partial.exists():
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        _create(partial, identity, shard_size)
+    group = zarr.open_group(partial, mode="r+")
+    why = identity.mismatch(dict(group.attrs))
+    if why:
+        raise _refuse(partial, why)
+    if group.attrs["shard_size"] != shard_size:
+        raise _refuse(partial, f"shard_size {group.attrs['shard_size']} != {shard_size}")
+    return group["embeddings"]
+
+
+def _marker(partial: Path, shard: int) -> Path:
+    return partial / PROGRESS / f"shard-{shard:06d}"
+
+
+def done_shards(path: Path, n_shards: int) -> set[int]:
+    partial = partial_path(path)
+    return {i for i in range(n_shards) if _marker(partial, i).exists()}
+
+
+def write_shard(array: zarr.Array, path: Path, shard: int, embeddings: np.ndarray) -> None:
+    """Write one whole shard of embeddings (shard_size x 256 x 64 x 64, fewer for the last), then mark it done."""
+    shard_size = array.shards[0]
+    start = shard * shard_size
+    stop = min(start + shard_size, array.shape[0])
+    assert embeddings.shape == (stop - start, *SHAPE), (
+        f"shard {shard} needs {(stop - start, *SHAPE)} embeddings, got {embeddings.shape}"
+    )
+    array[start:stop] = embeddings.astype(np.float16)
+    _marker(partial_path(path), shard).touch()
+
+
+def finalize(path: Path, n_shards: int) -> bool:
+    """Move a partial store whose shards are all done to its final name; True when ``path`` is complete."""
+    path = Path(path)
+    partial = partial_path(path)
+    if path.exists():
+        return True
+    if len(done_shards(path, n_shards)) < n_shards:
+        return False
+    try:
+        partial.rename(path)
+    except FileNotFoundError:  # another part finalized it first
+        return path.exists()
+    shutil.rmtree(path / PROGRESS, ignore_errors=True)
+    return True
+
+
+def open_embeddings(path: Path) -> zarr.Group:
+    """A complete store, for reading."""
+    path = Path(path)
+    if not path.exists():
+        hint = " (an unfinished encode is in .partial: run encode again to resume it)" if partial_path(
+            path).exists() else ""
+        raise InputError(f"{path}: embedding store not found{hint}; run `dvc repro` (the encode stage) first")
+    return zarr.open_group(path, mode="r")
+
+
+def check_source(group: zarr.Group, path: Path, backbone: str, source_sha256: str) -> None:
+    """Refuse a store made with another backbone or from other prepared data than the caller's."""
+    attrs = dict(group.attrs)
+    if attrs.get("backbone") != backbone:
+        raise _refuse(path, f"backbone {attrs.get('backbone')} != {backbone}")
+    if attrs.get("source_sha256") != source_sha256:
+        raise _refuse(path, "the prepared images changed since it was encoded")

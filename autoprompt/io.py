@@ -1,0 +1,44 @@
+"""Whole-or-nothing writes: outputs appear complete under their final name, or not at all."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` to write a file or folder into; move it into place on success.
+
+    On failure the temporary is removed and whatever stood at ``path`` before is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    _remove(tmp)
+    try:
+        yield tmp
+        previous = None
+        if path.is_dir():  # a folder cannot be replaced in one step: move it aside first
+            previous = path.with_name(f".{path.name}.old-{os.getpid()}")
+            path.rename(previous)
+        os.replace(tmp, path)
+        if previous is not None:
+            _remove(previous)
+    finally:
+        _remove(tmp)
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()

@@ -1,0 +1,48 @@
+"""What every stage script shares: params by section, logging, one-line errors, device choice."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import yaml
+
+from autoprompt.errors import InputError
+
+log = logging.getLogger("autoprompt")
+
+
+def load_params(path: Path | str = "params.yaml") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: params file not found; run from the folder that holds dvc.yaml")
+    with path.open() as handle:
+        return yaml.safe_load(handle)
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (params.yaml)")
+    return parser
+
+
+def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
+    """Run a stage's main; a bad input ends it with its one-line message and exit status 2."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    try:
+        main(argv)
+    except InputError as error:
+        log.error("%s", error)
+        sys.exit(2)
+
+
+def select_device(setting: str = "auto") -> torch.device:
+    """``auto``: the GPU when there is one, else the CPU; or a torch device string."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)

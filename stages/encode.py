@@ -1,0 +1,79 @@
+"""encode@<dataset>: run a backbone's image encoder once per prepared image into a sharded Zarr store.
+
+Resumable (finished shards are kept) and splittable: ``--part-id/--num-parts``, or torchrun's RANK and
+WORLD_SIZE, give each process a disjoint set of shards of the same store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+import zarr
+from tqdm import tqdm
+
+from autoprompt import backbones, embeddings
+from autoprompt.stage import load_params, parser, run, select_device
+
+log = logging.getLogger("encode")
+
+
+def part_from_env(part_id: int | None, num_parts: int | None) -> tuple[int, int]:
+    """Explicit flags win; else torchrun's RANK/WORLD_SIZE; else one part."""
+    if part_id is not None or num_parts is not None:
+        return part_id or 0, num_parts or 1
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser(__doc__)
+    args.add_argument("--dataset", required=True)
+    args.add_argument("--store", type=Path, required=True, help="prepared Zarr store")
+    args.add_argument("--out", type=Path, required=True, help="embedding Zarr store to write")
+    args.add_argument("--part-id", type=int, default=None)
+    args.add_argument("--num-parts", type=int, default=None)
+    args = args.parse_args(argv)
+    params = load_params(args.params)["encode"]
+    part_id, num_parts = part_from_env(args.part_id, args.num_parts)
+
+    name = params["backbone"]
+    checkpoint = backbones.resolve_checkpoint(name, params.get("checkpoint"))
+    images = zarr.open_group(args.store, mode="r")
+    identity = embeddings.Identity(name, backbones.file_sha256(checkpoint), images.attrs["source_sha256"],
+                                   tuple(images.attrs["ids"]))
+    shard_size = int(params["shard_size"])
+    n_images = len(identity.ids)
+    n_shards = embeddings.shard_count(n_images, shard_size)
+
+    array = embeddings.open_for_writing(args.out, identity, shard_size)
+    if array is None:
+        log.info("%s is complete; nothing to do", args.out)
+        return
+    done = embeddings.done_shards(args.out, n_shards)
+    todo = [s for s in embeddings.part_shards(n_shards, part_id, num_parts) if s not in done]
+    log.info("%s: part %d/%d, %d of its shards to encode (%d of %d done overall)", args.dataset, part_id,
+             num_parts, len(todo), len(done), n_shards)
+    if todo:
+        device = select_device(params["device"])
+        if device.type == "cuda" and "LOCAL_RANK" in os.environ:
+            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        autocast = getattr(torch, params["gpu_autocast"]) if device.type == "cuda" else None
+        encoder = backbones.build_image_encoder(name, checkpoint).to(device)
+        with tqdm(total=sum(min(shard_size, n_images - s * shard_size) for s in todo), unit="image",
+                  desc=f"encode {args.dataset} ({name}, {device.type})") as progress:
+            for shard in todo:
+                rows = slice(shard * shard_size, min((shard + 1) * shard_size, n_images))
+                batch = torch.from_numpy(images["images"][rows])
+                out = backbones.embed(encoder, name, batch, device, int(params["batch_size"]), autocast)
+                embeddings.write_shard(array, args.out, shard, out.numpy())
+                progress.update(len(batch))
+    if embeddings.finalize(args.out, n_shards):
+        log.info("%s complete: %d embeddings", args.out, n_images)
+    else:
+        log.info("%s: this part is done; the store completes when every part has finished", args.out)
+
+
+if __name__ == "__main__":
+    run(main)
