@@ -37,7 +37,7 @@ def _inside_masks(boxes: Tensor, height: int, width: int) -> tuple[Tensor, Tenso
 
 def outer_box_bce(probs: Tensor, boxes: Tensor) -> Tensor:
     """Mean of ``-log(1 - p)`` over every pixel outside the boxes of the whole batch."""
-    batch, height, width = probs.shape
+    _, height, width = probs.shape
     in_rows, in_cols = _inside_masks(boxes, height, width)
     outside = ~(in_rows[:, :, None] & in_cols[:, None, :])
     total = -(torch.log(1.0 - probs + EPS) * outside).sum()
@@ -68,7 +68,7 @@ def tightness_prior(probs: Tensor, boxes: Tensor, d: int = 5, t: float = 5.0) ->
 
     Summed over the bands of both directions per image, averaged over the batch.
     """
-    batch, height, width = probs.shape
+    _, height, width = probs.shape
     in_rows, in_cols = _inside_masks(boxes, height, width)
     row_sums = (probs * in_cols[:, None, :]).sum(dim=2)  # B x H, over the box's columns
     col_sums = (probs * in_rows[:, :, None]).sum(dim=1)  # B x W, over the box's rows

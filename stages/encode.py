@@ -41,8 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     name = params["backbone"]
     checkpoint = backbones.resolve_checkpoint(name, params.get("checkpoint"))
     images = zarr.open_group(args.store, mode="r")
-    identity = embeddings.Identity(name, backbones.file_sha256(checkpoint), images.attrs["source_sha256"],
-                                   tuple(images.attrs["ids"]))
+    identity = embeddings.Identity(
+        name, backbones.file_sha256(checkpoint), images.attrs["source_sha256"], tuple(images.attrs["ids"])
+    )
     shard_size = int(params["shard_size"])
     n_images = len(identity.ids)
     n_shards = embeddings.shard_count(n_images, shard_size)
@@ -53,16 +54,26 @@ def main(argv: list[str] | None = None) -> None:
         return
     done = embeddings.done_shards(args.out, n_shards)
     todo = [s for s in embeddings.part_shards(n_shards, part_id, num_parts) if s not in done]
-    log.info("%s: part %d/%d, %d of its shards to encode (%d of %d done overall)", args.dataset, part_id,
-             num_parts, len(todo), len(done), n_shards)
+    log.info(
+        "%s: part %d/%d, %d of its shards to encode (%d of %d done overall)",
+        args.dataset,
+        part_id,
+        num_parts,
+        len(todo),
+        len(done),
+        n_shards,
+    )
     if todo:
         device = select_device(params["device"])
         if device.type == "cuda" and "LOCAL_RANK" in os.environ:
             device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         autocast = getattr(torch, params["gpu_autocast"]) if device.type == "cuda" else None
         encoder = backbones.build_image_encoder(name, checkpoint).to(device)
-        with tqdm(total=sum(min(shard_size, n_images - s * shard_size) for s in todo), unit="image",
-                  desc=f"encode {args.dataset} ({name}, {device.type})") as progress:
+        with tqdm(
+            total=sum(min(shard_size, n_images - s * shard_size) for s in todo),
+            unit="image",
+            desc=f"encode {args.dataset} ({name}, {device.type})",
+        ) as progress:
             for shard in todo:
                 rows = slice(shard * shard_size, min((shard + 1) * shard_size, n_images))
                 batch = torch.from_numpy(images["images"][rows])

@@ -1,0 +1,47 @@
+"""Fail when a Dice mean in `dvc metrics diff --json` dropped by more than --max-drop points against HEAD."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("check_metrics")
+
+
+def drops(diff: dict, max_drop: float) -> list[str]:
+    """Every ``dice`` metric whose value fell by more than ``max_drop``, or that disappeared."""
+    failures = []
+    for path, metrics in diff.items():
+        for name, change in metrics.items():
+            if "dice" not in name or not name.endswith(".mean"):
+                continue
+            old, new = change.get("old"), change.get("new")
+            if old is not None and (new is None or old - new > max_drop):
+                failures.append(f"{path}: {name} {old} -> {new}")
+    return failures
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = argparse.ArgumentParser(description=__doc__)
+    args.add_argument("diff", type=Path)
+    args.add_argument("--max-drop", type=float, default=1.0)
+    args = args.parse_args()
+    diff = json.loads(args.diff.read_text() or "{}")
+    for path, metrics in diff.items():
+        for name, change in metrics.items():
+            log.info("%s %s: %s -> %s", path, name, change.get("old"), change.get("new"))
+    failures = drops(diff, args.max_drop)
+    for failure in failures:
+        log.error("Dice dropped by more than %.1f points: %s", args.max_drop, failure)
+    if failures:
+        sys.exit(1)
+    log.info("no Dice dropped by more than %.1f points (%d changed metrics)", args.max_drop,
+             sum(len(m) for m in diff.values()))
+
+
+if __name__ == "__main__":
+    main()

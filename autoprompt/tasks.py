@@ -1,0 +1,76 @@
+"""A task (one class of one dataset) as the train and evaluate stages see it: rows, boxes, embeddings, labels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import zarr
+from torch import Tensor
+
+from autoprompt import embeddings as store
+from autoprompt.errors import InputError
+from autoprompt.prepared import BOX, read_index, task_table
+
+
+@dataclass
+class Task:
+    """``table``: one row per image of the task (id, subject, split, row in the stores, x0, y0, x1, y1)."""
+
+    name: str
+    class_name: str
+    label_value: int
+    label_size: int
+    table: pd.DataFrame
+    prepared: zarr.Group
+    embeddings: zarr.Group
+
+    def rows(self, split: str | None = None, ids: tuple[str, ...] | None = None) -> pd.DataFrame:
+        """The task's rows of one split, or of the given ids in the given order."""
+        if ids is not None:
+            found = self.table.set_index("id").loc[list(ids)].reset_index()
+            return found[self.table.columns]
+        return self.table[self.table["split"] == split].reset_index(drop=True)
+
+    def load_embeddings(self, rows: pd.DataFrame) -> Tensor:
+        """N x 256 x 64 x 64 float16 embeddings of ``rows``."""
+        return torch.from_numpy(_select(self.embeddings["embeddings"], rows["row"].to_numpy()))
+
+    def load_masks(self, rows: pd.DataFrame) -> Tensor:
+        """N x S x S boolean masks of the task's class."""
+        return torch.from_numpy(_select(self.prepared["labels"], rows["row"].to_numpy()) == self.label_value)
+
+    def boxes(self, rows: pd.DataFrame) -> Tensor:
+        """N x 4 tight boxes (x_min, y_min, x_max, y_max, inclusive) in the label frame."""
+        return torch.from_numpy(rows[list(BOX)].to_numpy(dtype=np.int64))
+
+
+def _select(array: zarr.Array, index: np.ndarray) -> np.ndarray:
+    """``array[index]`` along the first axis, in the order of ``index``, read in one sorted selection."""
+    order = np.argsort(index)
+    data = array.get_orthogonal_selection((index[order],))
+    out = np.empty_like(data)
+    out[order] = data
+    return out
+
+
+def load_task(params: dict, name: str, prepared_store: Path, index: Path, embedding_store: Path) -> Task:
+    """Resolve ``tasks.<name>`` in params and open its prepared data and embeddings, checking they agree."""
+    if name not in params.get("tasks", {}):
+        raise InputError(
+            f"params.yaml: task {name!r} is not under tasks; add it or pick one of {sorted(params.get('tasks', {}))}"
+        )
+    spec = params["tasks"][name]
+    group, table = read_index(prepared_store, index)
+    classes = dict(group.attrs["classes"])
+    if spec["class"] not in classes:
+        raise InputError(
+            f"params.yaml: tasks.{name}.class {spec['class']!r} is not a class of {prepared_store} ({sorted(classes)})"
+        )
+    rows = task_table(table, spec["class"], int(params["prepare"]["min_foreground"]))
+    encoded = store.open_embeddings(embedding_store)
+    store.check_source(encoded, embedding_store, params["encode"]["backbone"], group.attrs["source_sha256"])
+    return Task(name, spec["class"], int(classes[spec["class"]]), int(group.attrs["crop"]), rows, group, encoded)

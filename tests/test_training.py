@@ -1,0 +1,117 @@
+"""Run plans, the training loop's determinism and start check, and saved runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from autoprompt import backbones, runs
+from autoprompt.errors import InputError
+from autoprompt.fewshot import ALL, FEWSHOT, draw_subset, parse_shots, plan_runs
+from autoprompt.head import PromptHead
+from autoprompt.training import TrainConfig, check_start, live_fraction, make_head, predict, train_head
+
+TRAIN = {
+    "epochs": 2,
+    "batch_size": 2,
+    "lr": 1.0e-3,
+    "weight_decay": 1.0e-4,
+    "milestones": [1],
+    "gamma": 0.1,
+    "init": {"prompt": "whole_box", "scale": 0.01},
+    "loss": {
+        "outer_bce": 1.0,
+        "tightness": {"weight": 1.0e-4, "d": 5},
+        "size": {"weight": 1.0e-2, "bounds": [0.5, 0.9]},
+        "t": 5.0,
+    },
+}
+IDS = [f"{i:03d}_HC" for i in range(30)]
+
+
+@pytest.fixture(scope="module")
+def lite_decoder(lite_checkpoint):
+    return backbones.build_prompt_decoder("lite_medsam", lite_checkpoint)
+
+
+def test_shots_are_an_integer_or_all():
+    assert parse_shots(10) == 10 and parse_shots("10") == 10
+    assert parse_shots("all") is None and parse_shots("ALL") is None
+    for bad in (0, -3, "ten", 2.5, None):
+        with pytest.raises(InputError, match=r"train\.shots"):
+            parse_shots(bad)
+
+
+def test_plan_is_subsets_x_seeds_then_all_images():
+    plan = plan_runs(IDS, 10, subsets=3, seeds=[0, 1, 2], subset_seed=0, all_images=True)
+    fewshot = [r for r in plan if r.regime == FEWSHOT]
+    assert len(fewshot) == 9 and all(len(r.ids) == 10 for r in fewshot)
+    assert len({r.ids for r in fewshot}) == 3, "three subsets, shared by the three seeds"
+    assert [r.key for r in plan if r.regime == ALL] == ["all/seed0", "all/seed1", "all/seed2"]
+    assert all(len(r.ids) == 30 for r in plan if r.regime == ALL)
+    assert plan == plan_runs(list(reversed(IDS)), 10, 3, [0, 1, 2], 0, True), "independent of row order"
+    assert [r.regime for r in plan_runs(IDS, "all", 3, [0], 0, False)] == [ALL]
+
+
+def test_subsets_are_reproducible_and_seeded():
+    assert draw_subset(IDS, 10, 1, 0) == draw_subset(IDS, 10, 1, 0)
+    assert draw_subset(IDS, 10, 1, 0) != draw_subset(IDS, 10, 2, 0)
+    assert draw_subset(IDS, 10, 1, 0) != draw_subset(IDS, 10, 1, 7)
+    with pytest.raises(InputError, match="exceeds the 30 training images"):
+        plan_runs(IDS, 31, 3, [0], 0, False)
+
+
+def test_training_is_deterministic_and_moves_the_head(lite_decoder):
+    generator = torch.Generator().manual_seed(0)
+    embeddings = torch.randn(4, 256, 64, 64, generator=generator).half()
+    boxes = torch.tensor([[20, 30, 90, 100], [10, 10, 60, 80], [40, 40, 120, 110], [5, 50, 70, 120]])
+    config = TrainConfig.from_params(TRAIN)
+    heads = [train_head(embeddings, boxes, 128, lite_decoder, config, 3, torch.device("cpu")) for _ in range(2)]
+    start = make_head(lite_decoder, config, 3).state_dict()
+    for name, value in heads[0].state_dict().items():
+        assert torch.equal(value, heads[1].state_dict()[name]), f"{name} differs between identical runs"
+    assert any(not torch.equal(v, start[k]) for k, v in heads[0].state_dict().items()), "training changed nothing"
+
+
+@pytest.mark.parametrize("backbone", ["lite_medsam", "medsam_vit_b"])
+def test_first_predictions_are_not_saturated(backbone, lite_checkpoint, vit_b_checkpoint):
+    checkpoint = lite_checkpoint if backbone == "lite_medsam" else vit_b_checkpoint
+    decoder = backbones.build_prompt_decoder(backbone, checkpoint)
+    embeddings = torch.randn(2, 256, 64, 64, generator=torch.Generator().manual_seed(1))
+    head = make_head(decoder, TrainConfig.from_params(TRAIN), 0)
+    assert check_start(head, decoder, embeddings, 64) > 0.5
+
+
+def test_a_saturated_start_is_refused(lite_decoder):
+    head = PromptHead()
+    with torch.no_grad():
+        head.sparse.bias.fill_(50.0)
+        head.dense.bias.fill_(50.0)
+    embeddings = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(2))
+    probs = predict(lite_decoder, embeddings, 64, 1, torch.device("cpu"), head=head)
+    assert live_fraction(probs) < 0.01
+    with pytest.raises(InputError, match="saturated"):
+        check_start(head, lite_decoder, embeddings, 64)
+
+
+def test_saved_runs_are_skipped_only_while_their_config_is_unchanged(tmp_path):
+    config = {"run": "fewshot/subset0-seed0", "ids": ["a", "b"], "train": {"lr": 1e-3}}
+    folder = tmp_path / "fewshot" / "subset0-seed0"
+    folder.mkdir(parents=True)
+    assert not runs.is_done(folder, config)
+    runs.save_head(folder, PromptHead(), config)
+    assert runs.is_done(folder, config)
+    assert not runs.is_done(folder, {**config, "train": {"lr": 1e-2}})
+    head, saved = runs.load_head(folder)
+    assert saved == config and isinstance(head, PromptHead)
+    (folder / runs.WEIGHTS).write_bytes(b"truncated")
+    assert not runs.is_done(folder, config), "a damaged run is trained again"
+    with pytest.raises(InputError, match=r"head\.pt"):
+        runs.load_head(folder)
+
+
+def test_stale_runs_are_removed(tmp_path):
+    for key in ("fewshot/subset0-seed0", "fewshot/subset5-seed0", "all/seed0"):
+        (tmp_path / key).mkdir(parents=True)
+    assert runs.remove_stale(tmp_path, {"fewshot/subset0-seed0", "all/seed0"}) == ["fewshot/subset5-seed0"]
+    assert sorted(p.name for p in (tmp_path / "fewshot").iterdir()) == ["subset0-seed0"]
