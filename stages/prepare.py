@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     backbones.resolve_checkpoint(everything["encode"]["backbone"], everything["encode"].get("checkpoint"))
     log.info("%s: %d cases found under %s", args.dataset, len(files), args.raw)
     prepared = prepare_cases(reader, files, settings, int(settings["crop"]), params["on_error"])
-    prepared.table["split"] = split_table(prepared.table, params["split"], int(params["seed"]))
+    prepared.table["split"] = split_table(prepared.table, settings["split"], int(params["seed"]))
     write_prepared(
         args.store,
         args.index,

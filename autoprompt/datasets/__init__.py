@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from autoprompt.datasets import hc18
+from autoprompt.datasets import acdc, camus, hc18
 from autoprompt.datasets.records import Case, CaseFiles, Reader
 from autoprompt.errors import InputError
 
-READERS: dict[str, Reader] = {reader.name: reader for reader in (hc18.READER,)}
+READERS: dict[str, Reader] = {reader.name: reader for reader in (hc18.READER, camus.READER, acdc.READER)}
 
 
 def get_reader(name: str) -> Reader:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from autoprompt.phantoms.acdc import write_acdc_phantoms
+from autoprompt.phantoms.camus import write_camus_phantoms
 from autoprompt.phantoms.hc18 import write_hc18_phantoms
 
 
@@ -13,4 +15,14 @@ def _hc18(root: Path, settings: dict) -> None:
                         float(settings["second_image"]))
 
 
-WRITERS: dict[str, Callable[[Path, dict], None]] = {"hc18": _hc18}
+def _camus(root: Path, settings: dict) -> None:
+    write_camus_phantoms(root, int(settings["subjects"]), tuple(settings["size"]), int(settings["seed"]),
+                         str(settings.get("layout", "nifti")), bool(settings.get("split_files", False)))
+
+
+def _acdc(root: Path, settings: dict) -> None:
+    write_acdc_phantoms(root, int(settings["training"]), int(settings["testing"]), tuple(settings["size"]),
+                        tuple(settings["slices"]), int(settings["seed"]))
+
+
+WRITERS: dict[str, Callable[[Path, dict], None]] = {"hc18": _hc18, "camus": _camus, "acdc": _acdc}

@@ -1,0 +1,166 @@
+"""Synthetic ACDC data in the official layout: short-axis cine MR-like ED and ES volumes with label maps.
+
+Each volume is a stack of short-axis slices from base to apex through a torso: bright blood in an LV pool inside a
+dark myocardial ring, and a bright RV crescent wrapped around the ring's left side, all shrinking towards the apex
+(the RV ends before it), with dark lungs, bright fat, Rician-like noise and a smooth multiplicative bias field.
+Anatomy is drawn in millimetres on a grid of anisotropic spacing (in-plane 1.25-1.75 mm, slices 8-10 mm) with an
+oblique direction matrix, as scanner volumes have. Labels: 1 RV, 2 myocardium, 3 LV.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import SimpleITK as sitk
+
+from autoprompt.io import atomic_path
+
+GROUPS = ("NOR", "DCM", "HCM", "MINF", "RV")
+FRAMES = 30
+
+
+@dataclass(frozen=True)
+class Heart:
+    """A short-axis heart in mm: LV centre (y, x) in the slice, basal cavity radius, wall thickness, RV size and its
+    angle around the LV (degrees), and how far towards the apex the RV reaches (a fraction of the stack)."""
+
+    centre: tuple[float, float]
+    radius: float
+    wall: float
+    rv_width: float
+    rv_angle: float
+    rv_extent: float
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
+    """Zero-mean, unit-variance Gaussian noise blurred with ``sigma`` pixels."""
+    field = cv2.GaussianBlur(rng.standard_normal(shape).astype(np.float32), (0, 0), sigma)
+    return field / (field.std() + 1e-6)
+
+
+def draw_slice(heart: Heart, y: np.ndarray, x: np.ndarray, depth: float) -> np.ndarray:
+    """The label map (0-3) of the slice at ``depth`` (0 at the base, 1 at the apex) on the mm grid ``y``, ``x``."""
+    shrink = math.sqrt(max(1 - (0.88 * depth) ** 2, 0.0))
+    radius, wall = max(heart.radius * shrink, 4.0), heart.wall * (1 + 0.2 * depth)
+    dy, dx = y - heart.centre[0], x - heart.centre[1]
+    distance = np.hypot(dy, dx)
+    label = np.zeros(y.shape, np.uint8)
+    if depth <= heart.rv_extent:
+        t = math.radians(heart.rv_angle)
+        along, across = dx * math.cos(t) + dy * math.sin(t), -dx * math.sin(t) + dy * math.cos(t)
+        outer = radius + wall
+        rv_width = heart.rv_width * (1 - 0.6 * depth / max(heart.rv_extent, 1e-6))
+        # a crescent: an ellipse reaching ``rv_width`` beyond the ring on the RV's side, less the ring and a gap
+        semi_axis = 0.85 * (outer + rv_width)
+        ellipse = ((along - (outer + rv_width - semi_axis)) / semi_axis) ** 2 + (across / (1.15 * outer)) ** 2 <= 1
+        label[ellipse & (distance > outer + 2.5) & (along > -0.1 * outer)] = 1
+    label[distance <= radius + wall] = 2
+    label[distance <= radius] = 3
+    return label
+
+
+def render(rng: np.random.Generator, label: np.ndarray, y: np.ndarray, x: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """A cine-MR-like slice (arbitrary units, about 0-1) for a label map on the mm grid ``y``, ``x``."""
+    shape = label.shape
+    cy, cx = float(y.mean()), float(x.mean())
+    body = ((y - cy) / (0.42 * np.ptp(y))) ** 2 + ((x - cx) / (0.47 * np.ptp(x))) ** 2 <= 1
+    side = (np.abs(x - cx) - 0.25 * np.ptp(x)) / (0.13 * np.ptp(x))  # the two lungs, mirrored about the centre
+    lungs = ((y - cy + 5) / (0.3 * np.ptp(y))) ** 2 + side**2 <= 1
+    fat = body & ~(((y - cy) / (0.39 * np.ptp(y))) ** 2 + ((x - cx) / (0.44 * np.ptp(x))) ** 2 <= 1)
+    image = np.where(body, 0.35 + 0.08 * _smooth_noise(rng, shape, 6), 0.0)
+    image[lungs & body] = 0.08
+    image[fat] = 0.85
+    image[label == 2] = 0.22
+    blood = (label == 1) | (label == 3)
+    image[blood] = (0.9 + 0.05 * _smooth_noise(rng, shape, 3))[blood]
+    image = cv2.GaussianBlur(image.astype(np.float32), (0, 0), 0.8) * bias
+    noise = 0.04 * rng.standard_normal((2, *shape))
+    return np.hypot(image + noise[0], noise[1])  # the magnitude of complex Gaussian noise: Rician
+
+
+def random_heart(rng: np.random.Generator, y: np.ndarray, x: np.ndarray) -> Heart:
+    return Heart(
+        centre=(float(y.mean() + rng.uniform(-12, 12)), float(x.mean() + rng.uniform(0, 18))),
+        radius=rng.uniform(20, 28),
+        wall=rng.uniform(7, 10),
+        rv_width=rng.uniform(22, 32),
+        rv_angle=rng.uniform(160, 200),  # the RV on the image's left
+        rv_extent=rng.uniform(0.6, 0.85),
+    )
+
+
+def _direction(rng: np.random.Generator) -> tuple[float, ...]:
+    """An oblique orientation: a rotation about a random axis by 20-60 degrees, with a flip of the first axis."""
+    axis = rng.standard_normal(3)
+    axis /= np.linalg.norm(axis)
+    angle = math.radians(rng.uniform(20, 60))
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    rotation = np.eye(3) + math.sin(angle) * k + (1 - math.cos(angle)) * k @ k
+    return tuple((rotation @ np.diag([-1.0, 1.0, 1.0])).ravel().tolist())
+
+
+def _write(
+    array: np.ndarray,
+    spacing: tuple[float, float, float],
+    origin: tuple[float, ...],
+    direction: tuple[float, ...],
+    path: Path,
+) -> None:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
+    sitk.WriteImage(image, str(path), useCompression=True)
+
+
+def write_patient(rng: np.random.Generator, folder: Path, size: tuple[int, int], slices: tuple[int, int]) -> None:
+    """One patient: ``Info.cfg`` and the ED and ES frames with their ``_gt`` labels."""
+    width, height = size
+    pixel_mm, slice_mm = rng.uniform(1.25, 1.75), rng.uniform(8.0, 10.0)
+    count = int(rng.integers(slices[0], slices[1] + 1))
+    rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
+    y, x = (rows + 0.5) * pixel_mm, (cols + 0.5) * pixel_mm
+    ed_heart = random_heart(rng, y, x)
+    es_heart = Heart(
+        ed_heart.centre,
+        ed_heart.radius * 0.65,
+        ed_heart.wall * 1.4,
+        ed_heart.rv_width * 0.7,
+        ed_heart.rv_angle,
+        ed_heart.rv_extent,
+    )
+    ed, es = 1, int(rng.integers(9, 16))
+    direction = _direction(rng)
+    origin = tuple(rng.uniform(-150, 150, 3).tolist())
+    bias = [np.exp(0.25 * _smooth_noise(rng, (height, width), 30)) for _ in range(count)]
+    for frame, heart in ((ed, ed_heart), (es, es_heart)):
+        labels = np.stack([draw_slice(heart, y, x, k / (count - 1)) for k in range(count)])
+        images = np.stack([render(rng, labels[k], y, x, bias[k]) for k in range(count)])
+        stem = f"{folder.name}_frame{frame:02d}"
+        geometry = ((pixel_mm, pixel_mm, slice_mm), origin, direction)
+        _write(np.rint(images * 400).astype(np.int16), *geometry, folder / f"{stem}.nii.gz")
+        _write(labels, *geometry, folder / f"{stem}_gt.nii.gz")
+    (folder / "Info.cfg").write_text(
+        f"ED: {ed}\nES: {es}\nGroup: {rng.choice(GROUPS)}\n"
+        f"Height: {rng.uniform(150, 195):.1f}\nNbFrame: {FRAMES}\n"
+        f"Weight: {rng.uniform(50, 110):.1f}\n"
+    )
+
+
+def write_acdc_phantoms(
+    root: Path, training: int, testing: int, size: tuple[int, int], slices: tuple[int, int], seed: int
+) -> None:
+    """Write ``root/training/patientNNN/`` (patients 1 to ``training``) and ``root/testing/patientNNN/`` (the next
+    ``testing`` numbers). ``size`` is (width, height) in pixels; ``slices`` the (min, max) slices per volume."""
+    assert training > 0 and testing >= 0 and training + testing <= 999, "ACDC patient numbers have three digits"
+    assert 2 <= slices[0] <= slices[1], f"slices must be (min, max) with min >= 2, got {slices}"
+    rng = np.random.default_rng(seed)
+    with atomic_path(Path(root)) as tmp:
+        for number in range(1, training + testing + 1):
+            folder = tmp / ("training" if number <= training else "testing") / f"patient{number:03d}"
+            folder.mkdir(parents=True)
+            write_patient(rng, folder, tuple(size), tuple(slices))
