@@ -23,7 +23,7 @@ def log_barrier(z: Tensor, t: float) -> Tensor:
     threshold = -1.0 / t**2
     barrier = -torch.log(-torch.clamp(z, max=threshold)) / t
     linear = t * z - math.log(1.0 / t**2) / t + 1.0 / t
-    return torch.where(z <= threshold, barrier, linear)
+    return torch.where(z < threshold, barrier, linear)
 
 
 def _inside_masks(boxes: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:

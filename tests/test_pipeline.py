@@ -21,9 +21,8 @@ PARAMS = {
     "prepare": {
         "seed": 0,
         "on_error": "stop",
-        "split": {"train": 507, "val": 77, "test": 148},
         "min_foreground": 10,
-        "hc18": {"crop": 640},
+        "hc18": {"crop": 640, "split": {"train": 507, "val": 77, "test": 148}},
     },
     "encode": {
         "backbone": "lite_medsam",

@@ -115,3 +115,9 @@ def test_stale_runs_are_removed(tmp_path):
         (tmp_path / key).mkdir(parents=True)
     assert runs.remove_stale(tmp_path, {"fewshot/subset0-seed0", "all/seed0"}) == ["fewshot/subset5-seed0"]
     assert sorted(p.name for p in (tmp_path / "fewshot").iterdir()) == ["subset0-seed0"]
+
+
+def test_a_new_shot_count_leaves_the_all_images_runs_alone():
+    ten, five = (plan_runs(IDS, shots, 3, [0, 1], 0, True) for shots in (10, 5))
+    assert [r for r in ten if r.regime == ALL] == [r for r in five if r.regime == ALL]
+    assert {r.ids for r in ten if r.regime == FEWSHOT}.isdisjoint({r.ids for r in five if r.regime == FEWSHOT})
