@@ -39,8 +39,11 @@ def main() -> None:
         log.error("Dice dropped by more than %.1f points: %s", args.max_drop, failure)
     if failures:
         sys.exit(1)
-    log.info("no Dice dropped by more than %.1f points (%d changed metrics)", args.max_drop,
-             sum(len(m) for m in diff.values()))
+    log.info(
+        "no Dice dropped by more than %.1f points (%d changed metrics)",
+        args.max_drop,
+        sum(len(m) for m in diff.values()),
+    )
 
 
 if __name__ == "__main__":

@@ -104,8 +104,9 @@ def load_state_dict(path: Path) -> dict[str, Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle refusals and truncated files alike
-        raise InputError(f"{path}: not a readable weights-only checkpoint ({error.__class__.__name__}); "
-                         "download it again") from error
+        raise InputError(
+            f"{path}: not a readable weights-only checkpoint ({error.__class__.__name__}); download it again"
+        ) from error
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -115,7 +116,7 @@ def load_state_dict(path: Path) -> dict[str, Tensor]:
 
 
 def _subset(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def _load_part(module: nn.Module, state: dict[str, Tensor], prefix: str, path: Path) -> nn.Module:
@@ -124,8 +125,10 @@ def _load_part(module: nn.Module, state: dict[str, Tensor], prefix: str, path: P
         module.load_state_dict(part, strict=True)
     except RuntimeError as error:
         first = str(error).splitlines()[0]
-        raise InputError(f"{path}: its {prefix.rstrip('.')} weights do not fit this backbone ({first}); "
-                         "check encode.backbone and encode.checkpoint in params.yaml") from error
+        raise InputError(
+            f"{path}: its {prefix.rstrip('.')} weights do not fit this backbone ({first}); "
+            "check encode.backbone and encode.checkpoint in params.yaml"
+        ) from error
     return module.eval().requires_grad_(False)
 
 

@@ -39,8 +39,12 @@ class Identity:
     ids: tuple[str, ...]
 
     def attrs(self) -> dict:
-        return {"backbone": self.backbone, "checkpoint_sha256": self.checkpoint_sha256,
-                "source_sha256": self.source_sha256, "ids": list(self.ids)}
+        return {
+            "backbone": self.backbone,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "source_sha256": self.source_sha256,
+            "ids": list(self.ids),
+        }
 
     def mismatch(self, attrs: dict) -> str | None:
         """The first attribute in which a store differs from this identity, described; None if none."""
@@ -68,8 +72,10 @@ def part_shards(n_shards: int, part_id: int, num_parts: int) -> list[int]:
 
 
 def _refuse(path: Path, why: str) -> InputError:
-    return InputError(f"{path}: embedding store made from other inputs ({why}); delete it to encode again "
-                      "(rm -r it), or set encode.backbone/encode.checkpoint back")
+    return InputError(
+        f"{path}: embedding store made from other inputs ({why}); delete it to encode again "
+        "(rm -r it), or set encode.backbone/encode.checkpoint back"
+    )
 
 
 def _create(path: Path, identity: Identity, shard_size: int) -> None:
@@ -156,8 +162,11 @@ def open_embeddings(path: Path) -> zarr.Group:
     """A complete store, for reading."""
     path = Path(path)
     if not path.exists():
-        hint = " (an unfinished encode is in .partial: run encode again to resume it)" if partial_path(
-            path).exists() else ""
+        hint = (
+            " (an unfinished encode is in .partial: run encode again to resume it)"
+            if partial_path(path).exists()
+            else ""
+        )
         raise InputError(f"{path}: embedding store not found{hint}; run `dvc repro` (the encode stage) first")
     return zarr.open_group(path, mode="r")
 

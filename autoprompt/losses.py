@@ -117,8 +117,6 @@ def box_loss(probs: Tensor, boxes: Tensor, weights: BoxLossWeights) -> dict[str,
         "size": box_size_prior(probs, boxes, weights.size_bounds, weights.t),
     }
     terms["total"] = (
-        weights.outer_bce * terms["outer_bce"]
-        + weights.tightness * terms["tightness"]
-        + weights.size * terms["size"]
+        weights.outer_bce * terms["outer_bce"] + weights.tightness * terms["tightness"] + weights.size * terms["size"]
     )
     return terms

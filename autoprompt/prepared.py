@@ -109,8 +109,14 @@ def write_prepared(store: Path, index: Path, prepared: Prepared, attrs: dict) ->
         for name in ("images", "labels"):
             array = group.create_array(name, shape=(n, size, size), chunks=(1, size, size), dtype="uint8")
             array[:] = getattr(prepared, name)
-        group.attrs.update({**attrs, "ids": ids, "skipped": len(prepared.skipped),
-                            "source_sha256": images_sha256(prepared.images, ids)})
+        group.attrs.update(
+            {
+                **attrs,
+                "ids": ids,
+                "skipped": len(prepared.skipped),
+                "source_sha256": images_sha256(prepared.images, ids),
+            }
+        )
     with atomic_path(index) as tmp:
         prepared.table.to_csv(tmp, index=False, float_format="%.6g")
 

@@ -30,25 +30,27 @@ def _pixel_table(csv: Path) -> dict[str, tuple[float, float]]:
     """filename -> (pixel size in mm, head circumference in mm)."""
     try:
         table = pd.read_csv(csv)
-        return {
-            str(row[0]): (float(row[1]), float(row[2]))
-            for row in table.iloc[:, :3].itertuples(index=False)
-        }
+        return {str(row[0]): (float(row[1]), float(row[2])) for row in table.iloc[:, :3].itertuples(index=False)}
     except Exception as error:
-        raise InputError(f"{csv}: unreadable HC18 pixel-size table ({error}); download it again from "
-                         f"{DOWNLOAD}") from error
+        raise InputError(
+            f"{csv}: unreadable HC18 pixel-size table ({error}); download it again from {DOWNLOAD}"
+        ) from error
 
 
 def find(root: Path, settings: dict) -> list[CaseFiles]:
     """Every ``NNN[_k]HC.png`` under ``root/training_set``, with its annotation and the pixel-size CSV."""
     image_dir = root / "training_set"
     if not image_dir.is_dir():
-        raise InputError(f"{image_dir}: HC18 training images not found; download training_set.zip from "
-                         f"{DOWNLOAD} and unzip it into {root}/")
+        raise InputError(
+            f"{image_dir}: HC18 training images not found; download training_set.zip from "
+            f"{DOWNLOAD} and unzip it into {root}/"
+        )
     csv = next((p for p in (root / CSV_NAME, image_dir / CSV_NAME) if p.is_file()), None)
     if csv is None:
-        raise InputError(f"{root / CSV_NAME}: HC18 pixel-size table not found; download {CSV_NAME} from "
-                         f"{DOWNLOAD} next to {image_dir}/")
+        raise InputError(
+            f"{root / CSV_NAME}: HC18 pixel-size table not found; download {CSV_NAME} from "
+            f"{DOWNLOAD} next to {image_dir}/"
+        )
     cases = []
     for path in sorted(image_dir.iterdir()):
         match = IMAGE_NAME.match(path.name)
@@ -62,12 +64,14 @@ def find(root: Path, settings: dict) -> list[CaseFiles]:
 
 def _read_gray(path: Path) -> np.ndarray:
     if not path.is_file():
-        raise InputError(f"{path}: file missing; restore it from the HC18 download ({DOWNLOAD}) "
-                         "or set prepare.on_error: skip")
+        raise InputError(
+            f"{path}: file missing; restore it from the HC18 download ({DOWNLOAD}) or set prepare.on_error: skip"
+        )
     image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if image is None:
-        raise InputError(f"{path}: unreadable PNG; restore it from the HC18 download ({DOWNLOAD}) "
-                         "or set prepare.on_error: skip")
+        raise InputError(
+            f"{path}: unreadable PNG; restore it from the HC18 download ({DOWNLOAD}) or set prepare.on_error: skip"
+        )
     return image
 
 
@@ -75,8 +79,10 @@ def fit_ellipse(outline: np.ndarray, source: Path) -> tuple[float, float, float,
     """(cx, cy, semi-axis a, semi-axis b, angle in degrees) of the ellipse fitted to an outline's pixels."""
     points = np.argwhere(outline > 127)[:, ::-1].astype(np.float32)
     if len(points) < 5:
-        raise InputError(f"{source}: annotation has {len(points)} outline pixels, too few to fit an ellipse; "
-                         "check the file or set prepare.on_error: skip")
+        raise InputError(
+            f"{source}: annotation has {len(points)} outline pixels, too few to fit an ellipse; "
+            "check the file or set prepare.on_error: skip"
+        )
     (cx, cy), (width, height), angle = cv2.fitEllipse(points)
     return cx, cy, width / 2.0, height / 2.0, angle
 
@@ -102,8 +108,10 @@ def load(files: CaseFiles, settings: dict) -> list[Case]:
     image = _read_gray(image_path)
     outline = _read_gray(annotation_path)
     if outline.shape != image.shape:
-        raise InputError(f"{annotation_path}: shape {outline.shape} differs from its image {image.shape}; "
-                         "restore the matching annotation or set prepare.on_error: skip")
+        raise InputError(
+            f"{annotation_path}: shape {outline.shape} differs from its image {image.shape}; "
+            "restore the matching annotation or set prepare.on_error: skip"
+        )
     table = _pixel_table(csv)
     if image_path.name not in table:
         raise InputError(f"{csv}: no row for {image_path.name}; restore the official CSV or remove the image")

@@ -100,4 +100,3 @@ def write_hc18_phantoms(root: Path, subjects: int, size: tuple[int, int], seed: 
                 rows.append((f"{name}.png", pixel_mm, round(ellipse_perimeter(a, b) * pixel_mm, 2)))
         table = pd.DataFrame(rows, columns=["filename", "pixel size(mm)", "head circumference (mm)"])
         table.to_csv(tmp / CSV_NAME, index=False, float_format="%.9g")
-
