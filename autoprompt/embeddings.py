@@ -25,24 +25,27 @@ from autoprompt.errors import InputError
 log = logging.getLogger(__name__)
 
 SHAPE = (256, 64, 64)
-IDENTITY_KEYS = ("backbone", "checkpoint_sha256", "source_sha256")
+IDENTITY_KEYS = ("backbone", "checkpoint_sha256", "source_sha256", "precision")
 PROGRESS = "_progress"
 
 
 @dataclass(frozen=True)
 class Identity:
-    """What an embedding store was made from."""
+    """What an embedding store was made from. ``precision`` is the encoder's compute dtype (``float32``, or the
+    autocast dtype on a GPU): parts encoded at different precisions never share a store."""
 
     backbone: str
     checkpoint_sha256: str
     source_sha256: str
     ids: tuple[str, ...]
+    precision: str = "float32"
 
     def attrs(self) -> dict:
         return {
             "backbone": self.backbone,
             "checkpoint_sha256": self.checkpoint_sha256,
             "source_sha256": self.source_sha256,
+            "precision": self.precision,
             "ids": list(self.ids),
         }
 

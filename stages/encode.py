@@ -41,8 +41,16 @@ def main(argv: list[str] | None = None) -> None:
     name = params["backbone"]
     checkpoint = backbones.resolve_checkpoint(name, params.get("checkpoint"))
     images = zarr.open_group(args.store, mode="r")
+    device = select_device(params["device"])
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    autocast = getattr(torch, params["gpu_autocast"]) if device.type == "cuda" else None
     identity = embeddings.Identity(
-        name, backbones.file_sha256(checkpoint), images.attrs["source_sha256"], tuple(images.attrs["ids"])
+        name,
+        backbones.file_sha256(checkpoint),
+        images.attrs["source_sha256"],
+        tuple(images.attrs["ids"]),
+        str(autocast or torch.float32).removeprefix("torch."),
     )
     shard_size = int(params["shard_size"])
     n_images = len(identity.ids)
@@ -64,10 +72,6 @@ def main(argv: list[str] | None = None) -> None:
         n_shards,
     )
     if todo:
-        device = select_device(params["device"])
-        if device.type == "cuda" and "LOCAL_RANK" in os.environ:
-            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        autocast = getattr(torch, params["gpu_autocast"]) if device.type == "cuda" else None
         encoder = backbones.build_image_encoder(name, checkpoint).to(device)
         with tqdm(
             total=sum(min(shard_size, n_images - s * shard_size) for s in todo),

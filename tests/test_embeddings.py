@@ -262,3 +262,11 @@ def test_encode_stage_resumes_after_a_failure(tmp_path: Path, monkeypatch) -> No
 
     monkeypatch.setattr(backbones, "build_image_encoder", no_encoder)
     encode.main(argv)  # complete: nothing to do
+
+
+def test_a_store_of_another_precision_is_refused(tmp_path: Path) -> None:
+    """Embeddings encoded under bfloat16 autocast (a GPU) never mix with float32 ones (a CPU) in one store."""
+    path = tmp_path / "emb.zarr"
+    embeddings.open_for_writing(path, _identity(precision="bfloat16"), SHARD_SIZE)
+    with pytest.raises(InputError, match="precision"):
+        embeddings.open_for_writing(path, _identity(), SHARD_SIZE)

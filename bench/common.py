@@ -1,0 +1,169 @@
+"""Shared helpers of the benchmark scripts: machine facts, timing, result files and real HC18 images.
+
+The scripts are run as ``python bench/<name>.py`` from the repository root, which puts this folder on
+``sys.path``; each writes ``bench/results/<name>.json``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+log = logging.getLogger("bench")
+
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "results"
+REPO = BENCH.parent
+DEFAULT_HC18 = REPO.parent / "shared" / "data" / "hc18-sample"
+NO_GPU = "not run: no GPU"
+
+T = TypeVar("T")
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _cpu_flags() -> dict[str, bool]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return {name: name in flags for name in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")}
+
+
+def _memory_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return None
+
+
+def machine_info() -> dict:
+    """What the numbers were measured on, with the load average at the start (the machine may be shared)."""
+    info = {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu_model": _cpu_model(),
+        "cpu_flags": _cpu_flags(),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "memory_gib": _memory_gib(),
+        "python": platform.python_version(),
+        "torch_version": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "load_average_start": [round(x, 2) for x in os.getloadavg()],
+        "cuda_available": torch.cuda.is_available(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["cuda_version"] = torch.version.cuda
+    return info
+
+
+def gpu_device() -> torch.device | None:
+    return torch.device("cuda") if torch.cuda.is_available() else None
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], T], device: torch.device) -> tuple[float, T]:
+    """Wall seconds of one call of ``fn`` (the GPU's queue drained before and after), and its result."""
+    sync(device)
+    start = time.perf_counter()
+    result = fn()
+    sync(device)
+    return time.perf_counter() - start, result
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def write_result(name: str, payload: dict) -> Path:
+    """``bench/results/<name>.json``, with the load average at the end added to ``payload['machine']``."""
+    payload.setdefault("machine", {})["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    log.info("wrote %s", path)
+    return path
+
+
+def load_hc18(root: Path, count: int, crop: int, scratch: Path) -> dict:
+    """The first ``count`` HC18 images under ``root`` (official layout), prepared as the pipeline does.
+
+    Clipped and rescaled by the reader, centre cropped/padded to ``crop``; tight boxes of the head mask
+    (x_min, y_min, x_max, y_max, inclusive). Where ``root`` holds no HC18 layout, phantoms in that layout are
+    written under ``scratch`` and used instead, and ``source`` says so.
+    """
+    from autoprompt.datasets import get_reader
+    from autoprompt.datasets.preprocess import crop_or_pad, tight_box
+    from autoprompt.phantoms.hc18 import write_hc18_phantoms
+
+    root = Path(root)
+    if (root / "training_set").is_dir():
+        source = f"real HC18 ({root})"
+    else:
+        log.warning(
+            "real HC18 data NOT FOUND at %s (no training_set/); falling back to synthetic phantoms "
+            "(pass --hc18 PATH to use the real sample)",
+            root,
+        )
+        root = Path(scratch) / "hc18-phantoms"
+        write_hc18_phantoms(root, subjects=count, size=(800, 540), seed=0, second_image=0.0)
+        source = "phantoms (autoprompt.phantoms.hc18, seed 0): real HC18 not found"
+    reader = get_reader("hc18")
+    settings = {"crop": crop}
+    images, boxes, ids = [], [], []
+    for files in reader.find(root, settings):
+        for case in reader.load(files, settings):
+            image, label = crop_or_pad(case.image, crop), crop_or_pad(case.label, crop)
+            box = tight_box(label == reader.classes["head"])
+            if box is None:
+                continue
+            images.append(image)
+            boxes.append(box)
+            ids.append(case.id)
+        if len(images) >= count:
+            break
+    images, boxes, ids = images[:count], boxes[:count], ids[:count]
+    log.info("loaded %d images from %s", len(images), source)
+    return {
+        "images": torch.from_numpy(np.stack(images)),
+        "boxes": torch.tensor(boxes, dtype=torch.int64),
+        "ids": ids,
+        "source": source,
+    }
+
+
+def scratch_dir() -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory(prefix="autoprompt-bench-")
