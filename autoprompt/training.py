@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 SATURATED = 1e-4  # a probability closer than this to 0 or 1 gives the box losses almost no gradient
 MIN_LIVE_FRACTION = 0.01  # the share of unsaturated pixels below which a start is refused
+INIT_PROMPTS = ("mean_box", "whole_box", "random")
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,8 @@ class TrainConfig:
     @classmethod
     def from_params(cls, train: dict) -> TrainConfig:
         init = train["init"]
-        if init["prompt"] not in ("whole_box", "random"):
-            raise InputError(f"params.yaml: train.init.prompt must be whole_box or random, got {init['prompt']!r}")
+        if init["prompt"] not in INIT_PROMPTS:
+            raise InputError(f"params.yaml: train.init.prompt must be one of {INIT_PROMPTS}, got {init['prompt']!r}")
         return cls(
             epochs=int(train["epochs"]),
             batch_size=int(train["batch_size"]),
@@ -62,16 +63,26 @@ def scale_boxes(boxes: Tensor, label_size: int, input_size: int) -> Tensor:
     return boxes.float() * (input_size / label_size)
 
 
-def make_head(decoder: PromptDecoder, config: TrainConfig, seed: int) -> PromptHead:
-    """A new head, seeded. ``whole_box``: its outputs start at the prompt of a box around the whole image."""
+def make_head(decoder: PromptDecoder, config: TrainConfig, seed: int, boxes: Tensor | None = None) -> PromptHead:
+    """A new head, seeded. Its outputs start at the prompt embedding of one box, whatever the image:
+
+    ``mean_box``: the mean of the training ``boxes`` (N x 4, in the decoder's input frame), a prior of where the
+    structure lies that needs no more than the box labels; ``whole_box``: a box around the whole image;
+    ``random``: no prompt (PyTorch's initialisation, which can saturate the decoder: see ``check_start``).
+    """
     torch.manual_seed(seed)
     head = PromptHead()
-    if config.init_prompt == "whole_box":
-        side = decoder.input_size
-        device = next(decoder.parameters()).device
-        with torch.no_grad():
-            sparse, dense = decoder.box_prompt(torch.tensor([[0.0, 0.0, side - 1.0, side - 1.0]], device=device))
-        head.start_from_prompt(sparse[0].cpu(), dense[0, :, 0, 0].cpu(), config.init_scale)
+    if config.init_prompt == "random":
+        return head
+    side = decoder.input_size
+    box = torch.tensor([[0.0, 0.0, side - 1.0, side - 1.0]])
+    if config.init_prompt == "mean_box":
+        assert boxes is not None and len(boxes), "mean_box needs the training boxes"
+        box = boxes.float().mean(dim=0, keepdim=True).cpu()
+    device = next(decoder.parameters()).device
+    with torch.no_grad():
+        sparse, dense = decoder.box_prompt(box.to(device))
+    head.start_from_prompt(sparse[0].cpu(), dense[0, :, 0, 0].cpu(), config.init_scale)
     return head
 
 
@@ -105,7 +116,7 @@ def train_head(
         f"expected N x 256 x 64 x 64 embeddings and N x 4 boxes, got {tuple(embeddings.shape)}, {tuple(boxes.shape)}"
     )
     decoder = decoder.to(device).eval().requires_grad_(False)
-    head = make_head(decoder, config, seed).to(device)
+    head = make_head(decoder, config, seed, scale_boxes(boxes, label_size, decoder.input_size)).to(device)
     optimizer = torch.optim.Adam(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.milestones), config.gamma)
     order = torch.Generator().manual_seed(seed)

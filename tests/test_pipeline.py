@@ -44,7 +44,7 @@ PARAMS = {
         "weight_decay": 1.0e-4,
         "milestones": [20],
         "gamma": 0.1,
-        "init": {"prompt": "whole_box", "scale": 0.01},
+        "init": {"prompt": "mean_box", "scale": 0.01},
         "loss": {
             "outer_bce": 1.0,
             "tightness": {"weight": 1.0e-4, "d": 5},

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from autoprompt import backbones, runs
+from autoprompt.datasets import get_reader
+from autoprompt.datasets.preprocess import crop_or_pad
 from autoprompt.errors import InputError
 from autoprompt.fewshot import ALL, FEWSHOT, draw_subset, parse_shots, plan_runs
 from autoprompt.head import PromptHead
@@ -73,25 +75,35 @@ def test_training_is_deterministic_and_moves_the_head(lite_decoder):
     assert any(not torch.equal(v, start[k]) for k, v in heads[0].state_dict().items()), "training changed nothing"
 
 
-@pytest.mark.parametrize("backbone", ["lite_medsam", "medsam_vit_b"])
-def test_first_predictions_are_not_saturated(backbone, lite_checkpoint, vit_b_checkpoint):
-    checkpoint = lite_checkpoint if backbone == "lite_medsam" else vit_b_checkpoint
-    decoder = backbones.build_prompt_decoder(backbone, checkpoint)
-    embeddings = torch.randn(2, 256, 64, 64, generator=torch.Generator().manual_seed(1))
-    head = make_head(decoder, TrainConfig.from_params(TRAIN), 0)
-    assert check_start(head, decoder, embeddings, 64) > 0.5
+@pytest.fixture(scope="module")
+def phantom_embedding(hc18_phantoms, lite_checkpoint):
+    """1 x 256 x 64 x 64: LiteMedSAM's embedding of one phantom, prepared as the pipeline prepares it."""
+    reader = get_reader("hc18")
+    case = reader.load(reader.find(hc18_phantoms, {})[0], {})[0]
+    image = torch.from_numpy(crop_or_pad(case.image, 640))[None]
+    encoder = backbones.build_image_encoder("lite_medsam", lite_checkpoint)
+    return backbones.embed(encoder, "lite_medsam", image, torch.device("cpu"), 1).float()
 
 
-def test_a_saturated_start_is_refused(lite_decoder):
-    head = PromptHead()
-    with torch.no_grad():
-        head.sparse.bias.fill_(50.0)
-        head.dense.bias.fill_(50.0)
-    embeddings = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(2))
-    probs = predict(lite_decoder, embeddings, 64, 1, torch.device("cpu"), head=head)
-    assert live_fraction(probs) < 0.01
+@pytest.mark.parametrize("prompt", ["mean_box", "whole_box"])
+def test_first_predictions_are_not_saturated(prompt, lite_decoder, phantom_embedding, vit_b_checkpoint):
+    """Both backbones' decoders, started at a box prompt, give predictions the box losses can move."""
+    config = TrainConfig.from_params({**TRAIN, "init": {"prompt": prompt, "scale": 0.01}})
+    boxes = torch.tensor([[60.0, 50.0, 190.0, 200.0]])
+    lite = make_head(lite_decoder, config, 0, boxes)
+    assert check_start(lite, lite_decoder, phantom_embedding, 640) > 0.1
+    vit_b = backbones.build_prompt_decoder("medsam_vit_b", vit_b_checkpoint)
+    random_embedding = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(1))
+    assert check_start(make_head(vit_b, config, 0, boxes * 4), vit_b, random_embedding, 640) > 0.1
+
+
+def test_a_saturated_start_is_refused(lite_decoder, phantom_embedding):
+    """PyTorch's own initialisation drives LiteMedSAM's decoder to p ~ 1e-11 everywhere: refused, not trained."""
+    head = make_head(lite_decoder, TrainConfig.from_params({**TRAIN, "init": {"prompt": "random", "scale": 1}}), 0)
+    probs = predict(lite_decoder, phantom_embedding, 640, 1, torch.device("cpu"), head=head)
+    assert live_fraction(probs) < 0.01 and float(probs.max()) < 1e-3
     with pytest.raises(InputError, match="saturated"):
-        check_start(head, lite_decoder, embeddings, 64)
+        check_start(head, lite_decoder, phantom_embedding, 640)
 
 
 def test_saved_runs_are_skipped_only_while_their_config_is_unchanged(tmp_path):
@@ -121,3 +133,14 @@ def test_a_new_shot_count_leaves_the_all_images_runs_alone():
     ten, five = (plan_runs(IDS, shots, 3, [0, 1], 0, True) for shots in (10, 5))
     assert [r for r in ten if r.regime == ALL] == [r for r in five if r.regime == ALL]
     assert {r.ids for r in ten if r.regime == FEWSHOT}.isdisjoint({r.ids for r in five if r.regime == FEWSHOT})
+
+
+def test_mean_box_start_is_the_prompt_of_the_mean_box(lite_decoder):
+    config = TrainConfig.from_params({**TRAIN, "init": {"prompt": "mean_box", "scale": 0.01}})
+    boxes = torch.tensor([[10.0, 20.0, 110.0, 120.0], [30.0, 40.0, 130.0, 160.0]])
+    head = make_head(lite_decoder, config, 0, boxes)
+    sparse, _ = head(torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(4)))
+    expected, _ = lite_decoder.box_prompt(torch.tensor([[20.0, 30.0, 120.0, 140.0]]))
+    assert torch.allclose(sparse, expected, atol=0.05), "sparse tokens start at the mean box's prompt"
+    with pytest.raises(InputError, match="mean_box"):
+        TrainConfig.from_params({**TRAIN, "init": {"prompt": "centre", "scale": 0.01}})
