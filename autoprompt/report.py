@@ -70,7 +70,7 @@ def parse_cell(text: str) -> tuple[float, float | None] | None:
 
 def bar_rows(metrics: dict[str, dict], columns: dict[str, str], shots: int | str) -> list[dict]:
     """Our rows against the paper's matching rows, per Table 1 column, for ``figures.dice_bars``."""
-    labels = {"tight_box": "tight box", "all": "all images", "fewshot": f"{shots} images"}
+    labels = {"tight_box": "tight box", "all": "all images", "fewshot": f"few-shot ({shots} ours, 10 paper)"}
     out = []
     for _, row in paper_table().iterrows():
         if not row["ours"]:
