@@ -1,9 +1,9 @@
 """Trained runs on disk: ``<out>/<regime>/<run>/head.pt`` beside the run's dvclive logs.
 
-``head.pt`` holds the head's weights, the run's config and the config's fingerprint. A run whose saved fingerprint
-equals the planned one is finished and is not trained again, so a killed train stage resumes where it stopped and
-a change of ``train.shots`` leaves the all-images runs alone. Runs are written to a temporary folder and moved into
-place whole.
+``head.pt`` holds the head's weights, the run's config and the config's fingerprint; the config includes a hash of
+the training code. A run whose saved fingerprint equals the planned one is finished and is not trained again, so a
+killed train stage resumes where it stopped, and a change of ``train.shots`` leaves the all-images runs alone. Runs
+are written to a temporary folder and moved into place whole.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -19,6 +20,14 @@ from autoprompt.errors import InputError
 from autoprompt.head import PromptHead
 
 WEIGHTS = "head.pt"
+
+
+def code_sha256(modules: list[ModuleType]) -> str:
+    """One hash of the source files of ``modules``: a run trained by other code is trained again."""
+    digest = hashlib.sha256()
+    for module in modules:
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()
 
 
 def fingerprint(config: dict) -> str:

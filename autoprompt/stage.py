@@ -30,6 +30,16 @@ def parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def task_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments of a stage that works on one task: its name, prepared data and embeddings."""
+    parser_ = parser(description)
+    parser_.add_argument("--task", required=True)
+    parser_.add_argument("--prepared", type=Path, required=True, help="prepared Zarr store of the task's dataset")
+    parser_.add_argument("--index", type=Path, required=True, help="prepared CSV index")
+    parser_.add_argument("--embeddings", type=Path, required=True, help="embedding Zarr store")
+    return parser_
+
+
 def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
     """Run a stage's main; a bad input ends it with its one-line message and exit status 2."""
     logging.basicConfig(

@@ -6,6 +6,7 @@ The scripts are run as ``python bench/<name>.py`` from the repository root, whic
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import logging
@@ -30,6 +31,18 @@ DEFAULT_HC18 = REPO.parent / "shared" / "data" / "hc18-sample"
 NO_GPU = "not run: no GPU"
 
 T = TypeVar("T")
+
+
+def parse_and_start(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, dict]:
+    """Add ``--threads``, parse, set up logging and torch's threads; return the arguments and the machine."""
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own)")
+    args = parser.parse_args()
+    setup_logging()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    machine = machine_info()
+    log.info("machine: %s", machine)
+    return args, machine
 
 
 def setup_logging() -> None:

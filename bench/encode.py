@@ -171,13 +171,7 @@ def main() -> None:
     parser.add_argument("--skip-bf16", action="store_true", help="no bfloat16 LiteMedSAM image on the CPU")
     parser.add_argument("--gpu-images", type=int, default=64, help="images per GPU repeat (the sample, tiled)")
     parser.add_argument("--gpu-batch-size", type=int, default=16)
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own)")
-    args = parser.parse_args()
-    common.setup_logging()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    machine = common.machine_info()
-    log.info("machine: %s", machine)
+    args, machine = common.parse_and_start(parser)
 
     with common.scratch_dir() as scratch:
         data = common.load_hc18(args.hc18, max(args.lite_images, 1), 640, Path(scratch))

@@ -78,13 +78,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=16, help="images to encode (one shard of 16 by default)")
     parser.add_argument("--shard-size", type=int, default=16, help="params.yaml encode.shard_size")
     parser.add_argument("--batch-size", type=int, default=1, help="encode batch size (CPU float32)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own)")
-    args = parser.parse_args()
-    common.setup_logging()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    machine = common.machine_info()
-    log.info("machine: %s", machine)
+    args, machine = common.parse_and_start(parser)
 
     device = common.gpu_device() or torch.device("cpu")
     checkpoint = backbones.resolve_checkpoint("lite_medsam", None)

@@ -164,13 +164,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=10, help="timed steps of each implementation")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each implementation first")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own)")
-    args = parser.parse_args()
-    common.setup_logging()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    machine = common.machine_info()
-    log.info("machine: %s", machine)
+    args, machine = common.parse_and_start(parser)
 
     with common.scratch_dir() as scratch:
         data = common.load_hc18(args.hc18, args.batch_size, LABEL_SIZE, Path(scratch))

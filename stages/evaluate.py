@@ -18,7 +18,7 @@ from autoprompt import backbones, figures, runs
 from autoprompt.errors import InputError
 from autoprompt.io import atomic_path, write_text
 from autoprompt.metrics import dice, summarize
-from autoprompt.stage import load_params, parser, run, select_device
+from autoprompt.stage import load_params, run, select_device, task_parser
 from autoprompt.tasks import load_task
 from autoprompt.training import predict
 
@@ -36,11 +36,7 @@ def summarize_runs(per_run: dict[str, torch.Tensor]) -> dict[str, dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser(__doc__)
-    args.add_argument("--task", required=True)
-    args.add_argument("--prepared", type=Path, required=True)
-    args.add_argument("--index", type=Path, required=True)
-    args.add_argument("--embeddings", type=Path, required=True)
+    args = task_parser(__doc__)
     args.add_argument("--models", type=Path, required=True, help="folder of the task's runs")
     args.add_argument("--metrics", type=Path, required=True, help="metrics JSON to write")
     args.add_argument("--per-image", type=Path, required=True, help="per-image CSV to write")

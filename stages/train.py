@@ -15,18 +15,21 @@ import torch
 from dvclive import Live
 from tqdm import tqdm
 
-from autoprompt import backbones, runs
+from autoprompt import backbones, decoding, losses, runs, training
+from autoprompt import head as prompt_head
 from autoprompt.errors import InputError
 from autoprompt.fewshot import Run, plan_runs
 from autoprompt.io import atomic_path
-from autoprompt.stage import load_params, parser, run, select_device
+from autoprompt.stage import load_params, run, select_device, task_parser
 from autoprompt.tasks import Task, load_task
 from autoprompt.training import TrainConfig, train_head
 
 log = logging.getLogger("train")
 
+TRAINING_CODE = (training, prompt_head, losses, decoding)  # the modules a run's result depends on
 
-def run_config(task: Task, run_: Run, config: TrainConfig) -> dict:
+
+def run_config(task: Task, run_: Run, config: TrainConfig, code_sha256: str) -> dict:
     """Everything a run's result depends on; its fingerprint decides whether a saved run can be kept."""
     attrs = task.embeddings.attrs
     return {
@@ -40,15 +43,12 @@ def run_config(task: Task, run_: Run, config: TrainConfig) -> dict:
         "seed": run_.seed,
         "ids": list(run_.ids),
         "train": dataclasses.asdict(config),
+        "code_sha256": code_sha256,
     }
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser(__doc__)
-    args.add_argument("--task", required=True)
-    args.add_argument("--prepared", type=Path, required=True, help="prepared Zarr store of the task's dataset")
-    args.add_argument("--index", type=Path, required=True, help="prepared CSV index")
-    args.add_argument("--embeddings", type=Path, required=True, help="embedding Zarr store")
+    args = task_parser(__doc__)
     args.add_argument("--out", type=Path, required=True, help="folder of the task's runs")
     args = args.parse_args(argv)
     params = load_params(args.params)
@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{args.embeddings}: encoded with another checkpoint than {checkpoint}; "
             "run the encode stage again (dvc repro)"
         )
-    configs = {r.key: run_config(task, r, config) for r in plan}
+    code = runs.code_sha256(list(TRAINING_CODE))
+    configs = {r.key: run_config(task, r, config, code) for r in plan}
     todo = [r for r in plan if not runs.is_done(args.out / r.key, configs[r.key])]
     log.info(
         "%s: %d runs planned, %d already trained, %d to train", args.task, len(plan), len(plan) - len(todo), len(todo)

@@ -144,3 +144,12 @@ def test_mean_box_start_is_the_prompt_of_the_mean_box(lite_decoder):
     assert torch.allclose(sparse, expected, atol=0.05), "sparse tokens start at the mean box's prompt"
     with pytest.raises(InputError, match="mean_box"):
         TrainConfig.from_params({**TRAIN, "init": {"prompt": "centre", "scale": 0.01}})
+
+
+def test_other_training_code_gives_another_fingerprint(tmp_path):
+    first, second = tmp_path / "a.py", tmp_path / "b.py"
+    first.write_text("x = 1\n")
+    second.write_text("x = 2\n")
+    modules = [type("M", (), {"__file__": str(p)}) for p in (first, second)]
+    assert runs.code_sha256(modules[:1]) != runs.code_sha256(modules[1:])
+    assert runs.code_sha256(modules) == runs.code_sha256(modules)
