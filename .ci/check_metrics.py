@@ -40,7 +40,7 @@ def main() -> None:
     if failures:
         sys.exit(1)
     log.info(
-        "no Dice dropped by more than %.1f points (%d changed metrics)",
+        "no Dice dropped by more than %.1f points (%d metrics compared)",
         args.max_drop,
         sum(len(m) for m in diff.values()),
     )
