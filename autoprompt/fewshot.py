@@ -19,7 +19,7 @@ ALL = "all"
 
 @dataclass(frozen=True)
 class Run:
-    """One training run: ``rows`` are positions in the task table's training rows."""
+    """One training run: its regime, name, initialisation seed and training image ids."""
 
     regime: str
     name: str

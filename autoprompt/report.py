@@ -43,7 +43,7 @@ def build_table(metrics: dict[str, dict], columns: dict[str, str], backbone: str
             "labels": row["labels"],
             "source": "ours",
         }
-        for column in paper.columns[len(FIXED) + 1 :]:
+        for column in [c for c in paper.columns if c not in (*FIXED, "ours")]:
             ours[column] = cell(by_column.get(column, {}).get(key))
         rows.append(ours)
     return pd.DataFrame(rows)

@@ -70,11 +70,16 @@ def finished_runs(out: Path) -> list[Path]:
     return sorted(p.parent for p in Path(out).glob(f"*/*/{WEIGHTS}"))
 
 
+def run_key(run_dir: Path) -> str:
+    """``regime/run`` of a run folder ``<out>/<regime>/<run>``."""
+    return f"{run_dir.parent.name}/{run_dir.name}"
+
+
 def remove_stale(out: Path, keep: set[str]) -> list[str]:
     """Delete run folders whose ``regime/run`` key is not in ``keep`` (left by earlier params); return them."""
     removed = []
     for run_dir in sorted(Path(out).glob("*/*")):
-        key = f"{run_dir.parent.name}/{run_dir.name}"
+        key = run_key(run_dir)
         if run_dir.is_dir() and not run_dir.name.startswith(".") and key not in keep:
             shutil.rmtree(run_dir)
             removed.append(key)

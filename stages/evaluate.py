@@ -10,12 +10,12 @@ import json
 import logging
 from pathlib import Path
 
-import pandas as pd
 import torch
 from tqdm import tqdm
 
 from autoprompt import backbones, figures, runs
 from autoprompt.errors import InputError
+from autoprompt.fewshot import FEWSHOT
 from autoprompt.io import atomic_path, write_text
 from autoprompt.metrics import dice, summarize
 from autoprompt.stage import load_params, run, select_device, task_parser
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     if not run_dirs:
         raise InputError(f"{args.models}: no trained runs; run the train stage first (dvc repro)")
     device = select_device(settings["device"])
-    threshold, batch = float(settings["threshold"]), int(settings["batch_size"])
+    threshold, batch, count = float(settings["threshold"]), int(settings["batch_size"]), int(settings["examples"])
     decoder = backbones.build_prompt_decoder(
         encode["backbone"], backbones.resolve_checkpoint(encode["backbone"], encode.get("checkpoint"))
     )
@@ -61,20 +61,20 @@ def main(argv: list[str] | None = None) -> None:
 
     def score(**prompt: object) -> tuple[torch.Tensor, torch.Tensor]:
         probs = predict(decoder, embeddings, task.label_size, batch, device, **prompt)
-        return dice(probs > threshold, masks), probs[: int(settings["examples"])]
+        return dice(probs > threshold, masks), probs[:count]
 
     per_run, shown = {}, {}
     for run_dir in tqdm(run_dirs, desc=f"evaluate {args.task}", unit="run"):
         head, _ = runs.load_head(run_dir)
-        key = f"{run_dir.parent.name}/{run_dir.name}"
+        key = runs.run_key(run_dir)
         per_run[key], probs = score(head=head)
         shown.setdefault(key.split("/")[0], probs)  # the first run of each regime is drawn
     tight, shown[TIGHT_BOX] = score(boxes=boxes)
 
     regimes = summarize_runs(per_run)
     result = {"test_images": len(rows), "dice": {**regimes, TIGHT_BOX: summarize(tight.numpy())}}
-    if "fewshot" in result["dice"]:
-        result["dice"]["fewshot"]["shots"] = int(params["train"]["shots"])
+    if FEWSHOT in result["dice"]:
+        result["dice"][FEWSHOT]["shots"] = int(params["train"]["shots"])
     write_text(args.metrics, json.dumps(result, indent=2) + "\n")
 
     table = rows[["id", "subject"]].copy()
@@ -82,9 +82,8 @@ def main(argv: list[str] | None = None) -> None:
         table[regime] = torch.stack([v for k, v in per_run.items() if k.startswith(f"{regime}/")]).mean(0).numpy()
     table[TIGHT_BOX] = tight.numpy()
     with atomic_path(args.per_image) as tmp:
-        pd.DataFrame(table).to_csv(tmp, index=False, float_format="%.5f")
+        table.to_csv(tmp, index=False, float_format="%.5f")
 
-    count = int(settings["examples"])
     images = torch.from_numpy(task.prepared["images"].get_orthogonal_selection((rows["row"].to_numpy()[:count],)))
     with atomic_path(args.figure) as tmp:
         figures.examples(tmp, images, masks[:count], {k: v > threshold for k, v in shown.items()}, args.task)
