@@ -1,4 +1,4 @@
-"""Fail when a Dice mean in `dvc metrics diff --json` dropped by more than --max-drop points against HEAD."""
+"""Fail when a Dice or NSD mean in `dvc metrics diff --json` dropped by more than --max-drop points against HEAD."""
 
 from __future__ import annotations
 
@@ -11,12 +11,15 @@ from pathlib import Path
 log = logging.getLogger("check_metrics")
 
 
+CHECKED = ("dice", "dice_3d", "nsd")  # percentages where higher is better; HD95 (mm) is reported, not checked
+
+
 def drops(diff: dict, max_drop: float) -> list[str]:
-    """Every ``dice`` metric whose value fell by more than ``max_drop``, or that disappeared."""
+    """Every checked mean whose value fell by more than ``max_drop`` points, or that disappeared."""
     failures = []
     for path, metrics in diff.items():
         for name, change in metrics.items():
-            if "dice" not in name or not name.endswith(".mean"):
+            if name.split(".")[0] not in CHECKED or not name.endswith(".mean"):
                 continue
             old, new = change.get("old"), change.get("new")
             if old is not None and (new is None or old - new > max_drop):
@@ -36,11 +39,11 @@ def main() -> None:
             log.info("%s %s: %s -> %s", path, name, change.get("old"), change.get("new"))
     failures = drops(diff, args.max_drop)
     for failure in failures:
-        log.error("Dice dropped by more than %.1f points: %s", args.max_drop, failure)
+        log.error("dropped by more than %.1f points: %s", args.max_drop, failure)
     if failures:
         sys.exit(1)
     log.info(
-        "no Dice dropped by more than %.1f points (%d metrics compared)",
+        "no Dice or NSD mean dropped by more than %.1f points (%d metrics compared)",
         args.max_drop,
         sum(len(m) for m in diff.values()),
     )

@@ -52,6 +52,15 @@ def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None)
         sys.exit(2)
 
 
+def set_threads(section: dict) -> None:
+    """Fix torch's CPU threads (``threads`` in a stage's params section) and ask for deterministic algorithms, so
+    that the same params give the same numbers on any machine with the same thread count."""
+    threads = section.get("threads")
+    if threads:
+        torch.set_num_threads(int(threads))
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def select_device(setting: str = "auto") -> torch.device:
     """``auto``: the GPU when there is one, else the CPU; or a torch device string."""
     if setting == "auto":

@@ -138,9 +138,9 @@ def load_hc18(root: Path, count: int, crop: int, scratch: Path) -> dict:
     (x_min, y_min, x_max, y_max, inclusive). Where ``root`` holds no HC18 layout, phantoms in that layout are
     written under ``scratch`` and used instead, and ``source`` says so.
     """
-    from autoprompt.datasets import get_reader
-    from autoprompt.datasets.preprocess import crop_or_pad, tight_box
-    from autoprompt.phantoms.hc18 import write_hc18_phantoms
+    from autoprompt.data import get_reader
+    from autoprompt.data.phantoms.hc18 import write_hc18_phantoms
+    from autoprompt.data.preprocess import crop_or_pad, tight_box
 
     root = Path(root)
     if (root / "training_set").is_dir():
@@ -153,7 +153,7 @@ def load_hc18(root: Path, count: int, crop: int, scratch: Path) -> dict:
         )
         root = Path(scratch) / "hc18-phantoms"
         write_hc18_phantoms(root, subjects=count, size=(800, 540), seed=0, second_image=0.0)
-        source = "phantoms (autoprompt.phantoms.hc18, seed 0): real HC18 not found"
+        source = "phantoms (autoprompt.data.phantoms.hc18, seed 0): real HC18 not found"
     reader = get_reader("hc18")
     settings = {"crop": crop}
     images, boxes, ids = [], [], []

@@ -1,4 +1,4 @@
-"""Encode throughput (images/s) of every backbone in ``autoprompt.backbones.BACKBONES``, through ``backbones.embed``.
+"""Encode throughput (images/s) of every backbone in ``backbones.BACKBONES``, through ``backbones.embed``.
 
 Times the whole ``embed`` call: resize + /255 on the device, the encoder, and the float16 copy back to the CPU.
 CPU: float32 at batch 1 and 2 for LiteMedSAM, float32 batch 1 for MedSAM ViT-B, and one bfloat16-autocast
@@ -21,7 +21,7 @@ from pathlib import Path
 import common
 import torch
 
-from autoprompt import backbones
+from autoprompt.model import backbones
 
 log = logging.getLogger("bench.encode")
 

@@ -18,7 +18,8 @@ import common
 import numpy as np
 import torch
 
-from autoprompt import backbones, embeddings
+from autoprompt.data import embeddings
+from autoprompt.model import backbones
 
 log = logging.getLogger("bench.storage")
 
@@ -108,7 +109,7 @@ def main() -> None:
         {
             "benchmark": "storage",
             "what": "bytes per embedding (N x 256 x 64 x 64 float16) in the embedding Zarr store "
-            "(autoprompt.embeddings: one image per chunk, sharded, Blosc zstd level 5 + shuffle), total store "
+            "(autoprompt.data.embeddings: one image per chunk, sharded, Blosc zstd level 5 + shuffle), total store "
             "bytes (metadata and shard indexes included) / images",
             "machine": machine,
             "settings": {

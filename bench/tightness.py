@@ -35,7 +35,7 @@ import common
 import torch
 from torch import Tensor
 
-from autoprompt import losses
+from autoprompt.model import losses
 
 log = logging.getLogger("bench.tightness")
 

@@ -2,7 +2,7 @@
 
 Two implementations of the decoder call, timed in the same run, steps interleaved:
 
-- ``batched``: the project's path (``training.head_logits``: ``PromptDecoder.forward``, all B images at once);
+- ``batched``: the project's path (``decoding.head_logits``: ``PromptDecoder.forward``, all B images at once);
 - ``per_image``: segment-anything's ``MaskDecoder.forward`` called image by image (the PyPI decoder repeats the
   image embeddings once per prompt, so B images with one prompt each must be decoded one at a time).
 
@@ -23,8 +23,9 @@ from pathlib import Path
 import common
 import torch
 
-from autoprompt import backbones, losses, training
-from autoprompt.decoding import PromptDecoder, to_label_size
+from autoprompt.model import backbones, losses
+from autoprompt.model.decoding import PromptDecoder, head_logits, to_label_size
+from autoprompt.training import loop
 
 log = logging.getLogger("bench.train_step")
 
@@ -49,7 +50,7 @@ def per_image_logits(head: torch.nn.Module, decoder: PromptDecoder, x: torch.Ten
 
 
 def batched_logits(head: torch.nn.Module, decoder: PromptDecoder, x: torch.Tensor) -> torch.Tensor:
-    return training.head_logits(head, decoder, x, LABEL_SIZE)
+    return to_label_size(head_logits(head, decoder, x), LABEL_SIZE)
 
 
 IMPLEMENTATIONS = {"batched": batched_logits, "per_image": per_image_logits}
@@ -63,7 +64,7 @@ class Step:
         name: str,
         head: torch.nn.Module,
         decoder: PromptDecoder,
-        config: training.TrainConfig,
+        config: loop.TrainConfig,
         device: torch.device,
     ) -> None:
         self.name, self.head, self.decoder, self.device = name, head, decoder, device
@@ -82,9 +83,9 @@ class Step:
         common.sync(self.device)
         t = start = time.perf_counter()
         x = embeddings16.to(self.device).float()
-        probs = torch.sigmoid(self.logits(self.head, self.decoder, x))
+        logits = self.logits(self.head, self.decoder, x)
         t = self._mark("forward", t)
-        total = losses.box_loss(probs, boxes, self.weights)["total"]
+        total = losses.box_loss(logits, boxes, self.weights)["total"]
         t = self._mark("losses", t)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -106,19 +107,19 @@ def check_same(decoder: PromptDecoder, head: torch.nn.Module, x: torch.Tensor) -
 def run(device: torch.device, embeddings16: torch.Tensor, boxes: torch.Tensor, args: argparse.Namespace) -> dict:
     checkpoint = backbones.resolve_checkpoint("lite_medsam", None)
     decoder = backbones.build_prompt_decoder("lite_medsam", checkpoint).to(device).eval().requires_grad_(False)
-    config = training.TrainConfig(
+    config = loop.TrainConfig(
         epochs=1,
         batch_size=len(boxes),
         lr=1e-3,
         weight_decay=1e-4,
         milestones=(50,),
         gamma=0.1,
+        loss=losses.LossWeights(),
         init_prompt="whole_box",
         init_scale=0.01,
-        loss=losses.BoxLossWeights(),
     )
     boxes = boxes.to(device)
-    heads = {name: training.make_head(decoder, config, seed=0).to(device) for name in IMPLEMENTATIONS}
+    heads = {name: loop.make_head(decoder, config, seed=0).to(device) for name in IMPLEMENTATIONS}
     diff = check_same(decoder, heads["batched"], embeddings16.to(device).float())
     steps = {name: Step(name, heads[name], decoder, config, device) for name in IMPLEMENTATIONS}
     for _ in range(args.warmup):
@@ -190,8 +191,8 @@ def main() -> None:
                 **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                 "label_size": LABEL_SIZE,
                 "backbone": "lite_medsam",
-                "loss": "losses.BoxLossWeights()",
-                "init": "training.make_head(whole_box, scale 0.01, seed 0)",
+                "loss": "losses.LossWeights() (the workshop recipe)",
+                "init": "loop.make_head(whole_box, scale 0.01, seed 0)",
                 "embeddings": "torch.randn (seed 0) stored float16, cast to float32 in the step",
             },
             "data": {"source": data["source"], "ids": data["ids"], "boxes": boxes.tolist()},

@@ -14,8 +14,9 @@ import torch
 import zarr
 from tqdm import tqdm
 
-from autoprompt import backbones, embeddings
-from autoprompt.stage import load_params, parser, run, select_device
+from autoprompt.data import embeddings
+from autoprompt.model import backbones
+from autoprompt.stage import load_params, parser, run, select_device, set_threads
 
 log = logging.getLogger("encode")
 
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     args.add_argument("--num-parts", type=int, default=None)
     args = args.parse_args(argv)
     params = load_params(args.params)["encode"]
+    set_threads(params)
     part_id, num_parts = part_from_env(args.part_id, args.num_parts)
 
     name = params["backbone"]

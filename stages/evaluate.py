@@ -1,7 +1,8 @@
-"""evaluate@<task>: test Dice of every trained run and of the backbone prompted with the tight box.
+"""evaluate@<task>: test scores of every trained run, of each group's ensemble, and of the tight-box prompt.
 
-Writes ``metrics/<task>.json`` (mean and std over runs, per regime), a per-image CSV (``dvc plots``) and a figure
-of test images with the ground truth and the predictions.
+Writes ``metrics/<task>.json`` (Dice, NSD and HD95, and per-patient 3D Dice for slices of volumes: mean ± std over
+runs per recipe and regime, and over test images for the ensembles and the tight box), a per-image CSV
+(``dvc plots``) and a figure of test images with the ground truth and the predictions.
 """
 
 from __future__ import annotations
@@ -13,26 +14,19 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from autoprompt import backbones, figures, runs
+from autoprompt.data.tasks import load_task
 from autoprompt.errors import InputError
-from autoprompt.fewshot import FEWSHOT
+from autoprompt.evaluation import figures, scoring
+from autoprompt.evaluation.scoring import ENSEMBLE, Scores
 from autoprompt.io import atomic_path, write_text
-from autoprompt.metrics import dice, summarize
-from autoprompt.stage import load_params, run, select_device, task_parser
-from autoprompt.tasks import load_task
-from autoprompt.training import predict
+from autoprompt.model import backbones
+from autoprompt.model.decoding import predict
+from autoprompt.stage import load_params, run, select_device, set_threads, task_parser
+from autoprompt.training import runs
 
 log = logging.getLogger("evaluate")
 
 TIGHT_BOX = "tight_box"
-
-
-def summarize_runs(per_run: dict[str, torch.Tensor]) -> dict[str, dict]:
-    """Regime -> mean and std over its runs of each run's mean test Dice (Table 1's convention)."""
-    regimes: dict[str, list[float]] = {}
-    for key, values in per_run.items():
-        regimes.setdefault(key.split("/")[0], []).append(float(values.mean()))
-    return {regime: summarize(means) for regime, means in regimes.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -44,11 +38,12 @@ def main(argv: list[str] | None = None) -> None:
     args = args.parse_args(argv)
     params = load_params(args.params)
     settings, encode = params["evaluate"], params["encode"]
+    set_threads(settings)
 
     task = load_task(params, args.task, args.prepared, args.index, args.embeddings)
     rows = task.rows("test")
     if rows.empty:
-        raise InputError(f"{args.index}: task {args.task} has no test images; check prepare.split")
+        raise InputError(f"{args.index}: task {args.task} has no test images; check prepare.{task.name} split")
     run_dirs = runs.finished_runs(args.models)
     if not run_dirs:
         raise InputError(f"{args.models}: no trained runs; run the train stage first (dvc repro)")
@@ -58,36 +53,61 @@ def main(argv: list[str] | None = None) -> None:
         encode["backbone"], backbones.resolve_checkpoint(encode["backbone"], encode.get("checkpoint"))
     )
     embeddings, masks, boxes = task.load_embeddings(rows), task.load_masks(rows), task.boxes(rows)
+    spacing, subjects = task.spacing(rows), rows["subject"].tolist() if task.volumes else None
+    tolerance = float(settings["nsd_tolerance_mm"])
 
-    def score(**prompt: object) -> tuple[torch.Tensor, torch.Tensor]:
-        probs = predict(decoder, embeddings, task.label_size, batch, device, **prompt)
-        return dice(probs > threshold, masks), probs[:count]
+    def score(probs: torch.Tensor) -> Scores:
+        return scoring.score(probs > threshold, masks, spacing, subjects, tolerance)
 
-    per_run, shown = {}, {}
+    groups: dict[str, list[Scores]] = {}
+    sums: dict[str, torch.Tensor] = {}
+    shown: dict[str, torch.Tensor] = {}
+    selected_epochs: dict[str, int] = {}
     for run_dir in tqdm(run_dirs, desc=f"evaluate {args.task}", unit="run"):
         head, _ = runs.load_head(run_dir)
         key = runs.run_key(run_dir)
-        per_run[key], probs = score(head=head)
-        shown.setdefault(key.split("/")[0], probs)  # the first run of each regime is drawn
-    tight, shown[TIGHT_BOX] = score(boxes=boxes)
+        group = runs.group_key(key)
+        probs = predict(decoder, embeddings, task.label_size, batch, device, head=head)
+        groups.setdefault(group, []).append(score(probs))
+        sums[group] = sums.get(group, 0) + probs
+        selected_epochs[key] = runs.load_record(run_dir).get("selected_epoch")
+    tight_probs = predict(decoder, embeddings, task.label_size, batch, device, boxes=boxes)
 
-    regimes = summarize_runs(per_run)
-    result = {"test_images": len(rows), "dice": {**regimes, TIGHT_BOX: summarize(tight.numpy())}}
-    if FEWSHOT in result["dice"]:
-        result["dice"][FEWSHOT]["shots"] = int(params["train"]["shots"])
+    predictors: dict[str, Scores | list[Scores]] = {}
+    summaries: dict[str, dict] = {TIGHT_BOX: scoring.over_images(predictors.setdefault(TIGHT_BOX, score(tight_probs)))}
+    shown[TIGHT_BOX] = tight_probs[:count]
+    for group, scores in groups.items():
+        predictors[group] = scores
+        summaries[group] = scoring.over_runs(scores)
+        if len(scores) > 1:
+            mean_probs = sums[group] / len(scores)
+            ensemble = predictors[f"{group}_{ENSEMBLE}"] = score(mean_probs)
+            summaries[f"{group}_{ENSEMBLE}"] = scoring.over_images(ensemble)
+            if group.endswith("/fewshot"):
+                shown[f"{group}_{ENSEMBLE}"] = mean_probs[:count]
+
+    result = {
+        "test_images": len(rows),
+        "shots": params["train"]["shots"],
+        "select": params["train"]["select"],
+        "nsd_tolerance_mm": tolerance,
+        "std": "over runs for each recipe/regime; over test images for tight_box and the ensembles "
+        "(over patients for dice_3d)",
+        "selected_epochs": selected_epochs,
+        **scoring.metrics_json(summaries),
+    }
     write_text(args.metrics, json.dumps(result, indent=2) + "\n")
-
-    table = rows[["id", "subject"]].copy()
-    for regime in regimes:
-        table[regime] = torch.stack([v for k, v in per_run.items() if k.startswith(f"{regime}/")]).mean(0).numpy()
-    table[TIGHT_BOX] = tight.numpy()
     with atomic_path(args.per_image) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.5f")
+        scoring.per_image_table(rows[["id", "subject"]], predictors).to_csv(tmp, index=False, float_format="%.5f")
 
     images = torch.from_numpy(task.prepared["images"].get_orthogonal_selection((rows["row"].to_numpy()[:count],)))
     with atomic_path(args.figure) as tmp:
         figures.examples(tmp, images, masks[:count], {k: v > threshold for k, v in shown.items()}, args.task)
-    log.info("%s: %s", args.task, ", ".join(f"{k} {v['mean']:.2f} ± {v['std']:.2f}" for k, v in result["dice"].items()))
+    log.info(
+        "%s: test Dice %s",
+        args.task,
+        ", ".join(f"{k} {v['dice']['mean']:.2f} ± {v['dice']['std']:.2f}" for k, v in summaries.items()),
+    )
 
 
 if __name__ == "__main__":

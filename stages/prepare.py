@@ -1,13 +1,14 @@
-"""prepare@<dataset>: official layout -> clipped, cropped images, label maps, tight boxes and a subject split."""
+"""prepare@<dataset>: official layout -> clipped images fitted to the square frame, label maps, tight boxes, what the
+fit kept of each class, and a subject split (proportional or the authors' lists)."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from autoprompt import backbones
-from autoprompt.datasets import get_reader
-from autoprompt.prepared import prepare_cases, split_table, write_prepared
+from autoprompt.data import get_reader
+from autoprompt.data.prepared import apply_split, prepare_cases, split_settings, write_prepared
+from autoprompt.model import backbones
 from autoprompt.stage import load_params, parser, run
 
 log = logging.getLogger("prepare")
@@ -28,9 +29,11 @@ def main(argv: list[str] | None = None) -> None:
     files = reader.find(args.raw, settings)
     # Preflight for the encode stage: a missing checkpoint stops the pipeline here, not after preprocessing.
     backbones.resolve_checkpoint(everything["encode"]["backbone"], everything["encode"].get("checkpoint"))
+    split_settings(args.dataset, settings)  # bad split settings stop here too, before the images are read
     log.info("%s: %d cases found under %s", args.dataset, len(files), args.raw)
-    prepared = prepare_cases(reader, files, settings, int(settings["crop"]), params["on_error"])
-    prepared.table["split"] = split_table(prepared.table, settings["split"], int(params["seed"]))
+    fit = settings.get("fit", "crop")
+    prepared = prepare_cases(reader, files, settings, int(settings["crop"]), params["on_error"], fit)
+    prepared.table = apply_split(prepared.table, args.dataset, settings, int(params["seed"]))
     write_prepared(
         args.store,
         args.index,

@@ -1,4 +1,5 @@
-"""report: the paper's Table 1 with our rows beside it (metrics/table.md) and a figure of the same numbers."""
+"""report: the paper's Table 1 with our rows beside it (metrics/table.md), our surface metrics
+(metrics/table_surface.md) and a figure of the Dice numbers."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import json
 import logging
 from pathlib import Path
 
-from autoprompt import figures
 from autoprompt.errors import InputError
+from autoprompt.evaluation import figures
+from autoprompt.evaluation.report import bar_rows, build_table, surface_table, to_markdown
 from autoprompt.io import atomic_path, write_text
-from autoprompt.report import bar_rows, build_table, to_markdown
 from autoprompt.stage import load_params, parser, run
+from autoprompt.training.loop import recipe_names
 
 log = logging.getLogger("report")
 
@@ -19,6 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser(__doc__)
     args.add_argument("--metrics", type=Path, required=True, help="folder holding <task>.json")
     args.add_argument("--table", type=Path, required=True, help="markdown table to write")
+    args.add_argument("--surface", type=Path, required=True, help="markdown table of surface metrics to write")
     args.add_argument("--figure", type=Path, required=True, help="PNG bar chart to write")
     args = args.parse_args(argv)
     params = load_params(args.params)
@@ -30,15 +33,27 @@ def main(argv: list[str] | None = None) -> None:
             raise InputError(f"{path}: metrics of task {task} not found; run its evaluate stage first (dvc repro)")
         metrics[task] = json.loads(path.read_text())
     backbone, shots = params["encode"]["backbone"], params["train"]["shots"]
-    table = build_table(metrics, columns, backbone, shots)
+    recipes = recipe_names(params["train"])
+    select = params["train"]["select"]
     note = (
-        f"Bold rows are this pipeline's ({backbone}, params.yaml), mean ± std over runs; the others are the "
-        "paper's. '–' marks a task not run here."
+        f"Bold rows are this pipeline's ({backbone}, params.yaml, head of the {select} epoch); the others are the "
+        "paper's. ± is the std over runs (subsets x seeds) for a prompt-module row, and over test images for the "
+        "tight-box prompt and for the ensembles (one predictor each: the runs' mean probability, thresholded once). "
+        "'–' marks a task not run here."
     )
-    write_text(args.table, to_markdown(table, note))
+    table = build_table(metrics, columns, recipes, backbone, shots)
+    write_text(args.table, to_markdown(table, "Table 1: test Dice (%)", note))
+    tolerance = next(iter(metrics.values()))["nsd_tolerance_mm"]
+    surface_note = (
+        f"This pipeline's rows ({backbone}): normalised surface Dice (%) at a tolerance of {tolerance:g} mm, the "
+        "95th-percentile Hausdorff distance (mm; over the images where both masks are non-empty) and, for slices of "
+        "volumes, Dice (%) per patient with the slices stacked. ± as in Table 1."
+    )
+    surface = surface_table(metrics, columns, recipes, backbone)
+    write_text(args.surface, to_markdown(surface, "Surface metrics on the test images", surface_note))
     with atomic_path(args.figure) as tmp:
-        figures.dice_bars(tmp, bar_rows(metrics, columns, shots))
-    log.info("wrote %s and %s", args.table, args.figure)
+        figures.dice_bars(tmp, bar_rows(metrics, columns, recipes, shots))
+    log.info("wrote %s, %s and %s", args.table, args.surface, args.figure)
 
 
 if __name__ == "__main__":

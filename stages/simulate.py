@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from autoprompt.data.phantoms import WRITERS
 from autoprompt.errors import InputError
-from autoprompt.phantoms import WRITERS
 from autoprompt.stage import load_params, parser, run
 
 log = logging.getLogger("simulate")

@@ -1,35 +1,56 @@
-"""train@<task>: the prompt head's runs (few-shot subsets x seeds, and all images x seeds) from cached embeddings.
+"""train@<task>: the prompt head's runs, per recipe: few-shot subsets x seeds, and all images x seeds.
 
-Only embeddings and tight boxes are read; the image encoder is never built. Finished runs whose config is
+Only embeddings and tight boxes are read; the image encoder is never built. Finished runs whose fingerprint is
 unchanged are kept (the stage's output persists), so a killed stage resumes and a new ``train.shots`` retrains
-only the few-shot runs.
+only the few-shot runs. The fingerprint covers the params, the run's boxes and pseudo-labels, and the code.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from dvclive import Live
 from tqdm import tqdm
 
-from autoprompt import backbones, decoding, losses, runs, training
-from autoprompt import head as prompt_head
+from autoprompt.data import embeddings, prepared, tasks
+from autoprompt.data.tasks import Task, load_task
 from autoprompt.errors import InputError
-from autoprompt.fewshot import Run, plan_runs
+from autoprompt.evaluation import metrics
 from autoprompt.io import atomic_path
-from autoprompt.stage import load_params, run, select_device, task_parser
-from autoprompt.tasks import Task, load_task
-from autoprompt.training import TrainConfig, train_head
+from autoprompt.model import backbones, decoding, head, losses
+from autoprompt.stage import load_params, run, select_device, set_threads, task_parser
+from autoprompt.training import augment, fewshot, inputs, loop, pseudo_labels, runs, validation
+from autoprompt.training.fewshot import Run, plan_runs
+from autoprompt.training.inputs import TaskInputs
+from autoprompt.training.loop import TrainConfig, recipe_names, train_head
+from autoprompt.training.pseudo_labels import array_sha256, save_inputs
+from autoprompt.training.validation import ValidationSet
 
 log = logging.getLogger("train")
 
-TRAINING_CODE = (training, prompt_head, losses, decoding)  # the modules a run's result depends on
+# Every module a run's result depends on: a change to any of them trains the run again.
+TRAINING_CODE = (
+    loop, augment, validation, pseudo_labels, inputs, fewshot, runs, head, losses, decoding, backbones, metrics,
+    tasks, prepared, embeddings,
+)  # fmt: skip
 
 
-def run_config(task: Task, run_: Run, config: TrainConfig, code_sha256: str) -> dict:
+@dataclass(frozen=True)
+class Job:
+    """One run to have: its key (``recipe/regime/run``), the run, its optimisation config and its fingerprinted
+    config (everything its result depends on)."""
+
+    key: str
+    run: Run
+    config: TrainConfig
+    record: dict
+
+
+def run_config(task: Task, recipe: str, run_: Run, config: TrainConfig, hashes: dict[str, str], code: str) -> dict:
     """Everything a run's result depends on; its fingerprint decides whether a saved run can be kept."""
     attrs = task.embeddings.attrs
     return {
@@ -39,12 +60,76 @@ def run_config(task: Task, run_: Run, config: TrainConfig, code_sha256: str) -> 
         "backbone": attrs["backbone"],
         "checkpoint_sha256": attrs["checkpoint_sha256"],
         "source_sha256": attrs["source_sha256"],
+        "precision": attrs.get("precision", "float32"),
+        "recipe": recipe,
         "run": run_.key,
         "seed": run_.seed,
         "ids": list(run_.ids),
         "train": dataclasses.asdict(config),
-        "code_sha256": code_sha256,
+        "inputs_sha256": hashes,
+        "code_sha256": code,
     }
+
+
+def plan_jobs(task: Task, train: dict, data: TaskInputs) -> list[Job]:
+    """Every run of every recipe, with the hashes of its boxes, pseudo-labels and (for ``best``) validation boxes."""
+    plan = plan_runs(
+        task.rows("train")["id"].tolist(),
+        train["shots"],
+        int(train["subsets"]),
+        [int(s) for s in train["seeds"]],
+        int(train["subset_seed"]),
+        bool(train["all_images"]),
+        task.name,
+    )
+    code = runs.code_sha256([*TRAINING_CODE, sys.modules[__name__]])  # this stage module too
+    val_ids = tuple(task.rows("val")["id"])
+    jobs = []
+    for recipe in recipe_names(train):
+        for r in plan:
+            config = TrainConfig.from_params(train, recipe, r.regime)
+            hashes = {"boxes": array_sha256(data.boxes(r.ids))}
+            if config.loss.pseudo_label:
+                hashes["pseudo_labels"] = array_sha256(data.pseudo(r.ids))
+            if config.select == "best" and val_ids:
+                hashes["validation_boxes"] = array_sha256(data.boxes(val_ids))
+            jobs.append(Job(f"{recipe}/{r.key}", r, config, run_config(task, recipe, r, config, hashes, code)))
+    return jobs
+
+
+def train_job(job: Job, task: Task, data: TaskInputs, validation: ValidationSet | None, out: Path) -> None:
+    """Train one run into ``out/<key>`` (whole or not at all), with its dvclive logs and its inputs."""
+    pseudo = data.pseudo(job.run.ids) if job.config.loss.pseudo_label else None
+    with (
+        atomic_path(out / job.key) as folder,
+        tqdm(total=job.config.epochs, desc=f"train {task.name} {job.key}", unit="epoch") as bar,
+    ):
+        folder.mkdir()
+        live = Live(dir=str(folder), dvcyaml=None, save_dvc_exp=False, report=None)
+        live.log_params({"run": job.key, "seed": job.run.seed, "images": len(job.run.ids)})
+
+        def on_epoch(epoch: int, terms: dict[str, float]) -> None:
+            for name, value in terms.items():
+                live.log_metric(f"val/{name[4:]}" if name.startswith("val_") else f"train/{name}", value)
+            live.next_step()
+            bar.set_postfix(loss=f"{terms['total']:.4f}", **{k: f"{v:.3f}" for k, v in terms.items() if "val" in k})
+            bar.update()
+
+        result = train_head(
+            data.embeddings(job.run.ids),
+            data.boxes(job.run.ids),
+            task.label_size,
+            data.decoder,
+            job.config,
+            job.run.seed,
+            data.device,
+            pseudo=pseudo,
+            validation=validation,
+            on_epoch=on_epoch,
+        )
+        live.end()
+        save_inputs(folder, list(job.run.ids), data.boxes(job.run.ids), pseudo)
+        runs.save_head(folder, result.head, job.record, selected_epoch=result.epoch)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -53,60 +138,27 @@ def main(argv: list[str] | None = None) -> None:
     args = args.parse_args(argv)
     params = load_params(args.params)
     train, encode = params["train"], params["encode"]
+    set_threads(train)
 
     task = load_task(params, args.task, args.prepared, args.index, args.embeddings)
-    config = TrainConfig.from_params(train)
-    plan = plan_runs(
-        task.rows("train")["id"].tolist(),
-        train["shots"],
-        int(train["subsets"]),
-        [int(s) for s in train["seeds"]],
-        int(train["subset_seed"]),
-        bool(train["all_images"]),
-        args.task,
-    )
     checkpoint = backbones.resolve_checkpoint(encode["backbone"], encode.get("checkpoint"))
     if backbones.file_sha256(checkpoint) != task.embeddings.attrs["checkpoint_sha256"]:
         raise InputError(
             f"{args.embeddings}: encoded with another checkpoint than {checkpoint}; "
             "run the encode stage again (dvc repro)"
         )
-    code = runs.code_sha256(list(TRAINING_CODE))
-    configs = {r.key: run_config(task, r, config, code) for r in plan}
-    todo = [r for r in plan if not runs.is_done(args.out / r.key, configs[r.key])]
+    device = select_device(train["device"])
+    decoder = backbones.build_prompt_decoder(encode["backbone"], checkpoint).to(device)
+    data = TaskInputs(task, decoder, device, int(train["predict_batch_size"]))
+    jobs = plan_jobs(task, train, data)
+    todo = [job for job in jobs if not runs.is_done(args.out / job.key, job.record)]
     log.info(
-        "%s: %d runs planned, %d already trained, %d to train", args.task, len(plan), len(plan) - len(todo), len(todo)
+        "%s: %d runs planned, %d already trained, %d to train", args.task, len(jobs), len(jobs) - len(todo), len(todo)
     )
-
-    if todo:
-        device = select_device(train["device"])
-        decoder = backbones.build_prompt_decoder(encode["backbone"], checkpoint)
-        needed = task.rows(ids=tuple(sorted({i for r in todo for i in r.ids})))
-        cached = dict(zip(needed["id"], task.load_embeddings(needed), strict=True))
-        for r in todo:
-            rows = task.rows(ids=r.ids)
-            embeddings = torch.stack([cached[i] for i in r.ids])
-            with (
-                atomic_path(args.out / r.key) as folder,
-                tqdm(total=config.epochs, desc=f"train {args.task} {r.key}", unit="epoch") as bar,
-            ):
-                folder.mkdir()
-                live = Live(dir=str(folder), dvcyaml=None, save_dvc_exp=False, report=None)
-                live.log_params({"run": r.key, "seed": r.seed, "images": len(r.ids)})
-
-                def on_epoch(epoch: int, terms: dict[str, float], live: Live = live, bar: tqdm = bar) -> None:
-                    for name, value in terms.items():
-                        live.log_metric(f"train/{name}", value)
-                    live.next_step()
-                    bar.set_postfix(loss=f"{terms['total']:.4f}")
-                    bar.update()
-
-                head = train_head(
-                    embeddings, task.boxes(rows), task.label_size, decoder, config, r.seed, device, on_epoch
-                )
-                live.end()
-                runs.save_head(folder, head, configs[r.key])
-    removed = runs.remove_stale(args.out, set(configs))
+    validation = data.validation(with_masks=True) if todo and int(train["validate_every"]) else None
+    for job in todo:
+        train_job(job, task, data, validation, args.out)
+    removed = runs.remove_stale(args.out, {job.key for job in jobs})
     if removed:
         log.info("%s: removed runs of earlier params: %s", args.task, ", ".join(removed))
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from autoprompt import backbones
-from autoprompt.phantoms.hc18 import write_hc18_phantoms
+from autoprompt.data.phantoms.hc18 import write_hc18_phantoms
+from autoprompt.model import backbones
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

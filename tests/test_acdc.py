@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from autoprompt.datasets import Case, acdc, get_reader
+from autoprompt.data import Case, acdc, get_reader
+from autoprompt.data.phantoms import WRITERS
+from autoprompt.data.prepared import apply_split, prepare_cases, split_table
 from autoprompt.errors import InputError
-from autoprompt.phantoms import WRITERS
-from autoprompt.prepared import prepare_cases, split_table
 
 ROTATED = (0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0)  # 90 degrees in-plane, and the slice axis flipped
 
@@ -148,6 +148,7 @@ def test_phantoms_prepare_crop_256_and_split(phantom_root: Path) -> None:
     table = prepared.table
     assert prepared.images.shape[1:] == (256, 256) and len(table) >= 6 * 6
     assert (table["spacing_row"] == 1.0).all() and (table["height"] > 84).all()  # 84 rows of 1.25-1.75 mm
+    assert (table["scale"] == 1.0).all() and (table[["rv_kept", "lv_kept"]] == 1.0).all().all()  # padded, not cut
     assert (table["lv_area"] >= 100).mean() > 0.9 and (table["rv_area"] >= 100).mean() > 0.5
     assert table["lv_area"].median() > 700 and table["rv_area"].max() > 1000  # mm^2, as in real hearts
     assert set(np.unique(prepared.labels)) == {0, 1, 2, 3}
@@ -155,6 +156,20 @@ def test_phantoms_prepare_crop_256_and_split(phantom_root: Path) -> None:
     by_subject = dict(zip(table["subject"], splits, strict=True))
     assert [by_subject[f"patient{n:03d}"] for n in (5, 6)] == ["test", "test"]
     assert {by_subject[f"patient{n:03d}"] for n in range(1, 5)} <= {"train", "val"}
+
+
+def test_authors_split(tmp_path: Path) -> None:
+    """patient012 (acdc_val.txt) is val, patient013 (under testing/) test, the other training patients train."""
+    root = tmp_path / "raw"
+    WRITERS["acdc"](root, {"training": 12, "testing": 1, "size": [48, 40], "slices": [3, 3], "seed": 1})
+    reader = get_reader("acdc")
+    settings = {"split": "authors"}
+    table = apply_split(prepare_cases(reader, reader.find(root, {}), {}, 64).table, "acdc", settings, seed=0)
+    by_subject = table.groupby("subject")[["split", "split_by"]].first()
+    assert by_subject.loc["patient012"].tolist() == ["val", "lists"]
+    assert by_subject.loc["patient013"].tolist() == ["test", "data"]
+    rest = by_subject.drop(["patient012", "patient013"])
+    assert len(rest) == 11 and (rest["split"] == "train").all() and (rest["split_by"] == "unlisted").all()
 
 
 def test_phantom_volumes_are_anisotropic_and_oblique(phantom_root: Path) -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from autoprompt import backbones
 from autoprompt.errors import InputError
+from autoprompt.model import backbones
 
 
 class Payload:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,12 +10,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from autoprompt.datasets import Case, camus, get_reader
-from autoprompt.datasets.preprocess import clip_rescale
+from autoprompt.data import Case, camus, get_reader
+from autoprompt.data.phantoms import WRITERS
+from autoprompt.data.phantoms.camus import write_camus_phantoms
+from autoprompt.data.prepared import apply_split, prepare_cases, split_table
+from autoprompt.data.preprocess import clip_rescale
 from autoprompt.errors import InputError
-from autoprompt.phantoms import WRITERS
-from autoprompt.phantoms.camus import write_camus_phantoms
-from autoprompt.prepared import prepare_cases, split_table
 
 SIZE = (96, 120)  # width, height: small, for speed
 
@@ -136,10 +137,69 @@ def test_prepare_cases_crop_512(nifti_root: Path, mhd_root: Path) -> None:
     prepared = prepare_cases(reader, reader.find(nifti_root, {}), {"crop": 512}, 512)
     assert prepared.images.shape == prepared.labels.shape == (10, 512, 512)
     assert (prepared.table["lv_area"] > 100).all() and (prepared.table["la_area"] > 100).all()
+    # 120 x 96 frames fit in 512 whole: nothing is cut, and the areas are those of the images as read.
+    assert (prepared.table[["lv_kept", "la_kept"]] == 1.0).all().all()
+    assert (prepared.table["la_area"] == prepared.table["la_area_raw"]).all()
     splits = split_table(prepared.table, {"train": 350, "val": 50, "test": 100}, seed=0)
     assert splits.tolist() == prepared.table["split"].tolist()  # the official split files fix every patient
     mhd = prepare_cases(reader, reader.find(mhd_root, {}), {"crop": 512}, 512)
     assert mhd.images.shape == (3, 512, 512) and (mhd.table["lv_area"] > 0).all()
+
+
+def test_authors_split(tmp_path: Path) -> None:
+    """patient0011 (camus_test.txt) lands in test, patient0014 and patient0016 (camus_val.txt) in val, and every
+    other patient, in no list, in train, as the authors' train set is every other patient."""
+    root = tmp_path / "camus"
+    write_camus_phantoms(root, 16, SIZE, seed=4)
+    reader = get_reader("camus")
+    settings = {"view": "2CH", "split": "authors"}
+    table = apply_split(prepare_cases(reader, reader.find(root, settings), settings, 128).table, "camus", settings, 0)
+    split = dict(zip(table["subject"], table["split"], strict=True))
+    assert (split.pop("patient0011"), split.pop("patient0014"), split.pop("patient0016")) == ("test", "val", "val")
+    assert set(split.values()) == {"train"} and len(split) == 13
+    assert table.set_index("subject").loc["patient0011", "split_by"] == "lists"
+    assert set(table.set_index("subject").loc[list(split), "split_by"]) == {"unlisted"}
+    assert table["id"].str.endswith("_2CH_ED").all()
+
+
+@pytest.fixture(scope="module")
+def tall_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two patients as tall as real CAMUS frames (840 rows x 600 columns), the LA reaching the bottom rows."""
+    root = tmp_path_factory.mktemp("camus") / "tall"
+    write_camus_phantoms(root, 2, (600, 840), seed=5)
+    return root
+
+
+def test_crop_reports_what_it_cuts_and_resize_keeps_it(tall_root: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """fit: crop at 512 cuts the LA of 840-row frames (kept < 0.99, recorded and warned about); fit: resize keeps
+    every class (>= 0.97, nearest-neighbour rounding) and scales the spacing by 840 / 512."""
+    reader = get_reader("camus")
+    files = reader.find(tall_root, {"view": "2CH"})
+    cases = [case for f in files for case in reader.load(f, {})]
+    assert all(case.image.shape == (840, 600) for case in cases)
+    assert all(np.nonzero(case.label == 3)[0].max() > 676 for case in cases), "the LA reaches below the crop"
+
+    with caplog.at_level(logging.WARNING):
+        crop = prepare_cases(reader, files, {}, 512, fit="crop").table
+    assert (crop["la_kept"] < 0.99).all()
+    np.testing.assert_allclose(crop["la_kept"], crop["la_area"] / crop["la_area_raw"])
+    np.testing.assert_array_equal(crop["la_area_raw"], [(case.label == 3).sum() for case in cases])
+    assert "2 of 2 images lost more than 1% of la to the crop to 512" in caplog.text
+    assert crop[["scale", "offset_row", "offset_col"]].values.tolist() == [[1.0, -164, -44]] * 2
+    np.testing.assert_allclose(crop["spacing_row"], [case.spacing[0] for case in cases])
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        resize = prepare_cases(reader, files, {}, 512, fit="resize")
+    table = resize.table
+    assert (table[["lv_kept", "la_kept"]] >= 0.97).all().all() and (table[["lv_kept", "la_kept"]] <= 1.03).all().all()
+    assert "lost more than" not in caplog.text
+    np.testing.assert_allclose(table["scale"], 512 / 840)
+    assert table[["offset_row", "offset_col"]].values.tolist() == [[0, 73]] * 2  # 366 columns centred in 512
+    np.testing.assert_allclose(table["spacing_row"], [case.spacing[0] * 840 / 512 for case in cases])
+    np.testing.assert_allclose(table["spacing_col"], [case.spacing[1] * 840 / 512 for case in cases])
+    np.testing.assert_array_equal(table[["height", "width"]].values, [[840, 600]] * 2)
+    assert table["la_y1"].max() < 512 and (resize.labels[:, :, :73] == 0).all()
 
 
 @pytest.mark.parametrize("shape", [(20, 16), (1, 20, 16), (20, 16, 1)])

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from autoprompt import backbones
-from autoprompt.decoding import PromptDecoder, to_label_size
+from autoprompt.model import backbones
+from autoprompt.model.decoding import PromptDecoder, to_label_size
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,11 @@ import pytest
 import yaml
 import zarr
 
-from autoprompt import backbones, embeddings
-from autoprompt.embeddings import Identity
+from autoprompt.data import embeddings
+from autoprompt.data.embeddings import Identity
+from autoprompt.data.phantoms.hc18 import write_hc18_phantoms
 from autoprompt.errors import InputError
-from autoprompt.phantoms.hc18 import write_hc18_phantoms
+from autoprompt.model import backbones
 
 N_IMAGES, SHARD_SIZE = 5, 2  # three shards, the last one short
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -10,13 +12,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
-from autoprompt import backbones
-from autoprompt.datasets import get_reader, hc18
-from autoprompt.datasets.preprocess import clip_rescale, crop_or_pad, tight_box
-from autoprompt.decoding import to_label_size
+from autoprompt.data import get_reader, hc18
+from autoprompt.data.phantoms.hc18 import write_hc18_phantoms
+from autoprompt.data.prepared import apply_split, prepare_cases
+from autoprompt.data.preprocess import clip_rescale, crop_or_pad, tight_box
 from autoprompt.errors import InputError
-from autoprompt.prepared import prepare_cases
+from autoprompt.model import backbones
+from autoprompt.model.decoding import to_label_size
+from stages import prepare
 
 CROP = 640
 
@@ -47,6 +52,20 @@ def test_find_lists_every_image(hc18_phantoms: Path) -> None:
         assert f.paths[1].name == f"{f.id}_Annotation.png"
         assert f.paths[2] == hc18_phantoms / hc18.CSV_NAME
     assert len({f.subject for f in files}) == 8
+
+
+def test_images_first_or_all(hc18_phantoms: Path) -> None:
+    """images: first keeps each subject's NNN_HC.png only, all keeps the NNN_2HC.png extras too; the setting
+    absent reads every image; any other value names params.yaml."""
+    every = hc18.find(hc18_phantoms, {"images": "all"})
+    first = hc18.find(hc18_phantoms, {"images": "first"})
+    assert [f.id for f in hc18.find(hc18_phantoms, {})] == [f.id for f in every]
+    assert [f.id for f in first] == [f"{f.subject}_HC" for f in first]
+    assert [f.subject for f in first] == sorted({f.subject for f in every}), "one image per subject"
+    extras = [f.id for f in every if f.id not in {g.id for g in first}]
+    assert extras and all(re.fullmatch(r"\d{3}_\dHC", e) for e in extras)
+    with pytest.raises(InputError, match=r"^params\.yaml: prepare\.hc18\.images is 'second'"):
+        hc18.find(hc18_phantoms, {"images": "second"})
 
 
 def test_masks_are_filled_ellipses_matching_the_csv(hc18_phantoms: Path) -> None:
@@ -149,6 +168,81 @@ def test_prepare_cases_skips_and_counts_bad_cases(broken: tuple[Path, dict[str, 
     assert box == tight_box(prepared.labels[0] == 1)
     assert first["head_area"] == int(prepared.labels[0].sum())
     assert first["subject"] == first["id"][:3]
+    # 540 x 800 centre-cropped/padded to 640: 50 rows of padding above, 80 columns cut on the left, scale 1.
+    table = prepared.table
+    geometry = table[["scale", "offset_row", "offset_col", "height", "width"]].drop_duplicates()
+    assert geometry.values.tolist() == [[1.0, 50, -80, 540, 800]]
+    assert (table["head_area_raw"] >= table["head_area"]).all()
+    kept = table["head_area"] / table["head_area_raw"]
+    np.testing.assert_allclose(table["head_kept"], kept)
+
+
+# --- the authors' split on phantoms named like the real images ---
+
+
+@pytest.fixture(scope="module")
+def listed_phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Subjects 000-014, each with a second image NNN_2HC.png (small images, for speed), and a subject 999 that
+    no list names (a copy of subject 000 under another number)."""
+    root = tmp_path_factory.mktemp("hc18") / "listed"
+    write_hc18_phantoms(root, subjects=15, size=(200, 136), seed=3, second_image=1.0)
+    image_dir = root / "training_set"
+    for suffix in (".png", "_Annotation.png"):
+        shutil.copy(image_dir / f"000_HC{suffix}", image_dir / f"999_HC{suffix}")
+    table = pd.read_csv(root / hc18.CSV_NAME)
+    extra = table[table.iloc[:, 0] == "000_HC.png"].replace({"000_HC.png": "999_HC.png"})
+    pd.concat([table, extra]).to_csv(root / hc18.CSV_NAME, index=False)
+    return root
+
+
+@pytest.mark.parametrize("images", ["first", "all"])
+def test_authors_split_on_phantoms(listed_phantoms: Path, images: str) -> None:
+    """000_HC is in the authors' train list, 008_HC in val, 002_HC and 014_HC in test; a subject's extra image
+    follows its first one; subject 999, in no list, is dealt by the proportions."""
+    reader = get_reader("hc18")
+    settings = {"images": images, "split": "authors", "proportions": {"test": 1}}
+    prepared = prepare_cases(reader, reader.find(listed_phantoms, settings), settings, 256)
+    table = apply_split(prepared.table, "hc18", settings, seed=0)
+    split = dict(zip(table["id"], table["split"], strict=True))
+    assert len(table) == (16 if images == "first" else 31)
+    assert (split["000_HC"], split["008_HC"], split["002_HC"], split["014_HC"]) == ("train", "val", "test", "test")
+    assert (table.groupby("subject")["split"].nunique() == 1).all()
+    if images == "all":
+        assert (split["014_2HC"], split["000_2HC"], split["008_2HC"]) == ("test", "train", "val")
+    split_by = dict(zip(table["subject"], table["split_by"], strict=False))
+    assert split_by.pop("999") == "proportions" and split["999_HC"] == "test"
+    assert set(split_by.values()) == {"lists"}
+
+
+def test_prepare_stage_writes_the_authors_split(listed_phantoms: Path, tmp_path: Path, caplog) -> None:
+    """The stage: images: first and split: authors from params.yaml, the new columns in the CSV index, the counts
+    logged; a bad split setting stops it before the images are read."""
+    params = {
+        "prepare": {
+            "seed": 0,
+            "on_error": "stop",
+            "min_foreground": 10,
+            "hc18": {"crop": 256, "fit": "crop", "images": "first", "split": "authors", "proportions": {"train": 1}},
+        },
+        "encode": {"backbone": "lite_medsam", "checkpoint": None},
+    }
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    store, index = tmp_path / "hc18.zarr", tmp_path / "hc18.csv"
+    argv = ["--params", str(path), "--dataset", "hc18", "--raw", str(listed_phantoms)]
+    with caplog.at_level(logging.INFO):
+        prepare.main([*argv, "--store", str(store), "--index", str(index)])
+    table = pd.read_csv(index, dtype={"id": str, "subject": str})
+    assert table["id"].str.fullmatch(r"\d{3}_HC").all() and len(table) == 16
+    for column in ("split_by", "scale", "offset_row", "offset_col", "head_area_raw", "head_kept"):
+        assert column in table, column
+    assert table.set_index("id").loc["999_HC", ["split", "split_by"]].tolist() == ["train", "proportions"]
+    assert "from the lists: train 12, val 1, test 2; fixed by the data: 0" in caplog.text
+    params["prepare"]["hc18"]["split"] = "official"
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(InputError, match=r"prepare\.hc18\.split is 'official'"):
+        prepare.main([*argv, "--store", str(tmp_path / "x.zarr"), "--index", str(tmp_path / "x.csv")])
+    assert not (tmp_path / "x.csv").exists()
 
 
 # --- preprocessing ---

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autoprompt.head import PromptHead, count_parameters
+from autoprompt.model.head import PromptHead, count_parameters
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The three box losses against the authors' values, a naive per-band reference, and their edge cases."""
+"""The losses against the authors' values, a naive per-band reference, explicit formulas, and their edge cases."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from autoprompt import losses
+from autoprompt.model import losses
 
 
 def _case_tensors(case: dict, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -25,7 +25,7 @@ def test_losses_match_conformance(conformance: dict, dtype: torch.dtype) -> None
         probs, boxes = _case_tensors(case, dtype)
         d, t, bounds = int(case["d"]), float(case["t"]), tuple(case["margins"])
         got = {
-            "outer_box_bce": losses.outer_box_bce(probs, boxes),
+            "outer_box_bce": losses.outer_box_bce(torch.logit(probs), boxes),
             "tightness": losses.tightness_prior(probs, boxes, d=d, t=t),
             "box_size": losses.box_size_prior(probs, boxes, bounds=bounds, t=t),
         }
@@ -83,7 +83,7 @@ def test_box_spanning_the_whole_image() -> None:
     generator = torch.Generator().manual_seed(2)
     probs = torch.rand(1, 40, 48, generator=generator, dtype=torch.float64)
     boxes = torch.tensor([[0, 0, 47, 39]])
-    assert losses.outer_box_bce(probs, boxes).item() == 0.0
+    assert losses.outer_box_bce(torch.logit(probs), boxes).item() == 0.0
     tight = losses.tightness_prior(probs, boxes, d=5, t=5.0)
     assert torch.isfinite(tight)
     assert tight.item() == pytest.approx(_naive_tightness(probs, boxes, 5, 5.0), rel=1e-10)
@@ -103,46 +103,104 @@ def test_outer_bce_matches_explicit_mean() -> None:
         for y in range(9):
             for x in range(11):
                 if not (x0 <= x <= x1 and y0 <= y <= y1):
-                    values.append(-math.log(1.0 - image[y, x].item() + losses.EPS))
-    got = losses.outer_box_bce(probs, boxes).item()
+                    values.append(-math.log(1.0 - image[y, x].item()))
+    got = losses.outer_box_bce(torch.logit(probs), boxes).item()
     assert got == pytest.approx(sum(values) / len(values), rel=1e-12)
+
+
+def test_outer_bce_keeps_a_gradient_where_the_probability_saturates() -> None:
+    """A logit of 40 outside the box is p = 1 in float32: -log(1 - p + eps) is flat there, softplus is not."""
+    logits = torch.full((1, 8, 8), -5.0)
+    logits[0, 0, 0] = 40.0  # outside the box
+    logits.requires_grad_(True)
+    boxes = torch.tensor([[2, 2, 5, 5]])
+    losses.outer_box_bce(logits, boxes).backward()
+    assert logits.grad[0, 0, 0] > 0.01, "the saturated pixel is still pushed down"
+    again = logits.detach().clone().requires_grad_(True)
+    outside = torch.ones(8, 8, dtype=torch.bool)
+    outside[2:6, 2:6] = False
+    (-torch.log(1 - torch.sigmoid(again) + 1e-10)[0][outside].mean()).backward()
+    assert again.grad[0, 0, 0] == 0, "the probability form has no gradient there, which is why the loss takes logits"
+
+
+def test_pseudo_label_loss_is_half_bce_half_soft_dice() -> None:
+    generator = torch.Generator().manual_seed(6)
+    logits = torch.randn(2, 10, 12, generator=generator, dtype=torch.float64)
+    target = torch.rand(2, 10, 12, generator=generator, dtype=torch.float64) > 0.6
+    p, y = torch.sigmoid(logits), target.double()
+    bce = -(y * torch.log(p) + (1 - y) * torch.log(1 - p)).mean()
+    soft_dice = torch.stack([1 - (2 * (p[i] * y[i]).sum() + 1) / (p[i].sum() + y[i].sum() + 1) for i in range(2)])
+    expected = 0.5 * bce + 0.5 * soft_dice.mean()
+    assert losses.pseudo_label_loss(logits, target).item() == pytest.approx(expected.item(), rel=1e-10)
+    perfect = torch.where(target, 30.0, -30.0).double()
+    assert losses.pseudo_label_loss(perfect, target).item() < 1e-6, "a perfect prediction costs nothing"
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_gradients_flow(dtype: torch.dtype) -> None:
-    """The weighted total has finite, non-zero gradients, saturated probabilities (0 and 1) included."""
+    """The weighted total has finite, non-zero gradients, saturated logits (±40) included."""
     generator = torch.Generator().manual_seed(4)
-    values = torch.rand(3, 32, 36, generator=generator, dtype=dtype)
-    values[0, :4] = 1.0  # outside the box, saturated
-    values[1, 10:20, 10:20] = 0.0
-    probs = values.clone().requires_grad_(True)
+    values = torch.randn(3, 32, 36, generator=generator, dtype=dtype)
+    values[0, :4] = 40.0  # outside the box, saturated
+    values[1, 10:20, 10:20] = -40.0
+    logits = values.clone().requires_grad_(True)
     boxes = torch.tensor([[5, 5, 30, 25], [0, 0, 35, 31], [8, 3, 20, 29]])
-    terms = losses.box_loss(probs, boxes, losses.BoxLossWeights())
+    weights = losses.LossWeights(pseudo_label=1.0)
+    terms = losses.box_loss(logits, boxes, weights, pseudo=values.detach() > 0)
+    assert set(terms) == {"outer_bce", "tightness", "size", "pseudo_label", "total"}
     for name, value in terms.items():
         assert torch.isfinite(value), f"{name} is {value}"
     terms["total"].backward()
-    assert probs.grad is not None
-    assert torch.isfinite(probs.grad).all(), "non-finite gradient"
-    assert (probs.grad != 0).any(dim=(1, 2)).all(), "an image gets no gradient"
+    assert logits.grad is not None
+    assert torch.isfinite(logits.grad).all(), "non-finite gradient"
+    assert (logits.grad != 0).any(dim=(1, 2)).all(), "an image gets no gradient"
 
 
-def test_box_loss_weights_from_params() -> None:
-    """params.yaml's train.loss section maps onto the weights, and the total is their weighted sum."""
-    weights = losses.BoxLossWeights.from_params(
-        {
-            "outer_bce": 2.0,
-            "tightness": {"weight": 1e-3, "d": 4},
-            "size": {"weight": 0.5, "bounds": [0.4, 0.8]},
-            "t": 3.0,
-        }
+LOSS_PARAMS = {
+    "outer_bce": 2.0,
+    "tightness": {"weight": 1e-3, "d": 4},
+    "size": {"weight": 0.5, "bounds": [0.4, 0.8]},
+    "pseudo_label": 0.25,
+    "consistency": 0.0,
+    "barrier": {"t": 3.0, "factor": 1.1, "every": 5},
+}
+
+
+def test_loss_weights_from_params() -> None:
+    """A recipe's loss section maps onto the weights, and the total is their weighted sum (zero weights left out)."""
+    weights = losses.LossWeights.from_params(LOSS_PARAMS)
+    assert weights == losses.LossWeights(
+        outer_bce=2.0,
+        tightness=1e-3,
+        tightness_d=4,
+        size=0.5,
+        size_bounds=(0.4, 0.8),
+        pseudo_label=0.25,
+        consistency=0.0,
+        t=3.0,
+        t_factor=1.1,
+        t_every=5,
     )
-    assert weights == losses.BoxLossWeights(2.0, 1e-3, 4, 0.5, (0.4, 0.8), 3.0)
-    probs = torch.rand(2, 16, 16, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    logits = torch.randn(2, 16, 16, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    probs = torch.sigmoid(logits)
     boxes = torch.tensor([[2, 2, 10, 12], [0, 4, 15, 9]])
-    terms = losses.box_loss(probs, boxes, weights)
+    pseudo = probs > 0.5
+    terms = losses.box_loss(logits, boxes, weights, pseudo=pseudo)
+    assert "consistency" not in terms, "a zero weight skips its term"
     assert terms["tightness"].item() == pytest.approx(_naive_tightness(probs, boxes, 4, 3.0), rel=1e-10)
-    expected = 2.0 * terms["outer_bce"] + 1e-3 * terms["tightness"] + 0.5 * terms["size"]
+    expected = 2.0 * terms["outer_bce"] + 1e-3 * terms["tightness"] + 0.5 * terms["size"] + 0.25 * terms["pseudo_label"]
     assert terms["total"].item() == pytest.approx(expected.item(), rel=1e-12)
+    sharper = losses.box_loss(logits, boxes, weights, t=weights.barrier_t(10), pseudo=pseudo)
+    assert sharper["size"].item() != pytest.approx(terms["size"].item()), "the barrier's t reaches the size prior"
+
+
+def test_barrier_t_is_raised_on_schedule() -> None:
+    """The follow-up's schedule: t = 5, multiplied by 1.1 every 5 epochs; factor 1 keeps it fixed."""
+    weights = losses.LossWeights(t=5.0, t_factor=1.1, t_every=5)
+    assert [weights.barrier_t(e) for e in (0, 4, 5, 9, 10, 199)] == pytest.approx(
+        [5.0, 5.0, 5.5, 5.5, 6.05, 5.0 * 1.1**39]
+    )
+    assert losses.LossWeights(t=5.0).barrier_t(150) == 5.0
 
 
 @pytest.mark.parametrize("t", [1.0, 5.0, 20.0])

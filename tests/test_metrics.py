@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autoprompt.metrics import dice, summarize
+from autoprompt.evaluation.metrics import dice, summarize
 
 
 def test_dice_values_and_the_empty_case():

@@ -11,7 +11,11 @@ import torch
 import yaml
 import zarr
 
-from autoprompt.metrics import dice
+from autoprompt.data.tasks import load_task
+from autoprompt.evaluation.metrics import dice
+from autoprompt.model import backbones
+from autoprompt.model.decoding import predict
+from autoprompt.training import runs
 from stages import encode, evaluate, prepare, report, simulate, train
 
 PARAMS = {
@@ -33,27 +37,65 @@ PARAMS = {
         "shard_size": 4,
     },
     "train": {
-        "shots": 10,
-        "subsets": 1,
+        "shots": 8,
+        "subsets": 2,
         "subset_seed": 0,
         "seeds": [0],
         "all_images": False,
-        "epochs": 30,
-        "batch_size": 4,
-        "lr": 1.0e-3,
-        "weight_decay": 1.0e-4,
-        "milestones": [20],
-        "gamma": 0.1,
+        "recipe": ["workshop", "followup"],
+        "select": "last",
+        "validate_every": 5,
+        "predict_batch_size": 8,
         "init": {"prompt": "mean_box", "scale": 0.01},
-        "loss": {
-            "outer_bce": 1.0,
-            "tightness": {"weight": 1.0e-4, "d": 5},
-            "size": {"weight": 1.0e-2, "bounds": [0.5, 0.9]},
-            "t": 5.0,
-        },
         "device": "cpu",
+        "threads": 2,
+        "recipes": {
+            "workshop": {
+                "epochs": {"fewshot": 20, "all": 1},
+                "milestones": {"fewshot": [15], "all": [1]},
+                "gamma": 0.1,
+                "batch_size": 4,
+                "lr": 1.0e-3,
+                "weight_decay": 1.0e-4,
+                "clip_grad_norm": 0,
+                "loss": {
+                    "outer_bce": 1.0,
+                    "tightness": {"weight": 1.0e-4, "d": 5},
+                    "size": {"weight": 1.0e-2, "bounds": [0.5, 0.9]},
+                    "pseudo_label": 0.0,
+                    "consistency": 0.0,
+                    "barrier": {"t": 5.0, "factor": 1.0, "every": 5},
+                },
+                "augment": {"flip": 0.75, "rot90": 0.75, "rotate": 0.75, "angle": 0.25},
+            },
+            "followup": {
+                "epochs": {"fewshot": 10, "all": 1},
+                "milestones": {"fewshot": [8], "all": [1]},
+                "gamma": 0.1,
+                "batch_size": 4,
+                "lr": 1.0e-3,
+                "weight_decay": 1.0e-4,
+                "clip_grad_norm": 1.0,
+                "loss": {
+                    "outer_bce": 1.0e-3,
+                    "tightness": {"weight": 0.0, "d": 5},
+                    "size": {"weight": 1.0e-2, "bounds": [0.7, 0.9]},
+                    "pseudo_label": 1.0,
+                    "consistency": 1.0e-3,
+                    "barrier": {"t": 5.0, "factor": 1.1, "every": 5},
+                },
+                "augment": {"flip": 0.75, "rot90": 0.75, "rotate": 0.75, "angle": 0.25},
+            },
+        },
     },
-    "evaluate": {"threshold": 0.5, "batch_size": 8, "examples": 2, "device": "cpu"},
+    "evaluate": {
+        "threshold": 0.5,
+        "batch_size": 8,
+        "nsd_tolerance_mm": 2.0,
+        "examples": 2,
+        "device": "cpu",
+        "threads": 2,
+    },
 }
 
 
@@ -91,6 +133,8 @@ def pipeline(tmp_path_factory):
             str(root / "metrics"),
             "--table",
             str(root / "metrics/table.md"),
+            "--surface",
+            str(root / "metrics/table_surface.md"),
             "--figure",
             str(root / "metrics/dice.png"),
         ]
@@ -113,42 +157,101 @@ def box_baselines(root) -> tuple[float, float]:
     )
 
 
-def test_box_trained_head_beats_empty_and_filled_box(pipeline):
+def test_box_trained_heads_beat_empty_and_filled_box(pipeline):
     result = json.loads((pipeline / "metrics/hc18.json").read_text())
     empty, filled = box_baselines(pipeline)
-    head = result["dice"]["fewshot"]["mean"]
-    assert result["dice"]["fewshot"]["shots"] == 10 and result["dice"]["fewshot"]["n"] == 1
-    assert head > empty + 50, f"head {head:.1f} vs empty mask {empty:.1f}"
-    assert head > filled + 2, f"head {head:.1f} vs filled tight box {filled:.1f}"
+    assert result["shots"] == 8 and result["select"] == "last"
+    for recipe in ("workshop", "followup"):
+        runs_row, ensemble = result["dice"][recipe]["fewshot"], result["dice"][recipe]["fewshot_ensemble"]
+        assert runs_row["n"] == 2 and runs_row["over"] == "runs" and ensemble["over"] == "test images"
+        for name, head in (("runs", runs_row["mean"]), ("ensemble", ensemble["mean"])):
+            assert head > empty + 50, f"{recipe} {name}: head {head:.1f} vs empty mask {empty:.1f}"
+            assert head > filled + 2, f"{recipe} {name}: head {head:.1f} vs filled tight box {filled:.1f}"
     assert result["dice"]["tight_box"]["mean"] > 90, "LiteMedSAM prompted with the tight box"
+    assert 0 < result["nsd"]["followup"]["fewshot"]["mean"] <= 100
+    assert 0 < result["hd95_mm"]["tight_box"]["mean"] < 20, "HD95 in mm of a good mask on a 0.1-0.2 mm grid"
+
+
+def test_ensemble_is_the_mean_of_the_runs_probabilities(pipeline):
+    """The ensemble row is the Dice of the runs' mean probability thresholded once, not the mean of their Dice."""
+    params = yaml.safe_load((pipeline / "params.yaml").read_text())
+    task = load_task(
+        params, "hc18", pipeline / "prepared.zarr", pipeline / "prepared.csv", pipeline / "embeddings.zarr"
+    )
+    rows = task.rows("test")
+    decoder = backbones.build_prompt_decoder("lite_medsam", backbones.resolve_checkpoint("lite_medsam", None))
+    folders = sorted((pipeline / "models/followup/fewshot").iterdir())
+    probs = [
+        predict(decoder, task.load_embeddings(rows), 640, 8, torch.device("cpu"), head=runs.load_head(f)[0])
+        for f in folders
+    ]
+    expected = dice(torch.stack(probs).mean(0) > 0.5, task.load_masks(rows)).mean()
+    result = json.loads((pipeline / "metrics/hc18.json").read_text())
+    assert len(folders) == 2
+    assert result["dice"]["followup"]["fewshot_ensemble"]["mean"] == pytest.approx(100 * float(expected), abs=1e-3)
 
 
 def test_outputs_are_complete(pipeline):
     per_image = pd.read_csv(pipeline / "metrics/hc18/per_image.csv")
-    assert list(per_image.columns) == ["id", "subject", "fewshot", "tight_box"]
-    assert per_image[["fewshot", "tight_box"]].to_numpy().min() >= 0
+    predictors = ["tight_box", "workshop/fewshot", "workshop/fewshot_ensemble", "followup/fewshot"]
+    expected = {f"{metric}:{name}" for metric in ("dice", "nsd", "hd95") for name in predictors}
+    assert expected <= set(per_image.columns) and list(per_image.columns[:2]) == ["id", "subject"]
+    assert per_image[[f"dice:{name}" for name in predictors]].to_numpy().min() >= 0
     for figure in ("metrics/hc18/examples.png", "metrics/dice.png"):
         assert (pipeline / figure).read_bytes()[:4] == b"\x89PNG"
-    table = (pipeline / "metrics/table.md").read_text()
-    assert "Prompt module — ours, LiteMedSAM | 10 | boxes" in table.replace("**", "")
+    table = (pipeline / "metrics/table.md").read_text().replace("**", "")
+    assert "Prompt module — ours, LiteMedSAM | 8 | boxes" in table
+    assert "Prompt module, follow-up losses — ours, LiteMedSAM | 8 | boxes" in table
+    assert "Prompt module, follow-up losses, ensemble of the runs — ours, LiteMedSAM | 8 | boxes" in table
     assert "85.23 ± 0.55" in table, "the paper's number beside ours"
+    surface = (pipeline / "metrics/table_surface.md").read_text()
+    assert "HC NSD" in surface and "HC HD95 (mm)" in surface and "at a tolerance of 2 mm" in surface
+    logs = pipeline / "models/followup/fewshot/subset0-seed0/plots/metrics/val"
+    assert (logs / "dice_box.tsv").is_file() and (logs / "dice_mask.tsv").is_file(), "validation Dice is logged"
 
 
-def test_train_resumes_without_retraining(pipeline, caplog):
-    weights = pipeline / "models/fewshot/subset0-seed0/head.pt"
-    before = weights.stat().st_mtime_ns
-    p = ["--params", str(pipeline / "params.yaml")]
-    data = [
+def stage_args(root, models="models") -> list[str]:
+    return [
+        "--params",
+        str(root / "params.yaml"),
         "--task",
         "hc18",
         "--prepared",
-        str(pipeline / "prepared.zarr"),
+        str(root / "prepared.zarr"),
         "--index",
-        str(pipeline / "prepared.csv"),
+        str(root / "prepared.csv"),
         "--embeddings",
-        str(pipeline / "embeddings.zarr"),
+        str(root / "embeddings.zarr"),
+        "--out",
+        str(root / models),
     ]
+
+
+def test_train_resumes_without_retraining(pipeline, caplog):
+    weights = pipeline / "models/followup/fewshot/subset0-seed0/head.pt"
+    before = weights.stat().st_mtime_ns
     with caplog.at_level("INFO"):
-        train.main([*p, *data, "--out", str(pipeline / "models")])
-    assert "1 already trained, 0 to train" in caplog.text
+        train.main(stage_args(pipeline))
+    assert "4 runs planned, 4 already trained, 0 to train" in caplog.text
     assert weights.stat().st_mtime_ns == before
+
+
+def test_a_corrected_training_box_trains_its_run_again(pipeline, tmp_path, caplog):
+    """Runs are fingerprinted with their boxes: correcting one box retrains the runs that use that image only."""
+    for name in ("prepared.zarr", "embeddings.zarr"):
+        (tmp_path / name).symlink_to(pipeline / name)
+    params = yaml.safe_load((pipeline / "params.yaml").read_text())
+    params["train"]["recipe"] = ["workshop"]
+    params["train"]["recipes"]["workshop"]["epochs"]["fewshot"] = 1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    index = pd.read_csv(pipeline / "prepared.csv", dtype={"id": str, "subject": str})
+    index.to_csv(tmp_path / "prepared.csv", index=False)
+    train.main(stage_args(tmp_path))
+    subsets = [set(runs.load_head(f)[1]["ids"]) for f in sorted((tmp_path / "models/workshop/fewshot").iterdir())]
+    only_first = sorted(subsets[0] - subsets[1])[0]
+    index.loc[index["id"] == only_first, "head_x1"] -= 3
+    index.to_csv(tmp_path / "prepared.csv", index=False)
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        train.main(stage_args(tmp_path))
+    assert "2 runs planned, 1 already trained, 1 to train" in caplog.text

@@ -5,29 +5,61 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autoprompt import backbones, runs
-from autoprompt.datasets import get_reader
-from autoprompt.datasets.preprocess import crop_or_pad
+from autoprompt.data import get_reader
+from autoprompt.data.preprocess import crop_or_pad
 from autoprompt.errors import InputError
-from autoprompt.fewshot import ALL, FEWSHOT, draw_subset, parse_shots, plan_runs
-from autoprompt.head import PromptHead
-from autoprompt.training import TrainConfig, check_start, live_fraction, make_head, predict, train_head
+from autoprompt.model import backbones
+from autoprompt.model.decoding import predict
+from autoprompt.model.head import PromptHead
+from autoprompt.training import runs
+from autoprompt.training.fewshot import ALL, FEWSHOT, draw_subset, parse_shots, plan_runs
+from autoprompt.training.loop import TrainConfig, check_start, live_fraction, make_head, train_head
+from autoprompt.training.validation import ValidationSet, score
 
-TRAIN = {
-    "epochs": 2,
+RECIPE = {
+    "epochs": {"fewshot": 2, "all": 1},
+    "milestones": {"fewshot": [1], "all": [1]},
     "batch_size": 2,
     "lr": 1.0e-3,
     "weight_decay": 1.0e-4,
-    "milestones": [1],
     "gamma": 0.1,
-    "init": {"prompt": "whole_box", "scale": 0.01},
+    "clip_grad_norm": 0,
+    "augment": {"flip": 0.75, "rot90": 0.75, "rotate": 0.75, "angle": 0.25},
     "loss": {
         "outer_bce": 1.0,
         "tightness": {"weight": 1.0e-4, "d": 5},
         "size": {"weight": 1.0e-2, "bounds": [0.5, 0.9]},
-        "t": 5.0,
+        "pseudo_label": 0.0,
+        "consistency": 0.0,
+        "barrier": {"t": 5.0, "factor": 1.0, "every": 5},
     },
 }
+FOLLOWUP = {
+    **RECIPE,
+    "clip_grad_norm": 1.0,
+    "loss": {
+        **RECIPE["loss"],
+        "outer_bce": 1.0e-3,
+        "tightness": {"weight": 0.0, "d": 5},
+        "size": {"weight": 1.0e-2, "bounds": [0.7, 0.9]},
+        "pseudo_label": 1.0,
+        "consistency": 1.0e-3,
+        "barrier": {"t": 5.0, "factor": 1.1, "every": 1},
+    },
+}
+TRAIN = {
+    "recipe": ["workshop", "followup"],
+    "recipes": {"workshop": RECIPE, "followup": FOLLOWUP},
+    "select": "last",
+    "validate_every": 0,
+    "init": {"prompt": "whole_box", "scale": 0.01},
+}
+
+
+def config(recipe: str = "workshop", regime: str = "fewshot", **changes: object) -> TrainConfig:
+    return TrainConfig.from_params({**TRAIN, **changes}, recipe, regime)
+
+
 IDS = [f"{i:03d}_HC" for i in range(30)]
 
 
@@ -67,12 +99,17 @@ def test_training_is_deterministic_and_moves_the_head(lite_decoder):
     generator = torch.Generator().manual_seed(0)
     embeddings = torch.randn(4, 256, 64, 64, generator=generator).half()
     boxes = torch.tensor([[20, 30, 90, 100], [10, 10, 60, 80], [40, 40, 120, 110], [5, 50, 70, 120]])
-    config = TrainConfig.from_params(TRAIN)
-    heads = [train_head(embeddings, boxes, 128, lite_decoder, config, 3, torch.device("cpu")) for _ in range(2)]
-    start = make_head(lite_decoder, config, 3).state_dict()
-    for name, value in heads[0].state_dict().items():
-        assert torch.equal(value, heads[1].state_dict()[name]), f"{name} differs between identical runs"
-    assert any(not torch.equal(v, start[k]) for k, v in heads[0].state_dict().items()), "training changed nothing"
+    pseudo = predict(lite_decoder, embeddings, 128, 4, torch.device("cpu"), boxes=boxes) > 0.5
+    for recipe in ("workshop", "followup"):
+        settings = config(recipe)
+        heads = [
+            train_head(embeddings, boxes, 128, lite_decoder, settings, 3, torch.device("cpu"), pseudo=pseudo).head
+            for _ in range(2)
+        ]
+        start = make_head(lite_decoder, settings, 3).state_dict()
+        for name, value in heads[0].state_dict().items():
+            assert torch.equal(value, heads[1].state_dict()[name]), f"{recipe}: {name} differs between identical runs"
+        assert any(not torch.equal(v, start[k]) for k, v in heads[0].state_dict().items()), f"{recipe}: no change"
 
 
 @pytest.fixture(scope="module")
@@ -88,18 +125,18 @@ def phantom_embedding(hc18_phantoms, lite_checkpoint):
 @pytest.mark.parametrize("prompt", ["mean_box", "whole_box"])
 def test_first_predictions_are_not_saturated(prompt, lite_decoder, phantom_embedding, vit_b_checkpoint):
     """Both backbones' decoders, started at a box prompt, give predictions the box losses can move."""
-    config = TrainConfig.from_params({**TRAIN, "init": {"prompt": prompt, "scale": 0.01}})
+    settings = config(init={"prompt": prompt, "scale": 0.01})
     boxes = torch.tensor([[60.0, 50.0, 190.0, 200.0]])
-    lite = make_head(lite_decoder, config, 0, boxes)
+    lite = make_head(lite_decoder, settings, 0, boxes)
     assert check_start(lite, lite_decoder, phantom_embedding, 640) > 0.1
     vit_b = backbones.build_prompt_decoder("medsam_vit_b", vit_b_checkpoint)
     random_embedding = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(1))
-    assert check_start(make_head(vit_b, config, 0, boxes * 4), vit_b, random_embedding, 640) > 0.1
+    assert check_start(make_head(vit_b, settings, 0, boxes * 4), vit_b, random_embedding, 640) > 0.1
 
 
 def test_a_saturated_start_is_refused(lite_decoder, phantom_embedding):
     """PyTorch's own initialisation drives LiteMedSAM's decoder to p ~ 1e-11 everywhere: refused, not trained."""
-    head = make_head(lite_decoder, TrainConfig.from_params({**TRAIN, "init": {"prompt": "random", "scale": 1}}), 0)
+    head = make_head(lite_decoder, config(init={"prompt": "random", "scale": 1}), 0)
     probs = predict(lite_decoder, phantom_embedding, 640, 1, torch.device("cpu"), head=head)
     assert live_fraction(probs) < 0.01 and float(probs.max()) < 1e-3
     with pytest.raises(InputError, match="saturated"):
@@ -123,10 +160,14 @@ def test_saved_runs_are_skipped_only_while_their_config_is_unchanged(tmp_path):
 
 
 def test_stale_runs_are_removed(tmp_path):
-    for key in ("fewshot/subset0-seed0", "fewshot/subset5-seed0", "all/seed0"):
+    """Runs, regimes and recipes no longer planned go; so does a run folder of the older two-level layout."""
+    keep = {"workshop/fewshot/subset0-seed0", "workshop/all/seed0", "followup/fewshot/subset0-seed0"}
+    stale = ["workshop/fewshot/subset5-seed0", "followup/all/seed0", "oldrecipe/fewshot/subset0-seed0"]
+    for key in [*keep, *stale, "fewshot/subset0-seed0"]:
         (tmp_path / key).mkdir(parents=True)
-    assert runs.remove_stale(tmp_path, {"fewshot/subset0-seed0", "all/seed0"}) == ["fewshot/subset5-seed0"]
-    assert sorted(p.name for p in (tmp_path / "fewshot").iterdir()) == ["subset0-seed0"]
+    removed = runs.remove_stale(tmp_path, keep)
+    assert sorted(removed) == sorted(["fewshot", "oldrecipe", "followup/all", "workshop/fewshot/subset5-seed0"])
+    assert sorted(runs.run_key(p) for p in tmp_path.glob("*/*/*")) == sorted(keep)
 
 
 def test_a_new_shot_count_leaves_the_all_images_runs_alone():
@@ -136,14 +177,13 @@ def test_a_new_shot_count_leaves_the_all_images_runs_alone():
 
 
 def test_mean_box_start_is_the_prompt_of_the_mean_box(lite_decoder):
-    config = TrainConfig.from_params({**TRAIN, "init": {"prompt": "mean_box", "scale": 0.01}})
     boxes = torch.tensor([[10.0, 20.0, 110.0, 120.0], [30.0, 40.0, 130.0, 160.0]])
-    head = make_head(lite_decoder, config, 0, boxes)
+    head = make_head(lite_decoder, config(init={"prompt": "mean_box", "scale": 0.01}), 0, boxes)
     sparse, _ = head(torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(4)))
     expected, _ = lite_decoder.box_prompt(torch.tensor([[20.0, 30.0, 120.0, 140.0]]))
     assert torch.allclose(sparse, expected, atol=0.05), "sparse tokens start at the mean box's prompt"
     with pytest.raises(InputError, match="mean_box"):
-        TrainConfig.from_params({**TRAIN, "init": {"prompt": "centre", "scale": 0.01}})
+        config(init={"prompt": "centre", "scale": 0.01})
 
 
 def test_other_training_code_gives_another_fingerprint(tmp_path):
@@ -153,3 +193,30 @@ def test_other_training_code_gives_another_fingerprint(tmp_path):
     modules = [type("M", (), {"__file__": str(p)}) for p in (first, second)]
     assert runs.code_sha256(modules[:1]) != runs.code_sha256(modules[1:])
     assert runs.code_sha256(modules) == runs.code_sha256(modules)
+
+
+def test_best_selection_keeps_the_epoch_of_the_highest_validation_dice(lite_decoder):
+    """Validation every epoch; ``best`` returns the head of the epoch whose Dice against the box-prompted masks is
+    highest, ``last`` the final head; the history logs both references."""
+    generator = torch.Generator().manual_seed(5)
+    embeddings = torch.randn(4, 256, 64, 64, generator=generator).half()
+    boxes = torch.tensor([[20, 30, 90, 100], [10, 10, 60, 80], [40, 40, 120, 110], [5, 50, 70, 120]])
+    box_masks = predict(lite_decoder, embeddings, 128, 4, torch.device("cpu"), boxes=boxes) > 0.5
+    val = ValidationSet(embeddings[:2], box_masks[:2], masks=box_masks[:2] & False, batch_size=2)
+    settings = config(select="best", validate_every=1, recipes=settings_recipes(4))
+    result = train_head(embeddings, boxes, 128, lite_decoder, settings, 0, torch.device("cpu"), validation=val)
+    scores = [h["dice_box"] for h in result.history]
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4] and all("dice_mask" in h for h in result.history)
+    assert result.epoch == 1 + scores.index(max(scores))
+    assert score(result.head, lite_decoder, val, 128, torch.device("cpu"))["dice_box"] == pytest.approx(max(scores))
+    last = config(validate_every=1, recipes=settings_recipes(4))
+    final = train_head(embeddings, boxes, 128, lite_decoder, last, 0, torch.device("cpu"), validation=val)
+    assert final.epoch == 4 and final.head is final.last
+    for name, value in final.last.state_dict().items():
+        assert torch.equal(value, result.last.state_dict()[name]), "selection does not change the training itself"
+    with pytest.raises(InputError, match="select is best"):
+        train_head(embeddings, boxes, 128, lite_decoder, settings, 0, torch.device("cpu"))
+
+
+def settings_recipes(epochs: int) -> dict:
+    return {**TRAIN["recipes"], "workshop": {**RECIPE, "epochs": {"fewshot": epochs, "all": 1}}}

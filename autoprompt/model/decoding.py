@@ -57,3 +57,48 @@ class PromptDecoder(nn.Module):
 def to_label_size(logits: Tensor, size: int) -> Tensor:
     """B x 1 x 256 x 256 low-resolution logits -> B x size x size, bilinear, ``align_corners=False``."""
     return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+
+
+def scale_boxes(boxes: Tensor, label_size: int, input_size: int) -> Tensor:
+    """B x 4 boxes (x_min, y_min, x_max, y_max) in the label frame -> the encoder's input frame."""
+    return boxes.float() * (input_size / label_size)
+
+
+def head_logits(head: nn.Module, decoder: PromptDecoder, embeddings: Tensor) -> Tensor:
+    """B x 256 x 64 x 64 embeddings -> B x 1 x 256 x 256 low-resolution logits of the head's prompt."""
+    sparse, dense = head(embeddings)
+    return decoder(embeddings, sparse, dense)
+
+
+def box_logits(decoder: PromptDecoder, embeddings: Tensor, boxes: Tensor, label_size: int) -> Tensor:
+    """B x 256 x 64 x 64 embeddings and B x 4 boxes (label frame) -> B x 1 x 256 x 256 low-resolution logits of the
+    box prompts."""
+    sparse, dense = decoder.box_prompt(scale_boxes(boxes, label_size, decoder.input_size))
+    return decoder(embeddings, sparse, dense)
+
+
+@torch.no_grad()
+def predict(
+    decoder: PromptDecoder,
+    embeddings: Tensor,
+    label_size: int,
+    batch_size: int,
+    device: torch.device,
+    head: nn.Module | None = None,
+    boxes: Tensor | None = None,
+) -> Tensor:
+    """Foreground probabilities N x label_size x label_size, from the head's prompts or, without a head, from
+    the ``boxes`` (N x 4, label frame) as box prompts. ``embeddings`` may be float16; they are computed in float32."""
+    assert (head is None) != (boxes is None), "give either a head or boxes"
+    decoder = decoder.to(device).eval()
+    if head is not None:
+        head = head.to(device).eval()
+    out = []
+    for start in range(0, len(embeddings), batch_size):
+        x = embeddings[start : start + batch_size].to(device).float()
+        if head is not None:
+            logits = head_logits(head, decoder, x)
+        else:
+            logits = box_logits(decoder, x, boxes[start : start + batch_size].to(device), label_size)
+        out.append(torch.sigmoid(to_label_size(logits, label_size)).cpu())
+    return torch.cat(out)

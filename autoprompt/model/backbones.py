@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
 from torch import Tensor, nn
 
-from autoprompt.decoding import PromptDecoder
 from autoprompt.errors import InputError
+from autoprompt.model.decoding import PromptDecoder
 
 log = logging.getLogger(__name__)
 

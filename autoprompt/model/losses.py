@@ -1,7 +1,9 @@
-"""Box-supervision losses (Kervadec et al., MIDL 2020), vectorised in O(B x H x W).
+"""The training losses, vectorised in O(B x H x W).
 
-All functions take foreground probabilities ``probs`` (B x H x W, values in [0, 1]) and tight boxes ``boxes``
-(B x 4, integer ``x_min, y_min, x_max, y_max``, inclusive pixel indices) in the same frame as ``probs``.
+Box supervision (Kervadec et al., MIDL 2020): the outer-box BCE, the tightness prior and the box-size prior, as the
+workshop paper weights them; the follow-up adds a pseudo-label loss against the backbone's own box-prompted mask.
+Every function takes foreground ``logits`` or probabilities ``probs`` (B x H x W) and tight ``boxes`` (B x 4, integer
+``x_min, y_min, x_max, y_max``, inclusive pixel indices) in the same frame.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 EPS = 1e-10
@@ -35,12 +38,16 @@ def _inside_masks(boxes: Tensor, height: int, width: int) -> tuple[Tensor, Tenso
     return in_rows, in_cols
 
 
-def outer_box_bce(probs: Tensor, boxes: Tensor) -> Tensor:
-    """Mean of ``-log(1 - p)`` over every pixel outside the boxes of the whole batch."""
-    _, height, width = probs.shape
+def outer_box_bce(logits: Tensor, boxes: Tensor) -> Tensor:
+    """Mean of ``-log(1 - p)`` over every pixel outside the boxes of the whole batch, from logits.
+
+    ``-log(1 - sigmoid(x))`` is ``softplus(x)``: the same values as the probability form, and a pixel saturated at
+    p = 1 still has a gradient (the probability form's gradient vanishes there).
+    """
+    _, height, width = logits.shape
     in_rows, in_cols = _inside_masks(boxes, height, width)
     outside = ~(in_rows[:, :, None] & in_cols[:, None, :])
-    total = -(torch.log(1.0 - probs + EPS) * outside).sum()
+    total = (F.softplus(logits) * outside).sum()
     return total / outside.sum().clamp(min=1)
 
 
@@ -86,37 +93,82 @@ def box_size_prior(probs: Tensor, boxes: Tensor, bounds: tuple[float, float] = (
     return (penalty / area).mean()
 
 
+def pseudo_label_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """``0.5 * BCE + 0.5 * soft Dice`` against a binary ``target`` (B x H x W): the backbone's box-prompted mask.
+
+    BCE is the mean over every pixel of the batch; soft Dice is ``1 - 2 sum(p t) / (sum p + sum t)`` per image,
+    averaged over the batch.
+    """
+    target = target.to(logits.dtype)
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    probs = torch.sigmoid(logits)
+    overlap = (probs * target).sum(dim=(1, 2))
+    total = probs.sum(dim=(1, 2)) + target.sum(dim=(1, 2))
+    soft_dice = 1.0 - (2.0 * overlap + 1.0) / (total + 1.0)
+    return 0.5 * bce + 0.5 * soft_dice.mean()
+
+
 @dataclass(frozen=True)
-class BoxLossWeights:
-    """Weights and settings of the three box losses (params.yaml ``train.loss``)."""
+class LossWeights:
+    """Weights and settings of the training losses (a recipe's ``loss`` section in params.yaml).
+
+    ``t`` is the log-barrier's sharpness at the start, multiplied by ``t_factor`` every ``t_every`` epochs (the
+    follow-up: 5, x1.1 every 5 epochs; the workshop paper keeps it fixed: factor 1). A zero weight skips its term.
+    """
 
     outer_bce: float = 1.0
     tightness: float = 1.0e-4
     tightness_d: int = 5
     size: float = 1.0e-2
     size_bounds: tuple[float, float] = (0.5, 0.9)
+    pseudo_label: float = 0.0
+    consistency: float = 0.0
     t: float = 5.0
+    t_factor: float = 1.0
+    t_every: int = 1
 
     @classmethod
-    def from_params(cls, loss: dict) -> BoxLossWeights:
+    def from_params(cls, loss: dict) -> LossWeights:
+        barrier = loss["barrier"]
         return cls(
             outer_bce=float(loss["outer_bce"]),
             tightness=float(loss["tightness"]["weight"]),
             tightness_d=int(loss["tightness"]["d"]),
             size=float(loss["size"]["weight"]),
             size_bounds=(float(loss["size"]["bounds"][0]), float(loss["size"]["bounds"][1])),
-            t=float(loss["t"]),
+            pseudo_label=float(loss["pseudo_label"]),
+            consistency=float(loss["consistency"]),
+            t=float(barrier["t"]),
+            t_factor=float(barrier["factor"]),
+            t_every=int(barrier["every"]),
         )
 
+    def barrier_t(self, epoch: int) -> float:
+        """The log-barrier's ``t`` during ``epoch`` (0-based)."""
+        return self.t * self.t_factor ** (epoch // max(self.t_every, 1))
 
-def box_loss(probs: Tensor, boxes: Tensor, weights: BoxLossWeights) -> dict[str, Tensor]:
-    """The weighted total and its three terms."""
-    terms = {
-        "outer_bce": outer_box_bce(probs, boxes),
-        "tightness": tightness_prior(probs, boxes, weights.tightness_d, weights.t),
-        "size": box_size_prior(probs, boxes, weights.size_bounds, weights.t),
+
+def box_loss(
+    logits: Tensor, boxes: Tensor, weights: LossWeights, t: float | None = None, pseudo: Tensor | None = None
+) -> dict[str, Tensor]:
+    """The weighted total and its terms (terms of weight 0 are left out); ``t`` overrides ``weights.t``.
+
+    ``pseudo`` (B x H x W, binary) is the pseudo-label target, needed when ``weights.pseudo_label`` is set.
+    """
+    t = weights.t if t is None else t
+    probs = torch.sigmoid(logits)
+    terms: dict[str, Tensor] = {}
+    total = logits.new_zeros(())
+    parts = {
+        "outer_bce": (weights.outer_bce, lambda: outer_box_bce(logits, boxes)),
+        "tightness": (weights.tightness, lambda: tightness_prior(probs, boxes, weights.tightness_d, t)),
+        "size": (weights.size, lambda: box_size_prior(probs, boxes, weights.size_bounds, t)),
+        "pseudo_label": (weights.pseudo_label, lambda: pseudo_label_loss(logits, pseudo)),
     }
-    terms["total"] = (
-        weights.outer_bce * terms["outer_bce"] + weights.tightness * terms["tightness"] + weights.size * terms["size"]
-    )
+    for name, (weight, term) in parts.items():
+        if weight:
+            assert name != "pseudo_label" or pseudo is not None, "the pseudo-label loss needs its target masks"
+            terms[name] = term()
+            total = total + weight * terms[name]
+    terms["total"] = total
     return terms

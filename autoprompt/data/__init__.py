@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from autoprompt.datasets import acdc, camus, hc18
-from autoprompt.datasets.records import Case, CaseFiles, Reader
+from autoprompt.data import acdc, camus, hc18
+from autoprompt.data.records import Case, CaseFiles, Reader
 from autoprompt.errors import InputError
 
 READERS: dict[str, Reader] = {reader.name: reader for reader in (hc18.READER, camus.READER, acdc.READER)}

@@ -3,6 +3,10 @@
 ``<root>/training_set/NNN_HC.png`` with its outline ``NNN_HC_Annotation.png`` (a subject may have several images:
 ``010_HC.png``, ``010_2HC.png``), and ``training_set_pixel_size_and_HC.csv`` next to ``training_set/`` or inside it.
 The mask is the filled ellipse fitted to the outline points, which works even where the ellipse leaves the image.
+
+``images`` (``prepare.hc18.images``): ``first`` reads only each subject's first image ``NNN_HC.png`` (806 images, as
+the authors' follow-up), ``all`` also its extra images ``NNN_2HC.png`` / ``NNN_3HC.png`` (999 images). Without the
+setting, every image is read.
 """
 
 from __future__ import annotations
@@ -16,13 +20,22 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from autoprompt.datasets.preprocess import clip_rescale
-from autoprompt.datasets.records import Case, CaseFiles, Reader
+from autoprompt.data.preprocess import clip_rescale
+from autoprompt.data.records import Case, CaseFiles, Reader
 from autoprompt.errors import InputError
 
 DOWNLOAD = "https://zenodo.org/records/1327317"
 CSV_NAME = "training_set_pixel_size_and_HC.csv"
 IMAGE_NAME = re.compile(r"^(?P<subject>\d{3})_(?P<index>\d+)?HC\.png$")
+IMAGES = ("first", "all")
+
+
+def images_setting(settings: dict) -> str:
+    """``settings["images"]``: ``first`` (each subject's ``NNN_HC.png`` only) or ``all``; ``all`` when absent."""
+    chosen = settings.get("images", "all")
+    if chosen not in IMAGES:
+        raise InputError(f"params.yaml: prepare.hc18.images is {chosen!r}; use first (NNN_HC.png only) or all")
+    return chosen
 
 
 @functools.lru_cache(maxsize=4)
@@ -38,7 +51,9 @@ def _pixel_table(csv: Path) -> dict[str, tuple[float, float]]:
 
 
 def find(root: Path, settings: dict) -> list[CaseFiles]:
-    """Every ``NNN[_k]HC.png`` under ``root/training_set``, with its annotation and the pixel-size CSV."""
+    """Every ``NNN[_k]HC.png`` under ``root/training_set`` (only ``NNN_HC.png`` with ``images: first``), with its
+    annotation and the pixel-size CSV."""
+    first_only = images_setting(settings) == "first"
     image_dir = root / "training_set"
     if not image_dir.is_dir():
         raise InputError(
@@ -54,7 +69,7 @@ def find(root: Path, settings: dict) -> list[CaseFiles]:
     cases = []
     for path in sorted(image_dir.iterdir()):
         match = IMAGE_NAME.match(path.name)
-        if match:
+        if match and not (first_only and match["index"]):
             annotation = path.with_name(f"{path.stem}_Annotation.png")
             cases.append(CaseFiles(path.stem, match["subject"], (path, annotation, csv)))
     if not cases:

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import SimpleITK as sitk
 
-from autoprompt.datasets.camus import SPLIT_FILES, VIEWS
+from autoprompt.data.camus import SPLIT_FILES, VIEWS
 from autoprompt.io import atomic_path
 
 LAYOUTS = {"nifti": ("database_nifti", ".nii.gz"), "mhd": ("training", ".mhd")}

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from autoprompt.datasets.hc18 import CSV_NAME, ellipse_perimeter, fill_ellipse
+from autoprompt.data.hc18 import CSV_NAME, ellipse_perimeter, fill_ellipse
 from autoprompt.io import atomic_path
 
 SUBPIXEL_BITS = 4

@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from autoprompt.datasets.cardiac import check_label, ed_frame, read_image, read_info
-from autoprompt.datasets.preprocess import clip_rescale
-from autoprompt.datasets.records import Case, CaseFiles, Reader
+from autoprompt.data.cardiac import check_label, ed_frame, read_image, read_info
+from autoprompt.data.preprocess import clip_rescale
+from autoprompt.data.records import Case, CaseFiles, Reader
 from autoprompt.errors import InputError
 
 DOWNLOAD = "https://www.creatis.insa-lyon.fr/Challenge/camus/"

@@ -11,14 +11,18 @@ import torch
 import zarr
 from torch import Tensor
 
-from autoprompt import embeddings as store
+from autoprompt.data import embeddings as store
+from autoprompt.data.prepared import BOX, read_index, task_table
 from autoprompt.errors import InputError
-from autoprompt.prepared import BOX, read_index, task_table
+
+SPACING = ("spacing_row", "spacing_col")
 
 
 @dataclass
 class Task:
-    """``table``: one row per image of the task (id, subject, split, row in the stores, x0, y0, x1, y1)."""
+    """``table``: one row per image of the task (id, subject, split, row in the stores, x0, y0, x1, y1, and the
+    prepared frame's pixel spacing in mm, spacing_row and spacing_col). ``volumes``: the images are slices of
+    volumes (the index has a ``slice`` column), so a subject's slices stack into one volume."""
 
     name: str
     class_name: str
@@ -27,6 +31,7 @@ class Task:
     table: pd.DataFrame
     prepared: zarr.Group
     embeddings: zarr.Group
+    volumes: bool = False
 
     def rows(self, split: str | None = None, ids: tuple[str, ...] | None = None) -> pd.DataFrame:
         """The task's rows of one split, or of the given ids in the given order."""
@@ -42,6 +47,10 @@ class Task:
     def load_masks(self, rows: pd.DataFrame) -> Tensor:
         """N x S x S boolean masks of the task's class."""
         return torch.from_numpy(_select(self.prepared["labels"], rows["row"].to_numpy()) == self.label_value)
+
+    def spacing(self, rows: pd.DataFrame) -> Tensor:
+        """N x 2 pixel spacings (row, column) in mm, in the prepared frame."""
+        return torch.from_numpy(rows[list(SPACING)].to_numpy(dtype=np.float64))
 
     def boxes(self, rows: pd.DataFrame) -> Tensor:
         """N x 4 tight boxes (x_min, y_min, x_max, y_max, inclusive) in the label frame."""
@@ -71,6 +80,16 @@ def load_task(params: dict, name: str, prepared_store: Path, index: Path, embedd
             f"params.yaml: tasks.{name}.class {spec['class']!r} is not a class of {prepared_store} ({sorted(classes)})"
         )
     rows = task_table(table, spec["class"], int(params["prepare"]["min_foreground"]))
+    rows = rows.assign(**{k: table.loc[rows["row"], k].to_numpy() for k in SPACING})
     encoded = store.open_embeddings(embedding_store)
     store.check_source(encoded, embedding_store, params["encode"]["backbone"], group.attrs["source_sha256"])
-    return Task(name, spec["class"], int(classes[spec["class"]]), int(group.attrs["crop"]), rows, group, encoded)
+    return Task(
+        name,
+        spec["class"],
+        int(classes[spec["class"]]),
+        int(group.attrs["crop"]),
+        rows,
+        group,
+        encoded,
+        "slice" in table,
+    )

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from autoprompt.phantoms.acdc import write_acdc_phantoms
-from autoprompt.phantoms.camus import write_camus_phantoms
-from autoprompt.phantoms.hc18 import write_hc18_phantoms
+from autoprompt.data.phantoms.acdc import write_acdc_phantoms
+from autoprompt.data.phantoms.camus import write_camus_phantoms
+from autoprompt.data.phantoms.hc18 import write_hc18_phantoms
 
 
 def _hc18(root: Path, settings: dict) -> None:

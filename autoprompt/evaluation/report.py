@@ -1,0 +1,140 @@
+"""The paper's Table 1 with our rows beside its own (test Dice, %), and a second table of surface metrics.
+
+Our rows come from ``metrics/<task>.json``: under each paper row that we compute (``ours`` in the reference table:
+``tight_box``, or a regime, ``fewshot`` / ``all``), one row per recipe trained, then its ensemble where it has one.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import pandas as pd
+
+from autoprompt.evaluation.scoring import ENSEMBLE
+
+BACKBONE_NAMES = {"medsam_vit_b": "MedSAM ViT-B", "lite_medsam": "LiteMedSAM"}
+RECIPE_NAMES = {"workshop": "", "followup": ", follow-up losses"}
+FIXED = ["method", "samples", "labels"]
+TIGHT_BOX = "tight_box"
+
+
+def paper_table() -> pd.DataFrame:
+    """Table 1 of the paper: one row per method and sample count, one column per task; ``ours`` names the regime of
+    our matching rows (``tight_box``, ``fewshot``, ``all``; empty for the baselines we do not run)."""
+    with resources.files("autoprompt.reference").joinpath("table1.csv").open() as handle:
+        return pd.read_csv(handle, dtype=str, keep_default_na=False)
+
+
+def cell(summary: dict | None, scale: float = 1.0, digits: int = 2) -> str:
+    """``mean ± std`` of a summary (the mean alone for a single value), or ``–``."""
+    if summary is None or summary.get("n", 1) == 0:
+        return "–"
+    mean, std = summary["mean"] * scale, summary["std"] * scale
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if summary.get("n", 1) > 1 else f"{mean:.{digits}f}"
+
+
+def lookup(tree: dict, key: str) -> dict | None:
+    """``tree["a"]["b"]`` for ``key`` ``a/b``, or None."""
+    for part in key.split("/"):
+        if not isinstance(tree, dict) or part not in tree:
+            return None
+        tree = tree[part]
+    return tree
+
+
+def our_rows(regime: str, recipes: list[str], backbone: str) -> list[tuple[str, str]]:
+    """(metrics key, method name) of our rows under a paper row of ``regime``."""
+    name = BACKBONE_NAMES.get(backbone, backbone)
+    if regime == TIGHT_BOX:
+        return [(TIGHT_BOX, f"{name} (tight box prompt) — ours")]
+    rows = []
+    for recipe in recipes:
+        label = RECIPE_NAMES.get(recipe, f", recipe {recipe}")
+        rows.append((f"{recipe}/{regime}", f"Prompt module{label} — ours, {name}"))
+        rows.append((f"{recipe}/{regime}_{ENSEMBLE}", f"Prompt module{label}, ensemble of the runs — ours, {name}"))
+    return rows
+
+
+def build_table(
+    metrics: dict[str, dict], columns: dict[str, str], recipes: list[str], backbone: str, shots: int | str
+) -> pd.DataFrame:
+    """Paper rows, each followed by ours where we compute them (rows no task has are left out).
+
+    ``metrics``: task -> the evaluate stage's JSON; ``columns``: task -> its Table 1 column (``HC``, ...).
+    """
+    paper = paper_table()
+    by_column = {column: metrics[task]["dice"] for task, column in columns.items() if task in metrics}
+    task_columns = [c for c in paper.columns if c not in (*FIXED, "ours")]
+    rows = []
+    for _, row in paper.iterrows():
+        rows.append({k: row[k] for k in paper.columns if k != "ours"} | {"source": "paper"})
+        if not row["ours"]:
+            continue
+        for key, method in our_rows(row["ours"], recipes, backbone):
+            cells = {column: cell(lookup(by_column.get(column, {}), key)) for column in task_columns}
+            if all(value == "–" for value in cells.values()):
+                continue
+            samples = str(shots) if row["ours"] == "fewshot" else row["samples"]
+            rows.append({"method": method, "samples": samples, "labels": row["labels"], **cells, "source": "ours"})
+    return pd.DataFrame(rows)
+
+
+def surface_table(metrics: dict[str, dict], columns: dict[str, str], recipes: list[str], backbone: str) -> pd.DataFrame:
+    """Our rows only (the paper reports no surface metrics): per task NSD (%), HD95 (mm) and, for slices of
+    volumes, per-patient 3D Dice (%)."""
+    keys = [k for regime in (TIGHT_BOX, "fewshot", "all") for k in our_rows(regime, recipes, backbone)]
+    rows = []
+    for key, method in keys:
+        row = {"method": method}
+        for task, column in columns.items():
+            data = metrics.get(task, {})
+            row[f"{column} NSD"] = cell(lookup(data.get("nsd", {}), key))
+            row[f"{column} HD95 (mm)"] = cell(lookup(data.get("hd95_mm", {}), key), scale=1.0, digits=1)
+            if "dice_3d" in data:
+                row[f"{column} Dice 3D"] = cell(lookup(data["dice_3d"], key))
+        if any(v != "–" for k, v in row.items() if k != "method"):
+            rows.append(row | {"source": "ours"})
+    return pd.DataFrame(rows)
+
+
+def to_markdown(table: pd.DataFrame, title: str, note: str) -> str:
+    columns = [c for c in table.columns if c != "source"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for _, row in table.iterrows():
+        cells = [str(row[c]) for c in columns]
+        if row["source"] == "ours":
+            cells = [f"**{c}**" if c not in ("–", "") else c for c in cells]
+        lines.append("| " + " | ".join(cells) + " |")
+    return f"# {title}\n\n" + note + "\n\n" + "\n".join(lines) + "\n"
+
+
+def parse_cell(text: str) -> tuple[float, float | None] | None:
+    """``"85.23 ± 0.55"`` -> (85.23, 0.55); ``"95.19"`` -> (95.19, None); ``"–"`` -> None."""
+    mean, _, std = text.strip().partition("±")
+    if mean.strip() in ("–", "-", ""):
+        return None
+    return float(mean), float(std) if std.strip() else None
+
+
+def bar_rows(metrics: dict[str, dict], columns: dict[str, str], recipes: list[str], shots: int | str) -> list[dict]:
+    """Our single-run rows against the paper's matching rows, per Table 1 column, for ``figures.dice_bars``."""
+    names = {TIGHT_BOX: "tight box", "all": "all images", "fewshot": f"{shots} images"}
+    out = []
+    for _, row in paper_table().iterrows():
+        regime = row["ours"]
+        if not regime:
+            continue
+        keys = [TIGHT_BOX] if regime == TIGHT_BOX else [f"{recipe}/{regime}" for recipe in recipes]
+        for key in keys:
+            recipe = key.split("/")[0] if key != TIGHT_BOX else ""
+            for task, column in columns.items():
+                ours = lookup(metrics.get(task, {}).get("dice", {}), key)
+                out.append(
+                    {
+                        "column": column,
+                        "method": names[regime] + (f" ({recipe})" if recipe else ""),
+                        "paper": parse_cell(row[column]),
+                        "ours": (ours["mean"], ours["std"]) if ours else None,
+                    }
+                )
+    return out

@@ -1,0 +1,1 @@
+"""The model: backbones (image encoder, frozen prompt encoder and decoder), the prompt head, the box losses."""

@@ -1,0 +1,1 @@
+"""Training the prompt head: run plans, the loop, saved runs."""

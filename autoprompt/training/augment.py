@@ -1,0 +1,117 @@
+"""Random geometric transforms of cached embeddings, for the follow-up's consistency loss.
+
+A transform is one 2 x 3 affine matrix per image in normalised coordinates (``F.affine_grid``), composed of a
+flip on each axis, a quarter turn and a small rotation, each drawn with its own probability. The same matrix is
+applied to the 64 x 64 image embedding and to the prediction's 64 x 64 probabilities, so that the prediction on the
+transformed embedding can be compared with the transformed prediction. Points that the transform brings in from
+outside the image are zero, and left out of the comparison (``valid``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Probabilities of each part of a transform, and the largest small-rotation angle in radians (the
+    follow-up's weak augmentation: 0.75, 0.75, 0.75, 0.25)."""
+
+    flip: float = 0.75
+    rot90: float = 0.75
+    rotate: float = 0.75
+    angle: float = 0.25
+    dihedral: float = 0.0
+    zoom: float = 0.0
+    shift: float = 0.0
+
+    @classmethod
+    def from_params(cls, augment: dict) -> Augment:
+        return cls(
+            flip=float(augment["flip"]),
+            rot90=float(augment["rot90"]),
+            rotate=float(augment["rotate"]),
+            angle=float(augment["angle"]),
+            dihedral=float(augment.get("dihedral", 0.0)),
+            zoom=float(augment.get("zoom", 0.0)),
+            shift=float(augment.get("shift", 0.0)),
+        )
+
+
+def _rotation(angle: Tensor) -> Tensor:
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    return torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
+
+
+def random_affine(batch: int, augment: Augment, generator: torch.Generator) -> Tensor:
+    """B x 2 x 3 matrices: for each image, a flip of both axes (probability ``flip``), a quarter turn, one to three
+    times (probability ``rot90``), and a rotation uniform in ``±angle`` (probability ``rotate``)."""
+    draws = torch.rand(batch, 5, generator=generator, dtype=torch.float64)
+    flip = torch.where(draws[:, 0] < augment.flip, -1.0, 1.0)
+    turns = torch.where(draws[:, 1] < augment.rot90, 1 + (draws[:, 2] * 3).floor().clamp(max=2), 0.0)
+    small = torch.where(draws[:, 3] < augment.rotate, (draws[:, 4] * 2 - 1) * augment.angle, 0.0)
+    linear = _rotation(turns * math.pi / 2 + small) * flip[:, None, None]
+    return torch.cat([linear, linear.new_zeros(batch, 2, 1)], dim=2).float()
+
+
+def random_dihedral(batch: int, probability: float, generator: torch.Generator) -> Tensor:
+    """B x 2 x 3 matrices: with ``probability``, one of the 7 flips and quarter turns of the square (uniformly),
+    else the identity. They map pixel centres onto pixel centres, so a tight box stays tight (``warp_boxes``)."""
+    draws = torch.rand(batch, 2, generator=generator, dtype=torch.float64)
+    element = torch.where(draws[:, 0] < probability, 1 + (draws[:, 1] * 7).floor().clamp(max=6), 0.0).long()
+    turns, mirror = element % 4, element >= 4
+    linear = _rotation(turns.double() * math.pi / 2) @ torch.diag_embed(
+        torch.stack([torch.where(mirror, -1.0, 1.0), torch.ones(batch, dtype=torch.float64)], -1)
+    )
+    return torch.cat([linear.round(), linear.new_zeros(batch, 2, 1)], dim=2).float()
+
+
+def random_inputs(batch: int, augment: Augment, generator: torch.Generator) -> Tensor:
+    """B x 2 x 3 matrices that move a training image before its box and pseudo-label losses: a flip or quarter turn
+    (probability ``dihedral``), a zoom by a factor log-uniform in ``exp(±zoom)`` and a shift uniform in ``±shift``
+    of the half side. Boxes move with them (``warp_boxes``): exactly for flips, turns, zooms and shifts."""
+    matrices = random_dihedral(batch, augment.dihedral, generator)
+    draws = torch.rand(batch, 3, generator=generator, dtype=torch.float64) * 2 - 1
+    scale = torch.exp(draws[:, 0] * augment.zoom).float()
+    matrices[:, :, :2] *= scale[:, None, None]
+    matrices[:, :, 2] = (draws[:, 1:] * augment.shift).float()
+    return matrices
+
+
+def warp_boxes(boxes: Tensor, matrices: Tensor, size: int) -> Tensor:
+    """B x 4 boxes (x_min, y_min, x_max, y_max, inclusive pixels of a size x size frame) -> the boxes of what
+    ``warp`` makes of them: the bounding box of the moved corners (exact for flips and quarter turns)."""
+    x0, y0, x1, y1 = boxes.double().unbind(1)
+    corners = torch.stack([torch.stack([x, y], -1) for x, y in ((x0, y0), (x1, y0), (x0, y1), (x1, y1))], 1)
+    normalised = (2 * corners + 1) / size - 1  # B x 4 x 2, align_corners=False
+    linear, shift = matrices[:, :, :2].double(), matrices[:, :, 2].double()
+    # warp samples the input at M @ output; a corner moves to M^-1 (corner - shift)
+    moved = torch.linalg.solve(linear[:, None], (normalised - shift[:, None])[..., None])[..., 0]
+    pixels = ((moved + 1) * size - 1) / 2
+    low, high = pixels.amin(dim=1), pixels.amax(dim=1)
+    out = torch.cat([low, high], dim=1).round().clamp(0, size - 1)
+    return out.to(boxes.dtype)
+
+
+def warp(x: Tensor, matrices: Tensor, mode: str = "bilinear") -> Tensor:
+    """``x`` (B x C x H x W) under the B x 2 x 3 ``matrices``; zero outside the image. Flips and quarter turns of a
+    square grid move pixel centres onto pixel centres, so they are exact."""
+    assert x.ndim == 4 and matrices.shape == (len(x), 2, 3), f"x {tuple(x.shape)}, matrices {tuple(matrices.shape)}"
+    grid = F.affine_grid(matrices.to(x), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
+
+
+def consistency_loss(transformed_probs: Tensor, probs: Tensor, matrices: Tensor) -> Tensor:
+    """Mean over images of the L2 norm of ``p(T x) - T p(x)`` where both are defined.
+
+    ``transformed_probs``: B x h x w, the prediction on the transformed embeddings; ``probs``: B x h x w, the
+    prediction on the embeddings, a target (no gradient flows through it).
+    """
+    target = warp(probs.detach()[:, None], matrices)[:, 0]
+    valid = warp(torch.ones_like(probs)[:, None], matrices, mode="nearest")[:, 0]
+    return ((transformed_probs - target) * valid).flatten(1).norm(dim=1).mean()

@@ -1,0 +1,259 @@
+"""Training the prompt head in front of the frozen mask decoder, from cached embeddings and tight boxes only.
+
+No image encoder is built here: a batch is B x 256 x 64 x 64 embeddings and B x 4 boxes in the label frame (and,
+for the follow-up recipe, the backbone's B x S x S box-prompted masks). The decoder's B x 1 x 256 x 256 logits are
+resized to the label size S (the crop) and the losses are taken there, as the papers do; the consistency loss
+compares predictions at the embedding's 64 x 64 grid.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from autoprompt.errors import InputError
+from autoprompt.model.decoding import PromptDecoder, head_logits, scale_boxes, to_label_size
+from autoprompt.model.head import PromptHead
+from autoprompt.model.losses import LossWeights, box_loss
+from autoprompt.training.augment import Augment, consistency_loss, random_affine, random_inputs, warp, warp_boxes
+from autoprompt.training.validation import ValidationSet, score
+
+log = logging.getLogger(__name__)
+
+SATURATED = 1e-4  # a probability closer than this to 0 or 1 gives the box losses almost no gradient
+MIN_LIVE_FRACTION = 0.01  # the share of unsaturated pixels below which a start is refused
+INIT_PROMPTS = ("mean_box", "whole_box", "random")
+SELECT = ("last", "best")
+CONSISTENCY_GRID = 64  # predictions are compared at the embedding's grid, as the follow-up does
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one run's optimisation depends on: a recipe's settings for one regime, and the start.
+
+    ``clip_grad_norm``: the largest gradient norm (0: no clipping). ``select``: keep the ``last`` epoch's head,
+    or the ``best`` one by validation Dice against the box-prompted masks (needs a validation set).
+    ``validate_every``: validate every so many epochs (and after the last); 0 never.
+    """
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    milestones: tuple[int, ...]
+    gamma: float
+    loss: LossWeights
+    clip_grad_norm: float = 0.0
+    augment: Augment = field(default_factory=Augment)
+    init_prompt: str = "mean_box"
+    init_scale: float = 0.01
+    select: str = "last"
+    validate_every: int = 0
+
+    @classmethod
+    def from_params(cls, train: dict, recipe: str, regime: str) -> TrainConfig:
+        """The config of a ``regime`` (``fewshot`` or ``all``) of ``train.recipes.<recipe>``, with the start,
+        selection and validation settings shared by every recipe."""
+        recipes = train["recipes"]
+        if recipe not in recipes:
+            raise InputError(f"params.yaml: train.recipe {recipe!r} is not under train.recipes ({sorted(recipes)})")
+        settings, init = recipes[recipe], train["init"]
+        if init["prompt"] not in INIT_PROMPTS:
+            raise InputError(f"params.yaml: train.init.prompt must be one of {INIT_PROMPTS}, got {init['prompt']!r}")
+        if train["select"] not in SELECT:
+            raise InputError(f"params.yaml: train.select must be one of {SELECT}, got {train['select']!r}")
+        return cls(
+            epochs=int(settings["epochs"][regime]),
+            batch_size=int(settings["batch_size"]),
+            lr=float(settings["lr"]),
+            weight_decay=float(settings["weight_decay"]),
+            milestones=tuple(int(m) for m in settings["milestones"][regime]),
+            gamma=float(settings["gamma"]),
+            loss=LossWeights.from_params(settings["loss"]),
+            clip_grad_norm=float(settings["clip_grad_norm"] or 0.0),
+            augment=Augment.from_params(settings["augment"]),
+            init_prompt=str(init["prompt"]),
+            init_scale=float(init["scale"]),
+            select=str(train["select"]),
+            validate_every=int(train["validate_every"]),
+        )
+
+
+def recipe_names(train: dict) -> list[str]:
+    """``train.recipe``: one recipe name or a list of them, each a key of ``train.recipes``."""
+    names = [train["recipe"]] if isinstance(train["recipe"], str) else list(train["recipe"])
+    unknown = [n for n in names if n not in train["recipes"]]
+    if not names or unknown:
+        raise InputError(f"params.yaml: train.recipe {unknown or names} must name recipes of train.recipes")
+    return names
+
+
+@dataclass
+class TrainResult:
+    """The selected head, the epoch it comes from (1-based), the last head, and the validation history."""
+
+    head: PromptHead
+    epoch: int
+    last: PromptHead
+    history: list[dict[str, float]]
+
+
+def make_head(decoder: PromptDecoder, config: TrainConfig, seed: int, boxes: Tensor | None = None) -> PromptHead:
+    """A new head, seeded. Its outputs start at the prompt embedding of one box, whatever the image:
+
+    ``mean_box``: the mean of the training ``boxes`` (N x 4, in the decoder's input frame), a prior of where the
+    structure lies that needs no more than the box labels; ``whole_box``: a box around the whole image;
+    ``random``: no prompt (PyTorch's initialisation, which can saturate the decoder: see ``check_start``).
+    """
+    torch.manual_seed(seed)
+    head = PromptHead()
+    if config.init_prompt == "random":
+        return head
+    side = decoder.input_size
+    box = torch.tensor([[0.0, 0.0, side - 1.0, side - 1.0]])
+    if config.init_prompt == "mean_box":
+        assert boxes is not None and len(boxes), "mean_box needs the training boxes"
+        box = boxes.float().mean(dim=0, keepdim=True).cpu()
+    device = next(decoder.parameters()).device
+    with torch.no_grad():
+        sparse, dense = decoder.box_prompt(box.to(device))
+    head.start_from_prompt(sparse[0].cpu(), dense[0, :, 0, 0].cpu(), config.init_scale)
+    return head
+
+
+def live_fraction(probs: Tensor) -> float:
+    """The share of pixels whose probability is not saturated at 0 or 1."""
+    return float(((probs > SATURATED) & (probs < 1 - SATURATED)).float().mean())
+
+
+def train_head(
+    embeddings: Tensor,
+    boxes: Tensor,
+    label_size: int,
+    decoder: PromptDecoder,
+    config: TrainConfig,
+    seed: int,
+    device: torch.device,
+    pseudo: Tensor | None = None,
+    validation: ValidationSet | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train a head on N embeddings (N x 256 x 64 x 64, any float dtype) and their N x 4 tight boxes (label frame).
+
+    ``pseudo``: N x S x S box-prompted masks, needed by the pseudo-label loss. ``validation``: scored every
+    ``config.validate_every`` epochs; with ``select: best`` the head of the best epoch by Dice against the
+    box-prompted masks is returned. Adam with weight decay, a multi-step schedule and optional gradient clipping;
+    batches and transforms are drawn by generators seeded with ``seed``. ``on_epoch(epoch, terms)`` receives the
+    epoch's mean loss terms, learning rate, barrier t and validation scores.
+    """
+    assert embeddings.ndim == 4 and boxes.shape == (len(embeddings), 4), (
+        f"expected N x 256 x 64 x 64 embeddings and N x 4 boxes, got {tuple(embeddings.shape)}, {tuple(boxes.shape)}"
+    )
+    if config.loss.pseudo_label and pseudo is None:
+        raise InputError("params.yaml: the pseudo-label loss is set but no box-prompted masks were given")
+    if pseudo is not None:
+        assert pseudo.shape == (len(embeddings), label_size, label_size), f"pseudo-labels {tuple(pseudo.shape)}"
+    if config.select == "best" and (validation is None or not config.validate_every):
+        raise InputError("params.yaml: train.select is best, which needs validation images and validate_every > 0")
+    decoder = decoder.to(device).eval().requires_grad_(False)
+    head = make_head(decoder, config, seed, scale_boxes(boxes, label_size, decoder.input_size)).to(device)
+    optimizer = torch.optim.Adam(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.milestones), config.gamma)
+    order = torch.Generator().manual_seed(seed)
+    transforms = torch.Generator().manual_seed(seed + 1_000_003)
+    check_start(head, decoder, embeddings[: config.batch_size].to(device).float(), label_size)
+
+    history: list[dict[str, float]] = []
+    best: tuple[float, int, dict] | None = None
+    for epoch in range(config.epochs):
+        t = config.loss.barrier_t(epoch)
+        totals: dict[str, float] = {}
+        for batch in torch.randperm(len(embeddings), generator=order).split(config.batch_size):
+            x = embeddings[batch].to(device).float()
+            target = pseudo[batch].to(device) if pseudo is not None else None
+            terms = _batch_terms(head, decoder, x, boxes[batch].to(device), target, label_size, config, t, transforms)
+            optimizer.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            if config.clip_grad_norm:
+                torch.nn.utils.clip_grad_norm_(head.parameters(), config.clip_grad_norm)
+            optimizer.step()
+            for name, value in terms.items():
+                totals[name] = totals.get(name, 0.0) + float(value.detach()) * len(batch) / len(embeddings)
+        totals["lr"], totals["t"] = optimizer.param_groups[0]["lr"], t
+        schedule.step()
+        last_epoch = epoch + 1 == config.epochs
+        if (
+            validation is not None
+            and config.validate_every
+            and ((epoch + 1) % config.validate_every == 0 or last_epoch)
+        ):
+            scores = score(head, decoder, validation, label_size, device)
+            history.append({"epoch": epoch + 1, **scores})
+            totals.update({f"val_{k}": v for k, v in scores.items()})
+            if best is None or scores["dice_box"] > best[0]:
+                best = (scores["dice_box"], epoch + 1, copy.deepcopy(head.state_dict()))
+        if on_epoch is not None:
+            on_epoch(epoch, totals)
+    head = head.eval()
+    if config.select == "best":
+        chosen = copy.deepcopy(head)
+        chosen.load_state_dict(best[2])
+        return TrainResult(chosen.eval(), best[1], head, history)
+    return TrainResult(head, config.epochs, head, history)
+
+
+def _batch_terms(
+    head: PromptHead,
+    decoder: PromptDecoder,
+    x: Tensor,
+    boxes: Tensor,
+    pseudo: Tensor | None,
+    label_size: int,
+    config: TrainConfig,
+    t: float,
+    generator: torch.Generator,
+) -> dict[str, Tensor]:
+    """The loss terms of one batch: box losses (and the pseudo-label loss) at the label size, and the consistency
+    of the prediction on transformed embeddings with the transformed prediction, at 64 x 64."""
+    if config.augment.dihedral or config.augment.zoom or config.augment.shift:
+        moves = random_inputs(len(x), config.augment, generator).to(x.device)
+        x, boxes = warp(x, moves), warp_boxes(boxes, moves, label_size)
+        if pseudo is not None:
+            pseudo = warp(pseudo[:, None].float(), moves, mode="nearest")[:, 0] > 0.5
+    low_res = head_logits(head, decoder, x)
+    terms = box_loss(to_label_size(low_res, label_size), boxes, config.loss, t, pseudo)
+    if config.loss.consistency:
+        matrices = random_affine(len(x), config.augment, generator).to(x.device)
+        probs = _grid_probs(low_res)
+        moved = _grid_probs(head_logits(head, decoder, warp(x, matrices)))
+        terms["consistency"] = consistency_loss(moved, probs, matrices)
+        terms["total"] = terms["total"] + config.loss.consistency * terms["consistency"]
+    return terms
+
+
+def _grid_probs(low_res: Tensor) -> Tensor:
+    """B x 1 x 256 x 256 logits -> B x 64 x 64 probabilities."""
+    grid = (CONSISTENCY_GRID, CONSISTENCY_GRID)
+    return torch.sigmoid(F.interpolate(low_res, size=grid, mode="bilinear", align_corners=False))[:, 0]
+
+
+@torch.no_grad()
+def check_start(head: PromptHead, decoder: PromptDecoder, embeddings: Tensor, label_size: int) -> float:
+    """Refuse a start whose predictions are saturated: the box losses would have no gradient (method-facts)."""
+    live = live_fraction(torch.sigmoid(to_label_size(head_logits(head, decoder, embeddings), label_size)))
+    log.debug("first predictions: %.1f%% of pixels unsaturated", 100 * live)
+    if live < MIN_LIVE_FRACTION:
+        raise InputError(
+            f"params.yaml: the head's first predictions are saturated ({100 * live:.2f}% of pixels "
+            "unsaturated), so training cannot move them; set train.init.prompt: whole_box"
+        )
+    return live
+
+
+__all__ = ["TrainConfig", "TrainResult", "check_start", "live_fraction", "make_head", "recipe_names", "train_head"]

@@ -1,0 +1,104 @@
+"""Trained runs on disk: ``<out>/<recipe>/<regime>/<run>/head.pt`` beside the run's inputs and dvclive logs.
+
+``head.pt`` holds the head's weights, the run's config and the config's fingerprint; the config includes hashes of
+the run's boxes and pseudo-labels and of every module its result depends on. A run whose saved fingerprint equals
+the planned one is finished and is not trained again, so a killed train stage resumes where it stopped, and a
+change of ``train.shots`` leaves the all-images runs alone. Runs are written to a temporary folder and moved into
+place whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from autoprompt.errors import InputError
+from autoprompt.model.head import PromptHead
+
+WEIGHTS = "head.pt"
+
+
+def code_sha256(modules: list[ModuleType]) -> str:
+    """One hash of the source files of ``modules``: a run trained by other code is trained again."""
+    digest = hashlib.sha256()
+    for module in modules:
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()
+
+
+def fingerprint(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def is_done(run_dir: Path, config: dict) -> bool:
+    path = Path(run_dir) / WEIGHTS
+    if not path.is_file():
+        return False
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a damaged file is trained again
+        return False
+    return saved.get("fingerprint") == fingerprint(config)
+
+
+def save_head(folder: Path, head: PromptHead, config: dict, **record: object) -> None:
+    """``head.pt``: the weights, the run's config and its fingerprint, and a ``record`` of how it went (the
+    selected epoch, say), which is not part of the fingerprint."""
+    torch.save(
+        {"head": head.state_dict(), "config": config, "fingerprint": fingerprint(config), "record": record},
+        Path(folder) / WEIGHTS,
+    )
+
+
+def load_head(run_dir: Path) -> tuple[PromptHead, dict]:
+    """A trained head and its config, read weights-only."""
+    path = Path(run_dir) / WEIGHTS
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        head = PromptHead()
+        head.load_state_dict(saved["head"])
+    except Exception as error:
+        raise InputError(
+            f"{path}: not a readable head checkpoint ({error.__class__.__name__}); run the train stage again"
+        ) from error
+    return head.eval(), saved["config"]
+
+
+def load_record(run_dir: Path) -> dict:
+    """What ``save_head`` recorded of how a run went (its selected epoch, say); empty for older runs."""
+    saved = torch.load(Path(run_dir) / WEIGHTS, map_location="cpu", weights_only=True)
+    return dict(saved.get("record", {}))
+
+
+def finished_runs(out: Path) -> list[Path]:
+    """Every run folder under ``out`` that holds weights, sorted by recipe, regime and name."""
+    return sorted(p.parent for p in Path(out).glob(f"*/*/*/{WEIGHTS}"))
+
+
+def run_key(run_dir: Path) -> str:
+    """``recipe/regime/run`` of a run folder ``<out>/<recipe>/<regime>/<run>``."""
+    return "/".join(Path(run_dir).parts[-3:])
+
+
+def group_key(key: str) -> str:
+    """``recipe/regime`` of a run key: the runs that a metrics row summarises."""
+    return key.rsplit("/", 1)[0]
+
+
+def remove_stale(out: Path, keep: set[str]) -> list[str]:
+    """Delete the folders under ``out`` that hold no run of ``keep`` (``recipe/regime/run`` keys): runs of earlier
+    params, and recipes or regimes no longer planned. Returns what was removed, relative to ``out``."""
+    prefixes = {"/".join(key.split("/")[:depth]) for key in keep for depth in (1, 2, 3)}
+    removed = []
+    for pattern in ("*", "*/*", "*/*/*"):
+        for folder in sorted(Path(out).glob(pattern)):
+            relative = folder.relative_to(out).as_posix()
+            if folder.is_dir() and not folder.name.startswith(".") and relative not in prefixes:
+                shutil.rmtree(folder)
+                removed.append(relative)
+    return removed
