@@ -6,7 +6,8 @@ subject, the authors' split lists, crop 640), in a work folder that is kept betw
 recipe of ``params.yaml`` (``train.recipe``): 10 shots drawn from the sample's training split, 3 subsets x 1 seed,
 each run validated every ``--validate-every`` epochs against the box-prompted masks of the validation split. The
 test split is scored with the last epoch's head and with the best one by that validation Dice (one training run
-gives both), each run alone and as an ensemble (the runs' mean probability, thresholded once).
+gives both), each run alone and as an ensemble (the runs' mean probability, thresholded once). Runs are shared by
+``--jobs`` worker processes of one torch thread each.
 
 Writes ``bench/results/accuracy.json``.
 """
@@ -15,19 +16,22 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import logging
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import common
 import torch
 import yaml
 
-from autoprompt.data.tasks import load_task
+from autoprompt.data.tasks import Task, load_task
 from autoprompt.evaluation.metrics import dice, summarize
 from autoprompt.model import backbones
-from autoprompt.model.decoding import predict
-from autoprompt.training.fewshot import plan_runs
+from autoprompt.model.decoding import PromptDecoder, predict
+from autoprompt.training.fewshot import Run, plan_runs
 from autoprompt.training.loop import TrainConfig, recipe_names, train_head
 from autoprompt.training.pseudo_labels import box_prompted_masks
 from autoprompt.training.validation import ValidationSet
@@ -37,9 +41,10 @@ log = logging.getLogger("bench.accuracy")
 
 BACKBONE = "lite_medsam"
 THRESHOLD = 0.5
+CPU = torch.device("cpu")
 
 
-def workspace(work: Path, hc18: Path, params: dict, threads: int) -> Path:
+def workspace(work: Path, hc18: Path, params: dict) -> Path:
     """Prepare and encode the sample under ``work`` (kept between runs; both stages skip what is done)."""
     work.mkdir(parents=True, exist_ok=True)
     raw = work / "raw"
@@ -48,7 +53,7 @@ def workspace(work: Path, hc18: Path, params: dict, threads: int) -> Path:
     settings = copy.deepcopy(params)
     settings["datasets"] = ["hc18"]
     settings["tasks"] = {"hc18": params["tasks"]["hc18"]}
-    settings["encode"].update({"backbone": BACKBONE, "checkpoint": None, "device": "cpu", "threads": threads})
+    settings["encode"].update({"backbone": BACKBONE, "checkpoint": None, "device": "cpu", "threads": 2})
     (work / "params.yaml").write_text(yaml.safe_dump(settings))
     p = ["--params", str(work / "params.yaml")]
     store, index, emb = work / "prepared.zarr", work / "prepared.csv", work / "embeddings.zarr"
@@ -58,62 +63,62 @@ def workspace(work: Path, hc18: Path, params: dict, threads: int) -> Path:
     return work
 
 
-def run_recipe(task, decoder, train: dict, recipe: str, args: argparse.Namespace) -> dict:
-    """Train the recipe's few-shot runs once each; score the last and the best head of each on the test split."""
-    device = torch.device("cpu")
-    test, val = task.rows("test"), task.rows("val")
-    test_embeddings, test_masks = task.load_embeddings(test), task.load_masks(test)
-    val_embeddings = task.load_embeddings(val)
-    validation = ValidationSet(
-        val_embeddings,
-        box_prompted_masks(decoder, val_embeddings, task.boxes(val), task.label_size, 8, device),
-        task.load_masks(val),
-        batch_size=8,
-    )
-    config = TrainConfig.from_params(
-        {**train, "select": "best", "validate_every": args.validate_every}, recipe, "fewshot"
-    )
-    plan = plan_runs(task.rows("train")["id"].tolist(), args.shots, args.subsets, [0], 0, False, "hc18")
-    runs, probs = [], {"last": [], "best": []}
-    for r in plan:
-        rows = task.rows(ids=r.ids)
-        embeddings, boxes = task.load_embeddings(rows), task.boxes(rows)
-        pseudo = (
-            box_prompted_masks(decoder, embeddings, boxes, task.label_size, 8, device)
-            if config.loss.pseudo_label
-            else None
-        )
-        start = time.perf_counter()
-        result = train_head(embeddings, boxes, task.label_size, decoder, config, r.seed, device, pseudo, validation)
-        seconds = time.perf_counter() - start
-        scores = {}
-        for name, head in (("last", result.last), ("best", result.head)):
-            probs[name].append(predict(decoder, test_embeddings, task.label_size, 8, device, head=head))
-            scores[name] = round(100 * float(dice(probs[name][-1] > THRESHOLD, test_masks).mean()), 2)
+@functools.cache
+def _loaded(work: Path) -> tuple[Task, PromptDecoder, ValidationSet]:
+    """The task, the frozen decoder and the validation set, once per process."""
+    settings = yaml.safe_load((work / "params.yaml").read_text())
+    task = load_task(settings, "hc18", work / "prepared.zarr", work / "prepared.csv", work / "embeddings.zarr")
+    decoder = backbones.build_prompt_decoder(BACKBONE, backbones.resolve_checkpoint(BACKBONE, None))
+    val = task.rows("val")
+    embeddings = task.load_embeddings(val)
+    masks = box_prompted_masks(decoder, embeddings, task.boxes(val), task.label_size, 8, CPU)
+    return task, decoder, ValidationSet(embeddings, masks, task.load_masks(val), batch_size=8)
+
+
+def train_one(work: Path, config: TrainConfig, recipe: str, run: Run) -> dict:
+    """One run of a recipe (in a worker process): its test probabilities with the last and the best head."""
+    common.setup_logging()
+    torch.set_num_threads(1)
+    task, decoder, validation = _loaded(work)
+    rows = task.rows(ids=run.ids)
+    embeddings, boxes = task.load_embeddings(rows), task.boxes(rows)
+    pseudo = None
+    if config.loss.pseudo_label:
+        pseudo = box_prompted_masks(decoder, embeddings, boxes, task.label_size, 8, CPU)
+    start = time.perf_counter()
+    result = train_head(embeddings, boxes, task.label_size, decoder, config, run.seed, CPU, pseudo, validation)
+    seconds = time.perf_counter() - start
+    test = task.rows("test")
+    probs = {
+        name: predict(decoder, task.load_embeddings(test), task.label_size, 8, CPU, head=head).half()
+        for name, head in (("last", result.last), ("best", result.head))
+    }
+    log.info("%s %s trained in %.0f s (best epoch %d)", recipe, run.key, seconds, result.epoch)
+    return {"recipe": recipe, "run": run, "probs": probs, "best_epoch": result.epoch, "seconds": seconds}
+
+
+def summarize_recipe(outcomes: list[dict], masks: torch.Tensor, config: TrainConfig) -> dict:
+    """Per run and over runs: test Dice of the last and the best head, alone and as an ensemble."""
+    runs, out = [], {"config": {k: str(v) for k, v in config.__dict__.items()}}
+    for outcome in outcomes:
+        scores = {
+            name: round(100 * float(dice(probs.float() > THRESHOLD, masks).mean()), 2)
+            for name, probs in outcome["probs"].items()
+        }
         runs.append(
             {
-                "run": r.key,
-                "ids": list(r.ids),
+                "run": outcome["run"].key,
+                "ids": list(outcome["run"].ids),
                 "test_dice": scores,
-                "best_epoch": result.epoch,
-                "train_seconds": round(seconds, 1),
+                "best_epoch": outcome["best_epoch"],
+                "train_seconds": round(outcome["seconds"], 1),
             }
         )
-        log.info(
-            "%s %s: last %.2f, best %.2f (epoch %d), %.0f s",
-            recipe,
-            r.key,
-            scores["last"],
-            scores["best"],
-            result.epoch,
-            seconds,
-        )
-    out = {"config": {k: str(v) for k, v in config.__dict__.items()}, "runs": runs}
     for name in ("last", "best"):
         out[name] = summarize([r["test_dice"][name] / 100 for r in runs])
-        out[f"{name}_ensemble"] = round(
-            100 * float(dice(torch.stack(probs[name]).mean(0) > THRESHOLD, test_masks).mean()), 2
-        )
+        mean = torch.stack([o["probs"][name].float() for o in outcomes]).mean(0)
+        out[f"{name}_ensemble"] = round(100 * float(dice(mean > THRESHOLD, masks).mean()), 2)
+    out["runs"] = runs
     return out
 
 
@@ -126,22 +131,41 @@ def main() -> None:
     parser.add_argument("--subsets", type=int, default=3)
     parser.add_argument("--validate-every", type=int, default=5, help="epochs between validations")
     parser.add_argument("--recipes", nargs="*", help="recipes to run (default: train.recipe of --params)")
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes, one torch thread each")
     args, machine = common.parse_and_start(parser)
     if not (args.hc18 / "training_set").is_dir():
         raise SystemExit(f"{args.hc18}: real HC18 sample not found (no training_set/); pass --hc18 PATH")
     params = yaml.safe_load(args.params.read_text())
-    work = workspace(args.work, args.hc18, params, torch.get_num_threads())
-    settings = yaml.safe_load((work / "params.yaml").read_text())
-    task = load_task(settings, "hc18", work / "prepared.zarr", work / "prepared.csv", work / "embeddings.zarr")
-    decoder = backbones.build_prompt_decoder(BACKBONE, backbones.resolve_checkpoint(BACKBONE, None))
+    work = workspace(args.work.resolve(), args.hc18, params)
+    task, decoder, _ = _loaded(work)
     test = task.rows("test")
-    tight = predict(
-        decoder, task.load_embeddings(test), task.label_size, 8, torch.device("cpu"), boxes=task.boxes(test)
-    )
-    tight_dice = dice(tight > THRESHOLD, task.load_masks(test)).numpy()
+    masks = task.load_masks(test)
+    tight = predict(decoder, task.load_embeddings(test), task.label_size, 8, CPU, boxes=task.boxes(test))
+    tight_dice = dice(tight > THRESHOLD, masks).numpy()
     log.info("tight box: %.2f on %d test images", 100 * tight_dice.mean(), len(test))
+
     recipes = args.recipes or recipe_names(params["train"])
-    results = {recipe: run_recipe(task, decoder, params["train"], recipe, args) for recipe in recipes}
+    train = {**params["train"], "select": "best", "validate_every": args.validate_every}
+    configs = {recipe: TrainConfig.from_params(train, recipe, "fewshot") for recipe in recipes}
+    plan = plan_runs(task.rows("train")["id"].tolist(), args.shots, args.subsets, [0], 0, False, "hc18")
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(train_one, work, configs[recipe], recipe, run) for recipe in recipes for run in plan]
+        outcomes = [future.result() for future in futures]
+    results = {
+        recipe: summarize_recipe([o for o in outcomes if o["recipe"] == recipe], masks, configs[recipe])
+        for recipe in recipes
+    }
+    for recipe, result in results.items():
+        log.info(
+            "%s: last %.2f ± %.2f (ensemble %.2f), best %.2f ± %.2f (ensemble %.2f)",
+            recipe,
+            result["last"]["mean"],
+            result["last"]["std"],
+            result["last_ensemble"],
+            result["best"]["mean"],
+            result["best"]["std"],
+            result["best_ensemble"],
+        )
     rows = [
         (recipe, row, result[row]["mean"] if isinstance(result[row], dict) else result[row])
         for recipe, result in results.items()
@@ -165,6 +189,7 @@ def main() -> None:
                 "validate_every": args.validate_every,
                 "params": str(args.params.resolve().relative_to(common.REPO)),
                 "threshold": THRESHOLD,
+                "jobs": args.jobs,
             },
             "tight_box": summarize(tight_dice) | {"over": "test images"},
             "recipes": results,
@@ -174,7 +199,7 @@ def main() -> None:
                 "dice": best[2],
                 "gap_to_tight_box": round(100 * float(tight_dice.mean()) - best[2], 2),
             },
-            "notes": "test Dice (%); a recipe's last/best rows: mean ± std over runs; *_ensemble: one predictor",
+            "notes": "test Dice (%); a recipe's last/best: mean ± std over runs; *_ensemble: one predictor",
         },
     )
 

@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from autoprompt.data.preprocess import tight_box
-from autoprompt.training.augment import Augment, consistency_loss, random_affine, random_dihedral, warp, warp_boxes
+from autoprompt.training.augment import (
+    Augment,
+    consistency_loss,
+    random_affine,
+    random_dihedral,
+    random_inputs,
+    warp,
+    warp_boxes,
+)
 
 NEVER = Augment(flip=0.0, rot90=0.0, rotate=0.0, angle=0.25)
 
@@ -81,3 +89,21 @@ def test_dihedral_moves_keep_boxes_tight():
     expected = torch.tensor([tight_box(m.numpy()) for m in moved])
     assert torch.equal(warp_boxes(boxes, matrices, 40), expected)
     assert torch.equal(random_dihedral(5, 0.0, generator)[:, :, :2], torch.eye(2).expand(5, 2, 2))
+
+
+def test_zooms_and_shifts_move_boxes_with_their_masks():
+    """Inputs are zoomed by up to exp(±0.3) and shifted by up to 10%: the moved box is the moved mask's tight box,
+    to the pixel, and the zoom reaches both ends of its range."""
+    generator = torch.Generator().manual_seed(5)
+    matrices = random_inputs(400, Augment(dihedral=0.75, zoom=0.3, shift=0.1), generator)
+    scales = torch.linalg.det(matrices[:, :, :2]).abs().sqrt()
+    assert 0.74 < float(scales.min()) < 0.78 and 1.30 < float(scales.max()) < 1.35
+    assert float(matrices[:, :, 2].abs().max()) <= 0.1
+    masks = torch.zeros(400, 1, 64, 64)
+    masks[:, :, 20:41, 15:36] = 1
+    moved = warp(masks, matrices, mode="nearest")[:, 0] > 0.5
+    boxes = warp_boxes(torch.tensor([[15, 20, 35, 40]]).expand(400, 4), matrices, 64)
+    errors = torch.stack(
+        [(torch.tensor(tight_box(m.numpy())) - b).abs().max() for m, b in zip(moved, boxes, strict=True)]
+    )
+    assert int(errors.max()) <= 1

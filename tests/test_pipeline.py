@@ -66,7 +66,10 @@ PARAMS = {
                     "consistency": 0.0,
                     "barrier": {"t": 5.0, "factor": 1.0, "every": 5},
                 },
-                "augment": {"flip": 0.75, "rot90": 0.75, "rotate": 0.75, "angle": 0.25},
+                "augment": {
+                    "inputs": {"dihedral": 0.0, "zoom": 0.0, "shift": 0.0},
+                    "consistency": {"flip": 0.75, "rot90": 0.75, "rotate": 0.75, "angle": 0.25},
+                },
             },
             "followup": {
                 "epochs": {"fewshot": 10, "all": 1},
@@ -84,7 +87,10 @@ PARAMS = {
                     "consistency": 1.0e-3,
                     "barrier": {"t": 5.0, "factor": 1.1, "every": 5},
                 },
-                "augment": {"flip": 0.75, "rot90": 0.75, "rotate": 0.75, "angle": 0.25},
+                "augment": {
+                    "inputs": {"dihedral": 0.0, "zoom": 0.0, "shift": 0.0},
+                    "consistency": {"flip": 0.75, "rot90": 0.75, "rotate": 0.75, "angle": 0.25},
+                },
             },
         },
     },

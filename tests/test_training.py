@@ -24,7 +24,10 @@ RECIPE = {
     "weight_decay": 1.0e-4,
     "gamma": 0.1,
     "clip_grad_norm": 0,
-    "augment": {"flip": 0.75, "rot90": 0.75, "rotate": 0.75, "angle": 0.25},
+    "augment": {
+        "inputs": {"dihedral": 0.0, "zoom": 0.0, "shift": 0.0},
+        "consistency": {"flip": 0.75, "rot90": 0.75, "rotate": 0.75, "angle": 0.25},
+    },
     "loss": {
         "outer_bce": 1.0,
         "tightness": {"weight": 1.0e-4, "d": 5},
@@ -47,9 +50,14 @@ FOLLOWUP = {
         "barrier": {"t": 5.0, "factor": 1.1, "every": 1},
     },
 }
+AUGMENTED = {
+    **FOLLOWUP,
+    "loss": {**FOLLOWUP["loss"], "consistency": 0.0},
+    "augment": {**FOLLOWUP["augment"], "inputs": {"dihedral": 0.5, "zoom": 0.3, "shift": 0.1}},
+}
 TRAIN = {
-    "recipe": ["workshop", "followup"],
-    "recipes": {"workshop": RECIPE, "followup": FOLLOWUP},
+    "recipe": ["workshop", "followup", "augmented"],
+    "recipes": {"workshop": RECIPE, "followup": FOLLOWUP, "augmented": AUGMENTED},
     "select": "last",
     "validate_every": 0,
     "init": {"prompt": "whole_box", "scale": 0.01},
@@ -100,7 +108,7 @@ def test_training_is_deterministic_and_moves_the_head(lite_decoder):
     embeddings = torch.randn(4, 256, 64, 64, generator=generator).half()
     boxes = torch.tensor([[20, 30, 90, 100], [10, 10, 60, 80], [40, 40, 120, 110], [5, 50, 70, 120]])
     pseudo = predict(lite_decoder, embeddings, 128, 4, torch.device("cpu"), boxes=boxes) > 0.5
-    for recipe in ("workshop", "followup"):
+    for recipe in ("workshop", "followup", "augmented"):
         settings = config(recipe)
         heads = [
             train_head(embeddings, boxes, 128, lite_decoder, settings, 3, torch.device("cpu"), pseudo=pseudo).head

@@ -13,7 +13,11 @@ import pandas as pd
 from autoprompt.evaluation.scoring import ENSEMBLE
 
 BACKBONE_NAMES = {"medsam_vit_b": "MedSAM ViT-B", "lite_medsam": "LiteMedSAM"}
-RECIPE_NAMES = {"workshop": "", "followup": ", follow-up losses"}
+RECIPE_NAMES = {
+    "workshop": "",
+    "followup": ", follow-up losses",
+    "augmented": ", follow-up losses, zoom/shift augmentation",
+}
 FIXED = ["method", "samples", "labels"]
 TIGHT_BOX = "tight_box"
 

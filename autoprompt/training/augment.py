@@ -1,10 +1,14 @@
-"""Random geometric transforms of cached embeddings, for the follow-up's consistency loss.
+"""Random geometric transforms of cached embeddings: of the training inputs, and for the consistency loss.
 
-A transform is one 2 x 3 affine matrix per image in normalised coordinates (``F.affine_grid``), composed of a
-flip on each axis, a quarter turn and a small rotation, each drawn with its own probability. The same matrix is
-applied to the 64 x 64 image embedding and to the prediction's 64 x 64 probabilities, so that the prediction on the
-transformed embedding can be compared with the transformed prediction. Points that the transform brings in from
-outside the image are zero, and left out of the comparison (``valid``).
+A transform is one 2 x 3 affine matrix per image in normalised coordinates (``F.affine_grid``), applied alike to the
+64 x 64 image embedding and to what lives in the same frame: boxes, pseudo-labels, probabilities. Points that a
+transform brings in from outside the image are zero.
+
+- Inputs (``random_inputs``): a flip or quarter turn, a zoom and a shift move a training image, its box and its
+  pseudo-label before the losses, so that a few images show the head the structure at other sizes and places.
+- Consistency (``random_affine``, the follow-up's weak transforms): a flip of both axes, quarter turns and a small
+  rotation; the prediction on the transformed embedding is compared with the transformed prediction where both
+  are defined.
 """
 
 from __future__ import annotations
@@ -19,28 +23,35 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class Augment:
-    """Probabilities of each part of a transform, and the largest small-rotation angle in radians (the
-    follow-up's weak augmentation: 0.75, 0.75, 0.75, 0.25)."""
+    """A recipe's ``augment`` section. Inputs: the probability of a flip or quarter turn (``dihedral``), the largest
+    zoom as a log factor (``zoom``: 0.3 zooms by 0.74 to 1.35) and the largest shift as a fraction of the half side
+    (``shift``). Consistency: the probabilities of a flip, of quarter turns and of a small rotation, and its largest
+    angle in radians (the follow-up's weak transforms: 0.75, 0.75, 0.75, 0.25)."""
 
+    dihedral: float = 0.0
+    zoom: float = 0.0
+    shift: float = 0.0
     flip: float = 0.75
     rot90: float = 0.75
     rotate: float = 0.75
     angle: float = 0.25
-    dihedral: float = 0.0
-    zoom: float = 0.0
-    shift: float = 0.0
 
     @classmethod
     def from_params(cls, augment: dict) -> Augment:
+        inputs, consistency = augment["inputs"], augment["consistency"]
         return cls(
-            flip=float(augment["flip"]),
-            rot90=float(augment["rot90"]),
-            rotate=float(augment["rotate"]),
-            angle=float(augment["angle"]),
-            dihedral=float(augment.get("dihedral", 0.0)),
-            zoom=float(augment.get("zoom", 0.0)),
-            shift=float(augment.get("shift", 0.0)),
+            dihedral=float(inputs["dihedral"]),
+            zoom=float(inputs["zoom"]),
+            shift=float(inputs["shift"]),
+            flip=float(consistency["flip"]),
+            rot90=float(consistency["rot90"]),
+            rotate=float(consistency["rotate"]),
+            angle=float(consistency["angle"]),
         )
+
+    @property
+    def moves_inputs(self) -> bool:
+        return bool(self.dihedral or self.zoom or self.shift)
 
 
 def _rotation(angle: Tensor) -> Tensor:

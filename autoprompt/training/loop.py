@@ -221,7 +221,7 @@ def _batch_terms(
 ) -> dict[str, Tensor]:
     """The loss terms of one batch: box losses (and the pseudo-label loss) at the label size, and the consistency
     of the prediction on transformed embeddings with the transformed prediction, at 64 x 64."""
-    if config.augment.dihedral or config.augment.zoom or config.augment.shift:
+    if config.augment.moves_inputs:
         moves = random_inputs(len(x), config.augment, generator).to(x.device)
         x, boxes = warp(x, moves), warp_boxes(boxes, moves, label_size)
         if pseudo is not None:
