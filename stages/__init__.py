@@ -7,6 +7,6 @@ the same numbers on any x86 machine with AVX2, whatever wider instructions it al
 
 import os
 
-CPU_CODE_PATHS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+CPU_CODE_PATHS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 for _name, _value in CPU_CODE_PATHS.items():
     os.environ.setdefault(_name, _value)

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         "95th-percentile Hausdorff distance (mm; over the images where both masks are non-empty) and, for slices of "
         "volumes, Dice (%) per patient with the slices stacked. ± as in Table 1."
     )
-    surface = surface_table(metrics, columns, recipes, backbone)
+    surface = surface_table(metrics, columns, recipes, backbone, shots)
     write_text(args.surface, to_markdown(surface, "Surface metrics on the test images", surface_note))
     with atomic_path(args.figure) as tmp:
         figures.dice_bars(tmp, bar_rows(metrics, columns, recipes, shots))

@@ -26,7 +26,7 @@ from autoprompt.stage import load_params, run, select_device, set_threads, task_
 from autoprompt.training import augment, fewshot, inputs, loop, pseudo_labels, runs, validation
 from autoprompt.training.fewshot import Run, plan_runs
 from autoprompt.training.inputs import TaskInputs
-from autoprompt.training.loop import TrainConfig, recipe_names, train_head
+from autoprompt.training.loop import TrainConfig, recipe_names, train_head, trains_all_images
 from autoprompt.training.pseudo_labels import array_sha256, save_inputs
 from autoprompt.training.validation import ValidationSet
 
@@ -73,19 +73,19 @@ def run_config(task: Task, recipe: str, run_: Run, config: TrainConfig, hashes: 
 
 def plan_jobs(task: Task, train: dict, data: TaskInputs) -> list[Job]:
     """Every run of every recipe, with the hashes of its boxes, pseudo-labels and (for ``best``) validation boxes."""
-    plan = plan_runs(
-        task.rows("train")["id"].tolist(),
-        train["shots"],
-        int(train["subsets"]),
-        [int(s) for s in train["seeds"]],
-        int(train["subset_seed"]),
-        bool(train["all_images"]),
-        task.name,
-    )
     code = runs.code_sha256([*TRAINING_CODE, sys.modules[__name__]])  # this stage module too
     val_ids = tuple(task.rows("val")["id"])
     jobs = []
     for recipe in recipe_names(train):
+        plan = plan_runs(
+            task.rows("train")["id"].tolist(),
+            train["shots"],
+            int(train["subsets"]),
+            [int(s) for s in train["seeds"]],
+            int(train["subset_seed"]),
+            trains_all_images(train, recipe),
+            task.name,
+        )
         for r in plan:
             config = TrainConfig.from_params(train, recipe, r.regime)
             hashes = {"boxes": array_sha256(data.boxes(r.ids))}

@@ -83,20 +83,23 @@ def build_table(
     return pd.DataFrame(rows)
 
 
-def surface_table(metrics: dict[str, dict], columns: dict[str, str], recipes: list[str], backbone: str) -> pd.DataFrame:
+def surface_table(
+    metrics: dict[str, dict], columns: dict[str, str], recipes: list[str], backbone: str, shots: int | str
+) -> pd.DataFrame:
     """Our rows only (the paper reports no surface metrics): per task NSD (%), HD95 (mm) and, for slices of
     volumes, per-patient 3D Dice (%)."""
-    keys = [k for regime in (TIGHT_BOX, "fewshot", "all") for k in our_rows(regime, recipes, backbone)]
+    samples = {TIGHT_BOX: "-", "fewshot": str(shots), "all": "All"}
+    keys = [(regime, *k) for regime in samples for k in our_rows(regime, recipes, backbone)]
     rows = []
-    for key, method in keys:
-        row = {"method": method}
+    for regime, key, method in keys:
+        row = {"method": method, "samples": samples[regime]}
         for task, column in columns.items():
             data = metrics.get(task, {})
             row[f"{column} NSD"] = cell(lookup(data.get("nsd", {}), key))
             row[f"{column} HD95 (mm)"] = cell(lookup(data.get("hd95_mm", {}), key), scale=1.0, digits=1)
             if "dice_3d" in data:
                 row[f"{column} Dice 3D"] = cell(lookup(data["dice_3d"], key))
-        if any(v != "–" for k, v in row.items() if k != "method"):
+        if any(v != "–" for k, v in row.items() if k not in ("method", "samples")):
             rows.append(row | {"source": "ours"})
     return pd.DataFrame(rows)
 

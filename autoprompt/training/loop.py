@@ -94,6 +94,18 @@ def recipe_names(train: dict) -> list[str]:
     return names
 
 
+def trains_all_images(train: dict, recipe: str) -> bool:
+    """``train.all_images``: true (every recipe also trains on every training image), false, or a list of
+    recipes that do."""
+    setting = train["all_images"]
+    if isinstance(setting, bool):
+        return setting
+    unknown = [n for n in setting if n not in train["recipes"]]
+    if unknown:
+        raise InputError(f"params.yaml: train.all_images names {unknown}, which are not under train.recipes")
+    return recipe in setting
+
+
 @dataclass
 class TrainResult:
     """The selected head, the epoch it comes from (1-based), the last head, and the validation history."""
@@ -256,4 +268,13 @@ def check_start(head: PromptHead, decoder: PromptDecoder, embeddings: Tensor, la
     return live
 
 
-__all__ = ["TrainConfig", "TrainResult", "check_start", "live_fraction", "make_head", "recipe_names", "train_head"]
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "check_start",
+    "live_fraction",
+    "make_head",
+    "recipe_names",
+    "train_head",
+    "trains_all_images",
+]
