@@ -93,9 +93,10 @@ def main(argv: list[str] | None = None) -> None:
         "nsd_tolerance_mm": tolerance,
         "std": "over runs for each recipe/regime; over test images for tight_box and the ensembles "
         "(over patients for dice_3d)",
-        "selected_epochs": selected_epochs,
         **scoring.metrics_json(summaries),
     }
+    if params["train"]["select"] == "best":
+        result["selected_epochs"] = selected_epochs
     write_text(args.metrics, json.dumps(result, indent=2) + "\n")
     with atomic_path(args.per_image) as tmp:
         scoring.per_image_table(rows[["id", "subject"]], predictors).to_csv(tmp, index=False, float_format="%.5f")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,17 @@ from autoprompt.model import backbones
 from autoprompt.model.decoding import predict
 from autoprompt.training import runs
 from stages import encode, evaluate, prepare, report, simulate, train
+
+DEMO_PARAMS = Path(__file__).resolve().parents[1] / "demo" / "params.yaml"
+
+
+def demo_recipes(epochs: dict[str, tuple[int, int]]) -> dict:
+    """The demo's recipes, each with its few-shot epochs and milestone set: ``recipe -> (epochs, milestone)``."""
+    recipes = yaml.safe_load(DEMO_PARAMS.read_text())["train"]["recipes"]
+    for name, (count, milestone) in epochs.items():
+        recipes[name]["epochs"]["fewshot"], recipes[name]["milestones"]["fewshot"] = count, [milestone]
+    return {name: recipes[name] for name in epochs}
+
 
 PARAMS = {
     "datasets": ["hc18"],
@@ -49,50 +61,7 @@ PARAMS = {
         "init": {"prompt": "mean_box", "scale": 0.01},
         "device": "cpu",
         "threads": 2,
-        "recipes": {
-            "workshop": {
-                "epochs": {"fewshot": 20, "all": 1},
-                "milestones": {"fewshot": [15], "all": [1]},
-                "gamma": 0.1,
-                "batch_size": 4,
-                "lr": 1.0e-3,
-                "weight_decay": 1.0e-4,
-                "clip_grad_norm": 0,
-                "loss": {
-                    "outer_bce": 1.0,
-                    "tightness": {"weight": 1.0e-4, "d": 5},
-                    "size": {"weight": 1.0e-2, "bounds": [0.5, 0.9]},
-                    "pseudo_label": 0.0,
-                    "consistency": 0.0,
-                    "barrier": {"t": 5.0, "factor": 1.0, "every": 5},
-                },
-                "augment": {
-                    "inputs": {"dihedral": 0.0, "zoom": 0.0, "shift": 0.0},
-                    "consistency": {"flip": 0.75, "rot90": 0.75, "rotate": 0.75, "angle": 0.25},
-                },
-            },
-            "followup": {
-                "epochs": {"fewshot": 10, "all": 1},
-                "milestones": {"fewshot": [8], "all": [1]},
-                "gamma": 0.1,
-                "batch_size": 4,
-                "lr": 1.0e-3,
-                "weight_decay": 1.0e-4,
-                "clip_grad_norm": 1.0,
-                "loss": {
-                    "outer_bce": 1.0e-3,
-                    "tightness": {"weight": 0.0, "d": 5},
-                    "size": {"weight": 1.0e-2, "bounds": [0.7, 0.9]},
-                    "pseudo_label": 1.0,
-                    "consistency": 1.0e-3,
-                    "barrier": {"t": 5.0, "factor": 1.1, "every": 5},
-                },
-                "augment": {
-                    "inputs": {"dihedral": 0.0, "zoom": 0.0, "shift": 0.0},
-                    "consistency": {"flip": 0.75, "rot90": 0.75, "rotate": 0.75, "angle": 0.25},
-                },
-            },
-        },
+        "recipes": demo_recipes({"workshop": (20, 15), "followup": (10, 8)}),
     },
     "evaluate": {
         "threshold": 0.5,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 
 from autoprompt.data import get_reader
 from autoprompt.data.preprocess import crop_or_pad
@@ -16,48 +19,16 @@ from autoprompt.training.fewshot import ALL, FEWSHOT, draw_subset, parse_shots, 
 from autoprompt.training.loop import TrainConfig, check_start, live_fraction, make_head, train_head
 from autoprompt.training.validation import ValidationSet, score
 
-RECIPE = {
-    "epochs": {"fewshot": 2, "all": 1},
-    "milestones": {"fewshot": [1], "all": [1]},
-    "batch_size": 2,
-    "lr": 1.0e-3,
-    "weight_decay": 1.0e-4,
-    "gamma": 0.1,
-    "clip_grad_norm": 0,
-    "augment": {
-        "inputs": {"dihedral": 0.0, "zoom": 0.0, "shift": 0.0},
-        "consistency": {"flip": 0.75, "rot90": 0.75, "rotate": 0.75, "angle": 0.25},
-    },
-    "loss": {
-        "outer_bce": 1.0,
-        "tightness": {"weight": 1.0e-4, "d": 5},
-        "size": {"weight": 1.0e-2, "bounds": [0.5, 0.9]},
-        "pseudo_label": 0.0,
-        "consistency": 0.0,
-        "barrier": {"t": 5.0, "factor": 1.0, "every": 5},
-    },
+DEMO = yaml.safe_load((Path(__file__).resolve().parents[1] / "demo" / "params.yaml").read_text())["train"]
+RECIPES = {
+    name: {**recipe, "batch_size": 2, "epochs": {"fewshot": 2, "all": 1}, "milestones": {"fewshot": [1], "all": [1]}}
+    for name, recipe in DEMO["recipes"].items()
 }
-FOLLOWUP = {
-    **RECIPE,
-    "clip_grad_norm": 1.0,
-    "loss": {
-        **RECIPE["loss"],
-        "outer_bce": 1.0e-3,
-        "tightness": {"weight": 0.0, "d": 5},
-        "size": {"weight": 1.0e-2, "bounds": [0.7, 0.9]},
-        "pseudo_label": 1.0,
-        "consistency": 1.0e-3,
-        "barrier": {"t": 5.0, "factor": 1.1, "every": 1},
-    },
-}
-AUGMENTED = {
-    **FOLLOWUP,
-    "loss": {**FOLLOWUP["loss"], "consistency": 0.0},
-    "augment": {**FOLLOWUP["augment"], "inputs": {"dihedral": 0.5, "zoom": 0.3, "shift": 0.1}},
-}
+RECIPES["augmented"]["augment"]["inputs"]["dihedral"] = 0.5
+RECIPE = RECIPES["workshop"]
 TRAIN = {
     "recipe": ["workshop", "followup", "augmented"],
-    "recipes": {"workshop": RECIPE, "followup": FOLLOWUP, "augmented": AUGMENTED},
+    "recipes": RECIPES,
     "select": "last",
     "validate_every": 0,
     "init": {"prompt": "whole_box", "scale": 0.01},
