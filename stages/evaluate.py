@@ -79,12 +79,12 @@ def main(argv: list[str] | None = None) -> None:
     for group, scores in groups.items():
         predictors[group] = scores
         summaries[group] = scoring.over_runs(scores)
+        mean_probs = sums[group] / len(scores)
         if len(scores) > 1:
-            mean_probs = sums[group] / len(scores)
             ensemble = predictors[f"{group}_{ENSEMBLE}"] = score(mean_probs)
             summaries[f"{group}_{ENSEMBLE}"] = scoring.over_images(ensemble)
-            if group.endswith("/fewshot"):
-                shown[f"{group}_{ENSEMBLE}"] = mean_probs[:count]
+        if group.endswith("/fewshot"):  # the figure shows each recipe's few-shot ensemble (or its one run)
+            shown[f"{group}_{ENSEMBLE}" if len(scores) > 1 else group] = mean_probs[:count]
 
     result = {
         "test_images": len(rows),

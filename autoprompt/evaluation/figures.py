@@ -11,25 +11,31 @@ import matplotlib.pyplot as plt
 import numpy as np
 from torch import Tensor
 
-COLOURS = {"ground truth": "lime", "fewshot": "red", "all": "orange", "tight_box": "deepskyblue"}
+FIXED_COLOURS = {"ground truth": "lime", "tight_box": "deepskyblue"}
+OTHER_COLOURS = ("red", "orange", "magenta", "yellow", "white")
+
+
+def colours(names: list[str]) -> dict[str, str]:
+    """A colour per contour: fixed ones for the ground truth and the tight box, the others in turn."""
+    others = iter(OTHER_COLOURS * len(names))
+    return {name: FIXED_COLOURS.get(name) or next(others) for name in names}
 
 
 def examples(path: Path, images: Tensor, truth: Tensor, predictions: dict[str, Tensor], title: str) -> None:
     """One panel per image (N x S x S uint8), with the contours of the ground truth and of each method's mask."""
     count = len(images)
-    fig, axes = plt.subplots(1, count, figsize=(3.2 * count, 3.6), squeeze=False)
+    palette = colours(["ground truth", *predictions])
+    fig, axes = plt.subplots(1, count, figsize=(3.2 * count, 3.8), squeeze=False)
     for i, ax in enumerate(axes[0]):
         ax.imshow(images[i].numpy(), cmap="gray", vmin=0, vmax=255)
         for name, masks in {"ground truth": truth, **predictions}.items():
             if masks[i].any():
-                ax.contour(
-                    masks[i].numpy().astype(float), levels=[0.5], colors=COLOURS.get(name, "yellow"), linewidths=1.2
-                )
+                ax.contour(masks[i].numpy().astype(float), levels=[0.5], colors=palette[name], linewidths=1.2)
         ax.set_axis_off()
-    handles = [plt.Line2D([], [], color=COLOURS.get(n, "yellow"), label=n) for n in ["ground truth", *predictions]]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
-    fig.suptitle(f"{title}: test images (first run of each regime)")
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    handles = [plt.Line2D([], [], color=colour, label=name) for name, colour in palette.items()]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 3), frameon=False, fontsize=8)
+    fig.suptitle(f"{title}: test images")
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=90, format="png")
     plt.close(fig)
 
