@@ -31,6 +31,7 @@ from autoprompt.data.tasks import Task, load_task
 from autoprompt.evaluation.metrics import dice, summarize
 from autoprompt.model import backbones
 from autoprompt.model.decoding import PromptDecoder, predict
+from autoprompt.stage import pin_cpu_numerics
 from autoprompt.training.fewshot import Run, plan_runs
 from autoprompt.training.loop import TrainConfig, recipe_names, train_head
 from autoprompt.training.pseudo_labels import box_prompted_masks
@@ -78,7 +79,7 @@ def _loaded(work: Path) -> tuple[Task, PromptDecoder, ValidationSet]:
 def train_one(work: Path, config: TrainConfig, recipe: str, run: Run) -> dict:
     """One run of a recipe (in a worker process): its test probabilities with the last and the best head."""
     common.setup_logging()
-    torch.set_num_threads(1)
+    pin_cpu_numerics({"threads": 1})  # the pipeline's CPU numerics, one thread per worker
     task, decoder, validation = _loaded(work)
     rows = task.rows(ids=run.ids)
     embeddings, boxes = task.load_embeddings(rows), task.boxes(rows)

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from autoprompt.data import embeddings
 from autoprompt.model import backbones
-from autoprompt.stage import load_params, parser, run, select_device, set_threads
+from autoprompt.stage import load_params, parser, pin_cpu_numerics, run, select_device
 
 log = logging.getLogger("encode")
 
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     args.add_argument("--num-parts", type=int, default=None)
     args = args.parse_args(argv)
     params = load_params(args.params)["encode"]
-    set_threads(params)
+    pin_cpu_numerics(params)
     part_id, num_parts = part_from_env(args.part_id, args.num_parts)
 
     name = params["backbone"]

@@ -21,7 +21,7 @@ from autoprompt.evaluation.scoring import ENSEMBLE, Scores
 from autoprompt.io import atomic_path, write_text
 from autoprompt.model import backbones
 from autoprompt.model.decoding import predict
-from autoprompt.stage import load_params, run, select_device, set_threads, task_parser
+from autoprompt.stage import load_params, pin_cpu_numerics, run, select_device, task_parser
 from autoprompt.training import runs
 
 log = logging.getLogger("evaluate")
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     args = args.parse_args(argv)
     params = load_params(args.params)
     settings, encode = params["evaluate"], params["encode"]
-    set_threads(settings)
+    pin_cpu_numerics(settings)
 
     task = load_task(params, args.task, args.prepared, args.index, args.embeddings)
     rows = task.rows("test")

@@ -16,13 +16,15 @@ from pathlib import Path
 from dvclive import Live
 from tqdm import tqdm
 
+import stages
+from autoprompt import stage
 from autoprompt.data import embeddings, prepared, tasks
 from autoprompt.data.tasks import Task, load_task
 from autoprompt.errors import InputError
 from autoprompt.evaluation import metrics
 from autoprompt.io import atomic_path
 from autoprompt.model import backbones, decoding, head, losses
-from autoprompt.stage import load_params, run, select_device, set_threads, task_parser
+from autoprompt.stage import load_params, pin_cpu_numerics, run, select_device, task_parser
 from autoprompt.training import augment, fewshot, inputs, loop, pseudo_labels, runs, validation
 from autoprompt.training.fewshot import Run, plan_runs
 from autoprompt.training.inputs import TaskInputs
@@ -35,7 +37,7 @@ log = logging.getLogger("train")
 # Every module a run's result depends on: a change to any of them trains the run again.
 TRAINING_CODE = (
     loop, augment, validation, pseudo_labels, inputs, fewshot, runs, head, losses, decoding, backbones, metrics,
-    tasks, prepared, embeddings,
+    tasks, prepared, embeddings, stage, stages,
 )  # fmt: skip
 
 
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     args = args.parse_args(argv)
     params = load_params(args.params)
     train, encode = params["train"], params["encode"]
-    set_threads(train)
+    pin_cpu_numerics(train)
 
     task = load_task(params, args.task, args.prepared, args.index, args.embeddings)
     checkpoint = backbones.resolve_checkpoint(encode["backbone"], encode.get("checkpoint"))

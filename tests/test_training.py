@@ -25,6 +25,7 @@ RECIPES = {
     for name, recipe in DEMO["recipes"].items()
 }
 RECIPES["augmented"]["augment"]["inputs"]["dihedral"] = 0.5
+RECIPES["followup"]["loss"]["consistency"] = 1.0e-3  # as in params.yaml (the demo leaves it out)
 RECIPE = RECIPES["workshop"]
 TRAIN = {
     "recipe": ["workshop", "followup", "augmented"],
