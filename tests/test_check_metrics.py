@@ -10,7 +10,7 @@ spec = importlib.util.spec_from_file_location("check_metrics", SCRIPT)
 check_metrics = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(check_metrics)
 
-LIMITS = {"max_drop": 1.0, "max_drop_nsd": 2.0, "max_drop_entry": 5.0}
+LIMITS = {"max_drop": 1.0, "max_drop_nsd": 2.0, "max_drop_entry": 4.0}
 
 
 def diff_of(changes: dict[str, dict[str, tuple]]) -> dict:
@@ -55,12 +55,20 @@ def test_nsd_rows_have_their_own_limit_and_hd95_and_spreads_are_not_checked():
 def test_a_large_drop_of_one_entry_or_a_missing_entry_fails():
     diff = diff_of(
         {
-            "acdc-rv": {"dice.augmented.fewshot.mean": (70.0, 64.0), "dice_3d.followup.all.mean": (70.0, None)},
-            "acdc-lv": {"dice.augmented.fewshot.mean": (90.0, 94.0)},  # the row's average even rose
+            "acdc-rv": {
+                "dice.augmented.fewshot.mean": (70.0, 65.0),  # 5 points: over the entry limit
+                "dice_3d.augmented.fewshot.mean": (70.0, 67.0),  # 3 points: noise; dice_3d has no row check
+                "nsd.augmented.fewshot.mean": (70.0, 60.0),  # NSD entries are checked only through their row
+                "dice_3d.followup.all.mean": (70.0, None),
+            },
+            "acdc-lv": {
+                "dice.augmented.fewshot.mean": (90.0, 96.0),  # the rows' averages rose
+                "nsd.augmented.fewshot.mean": (70.0, 82.0),
+            },
             "hc18": {"dice.workshop.all.mean": (None, 50.0)},  # a new metric passes
         }
     )
     failures = check_metrics.drops(diff, **LIMITS)
     assert len(failures) == 2
-    assert failures[0].startswith("demo/metrics/acdc-rv.json: dice.augmented.fewshot.mean 70.0 -> 64.0")
+    assert failures[0].startswith("demo/metrics/acdc-rv.json: dice.augmented.fewshot.mean 70.0 -> 65.0")
     assert failures[1].startswith("demo/metrics/acdc-rv.json: dice_3d.followup.all.mean 70.0 -> None")
