@@ -121,12 +121,18 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def relative_paths(text: str) -> str:
+    """``text`` with this machine's absolute paths of the repository and of the folder beside it made relative
+    to the repository, so that a committed result names no machine's own paths."""
+    return text.replace(f"{REPO}/", "").replace(f"{REPO.parent}/", "../")
+
+
 def write_result(name: str, payload: dict) -> Path:
     """``bench/results/<name>.json``, with the load average at the end added to ``payload['machine']``."""
     payload.setdefault("machine", {})["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    path.write_text(relative_paths(json.dumps(payload, indent=2)) + "\n")
     log.info("wrote %s", path)
     return path
 

@@ -75,11 +75,9 @@ def main() -> None:
         "machine": machine,
         "spread": spread(committed, means(args.other)),
     }
-    out = common.RESULTS / "spread.json"
-    out.write_text(json.dumps(result, indent=1) + "\n")
     for family, numbers in result["spread"].items():
         log.info("%s: %s", family, {k: v for k, v in numbers.items() if k != "rows"})
-    log.info("wrote %s", out.relative_to(common.REPO))
+    common.write_result("spread", result)
 
 
 if __name__ == "__main__":
