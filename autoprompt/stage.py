@@ -58,7 +58,7 @@ def pin_cpu_numerics(section: dict) -> None:
 
     oneDNN picks its convolution kernels and blocking by the CPU's cache sizes, so its sums differ between
     machines; without it convolutions run as im2col + MKL GEMM, which ``MKL_CBWR`` (``stages/__init__.py``) makes
-    reproducible. It costs 5-7% of a CPU training step and of an encode; GPU runs are unaffected."""
+    reproducible. The CPU cost is measured by ``bench/onednn.py``; GPU runs are unaffected."""
     threads = section.get("threads")
     if threads:
         torch.set_num_threads(int(threads))
