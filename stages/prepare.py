@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     params = everything["prepare"]
     settings = params[args.dataset]
 
-    reader = get_reader(args.dataset)
+    reader = get_reader(args.dataset, settings)
     files = reader.find(args.raw, settings)
     # Preflight for the encode stage: a missing checkpoint stops the pipeline here, not after preprocessing.
     backbones.resolve_checkpoint(everything["encode"]["backbone"], everything["encode"].get("checkpoint"))
@@ -38,7 +38,12 @@ def main(argv: list[str] | None = None) -> None:
         args.store,
         args.index,
         prepared,
-        {"dataset": args.dataset, "crop": int(settings["crop"]), "classes": reader.classes},
+        {
+            "dataset": args.dataset,
+            "crop": int(settings["crop"]),
+            "classes": reader.classes,
+            "preprocessing": reader.preprocessing(settings).as_dict(),
+        },
     )
     counts = prepared.table.groupby("split")["subject"].agg(["size", "nunique"])
     log.info(

@@ -58,7 +58,9 @@ def run_config(task: Task, recipe: str, run_: Run, config: TrainConfig, hashes: 
     return {
         "task": task.name,
         "class": task.class_name,
+        "label_value": task.label_value,
         "label_size": task.label_size,
+        "preprocessing": task.preprocessing,
         "backbone": attrs["backbone"],
         "checkpoint_sha256": attrs["checkpoint_sha256"],
         "source_sha256": attrs["source_sha256"],
@@ -99,8 +101,11 @@ def plan_jobs(task: Task, train: dict, data: TaskInputs) -> list[Job]:
     return jobs
 
 
-def train_job(job: Job, task: Task, data: TaskInputs, validation: ValidationSet | None, out: Path) -> None:
-    """Train one run into ``out/<key>`` (whole or not at all), with its dvclive logs and its inputs."""
+def train_job(
+    job: Job, task: Task, data: TaskInputs, validation: ValidationSet | None, out: Path, checkpoint: str | None
+) -> None:
+    """Train one run into ``out/<key>`` (whole or not at all), with its dvclive logs and its inputs.
+    ``checkpoint``: the configured backbone checkpoint path, recorded for ``predict`` (None for packaged weights)."""
     pseudo = data.pseudo(job.run.ids) if job.config.loss.pseudo_label else None
     with (
         atomic_path(out / job.key) as folder,
@@ -131,7 +136,7 @@ def train_job(job: Job, task: Task, data: TaskInputs, validation: ValidationSet 
         )
         live.end()
         save_inputs(folder, list(job.run.ids), data.boxes(job.run.ids), pseudo)
-        runs.save_head(folder, result.head, job.record, selected_epoch=result.epoch)
+        runs.save_head(folder, result.head, job.record, selected_epoch=result.epoch, checkpoint=checkpoint)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -143,6 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     pin_cpu_numerics(train)
 
     task = load_task(params, args.task, args.prepared, args.index, args.embeddings)
+    if task.preprocessing is None:
+        raise InputError(f"{args.prepared}: made before stores recorded their preprocessing; run prepare again")
     checkpoint = backbones.resolve_checkpoint(encode["backbone"], encode.get("checkpoint"))
     if backbones.file_sha256(checkpoint) != task.embeddings.attrs["checkpoint_sha256"]:
         raise InputError(
@@ -158,8 +165,9 @@ def main(argv: list[str] | None = None) -> None:
         "%s: %d runs planned, %d already trained, %d to train", args.task, len(jobs), len(jobs) - len(todo), len(todo)
     )
     validation = data.validation(with_masks=True) if todo and int(train["validate_every"]) else None
+    configured = None if backbones.get_spec(encode["backbone"]).packaged_checkpoint else encode.get("checkpoint")
     for job in todo:
-        train_job(job, task, data, validation, args.out)
+        train_job(job, task, data, validation, args.out, configured)
     removed = runs.remove_stale(args.out, {job.key for job in jobs})
     if removed:
         log.info("%s: removed runs of earlier params: %s", args.task, ", ".join(removed))

@@ -25,39 +25,15 @@ import numpy as np
 import SimpleITK as sitk
 
 from autoprompt.data.cardiac import check_label, ed_frame, read_image, read_info
+from autoprompt.data.images import on_grid_of, resample_in_plane
 from autoprompt.data.preprocess import clip_rescale
-from autoprompt.data.records import Case, CaseFiles, Reader
+from autoprompt.data.records import Case, CaseFiles, Reader, volume_preprocessing
 from autoprompt.errors import InputError
 
 DOWNLOAD = "https://humanheart-project.creatis.insa-lyon.fr/database/"
 FIX = f"restore it from the ACDC download ({DOWNLOAD}) or set prepare.on_error: skip"
 PATIENT = re.compile(r"^patient\d{3}$")
 FOLDERS = {"training": None, "testing": "test"}  # folder -> the split it fixes (None: split later)
-
-
-def resample_in_plane(image: sitk.Image, spacing: float, interpolator: int) -> sitk.Image:
-    """``image`` resampled to ``spacing`` mm along its first two axes, on its own grid: same direction, same third
-    axis, same field of view (the first voxel edge stays put; the far edge moves by under half a new pixel)."""
-    old = np.array(image.GetSpacing())
-    new = np.array([spacing, spacing, old[2]])
-    size = np.maximum(np.rint(np.array(image.GetSize()) * old / new), 1).astype(int)
-    direction = np.array(image.GetDirection()).reshape(3, 3)
-    origin = np.array(image.GetOrigin()) + direction @ ((new - old) / 2)
-    resampler = sitk.ResampleImageFilter()
-    resampler.SetSize(size.tolist())
-    resampler.SetOutputSpacing(new.tolist())
-    resampler.SetOutputOrigin(origin.tolist())
-    resampler.SetOutputDirection(image.GetDirection())
-    resampler.SetInterpolator(interpolator)
-    resampler.SetDefaultPixelValue(0)
-    resampler.SetUseNearestNeighborExtrapolator(True)  # border pixels take the edge value, not 0
-    return resampler.Execute(image)
-
-
-def _on_grid_of(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
-    image = sitk.GetImageFromArray(array)
-    image.CopyInformation(reference)
-    return image
 
 
 def find(root: Path, settings: dict) -> list[CaseFiles]:
@@ -98,8 +74,8 @@ def load(files: CaseFiles, settings: dict) -> list[Case]:
 
     pixel_mm = float(settings.get("spacing", 1.0))
     volume = clip_rescale(sitk.GetArrayFromImage(image)).astype(np.float32)
-    volume = resample_in_plane(_on_grid_of(volume, image), pixel_mm, sitk.sitkLinear)
-    labels = resample_in_plane(_on_grid_of(labels, image), pixel_mm, sitk.sitkNearestNeighbor)
+    volume = resample_in_plane(on_grid_of(volume, image), pixel_mm, sitk.sitkLinear)
+    labels = resample_in_plane(on_grid_of(labels, image), pixel_mm, sitk.sitkNearestNeighbor)
     slices = np.rint(np.clip(sitk.GetArrayFromImage(volume), 0, 255)).astype(np.uint8)
     label_slices = sitk.GetArrayFromImage(labels)
 
@@ -121,4 +97,4 @@ def load(files: CaseFiles, settings: dict) -> list[Case]:
     ]
 
 
-READER = Reader(name="acdc", classes={"rv": 1, "lv": 3}, find=find, load=load)
+READER = Reader(name="acdc", classes={"rv": 1, "lv": 3}, find=find, load=load, preprocessing=volume_preprocessing)

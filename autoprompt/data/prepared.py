@@ -6,7 +6,9 @@
 geometry that maps the original into the prepared frame (``scale``, ``offset_row``, ``offset_col``: prepared =
 scale * original + offset, see ``preprocess``), and for each class its area in the prepared frame, its area in the
 image as read (``<class>_area_raw``), the share of it the frame keeps (``<class>_kept``) and its tight box
-(``<class>_x0, _y0, _x1, _y1``, inclusive, -1 when absent).
+(``<class>_x0, _y0, _x1, _y1``, inclusive, -1 when absent). The folder reader's rows (users' own data) also say
+whether the image has a mask (``has_mask``, 1 or 0) and where the box came from (``box_from``: ``boxes.csv`` or
+``mask``); without a mask, the areas are 0.
 The CSV is kept in git, so splits, boxes and what the crop cut are versioned and reviewable.
 """
 
@@ -22,8 +24,8 @@ import pandas as pd
 import zarr
 from tqdm import tqdm
 
-from autoprompt.data import CaseFiles, Reader
-from autoprompt.data.preprocess import FITS, fit_to_frame, kept_fraction, tight_box
+from autoprompt.data import CaseFiles, Reader, folder
+from autoprompt.data.preprocess import FITS, fit_label, fit_to_frame, kept_fraction, tight_box
 from autoprompt.data.splits import SPLITS, SplitLists, assign_splits, authors_lists, listed_subjects
 from autoprompt.errors import InputError
 from autoprompt.io import atomic_path
@@ -57,6 +59,9 @@ def prepare_cases(
     measure each class: its area before and after, the share kept, and its tight box. Warns, per class, about the
     images that lost more than 1% of it.
 
+    A case's boxes drawn by hand (``Case.box_label``) are fitted with its label and give its tight boxes instead of
+    the label; the folder reader's rows say where their boxes came from in ``box_from`` (``boxes.csv`` or ``mask``).
+
     ``on_error``: ``stop`` raises the first bad case's InputError; ``skip`` logs it, counts it and goes on.
     """
     assert on_error in ("stop", "skip"), f"on_error must be stop or skip, got {on_error!r}"
@@ -88,13 +93,17 @@ def prepare_cases(
                 "offset_col": geometry.offset_col,
                 **case.extra,
             }
+            boxes = None if case.box_label is None else fit_label(case.box_label, crop, geometry)
             for name, value in reader.classes.items():
                 mask = label == value
                 area, area_raw = int(mask.sum()), int((case.label == value).sum())
                 row[f"{name}_area"] = area
                 row[f"{name}_area_raw"] = area_raw
                 row[f"{name}_kept"] = kept_fraction(area, area_raw, geometry.scale)
-                row.update(zip((f"{name}_{k}" for k in BOX), tight_box(mask) or (-1, -1, -1, -1), strict=True))
+                box = tight_box(mask if boxes is None else boxes == value)
+                row.update(zip((f"{name}_{k}" for k in BOX), box or (-1, -1, -1, -1), strict=True))
+            if "has_mask" in case.extra:  # the folder reader's rows
+                row["box_from"] = folder.BOXES if boxes is not None else "mask"
             images.append(image)
             labels.append(label)
             rows.append(row)
@@ -151,9 +160,18 @@ def check_proportions(value: object, where: str) -> dict[str, float]:
 
 def split_settings(dataset: str, settings: dict) -> tuple[SplitLists | None, dict[str, float] | None]:
     """``prepare.<dataset>.split`` and ``.proportions``, checked: the authors' lists (None for a proportional split)
-    and the proportions that deal the subjects nothing else assigns (None where there are none to deal)."""
-    split, proportions = settings.get("split"), settings.get("proportions")
+    and the proportions that deal the subjects nothing else assigns (None where there are none to deal). ``split:
+    boxes`` (the folder reader's default) gives neither: the reader fixes every split."""
+    default = folder.BOX_SPLIT if settings.get("reader") == folder.NAME else None
+    split, proportions = settings.get("split", default), settings.get("proportions")
     where = f"prepare.{dataset}"
+    if split == folder.BOX_SPLIT:
+        if proportions is not None:
+            raise InputError(
+                f"params.yaml: {where}.proportions is not used: split: boxes puts the images with boxes in train and "
+                "the others in test; remove it, or give split: {train: .., val: .., test: ..}"
+            )
+        return None, None
     if isinstance(split, dict):
         if proportions is not None:
             raise InputError(
@@ -163,7 +181,7 @@ def split_settings(dataset: str, settings: dict) -> tuple[SplitLists | None, dic
         return None, check_proportions(split, f"{where}.split")
     if split != "authors":
         raise InputError(
-            f"params.yaml: {where}.split is {split!r}; use authors, or proportions such as "
+            f"params.yaml: {where}.split is {split!r}; use authors, boxes (reader: folder), or proportions such as "
             "{train: 7, val: 1, test: 2}"
         )
     lists = authors_lists(dataset)
@@ -188,12 +206,19 @@ def apply_split(table: pd.DataFrame, dataset: str, settings: dict, seed: int) ->
     ``unlisted`` (the lists' rule for the subjects they leave out: train) or ``proportions`` (dealt with ``seed``).
 
     ``settings`` is ``prepare.<dataset>``: ``split: authors`` (with ``proportions`` where the lists leave subjects
-    to deal, HC18) or ``split: {train, val, test}`` proportions. Logs how many images each way gave each split.
+    to deal, HC18), ``split: {train, val, test}`` proportions, or ``split: boxes`` (the reader fixes every split).
+    Logs how many images each way gave each split.
     """
     lists, proportions = split_settings(dataset, settings)
     sizes = table.groupby("subject").size().to_dict()
     by_subject = table.dropna(subset=["split"]).groupby("subject")["split"].first().to_dict()
     how = dict.fromkeys(by_subject, "data")
+    if lists is None and proportions is None and sizes.keys() - by_subject.keys():
+        unfixed = sorted(sizes.keys() - by_subject.keys())
+        raise InputError(
+            f"params.yaml: prepare.{dataset}.split is boxes, but the reader fixes no split for {len(unfixed)} "
+            f"subjects ({unfixed[0]}, ...); split: boxes needs reader: folder, or give split proportions"
+        )
     if lists is not None:
         listed = listed_subjects(table, lists)
         for subject, split in listed.items():
@@ -281,11 +306,15 @@ def read_index(store: Path, index: Path) -> tuple[zarr.Group, pd.DataFrame]:
 
 
 def task_table(table: pd.DataFrame, class_name: str, min_foreground: int) -> pd.DataFrame:
-    """The rows of one task: images with at least ``min_foreground`` pixels of its class, with their store
-    row in column ``row`` and their tight box in ``x0, y0, x1, y1``."""
+    """The rows of one task: images with at least ``min_foreground`` pixels of its class, and images without a mask
+    (``has_mask`` 0 in the index) that have a box, with their store row in column ``row``, their tight box in ``x0,
+    y0, x1, y1`` and ``has_mask`` (True where the index has no such column)."""
     if f"{class_name}_area" not in table:
         raise InputError(f"params.yaml: class {class_name!r} is not in this dataset's index; check tasks")
-    rows = table[table[f"{class_name}_area"] >= min_foreground]
+    has_mask = table["has_mask"].astype(bool) if "has_mask" in table else pd.Series(True, index=table.index)
+    boxed_only = ~has_mask & (table[f"{class_name}_x0"] >= 0)
+    rows = table[(table[f"{class_name}_area"] >= min_foreground) | boxed_only]
     boxes = rows[[f"{class_name}_{k}" for k in BOX]].to_numpy()
     out = rows[["id", "subject", "split"]].assign(row=rows.index.to_numpy())
-    return out.assign(**{k: boxes[:, i] for i, k in enumerate(BOX)}).reset_index(drop=True)
+    out = out.assign(**{k: boxes[:, i] for i, k in enumerate(BOX)}, has_mask=has_mask[rows.index].to_numpy())
+    return out.reset_index(drop=True)

@@ -9,17 +9,55 @@ Fitting an H x W image into the S x S prepared frame (``fit``):
 
 Both are a uniform scale and a shift, recorded in ``Geometry``. Coordinates are continuous, pixel ``i`` spanning
 ``[i, i + 1)``: a point ``u`` of the original image lies at ``scale * u + offset`` in the prepared frame.
+``from_frame`` maps S x S probabilities back onto the original H x W grid (the inverse, used by ``predict``).
+
+``Preprocessing`` records the steps of a dataset (clip percentiles, in-plane spacing of volumes, frame size and fit):
+``prepare`` stores it with the prepared data, training copies it into every model, and ``predict`` replays it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import cv2
 import numpy as np
 from monai.transforms import ScaleIntensityRangePercentiles
+from scipy import ndimage
+
+from autoprompt.errors import InputError
 
 FITS = ("crop", "resize")
+CLIP = (0.5, 99.5)  # the percentiles every reader clips to (the authors' choice)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a dataset's images reach the ``crop`` x ``crop`` prepared frame, in order: intensities clipped to the
+    ``clip`` percentiles of the whole image or volume and rescaled to [0, 255]; volumes (``spacing`` set) resampled
+    in-plane to ``spacing`` mm, linear; each slice fitted to the frame by ``fit`` (``crop`` or ``resize``)."""
+
+    crop: int
+    fit: str = "crop"
+    spacing: float | None = None
+    clip: tuple[float, float] = CLIP
+
+    def __post_init__(self) -> None:
+        if self.fit not in FITS:
+            raise InputError(f"params.yaml: fit is {self.fit!r}; use one of {', '.join(FITS)}")
+
+    def as_dict(self) -> dict:
+        """JSON- and weights-only-safe: plain numbers, strings and lists."""
+        return {**asdict(self), "clip": list(self.clip)}
+
+    @classmethod
+    def from_dict(cls, record: dict) -> Preprocessing:
+        spacing = record.get("spacing")
+        return cls(
+            int(record["crop"]),
+            str(record.get("fit", "crop")),
+            None if spacing is None else float(spacing),
+            tuple(float(v) for v in record.get("clip", CLIP)),
+        )
 
 
 @dataclass(frozen=True)
@@ -43,7 +81,7 @@ class Geometry:
         return (np.asarray(row) - self.offset_row) / self.scale, (np.asarray(col) - self.offset_col) / self.scale
 
 
-def clip_rescale(array: np.ndarray, lower: float = 0.5, upper: float = 99.5) -> np.ndarray:
+def clip_rescale(array: np.ndarray, lower: float = CLIP[0], upper: float = CLIP[1]) -> np.ndarray:
     """Clip to the ``lower``/``upper`` percentiles of the whole array (an image or a volume), rescale to
     [0, 255] and round to uint8. A constant array gives zeros."""
     scale = ScaleIntensityRangePercentiles(lower, upper, b_min=0.0, b_max=255.0, clip=True)
@@ -90,23 +128,50 @@ def resize_label(label: np.ndarray, shape: tuple[int, int], scale: float) -> np.
     return label[np.ix_(rows, cols)]
 
 
-def fit_to_frame(image: np.ndarray, label: np.ndarray, size: int, fit: str) -> tuple[np.ndarray, np.ndarray, Geometry]:
-    """H x W ``image`` and ``label`` -> size x size image and label, and the geometry that maps one to the other.
+def fit_image(image: np.ndarray, size: int, fit: str) -> tuple[np.ndarray, Geometry]:
+    """An H x W image -> the size x size frame, and the geometry that maps one to the other.
 
     ``fit`` is ``crop`` (centre crop/pad) or ``resize`` (longest side to ``size``, aspect kept, centre-padded).
     """
     assert fit in FITS, f"fit must be one of {FITS}, got {fit!r}"
-    assert image.shape == label.shape and image.ndim == 2, f"image {image.shape} and label {label.shape}"
+    assert image.ndim == 2, f"expected an H x W image, got {image.shape}"
     scale = 1.0
     if fit == "resize":
         scale = size / max(image.shape)
         image = resize_image(image, scale)
-        label = resize_label(label, image.shape, scale)
     geometry = Geometry(scale, centre_offset(image.shape[0], size), centre_offset(image.shape[1], size))
-    return (
-        place(image, size, geometry.offset_row, geometry.offset_col),
-        place(label, size, geometry.offset_row, geometry.offset_col),
-        geometry,
+    return place(image, size, geometry.offset_row, geometry.offset_col), geometry
+
+
+def fit_label(label: np.ndarray, size: int, geometry: Geometry) -> np.ndarray:
+    """An H x W label map -> the size x size frame of ``geometry``, by nearest neighbour: classes are never blended."""
+    if geometry.scale != 1.0:
+        shape = (round(label.shape[0] * geometry.scale), round(label.shape[1] * geometry.scale))
+        label = resize_label(label, shape, geometry.scale)
+    return place(label, size, geometry.offset_row, geometry.offset_col)
+
+
+def fit_to_frame(image: np.ndarray, label: np.ndarray, size: int, fit: str) -> tuple[np.ndarray, np.ndarray, Geometry]:
+    """H x W ``image`` and ``label`` -> size x size image and label, and the geometry that maps one to the other."""
+    assert image.shape == label.shape and image.ndim == 2, f"image {image.shape} and label {label.shape}"
+    framed, geometry = fit_image(image, size, fit)
+    return framed, fit_label(label, size, geometry), geometry
+
+
+def from_frame(values: np.ndarray, geometry: Geometry, shape: tuple[int, int]) -> np.ndarray:
+    """S x S values of the prepared frame (probabilities, say) -> the original H x W grid: each original pixel centre
+    is looked up where ``geometry`` puts it, bilinearly; pixels that the frame cut get 0. Exact for ``crop``."""
+    assert values.ndim == 2, f"expected S x S values, got {values.shape}"
+    # ndimage indexes pixel centres: original centre i + 0.5 lands at scale * (i + 0.5) + offset, index - 0.5.
+    shift = 0.5 * geometry.scale - 0.5
+    return ndimage.affine_transform(
+        values.astype(np.float32),
+        np.array([geometry.scale, geometry.scale]),
+        offset=(geometry.offset_row + shift, geometry.offset_col + shift),
+        output_shape=shape,
+        order=1,
+        mode="constant",
+        cval=0.0,
     )
 
 

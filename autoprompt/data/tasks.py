@@ -20,8 +20,8 @@ SPACING = ("spacing_row", "spacing_col")
 
 @dataclass
 class Task:
-    """``table``: one row per image of the task (id, subject, split, row in the stores, x0, y0, x1, y1, and the
-    prepared frame's pixel spacing in mm, spacing_row and spacing_col). ``volumes``: the images are slices of
+    """``table``: one row per image of the task (id, subject, split, row in the stores, x0, y0, x1, y1, has_mask, and
+    the prepared frame's pixel spacing in mm, spacing_row and spacing_col). ``volumes``: the images are slices of
     volumes (the index has a ``slice`` column), so a subject's slices stack into one volume."""
 
     name: str
@@ -32,6 +32,7 @@ class Task:
     prepared: zarr.Group
     embeddings: zarr.Group
     volumes: bool = False
+    preprocessing: dict | None = None
 
     def rows(self, split: str | None = None, ids: tuple[str, ...] | None = None) -> pd.DataFrame:
         """The task's rows of one split, or of the given ids in the given order."""
@@ -45,8 +46,12 @@ class Task:
         return torch.from_numpy(_select(self.embeddings["embeddings"], rows["row"].to_numpy()))
 
     def load_masks(self, rows: pd.DataFrame) -> Tensor:
-        """N x S x S boolean masks of the task's class."""
+        """N x S x S boolean masks of the task's class (all False for the rows without a mask)."""
         return torch.from_numpy(_select(self.prepared["labels"], rows["row"].to_numpy()) == self.label_value)
+
+    def has_masks(self, rows: pd.DataFrame) -> Tensor:
+        """N booleans: whether each row has a mask (users' own data may give only a box)."""
+        return torch.from_numpy(rows["has_mask"].to_numpy(dtype=bool, copy=True))
 
     def spacing(self, rows: pd.DataFrame) -> Tensor:
         """N x 2 pixel spacings (row, column) in mm, in the prepared frame."""
@@ -92,4 +97,5 @@ def load_task(params: dict, name: str, prepared_store: Path, index: Path, embedd
         group,
         encoded,
         "slice" in table,
+        group.attrs.get("preprocessing"),
     )

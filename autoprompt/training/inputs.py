@@ -42,9 +42,11 @@ class TaskInputs:
         return torch.stack([self._pseudo[i] for i in ids])
 
     def validation(self, with_masks: bool) -> ValidationSet | None:
-        """The task's validation images: embeddings, box-prompted masks, and masks (None if there are none)."""
-        ids = tuple(self.task.rows("val")["id"])
+        """The task's validation images: embeddings, box-prompted masks, and masks (None unless asked for and every
+        validation image has one: Dice against a missing mask would be meaningless)."""
+        rows = self.task.rows("val")
+        ids = tuple(rows["id"])
         if not ids:
             return None
-        masks = self.task.load_masks(self.task.rows(ids=ids)) if with_masks else None
+        masks = self.task.load_masks(rows) if with_masks and bool(self.task.has_masks(rows).all()) else None
         return ValidationSet(self.embeddings(ids), self.pseudo(ids), masks, self.batch_size)

@@ -1,0 +1,183 @@
+"""Image files of any supported format as stacks of slices, brought to the prepared frame and back.
+
+Every input, 2D image or 3D volume, is handled as a *stack*: a 3D SimpleITK image whose third axis (numpy axis 0)
+runs over the slices that are segmented one by one. A 2D image is a stack of one slice; a 3D image with a
+singleton axis (a 2D image stored in 3D, as CAMUS does) has that axis moved last; any other volume is cut along its
+third axis, the slice axis of ACDC's and most scanners' files.
+
+Forward (``frame_slices``): intensities clipped and rescaled over the whole stack, then, for models of volumes,
+in-plane resampling to the trained spacing on the stack's own grid (same direction and field of view), then each
+slice fitted to the S x S frame. Backward (``to_input_grid``): each slice's S x S values through the inverse fit,
+the stack resampled back onto the input's voxel grid, and the input's own layout and header restored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from autoprompt.data.preprocess import Geometry, Preprocessing, clip_rescale, fit_image, from_frame
+from autoprompt.errors import InputError
+
+SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")
+PICTURES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # 2D formats without a physical header
+LUMA = (0.299, 0.587, 0.114)  # RGB -> grey, as OpenCV's IMREAD_GRAYSCALE
+
+
+def suffix(path: Path) -> str:
+    """The format suffix of a file name, ``.nii.gz`` included; lower case."""
+    name = Path(path).name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+
+
+def is_image(path: Path) -> bool:
+    return Path(path).is_file() and suffix(path) in SUFFIXES and not Path(path).name.startswith(".")
+
+
+def read_image(path: Path) -> sitk.Image:
+    """A 2D or 3D image file as one grey channel (colour converted as OpenCV does); InputError if unreadable."""
+    path = Path(path)
+    if suffix(path) not in SUFFIXES:
+        raise InputError(f"{path}: unsupported format; give one of {', '.join(SUFFIXES)}")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError:
+        raise InputError(
+            f"{path}: unreadable (corrupt, truncated, or its data file is missing); replace it or remove it"
+        ) from None
+    channels = image.GetNumberOfComponentsPerPixel()
+    if channels > 1:
+        array = sitk.GetArrayFromImage(image).astype(np.float32)
+        grey = sitk.GetImageFromArray(array[..., :3] @ np.array(LUMA[:channels], np.float32)[: min(3, channels)])
+        grey.CopyInformation(image)
+        image = grey
+    if image.GetDimension() not in (2, 3):
+        raise InputError(f"{path}: a {image.GetDimension()}D image; give a 2D image or a 3D volume")
+    return image
+
+
+@dataclass(frozen=True)
+class Stack:
+    """An input as slices. ``image``: the input as read; ``stack``: 3D, slices along its third axis; ``order``: the
+    axis permutation that made ``stack`` from a 3D ``image`` (None for a 2D image, a stack of one slice)."""
+
+    image: sitk.Image
+    stack: sitk.Image
+    order: tuple[int, int, int] | None
+
+    @property
+    def slices(self) -> int:
+        return self.stack.GetSize()[2]
+
+    @property
+    def is_2d(self) -> bool:
+        """A picture: a 2D image, or a 3D image with one slice."""
+        return self.slices == 1
+
+
+def as_stack(image: sitk.Image) -> Stack:
+    """``image`` as a stack of slices (see the module's docstring)."""
+    if image.GetDimension() == 2:
+        return Stack(image, sitk.JoinSeries(image), None)
+    size = image.GetSize()
+    order = (0, 1, 2)
+    if size[2] != 1 and 1 in size[:2]:  # a 2D image stored in 3D with its singleton axis first or second
+        singleton = size.index(1)
+        order = (*(a for a in range(3) if a != singleton), singleton)
+    stack = sitk.PermuteAxes(image, order) if order != (0, 1, 2) else image
+    return Stack(image, stack, order)
+
+
+def resample_in_plane(image: sitk.Image, spacing: float, interpolator: int) -> sitk.Image:
+    """A 3D ``image`` resampled to ``spacing`` mm along its first two axes, on its own grid: same direction, same
+    third axis, same field of view (the first voxel edge stays put; the far edge moves by under half a new pixel)."""
+    old = np.array(image.GetSpacing())
+    new = np.array([spacing, spacing, old[2]])
+    size = np.maximum(np.rint(np.array(image.GetSize()) * old / new), 1).astype(int)
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    origin = np.array(image.GetOrigin()) + direction @ ((new - old) / 2)
+    resampler = sitk.ResampleImageFilter()
+    resampler.SetSize(size.tolist())
+    resampler.SetOutputSpacing(new.tolist())
+    resampler.SetOutputOrigin(origin.tolist())
+    resampler.SetOutputDirection(image.GetDirection())
+    resampler.SetInterpolator(interpolator)
+    resampler.SetDefaultPixelValue(0)
+    resampler.SetUseNearestNeighborExtrapolator(True)  # border pixels take the edge value, not 0
+    return resampler.Execute(image)
+
+
+def on_grid_of(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """A numpy array (z, y, x) as an image with ``reference``'s spacing, origin and direction."""
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(reference)
+    return image
+
+
+def intensities(stack: sitk.Image, preprocessing: Preprocessing) -> sitk.Image:
+    """The stack clipped to its percentiles, rescaled to [0, 255] (float32), then resampled in-plane for volumes."""
+    scaled = clip_rescale(sitk.GetArrayFromImage(stack), *preprocessing.clip).astype(np.float32)
+    scaled_image = on_grid_of(scaled, stack)
+    if preprocessing.spacing is None:
+        return scaled_image
+    return resample_in_plane(scaled_image, preprocessing.spacing, sitk.sitkLinear)
+
+
+def to_uint8(image: sitk.Image) -> np.ndarray:
+    """Z x H x W uint8 of a float image in [0, 255] (rounded, clipped)."""
+    return np.rint(np.clip(sitk.GetArrayFromImage(image), 0, 255)).astype(np.uint8)
+
+
+@dataclass
+class Framed:
+    """A stack in the prepared frame: ``slices`` Z x S x S uint8, the ``geometry`` of each slice, and the ``grid``
+    that the slices were cut from (the stack resampled in-plane, or the stack itself)."""
+
+    slices: np.ndarray
+    geometries: list[Geometry]
+    grid: sitk.Image
+
+
+def frame_slices(stack: Stack, preprocessing: Preprocessing) -> Framed:
+    """Every slice of ``stack`` preprocessed as the model's training data was, in the S x S frame."""
+    grid = intensities(stack.stack, preprocessing)
+    framed, geometries = [], []
+    for plane in to_uint8(grid):
+        image, geometry = fit_image(plane, preprocessing.crop, preprocessing.fit)
+        framed.append(image)
+        geometries.append(geometry)
+    return Framed(np.stack(framed), geometries, grid)
+
+
+def to_input_grid(values: np.ndarray, framed: Framed, stack: Stack) -> np.ndarray:
+    """Z x S x S values of the frame (probabilities) -> the input's own grid and layout: an H x W array for a 2D
+    image, the input's (z, y, x) array for a volume. Linear interpolation, 0 outside what the frame kept."""
+    assert values.shape == framed.slices.shape, f"values {values.shape} != framed slices {framed.slices.shape}"
+    shape = framed.grid.GetSize()[1::-1]
+    on_grid = np.stack([from_frame(v, g, shape) for v, g in zip(values, framed.geometries, strict=True)])
+    image = on_grid_of(on_grid.astype(np.float32), framed.grid)
+    if framed.grid.GetSize() != stack.stack.GetSize() or framed.grid.GetSpacing() != stack.stack.GetSpacing():
+        image = sitk.Resample(image, stack.stack, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    array = sitk.GetArrayFromImage(image)
+    if stack.order is None:
+        return array[0]
+    if stack.order != (0, 1, 2):
+        array = np.transpose(array, _numpy_axes(stack.order))
+    return array
+
+
+def _numpy_axes(order: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The numpy transpose that undoes ``sitk.PermuteAxes(image, order)`` on (z, y, x) arrays."""
+    inverse = [order.index(axis) for axis in range(3)]  # stack axis of each image axis (x, y, z)
+    return tuple(2 - inverse[2 - k] for k in range(3))
+
+
+def write_like(array: np.ndarray, reference: sitk.Image, path: Path) -> None:
+    """``array`` (the reference's numpy layout) written to ``path`` with the reference's spacing, origin and
+    direction; the format follows the suffix."""
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(reference)
+    sitk.WriteImage(image, str(path), useCompression=suffix(path) not in PICTURES)

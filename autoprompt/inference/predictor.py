@@ -1,0 +1,96 @@
+"""A model made runnable: the backbone's encoder and frozen decoder, the head(s), and one input segmented at a time.
+
+``Predictor.segment`` takes an image as read, replays the model's preprocessing (``autoprompt.data.images``), encodes
+each slice, prompts the decoder with each head's prompt, averages the heads' probabilities in the prepared frame and
+maps them back onto the input's grid. ``timings`` adds up the seconds spent in each step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from autoprompt.data.images import Framed, Stack, as_stack, frame_slices, to_input_grid
+from autoprompt.errors import InputError
+from autoprompt.inference.model import Model
+from autoprompt.model import backbones
+from autoprompt.model.decoding import predict as decode
+
+
+@dataclass
+class Segmentation:
+    """``probabilities``: foreground probabilities on the input's grid (H x W, or the volume's z x y x x);
+    ``frame``: Z x S x S probabilities in the prepared frame; ``framed``: the preprocessed slices and geometry."""
+
+    probabilities: np.ndarray
+    frame: np.ndarray
+    framed: Framed
+    stack: Stack
+
+
+def checked_checkpoint(model: Model, checkpoint: Path | str | None) -> Path:
+    """The backbone checkpoint to use (``checkpoint``, else the model's configured path, else packaged weights),
+    refused unless its sha256 is the one the model was trained with."""
+    path = backbones.resolve_checkpoint(model.backbone, str(checkpoint) if checkpoint else model.checkpoint)
+    found = backbones.file_sha256(path)
+    if found != model.checkpoint_sha256:
+        raise InputError(
+            f"{path}: backbone checkpoint sha256 {found[:16]}… differs from the {model.checkpoint_sha256[:16]}… that "
+            f"the model was trained with ({model.checkpoint or 'the packaged ' + model.backbone + ' weights'}); "
+            "give that checkpoint with --checkpoint"
+        )
+    return path
+
+
+class Predictor:
+    """Everything one model needs to segment inputs on ``device``; ``batch_size`` slices per encoder call."""
+
+    def __init__(
+        self, model: Model, device: torch.device, batch_size: int = 8, checkpoint: Path | str | None = None
+    ) -> None:
+        path = checked_checkpoint(model, checkpoint)
+        state = backbones.load_state_dict(path)
+        self.model, self.device, self.batch_size = model, device, batch_size
+        self.encoder = backbones.build_image_encoder(model.backbone, path, state).to(device)
+        self.decoder = backbones.build_prompt_decoder(model.backbone, path, state).to(device)
+        self.heads = [head.to(device) for head in model.build_heads()]
+        gpu_precision = None if model.precision == "float32" else getattr(torch, model.precision)
+        self.autocast = gpu_precision if device.type == "cuda" else None
+        self.timings: dict[str, float] = defaultdict(float)
+
+    def encode(self, slices: np.ndarray) -> torch.Tensor:
+        """Z x S x S uint8 prepared slices -> Z x 256 x 64 x 64 float16 embeddings."""
+        size = self.model.label_size
+        assert slices.ndim == 3 and slices.shape[1:] == (size, size), f"expected Z x {size} x {size}: {slices.shape}"
+        start = time.perf_counter()
+        embeddings = backbones.embed(
+            self.encoder, self.model.backbone, torch.from_numpy(slices), self.device, self.batch_size, self.autocast
+        )
+        self.timings["encode"] += time.perf_counter() - start
+        return embeddings
+
+    def decode(self, embeddings: torch.Tensor) -> np.ndarray:
+        """Z x 256 x 64 x 64 embeddings -> Z x S x S float32 probabilities, the mean over the heads."""
+        start = time.perf_counter()
+        size = self.model.label_size
+        total = sum(decode(self.decoder, embeddings, size, self.batch_size, self.device, head=h) for h in self.heads)
+        self.timings["decode"] += time.perf_counter() - start
+        return (total / len(self.heads)).numpy().astype(np.float32)
+
+    def segment(self, image: sitk.Image) -> Segmentation:
+        """An image as read (2D or 3D) -> its probabilities on its own grid."""
+        start = time.perf_counter()
+        stack = as_stack(image)
+        framed = frame_slices(stack, self.model.preprocessing)
+        self.timings["preprocess"] += time.perf_counter() - start
+        frame = self.decode(self.encode(framed.slices))
+        start = time.perf_counter()
+        probabilities = to_input_grid(frame, framed, stack)
+        self.timings["postprocess"] += time.perf_counter() - start
+        return Segmentation(probabilities, frame, framed, stack)

@@ -1,0 +1,144 @@
+"""Throughput of ``autoprompt.predict`` on the CPU (LiteMedSAM): 2D images and a 3D volume, split by step.
+
+2D: real HC18 images (``--hc18``, read in place; phantoms in the HC18 layout where the sample is absent), predicted
+with the paper configuration's HC18 preprocessing (crop 640). 3D: ACDC-like phantom volumes (no real volume is
+available here; ``autoprompt.data.phantoms.acdc``, 216 x 256 pixels of 1.25-1.75 mm, 10 slices), predicted with
+the ACDC preprocessing (in-plane resampling to 1 mm, crop 256). The model is one prompt head with seeded random
+weights: a trained head runs the same operations. Each repeat predicts every input into an emptied folder
+(``overwrite``); the per-step seconds come from ``predict``'s own timings (read, preprocess, encode, decode,
+postprocess, write), medians over ``--repeats``.
+
+    python bench/predict.py [--hc18 /path/to/hc18-sample] [--images 8] [--volumes 2] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+from pathlib import Path
+
+import common
+import torch
+
+from autoprompt.data.phantoms.acdc import write_acdc_phantoms
+from autoprompt.data.phantoms.hc18 import write_hc18_phantoms
+from autoprompt.data.preprocess import Preprocessing
+from autoprompt.inference import Model, predict
+from autoprompt.model import backbones
+from autoprompt.model.head import PromptHead
+
+log = logging.getLogger("bench.predict")
+
+STEPS = ("read", "preprocess", "encode", "decode", "postprocess", "write")
+
+
+def random_model(preprocessing: Preprocessing, task: str) -> Model:
+    """A LiteMedSAM model with one seeded random head, trained on nothing, for timing."""
+    torch.manual_seed(0)
+    checkpoint = backbones.resolve_checkpoint("lite_medsam", None)
+    return Model(
+        heads=[PromptHead().state_dict()],
+        runs=["random/seed0"],
+        task=task,
+        class_name="structure",
+        label_value=1,
+        label_size=preprocessing.crop,
+        backbone="lite_medsam",
+        checkpoint_sha256=backbones.file_sha256(checkpoint),
+        checkpoint=None,
+        precision="float32",
+        preprocessing=preprocessing,
+        configs=[{}],
+    )
+
+
+def hc18_images(root: Path, count: int, scratch: Path) -> tuple[list[Path], str]:
+    """The first ``count`` ``NNN_HC.png`` of the sample (phantoms where it is absent) and where they come from."""
+    folder = root / "training_set"
+    source = f"real HC18 ({root})"
+    if not folder.is_dir():
+        log.warning("real HC18 data NOT FOUND at %s; timing phantoms in the HC18 layout instead", root)
+        write_hc18_phantoms(scratch / "hc18", subjects=count, size=(800, 540), seed=0, second_image=0.0)
+        folder, source = scratch / "hc18/training_set", "phantoms (autoprompt.data.phantoms.hc18, seed 0)"
+    return sorted(folder.glob("[0-9][0-9][0-9]_HC.png"))[:count], source
+
+
+def acdc_volumes(count: int, scratch: Path) -> list[Path]:
+    write_acdc_phantoms(scratch / "acdc", training=count, testing=0, size=(216, 256), slices=(10, 10), seed=0)
+    return sorted((scratch / "acdc/training").glob("patient*/patient*_frame01.nii.gz"))
+
+
+def measure(model: Model, inputs: list[Path], out: Path, device: str, repeats: int, units: int) -> dict:
+    """Median seconds per step and in all over ``repeats`` whole predictions of ``inputs`` (``units`` slices)."""
+    rows = []
+    predict(model, inputs[:1], out, device=device, overwrite=True)  # warm-up: builds, first calls
+    for _ in range(repeats):
+        shutil.rmtree(out, ignore_errors=True)
+        summary = predict(model, inputs, out, device=device, overwrite=True)
+        assert len(summary.written) == len(inputs), "every input is written"
+        rows.append({step: summary.timings.get(step, 0.0) for step in STEPS})
+    per_step = {step: round(common.median([r[step] for r in rows]), 4) for step in STEPS}
+    total = common.median([sum(r.values()) for r in rows])
+    return {
+        "inputs": len(inputs),
+        "slices": units,
+        "repeats": repeats,
+        "seconds_per_step_median": per_step,
+        "share_per_step": {step: round(v / total, 3) for step, v in per_step.items()},
+        "seconds_total_median": round(total, 3),
+        "seconds_runs": [round(sum(r.values()), 3) for r in rows],
+        "inputs_per_second": round(len(inputs) / total, 4),
+        "slices_per_second": round(units / total, 4),
+    }
+
+
+def run(device: str, args: argparse.Namespace, images: list[Path], volumes: list[Path], scratch: Path) -> dict:
+    hc18 = random_model(Preprocessing(crop=640, fit="crop"), "hc18")
+    acdc = random_model(Preprocessing(crop=256, fit="crop", spacing=1.0), "acdc-lv")
+    result = {
+        "2d_hc18_png": measure(hc18, images, scratch / "out2d", device, args.repeats, len(images)),
+        "3d_acdc_nifti": measure(acdc, volumes, scratch / "out3d", device, args.repeats, 10 * len(volumes)),
+    }
+    for name, row in result.items():
+        log.info(
+            "%s %s: %.3f inputs/s, %.3f slices/s; shares %s",
+            device,
+            name,
+            row["inputs_per_second"],
+            row["slices_per_second"],
+            row["share_per_step"],
+        )
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hc18", type=Path, default=common.DEFAULT_HC18, help="HC18 sample, official layout")
+    parser.add_argument("--images", type=int, default=8, help="2D images per repeat")
+    parser.add_argument("--volumes", type=int, default=2, help="3D volumes (10 slices each) per repeat")
+    parser.add_argument("--repeats", type=int, default=3)
+    args, machine = common.parse_and_start(parser)
+    with common.scratch_dir() as tmp:
+        scratch = Path(tmp)
+        images, source = hc18_images(args.hc18, args.images, scratch)
+        volumes = acdc_volumes(args.volumes, scratch)
+        cpu = run("cpu", args, images, volumes, scratch)
+        gpu = run("cuda", args, images, volumes, scratch) if common.gpu_device() else common.NO_GPU
+    common.write_result(
+        "predict",
+        {
+            "benchmark": "predict",
+            "what": "autoprompt.predict end to end (files in, masks written), LiteMedSAM, one random head; "
+            "median seconds per step over the repeats",
+            "machine": machine,
+            "settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}},
+            "data": {"2d": source, "3d": "ACDC-like phantom volumes, 216 x 256 x 10, 1.25-1.75 mm in-plane"},
+            "cpu": cpu,
+            "gpu": gpu,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

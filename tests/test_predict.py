@@ -1,0 +1,214 @@
+"""``autoprompt predict`` and ``export`` on a head trained from boxes on ACDC-like phantom volumes (LiteMedSAM).
+
+The inputs are new volumes on grids the model never saw: anisotropic voxels, an oblique direction and odd sizes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+import yaml
+
+from autoprompt import cli
+from autoprompt.data.images import as_stack, frame_slices, resample_in_plane
+from autoprompt.data.preprocess import fit_label
+from autoprompt.errors import InputError
+from autoprompt.inference import export_model, load_model, predict
+from autoprompt.inference.predictor import Predictor
+from stages import encode, prepare, simulate, train
+from tests.test_pipeline import demo_recipes
+
+PARAMS = {
+    "datasets": ["acdc"],
+    "tasks": {"acdc-lv": {"dataset": "acdc", "class": "lv", "column": "ACDC LV"}},
+    "simulate": {"acdc": {"training": 3, "testing": 1, "size": [150, 130], "slices": [4, 4], "seed": 3}},
+    "prepare": {
+        "seed": 0,
+        "on_error": "stop",
+        "min_foreground": 10,
+        "acdc": {"crop": 192, "fit": "crop", "spacing": 1.0, "drop_empty": True, "split": {"train": 1}},
+    },
+    "encode": {
+        "backbone": "lite_medsam",
+        "checkpoint": None,
+        "device": "cpu",
+        "gpu_autocast": "bfloat16",
+        "batch_size": 4,
+        "shard_size": 8,
+        "threads": 2,
+    },
+    "train": {
+        "shots": 6,
+        "subsets": 2,
+        "subset_seed": 0,
+        "seeds": [0],
+        "all_images": False,
+        "recipe": ["augmented"],
+        "select": "last",
+        "validate_every": 0,
+        "predict_batch_size": 8,
+        "init": {"prompt": "mean_box", "scale": 0.01},
+        "device": "cpu",
+        "threads": 2,
+        "recipes": demo_recipes({"augmented": (10, 8)}),
+    },
+}
+LV = 3
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """simulate -> prepare -> encode -> train on ACDC phantoms; returns the task's model folder (2 few-shot runs)."""
+    root = tmp_path_factory.mktemp("predict")
+    (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    p = ["--params", str(root / "params.yaml")]
+    store, index, emb = root / "acdc.zarr", root / "acdc.csv", root / "emb.zarr"
+    simulate.main([*p, "--dataset", "acdc", "--out", str(root / "raw")])
+    prepare.main([*p, "--dataset", "acdc", "--raw", str(root / "raw"), "--store", str(store), "--index", str(index)])
+    encode.main([*p, "--dataset", "acdc", "--store", str(store), "--out", str(emb)])
+    data = ["--prepared", str(store), "--index", str(index), "--embeddings", str(emb)]
+    train.main([*p, "--task", "acdc-lv", *data, "--out", str(root / "models")])
+    return root / "models"
+
+
+def regrid(image: sitk.Image, spacing, size, angle_deg: float, interpolator) -> sitk.Image:
+    """``image`` resampled onto a new grid about its centre: ``spacing``, ``size`` and its direction turned by
+    ``angle_deg`` about the oblique axis (1, 1, 1)."""
+    axis = np.ones(3) / np.sqrt(3)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    a = np.radians(angle_deg)
+    direction = (np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * k @ k) @ np.array(image.GetDirection()).reshape(3, 3)
+    centre = image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in image.GetSize()])
+    origin = np.array(centre) - direction @ (np.array(spacing) * (np.array(size) - 1) / 2)
+    reference = sitk.Image([int(s) for s in size], image.GetPixelID())
+    reference.SetSpacing(spacing)
+    reference.SetDirection(direction.ravel().tolist())
+    reference.SetOrigin(origin.tolist())
+    return sitk.Resample(image, reference, sitk.Transform(), interpolator, 0)
+
+
+@pytest.fixture(scope="module")
+def volume(trained, tmp_path_factory) -> tuple[Path, sitk.Image]:
+    """The test patient's ED volume on an anisotropic (0.83 x 1.37 x 7.1 mm), oblique, odd-sized (211 x 119 x 3)
+    grid, as NIfTI, with its label on the same grid."""
+    folder = trained.parent / "raw/testing/patient004"
+    image = sitk.ReadImage(str(folder / "patient004_frame01.nii.gz"))
+    label = sitk.ReadImage(str(folder / "patient004_frame01_gt.nii.gz"))
+    grid = ((0.83, 1.37, 7.1), (211, 119, 3), 17.0)
+    out = tmp_path_factory.mktemp("inputs")
+    moved = regrid(image, *grid, sitk.sitkLinear)
+    sitk.WriteImage(moved, str(out / "oblique.nii.gz"))
+    return out / "oblique.nii.gz", regrid(label, *grid, sitk.sitkNearestNeighbor)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 100 * 2 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1)
+
+
+def test_volume_mask_has_the_input_grid_and_its_dice(trained, volume, tmp_path):
+    """The written mask has the input's size, spacing, origin and direction, and its Dice in the input's grid is
+    within 1 point of the Dice of the same prediction in the prepared frame."""
+    path, label = volume
+    summary = predict(trained, [path], tmp_path / "out", device="cpu")
+    written = sitk.ReadImage(str(tmp_path / "out/oblique.nii.gz"))
+    source = sitk.ReadImage(str(path))
+    assert summary.written == [tmp_path / "out/oblique.nii.gz"]
+    assert written.GetSize() == source.GetSize() == (211, 119, 3)
+    np.testing.assert_allclose(written.GetSpacing(), source.GetSpacing(), atol=1e-6)
+    np.testing.assert_allclose(written.GetOrigin(), source.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(written.GetDirection(), source.GetDirection(), atol=1e-6)
+    mask = sitk.GetArrayFromImage(written)
+    assert written.GetPixelID() == sitk.sitkUInt8 and set(np.unique(mask)) <= {0, 1}
+
+    model = load_model(trained)
+    segmentation = Predictor(model, torch.device("cpu")).segment(source)
+    np.testing.assert_array_equal(mask, segmentation.probabilities > 0.5)
+    truth = sitk.GetArrayFromImage(label) == LV
+    # the label through the same steps as the image: in-plane resampling (nearest) and the fit of each slice
+    stack = as_stack(label)
+    on_grid = sitk.GetArrayFromImage(resample_in_plane(stack.stack, 1.0, sitk.sitkNearestNeighbor)) == LV
+    framed = frame_slices(as_stack(source), model.preprocessing)
+    truth_frame = np.stack([fit_label(s, 192, g) for s, g in zip(on_grid, framed.geometries, strict=True)])
+    in_frame, in_input = dice(segmentation.frame > 0.5, truth_frame), dice(mask, truth)
+    assert in_frame > 60, f"the head should find the LV (Dice {in_frame:.1f} in the prepared frame)"
+    assert abs(in_input - in_frame) < 1.0, f"Dice {in_input:.2f} in the input grid vs {in_frame:.2f} in the frame"
+
+
+def test_png_mha_and_nifti_through_one_model_and_a_corrupt_file_skipped(trained, volume, tmp_path, caplog):
+    """One model segments a 2D PNG, an MHA and a NIfTI volume from one folder; a corrupt file stops the run unless
+    --on-error skip, which counts it; a second run keeps what exists."""
+    path, _ = volume
+    source = sitk.ReadImage(str(path))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sitk.WriteImage(source, str(folder / "scan.mha"))
+    sitk.WriteImage(source, str(folder / "scan.nii.gz"))
+    middle = sitk.GetArrayFromImage(source)[1].astype(np.float32)
+    picture = np.rint(255 * (middle - middle.min()) / np.ptp(middle)).astype(np.uint8)
+    sitk.WriteImage(sitk.GetImageFromArray(picture), str(folder / "slice.png"))
+    (folder / "broken.nii.gz").write_bytes(b"\x1f\x8b not a volume")
+    out = tmp_path / "out"
+    args = ["predict", "-m", str(trained), "-i", str(folder), "-o", str(out), "--device", "cpu", "--overlay"]
+    with pytest.raises(InputError, match=r"broken\.nii\.gz: unreadable"):
+        cli.main(args)
+    with caplog.at_level("WARNING"), pytest.raises(SystemExit, match="1 unreadable inputs were skipped"):
+        cli.main([*args, "--on-error", "skip", "--label-value"])
+    assert "broken.nii.gz" in caplog.text
+    mha, nii, png = (sitk.ReadImage(str(out / n)) for n in ("scan.mha", "scan.nii.gz", "slice.png"))
+    assert mha.GetSize() == nii.GetSize() == source.GetSize() and png.GetSize() == picture.shape[::-1]
+    np.testing.assert_allclose(mha.GetDirection(), source.GetDirection(), atol=1e-6)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(mha), sitk.GetArrayFromImage(nii))
+    assert set(np.unique(sitk.GetArrayFromImage(mha))) == {0, LV}, "bare --label-value writes the class's value"
+    assert sitk.GetArrayFromImage(png).any(), "the PNG slice is segmented too"
+    assert (out / "scan_overlay.png").is_file() and (out / "slice_overlay.png").is_file()
+    summary = predict(trained, [folder / "scan.mha", folder / "slice.png"], out, device="cpu")
+    assert summary.written == [] and len(summary.existing) == 2, "existing outputs are kept"
+
+
+def test_ensemble_is_the_mean_of_its_runs_probabilities(trained, volume):
+    path, _ = volume
+    runs = sorted(p.parent for p in trained.rglob("head.pt"))
+    assert len(runs) == 2
+    device = torch.device("cpu")
+    ensemble = Predictor(load_model(trained), device)
+    framed = frame_slices(as_stack(sitk.ReadImage(str(path))), ensemble.model.preprocessing)
+    embeddings = ensemble.encode(framed.slices)
+    each = [Predictor(load_model(r), device).decode(embeddings) for r in runs]
+    assert not np.allclose(each[0], each[1]), "two different runs"
+    np.testing.assert_allclose(ensemble.decode(embeddings), (each[0] + each[1]) / 2, atol=1e-6)
+
+
+def test_exported_model_predicts_the_same_masks_and_checks_its_backbone(trained, volume, tmp_path):
+    path, _ = volume
+    cli.main(["export", "-m", str(trained), "-o", str(tmp_path / "model.pt")])
+    exported = load_model(tmp_path / "model.pt")
+    record = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert record["backbone"] == "lite_medsam" and len(record["heads"]) == 2 and record["label_value"] == LV
+    assert record["preprocessing"] == {"crop": 192, "fit": "crop", "spacing": 1.0, "clip": [0.5, 99.5]}
+    assert record["configs"][0]["train"]["epochs"] == 10, "the training params travel with the model"
+    predict(trained, [path], tmp_path / "from_runs", device="cpu", probabilities=True)
+    predict(tmp_path / "model.pt", [path], tmp_path / "from_file", device="cpu", probabilities=True)
+    a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / d / path.name))) for d in ("from_runs", "from_file"))
+    assert a.dtype == np.float32 and a.min() >= 0 and a.max() <= 1
+    np.testing.assert_array_equal(a, b)
+
+    exported.checkpoint_sha256 = "0" * 64
+    export_model(exported, tmp_path / "other.pt")
+    with pytest.raises(InputError, match="differs from the 0000000000000000"):
+        predict(tmp_path / "other.pt", [path], tmp_path / "refused", device="cpu")
+    assert not (tmp_path / "refused").exists()
+
+
+def test_bad_model_paths_get_one_line_errors(trained, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no trained run"):
+        load_model(tmp_path / "empty")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(InputError, match="not an exported autoprompt model"):
+        load_model(tmp_path / "other.pt")
+    with pytest.raises(InputError, match="no such file or folder"):
+        predict(trained, [tmp_path / "missing.png"], tmp_path / "out")
