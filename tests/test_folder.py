@@ -26,8 +26,8 @@ from autoprompt.data.prepared import (
     write_prepared,
 )
 from autoprompt.errors import InputError
-from autoprompt.evaluation import scoring
-from stages import evaluate, prepare
+from autoprompt.evaluation import references, scoring
+from stages import prepare
 
 SHAPE = (90, 120)  # rows x columns of the 2D phantoms
 BOXES = {"img0.png": (30, 25, 90, 65), "img1.png": (10, 20, 50, 60), "img2.png": (31, 26, 89, 64)}
@@ -298,14 +298,15 @@ def test_task_table_of_an_official_dataset_is_unchanged() -> None:
     assert list(rows.columns) == ["id", "subject", "split", "row", "x0", "y0", "x1", "y1", "has_mask"]
 
 
-def _scores(refs: list[evaluate.Reference], runs: dict[str, list[torch.Tensor]]) -> list[evaluate.Scored]:
+def _scores(refs: list[references.Reference], runs: dict[str, list[torch.Tensor]]) -> list[references.Scored]:
     """Every run scored on every reference's rows, as evaluate's main does, then each reference's rows summarised."""
     tight = TIGHT_PROBS
     scored = []
     means = {group: torch.stack(probs).mean(0) for group, probs in runs.items()}
     for ref in refs:
         groups = {group: [ref.score(p, 0.5, 1.0) for p in probs] for group, probs in runs.items()}
-        scored.append(evaluate.score_rows(ref, groups, means, tight if ref.name == evaluate.MASK else None, 0.5, 1.0))
+        tight_rows = tight if ref.name == references.MASK else None
+        scored.append(references.score_rows(ref, groups, means, tight_rows, 0.5, 1.0))
     return scored
 
 
@@ -326,9 +327,9 @@ SPACINGS = torch.ones(N, 2, dtype=torch.float64)
 
 def test_rows_without_masks_are_scored_for_agreement_with_the_box_prompted_masks() -> None:
     has_masks = torch.tensor([True, False, True, False, False, True])
-    refs = evaluate.references(MASKS, has_masks, TIGHT_PROBS > 0.5, SPACINGS, None)
+    refs = references.references(MASKS, has_masks, TIGHT_PROBS > 0.5, SPACINGS, None)
     scored = _scores(refs, RUNS)
-    blocks = evaluate.metric_blocks(scored)
+    blocks = references.metric_blocks(scored)
     assert blocks["reference"] == {"masks": 3, "box_prompted": 3}
     with_masks, without = torch.tensor([0, 2, 5]), torch.tensor([1, 3, 4])
     run = RUNS["workshop/all"][0]
@@ -339,7 +340,7 @@ def test_rows_without_masks_are_scored_for_agreement_with_the_box_prompted_masks
     assert "tight_box" in blocks["dice"] and "tight_box" not in blocks["agreement"]["dice"]
     assert blocks["agreement"]["dice"]["workshop"]["fewshot"]["n"] == 2, "two runs: a row over runs"
     assert set(blocks["agreement"]["dice"]["workshop"]) == {"fewshot", "fewshot_ensemble", "all"}
-    table = evaluate.per_image(pd.DataFrame({"id": list("abcdef"), "subject": list("abcdef")}), scored)
+    table = references.per_image(pd.DataFrame({"id": list("abcdef"), "subject": list("abcdef")}), scored)
     assert table["id"].tolist() == list("abcdef") and list(table.columns[:3]) == ["id", "subject", "reference"]
     assert table["reference"].tolist() == ["mask", "box_prompted", "mask", "box_prompted", "box_prompted", "mask"]
     assert table.loc[has_masks.numpy(), "dice:tight_box"].notna().all()
@@ -348,8 +349,8 @@ def test_rows_without_masks_are_scored_for_agreement_with_the_box_prompted_masks
 
 
 def test_without_any_mask_the_metrics_live_under_agreement_only() -> None:
-    refs = evaluate.references(MASKS, torch.zeros(N, dtype=torch.bool), TIGHT_PROBS > 0.5, SPACINGS, list("aabbcc"))
-    blocks = evaluate.metric_blocks(_scores(refs, RUNS))
+    refs = references.references(MASKS, torch.zeros(N, dtype=torch.bool), TIGHT_PROBS > 0.5, SPACINGS, list("aabbcc"))
+    blocks = references.metric_blocks(_scores(refs, RUNS))
     assert blocks["reference"] == {"masks": 0, "box_prompted": 6}
     assert set(blocks) == {"reference", "agreement"}
     assert set(blocks["agreement"]) == {"dice", "nsd", "hd95_mm", "dice_3d"}, "3D Dice per subject too"
@@ -357,8 +358,8 @@ def test_without_any_mask_the_metrics_live_under_agreement_only() -> None:
 
 def test_with_every_mask_the_scores_are_as_before() -> None:
     """Every row with a mask: the metric keys hold what scoring the whole test set gives, nothing under agreement."""
-    refs = evaluate.references(MASKS, torch.ones(N, dtype=torch.bool), TIGHT_PROBS > 0.5, SPACINGS, None)
-    blocks = evaluate.metric_blocks(_scores(refs, RUNS))
+    refs = references.references(MASKS, torch.ones(N, dtype=torch.bool), TIGHT_PROBS > 0.5, SPACINGS, None)
+    blocks = references.metric_blocks(_scores(refs, RUNS))
     whole = {
         "tight_box": scoring.over_images(scoring.score(TIGHT_PROBS > 0.5, MASKS, SPACINGS, None, 1.0)),
         "workshop/fewshot": scoring.over_runs(
