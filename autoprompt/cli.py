@@ -30,6 +30,8 @@ def predict_command(args: argparse.Namespace) -> None:
         overwrite=args.overwrite,
         on_error=args.on_error,
         checkpoint=args.checkpoint,
+        runtime=args.runtime,
+        cache_dir=args.runtime_cache,
         part_id=args.part_id,
         num_parts=args.num_parts,
     )
@@ -67,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overwrite", action="store_true", help="redo inputs whose output exists")
     predict.add_argument("--on-error", choices=("stop", "skip"), default="stop", help="on an unreadable input")
     predict.add_argument("--checkpoint", type=Path, help="backbone checkpoint, if not where the model was trained")
+    predict.add_argument(
+        "--runtime", default="auto", choices=("auto", "torch", "openvino"), help="encoder (auto: OpenVINO on a CPU)"
+    )
+    predict.add_argument("--runtime-cache", type=Path, help="converted encoders (default ~/.cache/autoprompt)")
     predict.add_argument("--part-id", type=int, default=0, help="this process's part of the inputs (0-based)")
     predict.add_argument("--num-parts", type=int, default=1, help="parts the inputs are split into")
     predict.set_defaults(handler=predict_command)

@@ -137,13 +137,41 @@ def write_result(name: str, payload: dict) -> Path:
     return path
 
 
+def save_hc18(data: dict, path: Path) -> None:
+    """``load_hc18``'s arrays as one ``.npz`` file, to carry prepared images where the readers' libraries are not."""
+    np.savez_compressed(
+        path,
+        images=data["images"].numpy(),
+        masks=np.packbits(data["masks"].numpy(), axis=-1),
+        boxes=data["boxes"].numpy(),
+        ids=np.array(data["ids"]),
+        source=np.array(data["source"]),
+    )
+
+
+def _load_npz(path: Path, count: int) -> dict:
+    with np.load(path) as saved:
+        images = torch.from_numpy(saved["images"][:count])
+        masks = np.unpackbits(saved["masks"][:count], axis=-1, count=images.shape[-1]).astype(bool)
+        return {
+            "images": images,
+            "masks": torch.from_numpy(masks),
+            "boxes": torch.from_numpy(saved["boxes"][:count]),
+            "ids": [str(i) for i in saved["ids"][:count]],
+            "source": f"{saved['source']} (prepared, from {path.name})",
+        }
+
+
 def load_hc18(root: Path, count: int, crop: int, scratch: Path) -> dict:
     """The first ``count`` HC18 images under ``root`` (official layout), prepared as the pipeline does.
 
-    Clipped and rescaled by the reader, centre cropped/padded to ``crop``; tight boxes of the head mask
+    Clipped and rescaled by the reader, centre cropped/padded to ``crop``; head masks and their tight boxes
     (x_min, y_min, x_max, y_max, inclusive). Where ``root`` holds no HC18 layout, phantoms in that layout are
-    written under ``scratch`` and used instead, and ``source`` says so.
+    written under ``scratch`` and used instead, and ``source`` says so. ``root`` may also be a ``.npz`` file
+    written by ``save_hc18``.
     """
+    if Path(root).suffix == ".npz":
+        return _load_npz(Path(root), count)
     from autoprompt.data import get_reader
     from autoprompt.data.phantoms.hc18 import write_hc18_phantoms
     from autoprompt.data.preprocess import crop_or_pad, tight_box
@@ -162,7 +190,7 @@ def load_hc18(root: Path, count: int, crop: int, scratch: Path) -> dict:
         source = "phantoms (autoprompt.data.phantoms.hc18, seed 0): real HC18 not found"
     reader = get_reader("hc18")
     settings = {"crop": crop}
-    images, boxes, ids = [], [], []
+    images, masks, boxes, ids = [], [], [], []
     for files in reader.find(root, settings):
         for case in reader.load(files, settings):
             image, label = crop_or_pad(case.image, crop), crop_or_pad(case.label, crop)
@@ -170,14 +198,16 @@ def load_hc18(root: Path, count: int, crop: int, scratch: Path) -> dict:
             if box is None:
                 continue
             images.append(image)
+            masks.append(label == reader.classes["head"])
             boxes.append(box)
             ids.append(case.id)
         if len(images) >= count:
             break
-    images, boxes, ids = images[:count], boxes[:count], ids[:count]
+    images, masks, boxes, ids = images[:count], masks[:count], boxes[:count], ids[:count]
     log.info("loaded %d images from %s", len(images), source)
     return {
         "images": torch.from_numpy(np.stack(images)),
+        "masks": torch.from_numpy(np.stack(masks)),
         "boxes": torch.tensor(boxes, dtype=torch.int64),
         "ids": ids,
         "source": source,

@@ -1,13 +1,23 @@
-"""Encode throughput (images/s) of every backbone in ``backbones.BACKBONES``, through ``backbones.embed``.
+"""Encode speed of every backbone in every runtime, and how far each runtime's embeddings are from torch float32's.
 
-Times the whole ``embed`` call: resize + /255 on the device, the encoder, and the float16 copy back to the CPU.
-CPU: float32 at batch 1 and 2 for LiteMedSAM, float32 batch 1 for MedSAM ViT-B, and one bfloat16-autocast
-LiteMedSAM image to document how slow bfloat16 is on a CPU without native bfloat16. GPU (when there is one): both
-backbones, batch 16, bfloat16 autocast and float32.
+CPU, each group in a child process of its own, its runtimes interleaved repeat by repeat on the same images:
+- ``pipeline``: the CPU code paths pinned as the stages pin them (``stages.CPU_CODE_PATHS``: AVX2, oneDNN off in
+  torch): torch float32 and OpenVINO float32, what ``encode.runtime: torch | auto`` computes;
+- ``native``: nothing pinned: torch float32, OpenVINO float32 and, where the CPU has bfloat16 instructions, OpenVINO
+  bfloat16 (``encode.cpu_precision: bfloat16``, which lifts the pin).
+Per backbone and runtime: ``seconds_per_image`` (median over the repeats), ``speedup_over_torch`` (torch float32
+seconds / runtime seconds, same group) and ``max_relative_difference`` (||e - e_torch|| / ||e_torch|| per image, the
+largest, on the encoders' outputs; ``..._float16_stored``: after the store's float16 rounding). The whole
+``backbones.embed`` call is timed (resize, encoder, float16 copy).
+
+GPU (when there is one): MedSAM ViT-B under bfloat16 autocast with SDPA attention at batch 16 and 32, eager and
+``torch.compile``d (what ``encode.compile`` does); segment-anything's own attention at batch 16 (what SDPA gains);
+``flex_attention`` in the global blocks, compiled (an alternative, slower); float32 (the reference of the bfloat16
+difference); LiteMedSAM bfloat16 and float32. Both the encoder alone (inputs already on the GPU) and the
+whole ``embed`` call are timed.
 
 MedSAM's ViT-B weights cannot be downloaded here: unless ``--vit-checkpoint`` names the real file, a seeded random
-ViT-B is written in the same format and loaded through the same path (``backbones.build_image_encoder``); the
-speed of a random model is the speed of the real one.
+ViT-B is written in the same format and loaded through the same path; the speed of a random model is the real one's.
 
     python bench/encode.py [--hc18 /path/to/hc18-sample]
 """
@@ -15,17 +25,68 @@ speed of a random model is the speed of the real one.
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import logging
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import common
 import torch
+from segment_anything.modeling.image_encoder import Attention, get_rel_pos
+from torch import Tensor, nn
 
-from autoprompt.model import backbones
+from autoprompt.model import backbones, runtimes
+from autoprompt.model.attention import SdpaAttention
+from stages import CPU_CODE_PATHS
 
 log = logging.getLogger("bench.encode")
 
-DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
+CACHE = common.BENCH / ".work" / "runtimes"
+CPU = torch.device("cpu")
+
+
+class FlexAttention(Attention):
+    """segment-anything's ViT ``Attention`` with relative positions, computed by ``flex_attention``: the two small
+    relative-position tables are added inside the kernel, so that the N x N bias is never materialised. Measured here
+    as an alternative to ``SdpaAttention`` in the global blocks (compiled); slower on an H200, so not in the package.
+
+    B x H x W x C -> B x H x W x C."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        batch, h, w, _ = x.shape
+        n = h * w
+        qkv = self.qkv(x).reshape(batch, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each B x heads x N x C
+        r_q = q.reshape(batch, self.num_heads, h, w, -1)
+        table_h = get_rel_pos(h, h, self.rel_pos_h).to(q.dtype)
+        table_w = get_rel_pos(w, w, self.rel_pos_w).to(q.dtype)
+        rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, table_h).reshape(batch, self.num_heads, n, h)
+        rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, table_w).reshape(batch, self.num_heads, n, w)
+
+        def add_positions(score: Tensor, b: Tensor, head: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+            return score + rel_h[b, head, q_idx, kv_idx // w] + rel_w[b, head, q_idx, kv_idx % w]
+
+        out = flex_attention(q, k, v, score_mod=add_positions, scale=self.scale)
+        return self.proj(out.permute(0, 2, 1, 3).reshape(batch, h, w, -1))
+
+
+def use_flex(encoder: nn.Module, min_tokens: int = 1024) -> int:
+    """Turn the relative-position attention of ``encoder``'s global blocks (grids of at least ``min_tokens`` tokens,
+    read off the position tables) into ``FlexAttention`` in place; the count."""
+    swapped = 0
+    for module in encoder.modules():
+        if isinstance(module, Attention) and module.use_rel_pos:
+            side_h, side_w = (module.rel_pos_h.shape[0] + 1) // 2, (module.rel_pos_w.shape[0] + 1) // 2
+            if side_h * side_w >= min_tokens:
+                module.__class__ = FlexAttention
+                swapped += 1
+    return swapped
 
 
 def random_vit_b_checkpoint(folder: Path) -> Path:
@@ -38,101 +99,95 @@ def random_vit_b_checkpoint(folder: Path) -> Path:
     return path
 
 
-def measure(
-    encoder: torch.nn.Module,
-    name: str,
-    images: torch.Tensor,
-    device: torch.device,
-    batch_size: int,
-    dtype: str,
-    repeats: int,
-    warmup: int,
-) -> tuple[dict, torch.Tensor]:
-    """Time ``repeats`` calls of ``embed`` on all ``images``, after ``warmup`` calls on one batch."""
-    autocast = DTYPES[dtype]
-    for _ in range(warmup):
-        backbones.embed(encoder, name, images[:batch_size], device, batch_size, autocast)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    seconds, output = [], None
-    for _ in range(repeats):
-        elapsed, output = common.time_call(
-            lambda: backbones.embed(encoder, name, images, device, batch_size, autocast), device
-        )
-        seconds.append(elapsed)
-    med = common.median(seconds)
-    row = {
-        "backbone": name,
-        "device": device.type,
-        "dtype": dtype if dtype == "float32" else f"{dtype} autocast",
-        "batch_size": batch_size,
-        "images_per_repeat": len(images),
-        "warmup_calls": warmup,
-        "repeats": repeats,
-        "seconds": [round(s, 4) for s in seconds],
-        "median_seconds": round(med, 4),
-        "seconds_per_image": round(med / len(images), 4),
-        "images_per_second": round(len(images) / med, 4),
-    }
-    if device.type == "cuda":
-        row["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
-    log.info(
-        "%s %s %s batch %d: %.3f images/s (%.3f s/image; runs %s s)",
-        name,
-        device.type,
-        row["dtype"],
-        batch_size,
-        row["images_per_second"],
-        row["seconds_per_image"],
-        row["seconds"],
+def cpu_encoders(name: str, checkpoint: Path, group: str) -> tuple[dict, dict]:
+    """The CPU encoders of one group, and the seconds each took to build (OpenVINO: conversion + compile)."""
+    encoders, build_seconds = {}, {}
+    precisions = ["float32"]
+    if group == "native":
+        import openvino
+
+        if "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            precisions.append("bfloat16")
+    start = time.perf_counter()
+    encoders["torch float32"] = runtimes.build_encoder(
+        name, checkpoint, runtimes.Choice("torch", "float32"), CPU, CACHE
     )
+    build_seconds["torch float32"] = time.perf_counter() - start
+    for precision in precisions:
+        start = time.perf_counter()
+        choice = runtimes.Choice("openvino", precision)
+        encoders[f"openvino {precision}"] = runtimes.build_encoder(name, checkpoint, choice, CPU, CACHE)
+        build_seconds[f"openvino {precision}"] = time.perf_counter() - start
+    return encoders, build_seconds
+
+
+def run_cpu_group(group: str, images: torch.Tensor, checkpoints: dict[str, Path], counts: dict, repeats: int) -> dict:
+    """Every backbone's runtimes of one group, interleaved repeat by repeat."""
+    if group == "pipeline":
+        from autoprompt.stage import pin_cpu_numerics
+
+        pin_cpu_numerics({"threads": torch.get_num_threads()})
+    out = {"environment": {k: os.environ.get(k) for k in CPU_CODE_PATHS}, "backbones": {}}
+    for name in backbones.BACKBONES:
+        subset = images[: counts[name]]
+        encoders, build_seconds = cpu_encoders(name, checkpoints[name], group)
+        for encoder in encoders.values():  # warm-up
+            backbones.embed(encoder, name, subset[:1], 1)
+        seconds = {key: [] for key in encoders}
+        outputs = {}
+        for _ in range(repeats):
+            for key, encoder in encoders.items():
+                call = functools.partial(backbones.embed, encoder, name, subset, 1)
+                elapsed, outputs[key] = common.time_call(call, CPU)
+                seconds[key].append(elapsed / len(subset))
+        torch_seconds = common.median(seconds["torch float32"])
+        with torch.inference_mode():  # the differences of the float32 outputs, before the store's float16 rounding
+            raw = {key: encoder(backbones.encoder_input(name, subset)).float() for key, encoder in encoders.items()}
+        rows = {}
+        for key in encoders:
+            per_image = common.median(seconds[key])
+            difference = max(runtimes.relative_differences(raw[key], raw["torch float32"]))
+            stored = max(runtimes.relative_differences(outputs[key], outputs["torch float32"]))
+            rows[key] = {
+                "seconds_per_image": round(per_image, 4),
+                "images_per_second": round(1 / per_image, 3),
+                "speedup_over_torch": round(torch_seconds / per_image, 2),
+                "max_relative_difference": float(f"{difference:.2e}"),
+                "max_relative_difference_float16_stored": float(f"{stored:.2e}"),
+                "build_seconds": round(build_seconds[key], 1),
+                "seconds_per_image_each_repeat": [round(s, 4) for s in seconds[key]],
+            }
+            log.info("%s %s %s: %s", group, name, key, {k: v for k, v in rows[key].items() if "repeat" not in k})
+        out["backbones"][name] = {"images": len(subset), "repeats": repeats, "runtimes": rows}
+        del encoders
+    return out
+
+
+def measure_gpu(encoder, name: str, images: torch.Tensor, batch: int, repeats: int) -> tuple[dict, torch.Tensor]:
+    """Encoder alone (inputs resized on the GPU beforehand) and the whole ``embed`` call, medians of ``repeats``."""
+    device = encoder.device
+    x = backbones.encoder_input(name, images[:batch].to(device))
+    with torch.inference_mode():
+        for _ in range(2):  # warm-up (and compilation)
+            encoder(x)
+        common.sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        encoder_only = []
+        for _ in range(repeats):
+            elapsed, _ = common.time_call(lambda: encoder(x), device)
+            encoder_only.append(batch / elapsed)
+    whole, output = [], None
+    for _ in range(repeats):
+        elapsed, output = common.time_call(lambda: backbones.embed(encoder, name, images, batch), device)
+        whole.append(len(images) / elapsed)
+    row = {
+        "batch_size": batch,
+        "encoder_images_per_second": round(common.median(encoder_only), 1),
+        "embed_images_per_second": round(common.median(whole), 1),
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2),
+        "encoder_images_per_second_each_repeat": [round(v, 1) for v in encoder_only],
+    }
     return row, output
-
-
-def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
-    """||approx - exact|| / ||exact|| over float32 copies."""
-    approx, exact = approx.float(), exact.float()
-    return float((approx - exact).norm() / exact.norm())
-
-
-def build(name: str, checkpoint: Path, device: torch.device) -> torch.nn.Module:
-    return backbones.build_image_encoder(name, checkpoint).to(device)
-
-
-def run_cpu(args: argparse.Namespace, images: torch.Tensor, checkpoints: dict[str, Path]) -> dict:
-    cpu = torch.device("cpu")
-    rows, out = [], {}
-    lite = build("lite_medsam", checkpoints["lite_medsam"], cpu)
-    lite_images = images[: args.lite_images]
-    for batch_size in args.lite_batch_sizes:
-        row, out[batch_size] = measure(lite, "lite_medsam", lite_images, cpu, batch_size, "float32", args.repeats, 1)
-        rows.append(row)
-    first = {r["batch_size"]: r for r in rows}
-    result: dict = {"runs": rows}
-    if len(first) > 1:
-        b0, b1 = sorted(first)[:2]
-        result[f"lite_float32_batch{b1}_over_batch{b0}_throughput"] = round(
-            first[b1]["images_per_second"] / first[b0]["images_per_second"], 3
-        )
-    if not args.skip_bf16:
-        fp32_row = first[min(first)]
-        row, bf16 = measure(lite, "lite_medsam", images[:1], cpu, 1, "bfloat16", 1, 0)
-        row["note"] = "one image, once, no warm-up: documents the slowdown only"
-        rows.append(row)
-        result["lite_bfloat16_over_float32_seconds_per_image"] = round(
-            row["seconds_per_image"] / fp32_row["seconds_per_image"], 2
-        )
-        result["lite_bfloat16_relative_error"] = round(relative_error(bf16[0], out[min(first)][0]), 5)
-    del lite
-    if not args.skip_vit:
-        vit = build("medsam_vit_b", checkpoints["medsam_vit_b"], cpu)
-        row, _ = measure(vit, "medsam_vit_b", images[:1], cpu, 1, "float32", args.vit_repeats, 0)
-        row["note"] = "one image per repeat, no warm-up (the median drops the first, slowest call)"
-        rows.append(row)
-        result["vit_b_over_lite_float32_seconds_per_image"] = round(
-            row["seconds_per_image"] / first[min(first)]["seconds_per_image"], 2
-        )
-    return result
 
 
 def run_gpu(args: argparse.Namespace, images: torch.Tensor, checkpoints: dict[str, Path]) -> dict | str:
@@ -141,60 +196,140 @@ def run_gpu(args: argparse.Namespace, images: torch.Tensor, checkpoints: dict[st
         log.info("GPU: %s", common.NO_GPU)
         return common.NO_GPU
     tiled = images.repeat(-(-args.gpu_images // len(images)), 1, 1)[: args.gpu_images]
-    rows, result = [], {}
-    for name in backbones.BACKBONES:
-        encoder = build(name, checkpoints[name], device)
-        outputs, by_dtype = {}, {}
-        for dtype in ("bfloat16", "float32"):
-            row, outputs[dtype] = measure(encoder, name, tiled, device, args.gpu_batch_size, dtype, args.repeats, 1)
-            rows.append(row)
-            by_dtype[dtype] = row
-        result[f"{name}_bfloat16_speedup_over_float32"] = round(
-            by_dtype["bfloat16"]["images_per_second"] / by_dtype["float32"]["images_per_second"], 3
-        )
-        result[f"{name}_bfloat16_relative_error"] = round(relative_error(outputs["bfloat16"], outputs["float32"]), 5)
-        del encoder
-        torch.cuda.empty_cache()
-    result["runs"] = rows
+    rows, outputs = [], {}
+
+    def record(label: str, encoder, name: str, batch: int) -> None:
+        start = time.perf_counter()
+        try:
+            row, outputs[label] = measure_gpu(encoder, name, tiled, batch, args.repeats)
+        except Exception as error:  # a failed variant (a compile, memory) is recorded; the others still run
+            log.exception("GPU %s %s failed", name, label)
+            rows.append({"backbone": name, "variant": label, "error": f"{error.__class__.__name__}: {error}"[:300]})
+            return
+        row = {"backbone": name, "variant": label, **row, "seconds_with_warmup": round(time.perf_counter() - start, 1)}
+        log.info("GPU %s", row)
+        rows.append(row)
+
+    vit = backbones.build_image_encoder("medsam_vit_b", checkpoints["medsam_vit_b"]).to(device)
+    record("float32 sdpa", runtimes.TorchEncoder(vit, device, "float32"), "medsam_vit_b", 16)
+    for batch in args.gpu_batch_sizes:
+        record(f"bfloat16 sdpa b{batch}", runtimes.TorchEncoder(vit, device, "bfloat16"), "medsam_vit_b", batch)
+    for module in vit.modules():  # segment-anything's own attention, to see what SDPA gains
+        if type(module) is SdpaAttention:
+            module.__class__ = Attention
+    record("bfloat16 eager-attention b16", runtimes.TorchEncoder(vit, device, "bfloat16"), "medsam_vit_b", 16)
+    for module in vit.modules():
+        if type(module) is Attention:
+            module.__class__ = SdpaAttention
+    if not args.skip_compile:
+        compiled = torch.compile(vit)
+        for batch in args.gpu_batch_sizes:
+            encoder = runtimes.TorchEncoder(compiled, device, "bfloat16")
+            record(f"bfloat16 sdpa compiled b{batch}", encoder, "medsam_vit_b", batch)
+        flex = backbones.build_image_encoder("medsam_vit_b", checkpoints["medsam_vit_b"])
+        use_flex(flex)
+        encoder = runtimes.TorchEncoder(flex, device, "bfloat16", compile=True)
+        for batch in args.gpu_batch_sizes:
+            record(f"bfloat16 flex compiled b{batch}", encoder, "medsam_vit_b", batch)
+    del vit
+    lite = backbones.build_image_encoder("lite_medsam", checkpoints["lite_medsam"]).to(device)
+    for precision in ("float32", "bfloat16"):
+        record(f"{precision} b32", runtimes.TorchEncoder(lite, device, precision), "lite_medsam", 32)
+    for row in rows:  # every variant's embeddings against float32's of the same backbone
+        reference = outputs.get("float32 sdpa" if row["backbone"] == "medsam_vit_b" else "float32 b32")
+        if row["variant"] in outputs and reference is not None:
+            difference = max(runtimes.relative_differences(outputs[row["variant"]], reference))
+            row["max_relative_difference_to_float32"] = float(f"{difference:.2e}")
+    result = {"runs": rows, "images_per_repeat": len(tiled), "device_name": torch.cuda.get_device_name(device)}
+    bf16 = f"bfloat16 sdpa b{args.gpu_batch_sizes[0]}"
+    result["medsam_vit_b_bfloat16_max_relative_difference"] = float(
+        f"{max(runtimes.relative_differences(outputs[bf16], outputs['float32 sdpa'])):.2e}"
+    )
+    result["lite_medsam_bfloat16_max_relative_difference"] = float(
+        f"{max(runtimes.relative_differences(outputs['bfloat16 b32'], outputs['float32 b32'])):.2e}"
+    )
+    timed = [r for r in rows if r["backbone"] == "medsam_vit_b" and "error" not in r]
+    best = max(timed, key=lambda r: r["encoder_images_per_second"])
+    result["medsam_vit_b_best"] = {
+        k: best[k] for k in ("variant", "encoder_images_per_second", "embed_images_per_second")
+    }
     return result
+
+
+def child(args: argparse.Namespace, data: dict, checkpoints: dict[str, Path]) -> None:
+    counts = {"lite_medsam": args.lite_images, "medsam_vit_b": args.vit_images}
+    result = run_cpu_group(args.cpu_group, data["images"], checkpoints, counts, args.repeats)
+    Path(args.child_out).write_text(json.dumps(result))
+
+
+def native_code_paths() -> dict[str, str]:
+    """The pin variables set to this CPU's own best (importing ``stages`` keeps values that are already set)."""
+    avx512 = common.machine_info()["cpu_flags"].get("avx512f", False)
+    return {
+        "ATEN_CPU_CAPABILITY": "avx512" if avx512 else "avx2",
+        "MKL_CBWR": "AUTO",
+        "ONEDNN_MAX_CPU_ISA": "ALL",
+        "NPY_DISABLE_CPU_FEATURES": "",
+    }
+
+
+def run_cpu(args: argparse.Namespace, scratch: Path, vit_checkpoint: Path) -> dict:
+    """Each group in a child process with its own environment (the pins are read once, when the libraries load)."""
+    groups = {}
+    for group in ("pipeline", "native"):
+        env = {**os.environ, **(CPU_CODE_PATHS if group == "pipeline" else native_code_paths())}
+        out = scratch / f"{group}.json"
+        command = [sys.executable, __file__, "--cpu-group", group, "--child-out", str(out), "--hc18", str(args.hc18)]
+        command += ["--vit-checkpoint", str(vit_checkpoint), "--repeats", str(args.repeats)]
+        command += ["--lite-images", str(args.lite_images), "--vit-images", str(args.vit_images)]
+        if args.threads:
+            command += ["--threads", str(args.threads)]
+        log.info("CPU group %s: %s", group, " ".join(command[1:]))
+        subprocess.run(command, env=env, check=True)
+        groups[group] = json.loads(out.read_text())
+    return groups
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hc18", type=Path, default=common.DEFAULT_HC18, help="HC18 sample, official layout")
-    parser.add_argument("--lite-images", type=int, default=2, help="images per CPU LiteMedSAM repeat")
-    parser.add_argument("--lite-batch-sizes", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats (LiteMedSAM CPU, every GPU run)")
-    parser.add_argument("--vit-repeats", type=int, default=3, help="CPU ViT-B repeats, one image each (~13 s)")
+    parser.add_argument("--hc18", type=Path, default=common.DEFAULT_HC18, help="HC18 sample (or a save_hc18 .npz)")
+    parser.add_argument("--lite-images", type=int, default=4, help="images per CPU LiteMedSAM repeat")
+    parser.add_argument("--vit-images", type=int, default=1, help="images per CPU ViT-B repeat")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats of every run")
     parser.add_argument("--vit-checkpoint", type=Path, help="real medsam_vit_b.pth (default: seeded random ViT-B)")
-    parser.add_argument("--skip-vit", action="store_true", help="no ViT-B on the CPU")
-    parser.add_argument("--skip-bf16", action="store_true", help="no bfloat16 LiteMedSAM image on the CPU")
-    parser.add_argument("--gpu-images", type=int, default=64, help="images per GPU repeat (the sample, tiled)")
-    parser.add_argument("--gpu-batch-size", type=int, default=16)
+    parser.add_argument("--skip-cpu", action="store_true", help="GPU runs only")
+    parser.add_argument("--skip-compile", action="store_true", help="no torch.compile on the GPU")
+    parser.add_argument("--gpu-images", type=int, default=128, help="images per GPU repeat (the sample, tiled)")
+    parser.add_argument("--gpu-batch-sizes", type=int, nargs="+", default=[16, 32])
+    parser.add_argument("--cpu-group", choices=("pipeline", "native"), help=argparse.SUPPRESS)
+    parser.add_argument("--child-out", help=argparse.SUPPRESS)
     args, machine = common.parse_and_start(parser)
 
     with common.scratch_dir() as scratch:
-        data = common.load_hc18(args.hc18, max(args.lite_images, 1), 640, Path(scratch))
+        scratch = Path(scratch)
+        data = common.load_hc18(args.hc18, max(args.lite_images, args.vit_images, 8), 640, scratch)
         checkpoints = {"lite_medsam": backbones.resolve_checkpoint("lite_medsam", None)}
         if args.vit_checkpoint:
             checkpoints["medsam_vit_b"] = backbones.resolve_checkpoint("medsam_vit_b", str(args.vit_checkpoint))
-            vit_weights = f"real checkpoint {args.vit_checkpoint}"
         else:
-            checkpoints["medsam_vit_b"] = random_vit_b_checkpoint(Path(scratch))
-            vit_weights = "seeded random ViT-B (torch.manual_seed(0)), saved and loaded as medsam_vit_b.pth"
-        log.info("medsam_vit_b weights: %s", vit_weights)
-        cpu = run_cpu(args, data["images"], checkpoints)
+            checkpoints["medsam_vit_b"] = random_vit_b_checkpoint(scratch)
+        if args.cpu_group:
+            child(args, data, checkpoints)
+            return
+        real_vit = args.vit_checkpoint and "random" not in str(args.vit_checkpoint)
+        vit_weights = f"real checkpoint {args.vit_checkpoint}" if real_vit else "seeded random ViT-B (seed 0)"
+        cpu = "not run: --skip-cpu" if args.skip_cpu else run_cpu(args, scratch, checkpoints["medsam_vit_b"])
         gpu = run_gpu(args, data["images"], checkpoints)
 
     common.write_result(
         "encode",
         {
             "benchmark": "encode",
-            "what": "images/s of backbones.embed (resize + encoder + float16 copy to CPU), prepared 640 x 640 uint8 "
-            "HC18 images; median of the timed repeats",
+            "what": "seconds per image of backbones.embed in each runtime (resize + encoder + float16 copy), "
+            "prepared 640 x 640 HC18 images; medians of interleaved repeats",
             "machine": machine,
             "settings": {
-                **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if "child" not in k},
                 "vit_b_weights": vit_weights,
                 "image_size": 640,
             },

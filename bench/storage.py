@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from autoprompt.data import embeddings
-from autoprompt.model import backbones
+from autoprompt.model import backbones, runtimes
 
 log = logging.getLogger("bench.storage")
 
@@ -83,13 +83,13 @@ def main() -> None:
 
     device = common.gpu_device() or torch.device("cpu")
     checkpoint = backbones.resolve_checkpoint("lite_medsam", None)
-    encoder = backbones.build_image_encoder("lite_medsam", checkpoint).to(device)
-    autocast = torch.bfloat16 if device.type == "cuda" else None
+    precision = "bfloat16" if device.type == "cuda" else "float32"
+    encoder = runtimes.TorchEncoder(backbones.build_image_encoder("lite_medsam", checkpoint), device, precision)
     with common.scratch_dir() as scratch:
         scratch = Path(scratch)
         data = common.load_hc18(args.hc18, args.images, 640, scratch)
         start = time.perf_counter()
-        real = backbones.embed(encoder, "lite_medsam", data["images"], device, args.batch_size, autocast).numpy()
+        real = backbones.embed(encoder, "lite_medsam", data["images"], args.batch_size).numpy()
         encode_seconds = time.perf_counter() - start
         log.info("encoded %d images in %.1f s on %s", len(real), encode_seconds, device.type)
         generator = np.random.default_rng(0)
@@ -115,7 +115,7 @@ def main() -> None:
             "settings": {
                 **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                 "backbone": "lite_medsam (packaged weights)",
-                "encode": f"{device.type}, {'bfloat16 autocast' if autocast else 'float32'}",
+                "encode": f"{device.type}, {'bfloat16 autocast' if precision == 'bfloat16' else 'float32'}",
                 "random": "numpy default_rng(0).standard_normal, cast to float16",
             },
             "data": {"source": data["source"], "ids": data["ids"]},

@@ -100,7 +100,8 @@ def check_same(decoder: PromptDecoder, head: torch.nn.Module, x: torch.Tensor) -
     with torch.no_grad():
         a, b = batched_logits(head, decoder, x), per_image_logits(head, decoder, x)
     diff = float((a - b).abs().max() / a.abs().max().clamp(min=1e-12))
-    assert diff < 1e-4, f"batched and per-image decoder logits differ (relative max diff {diff:.2e})"
+    tolerance = 1e-4 if x.device.type == "cpu" else 2e-3  # cuDNN's convolutions run in TF32 on a GPU by default
+    assert diff < tolerance, f"batched and per-image decoder logits differ (relative max diff {diff:.2e})"
     return diff
 
 
@@ -165,6 +166,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=10, help="timed steps of each implementation")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each implementation first")
+    parser.add_argument("--skip-cpu", action="store_true", help="GPU steps only")
     args, machine = common.parse_and_start(parser)
 
     with common.scratch_dir() as scratch:
@@ -173,7 +175,7 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     embeddings16 = torch.randn(len(boxes), 256, 64, 64, generator=generator).to(torch.float16)
 
-    cpu = run(torch.device("cpu"), embeddings16, boxes, args)
+    cpu = "not run: --skip-cpu" if args.skip_cpu else run(torch.device("cpu"), embeddings16, boxes, args)
     gpu_device = common.gpu_device()
     gpu = run(gpu_device, embeddings16, boxes, args) if gpu_device is not None else common.NO_GPU
     if gpu_device is None:

@@ -15,7 +15,7 @@ import zarr
 from tqdm import tqdm
 
 from autoprompt.data import embeddings
-from autoprompt.model import backbones
+from autoprompt.model import backbones, runtimes
 from autoprompt.stage import load_params, parser, pin_cpu_numerics, run, select_device
 
 log = logging.getLogger("encode")
@@ -46,13 +46,14 @@ def main(argv: list[str] | None = None) -> None:
     device = select_device(params["device"])
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    autocast = getattr(torch, params["gpu_autocast"]) if device.type == "cuda" else None
+    choice = runtimes.choose(params["runtime"], device, params["cpu_precision"], params["gpu_autocast"])
     identity = embeddings.Identity(
         name,
         backbones.file_sha256(checkpoint),
         images.attrs["source_sha256"],
         tuple(images.attrs["ids"]),
-        str(autocast or torch.float32).removeprefix("torch."),
+        choice.precision,
+        choice.runtime,
     )
     shard_size = int(params["shard_size"])
     n_images = len(identity.ids)
@@ -74,16 +75,17 @@ def main(argv: list[str] | None = None) -> None:
         n_shards,
     )
     if todo:
-        encoder = backbones.build_image_encoder(name, checkpoint).to(device)
+        cache = Path(params["runtime_cache"])
+        encoder = runtimes.build_encoder(name, checkpoint, choice, device, cache, compile=bool(params["compile"]))
         with tqdm(
             total=sum(min(shard_size, n_images - s * shard_size) for s in todo),
             unit="image",
-            desc=f"encode {args.dataset} ({name}, {device.type})",
+            desc=f"encode {args.dataset} ({name}, {choice.runtime} {choice.precision}, {device.type})",
         ) as progress:
             for shard in todo:
                 rows = slice(shard * shard_size, min((shard + 1) * shard_size, n_images))
                 batch = torch.from_numpy(images["images"][rows])
-                out = backbones.embed(encoder, name, batch, device, int(params["batch_size"]), autocast)
+                out = backbones.embed(encoder, name, batch, int(params["batch_size"]))
                 embeddings.write_shard(array, args.out, shard, out.numpy())
                 progress.update(len(batch))
     if embeddings.finalize(args.out, n_shards):

@@ -64,6 +64,7 @@ def run_config(task: Task, recipe: str, run_: Run, config: TrainConfig, hashes: 
         "backbone": attrs["backbone"],
         "checkpoint_sha256": attrs["checkpoint_sha256"],
         "source_sha256": attrs["source_sha256"],
+        "runtime": attrs.get("runtime", "torch"),
         "precision": attrs.get("precision", "float32"),
         "recipe": recipe,
         "run": run_.key,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,8 @@ def vit_b_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     sam = sam_model_registry["vit_b"]()
     torch.save(sam.state_dict(), path)
     return path
+
+
+# Converted encoders (autoprompt.model.runtimes), shared by every test and kept between runs: one conversion per
+# backbone, checkpoint and OpenVINO release.
+RUNTIME_CACHE = Path(tempfile.gettempdir()) / "autoprompt-tests" / "runtimes"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from autoprompt.errors import InputError
-from autoprompt.model import backbones
+from autoprompt.model import backbones, runtimes
 
 
 class Payload:
@@ -36,7 +36,8 @@ def test_vit_b_encoder_loads_the_checkpoint(vit_b_encoder: torch.nn.Module, vit_
 def test_vit_b_embed_one_image(vit_b_encoder: torch.nn.Module) -> None:
     """One small prepared image -> 1 x 256 x 64 x 64 float16 embedding on the CPU."""
     image = torch.randint(0, 256, (1, 48, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    out = backbones.embed(vit_b_encoder, "medsam_vit_b", image, torch.device("cpu"), batch_size=1)
+    encoder = runtimes.TorchEncoder(vit_b_encoder, torch.device("cpu"))
+    out = backbones.embed(encoder, "medsam_vit_b", image, batch_size=1)
     assert out.shape == (1, 256, 64, 64)
     assert out.dtype == torch.float16
     assert out.device.type == "cpu"

@@ -14,6 +14,7 @@ from autoprompt.data.embeddings import Identity
 from autoprompt.data.phantoms.hc18 import write_hc18_phantoms
 from autoprompt.errors import InputError
 from autoprompt.model import backbones
+from tests.conftest import RUNTIME_CACHE
 
 N_IMAGES, SHARD_SIZE = 5, 2  # three shards, the last one short
 
@@ -197,6 +198,10 @@ def _params(tmp_path: Path) -> Path:
             "checkpoint": None,
             "device": "cpu",
             "gpu_autocast": "bfloat16",
+            "compile": True,
+            "runtime": "auto",
+            "cpu_precision": "float32",
+            "runtime_cache": str(RUNTIME_CACHE),
             "batch_size": 1,
             "shard_size": 1,
         },

@@ -19,7 +19,7 @@ from autoprompt.data.phantoms.hc18 import write_hc18_phantoms
 from autoprompt.data.prepared import apply_split, prepare_cases
 from autoprompt.data.preprocess import clip_rescale, crop_or_pad, tight_box
 from autoprompt.errors import InputError
-from autoprompt.model import backbones
+from autoprompt.model import backbones, runtimes
 from autoprompt.model.decoding import to_label_size
 from stages import prepare
 
@@ -307,8 +307,8 @@ def real_cases(hc18_sample: Path) -> dict:
     images = np.stack([crop_or_pad(case.image, CROP) for case in cases])
     labels = np.stack([crop_or_pad(case.label, CROP) for case in cases])
     checkpoint = backbones.resolve_checkpoint("lite_medsam", None)
-    encoder = backbones.build_image_encoder("lite_medsam", checkpoint)
-    encoded = backbones.embed(encoder, "lite_medsam", torch.from_numpy(images), torch.device("cpu"), 1)
+    encoder = runtimes.TorchEncoder(backbones.build_image_encoder("lite_medsam", checkpoint), torch.device("cpu"))
+    encoded = backbones.embed(encoder, "lite_medsam", torch.from_numpy(images), 1)
     return {
         "cases": cases,
         "labels": labels,

@@ -12,6 +12,7 @@ import yaml
 
 from autoprompt.inference import predict
 from stages import encode, evaluate, prepare, train
+from tests.conftest import RUNTIME_CACHE
 from tests.test_folder import SHAPE, write_pictures
 from tests.test_pipeline import demo_recipes
 
@@ -28,6 +29,10 @@ def params(split: object) -> dict:
             "checkpoint": None,
             "device": "cpu",
             "gpu_autocast": "bfloat16",
+            "compile": True,
+            "runtime": "auto",
+            "cpu_precision": "float32",
+            "runtime_cache": str(RUNTIME_CACHE),
             "batch_size": 3,
             "shard_size": 8,
             "threads": 2,
@@ -71,7 +76,8 @@ def test_boxes_alone_train_a_head_that_predicts_every_image(tmp_path):
     metrics = run_stages(tmp_path, {"train": 2, "test": 1})
     assert metrics["reference"]["masks"] == 0 and metrics["reference"]["box_prompted"] >= 1
     assert "dice" not in metrics and "workshop" in metrics["agreement"]["dice"]
-    summary = predict(tmp_path / "models", [tmp_path / "raw/images"], tmp_path / "out", device="cpu")
+    out = tmp_path / "out"
+    summary = predict(tmp_path / "models", [tmp_path / "raw/images"], out, device="cpu", cache_dir=RUNTIME_CACHE)
     assert len(summary.written) == 6, "every image is segmented, boxed or not"
     for path in summary.written:
         mask = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))

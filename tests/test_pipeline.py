@@ -18,6 +18,7 @@ from autoprompt.model import backbones
 from autoprompt.model.decoding import predict
 from autoprompt.training import runs
 from stages import encode, evaluate, prepare, report, simulate, train
+from tests.conftest import RUNTIME_CACHE
 
 DEMO_PARAMS = Path(__file__).resolve().parents[1] / "demo" / "params.yaml"
 
@@ -45,6 +46,10 @@ PARAMS = {
         "checkpoint": None,
         "device": "cpu",
         "gpu_autocast": "bfloat16",
+        "compile": True,
+        "runtime": "auto",
+        "cpu_precision": "float32",
+        "runtime_cache": str(RUNTIME_CACHE),
         "batch_size": 1,
         "shard_size": 4,
     },

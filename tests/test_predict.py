@@ -20,6 +20,7 @@ from autoprompt.errors import InputError
 from autoprompt.inference import export_model, load_model, predict
 from autoprompt.inference.predictor import Predictor
 from stages import encode, prepare, simulate, train
+from tests.conftest import RUNTIME_CACHE
 from tests.test_pipeline import demo_recipes
 
 PARAMS = {
@@ -37,6 +38,10 @@ PARAMS = {
         "checkpoint": None,
         "device": "cpu",
         "gpu_autocast": "bfloat16",
+        "compile": True,
+        "runtime": "auto",
+        "cpu_precision": "float32",
+        "runtime_cache": str(RUNTIME_CACHE),
         "batch_size": 4,
         "shard_size": 8,
         "threads": 2,
@@ -113,7 +118,7 @@ def test_volume_mask_has_the_input_grid_and_its_dice(trained, volume, tmp_path):
     """The written mask has the input's size, spacing, origin and direction, and its Dice in the input's grid is
     within 1 point of the Dice of the same prediction in the prepared frame."""
     path, label = volume
-    summary = predict(trained, [path], tmp_path / "out", device="cpu")
+    summary = predict(trained, [path], tmp_path / "out", device="cpu", cache_dir=RUNTIME_CACHE)
     written = sitk.ReadImage(str(tmp_path / "out/oblique.nii.gz"))
     source = sitk.ReadImage(str(path))
     assert summary.written == [tmp_path / "out/oblique.nii.gz"]
@@ -125,7 +130,9 @@ def test_volume_mask_has_the_input_grid_and_its_dice(trained, volume, tmp_path):
     assert written.GetPixelID() == sitk.sitkUInt8 and set(np.unique(mask)) <= {0, 1}
 
     model = load_model(trained)
-    segmentation = Predictor(model, torch.device("cpu")).segment(source)
+    predictor = Predictor(model, torch.device("cpu"), cache_dir=RUNTIME_CACHE)
+    assert (model.runtime, predictor.encoder.runtime) == ("openvino", "openvino")  # trained and predicted alike
+    segmentation = predictor.segment(source)
     np.testing.assert_array_equal(mask, segmentation.probabilities > 0.5)
     truth = sitk.GetArrayFromImage(label) == LV
     # the label through the same steps as the image: in-plane resampling (nearest) and the fit of each slice
@@ -165,7 +172,7 @@ def test_png_mha_and_nifti_through_one_model_and_a_corrupt_file_skipped(trained,
     assert set(np.unique(sitk.GetArrayFromImage(mha))) == {0, LV}, "bare --label-value writes the class's value"
     assert sitk.GetArrayFromImage(png).any(), "the PNG slice is segmented too"
     assert (out / "scan_overlay.png").is_file() and (out / "slice_overlay.png").is_file()
-    summary = predict(trained, [folder / "scan.mha", folder / "slice.png"], out, device="cpu")
+    summary = predict(trained, [folder / "scan.mha", folder / "slice.png"], out, device="cpu", cache_dir=RUNTIME_CACHE)
     assert summary.written == [] and len(summary.existing) == 2, "existing outputs are kept"
 
 
@@ -174,10 +181,10 @@ def test_ensemble_is_the_mean_of_its_runs_probabilities(trained, volume):
     runs = sorted(p.parent for p in trained.rglob("head.pt"))
     assert len(runs) == 2
     device = torch.device("cpu")
-    ensemble = Predictor(load_model(trained), device)
+    ensemble = Predictor(load_model(trained), device, cache_dir=RUNTIME_CACHE)
     framed = frame_slices(as_stack(sitk.ReadImage(str(path))), ensemble.model.preprocessing)
     embeddings = ensemble.encode(framed.slices)
-    each = [Predictor(load_model(r), device).decode(embeddings) for r in runs]
+    each = [Predictor(load_model(r), device, cache_dir=RUNTIME_CACHE).decode(embeddings) for r in runs]
     assert not np.allclose(each[0], each[1]), "two different runs"
     np.testing.assert_allclose(ensemble.decode(embeddings), (each[0] + each[1]) / 2, atol=1e-6)
 
@@ -190,8 +197,9 @@ def test_exported_model_predicts_the_same_masks_and_checks_its_backbone(trained,
     assert record["backbone"] == "lite_medsam" and len(record["heads"]) == 2 and record["label_value"] == LV
     assert record["preprocessing"] == {"crop": 192, "fit": "crop", "spacing": 1.0, "clip": [0.5, 99.5]}
     assert record["configs"][0]["train"]["epochs"] == 10, "the training params travel with the model"
-    predict(trained, [path], tmp_path / "from_runs", device="cpu", probabilities=True)
-    predict(tmp_path / "model.pt", [path], tmp_path / "from_file", device="cpu", probabilities=True)
+    settings = {"device": "cpu", "probabilities": True, "cache_dir": RUNTIME_CACHE}
+    predict(trained, [path], tmp_path / "from_runs", **settings)
+    predict(tmp_path / "model.pt", [path], tmp_path / "from_file", **settings)
     a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / d / path.name))) for d in ("from_runs", "from_file"))
     assert a.dtype == np.float32 and a.min() >= 0 and a.max() <= 1
     np.testing.assert_array_equal(a, b)
@@ -199,7 +207,7 @@ def test_exported_model_predicts_the_same_masks_and_checks_its_backbone(trained,
     exported.checkpoint_sha256 = "0" * 64
     export_model(exported, tmp_path / "other.pt")
     with pytest.raises(InputError, match="differs from the 0000000000000000"):
-        predict(tmp_path / "other.pt", [path], tmp_path / "refused", device="cpu")
+        predict(tmp_path / "other.pt", [path], tmp_path / "refused", device="cpu", cache_dir=RUNTIME_CACHE)
     assert not (tmp_path / "refused").exists()
 
 

@@ -11,7 +11,7 @@ import yaml
 from autoprompt.data import get_reader
 from autoprompt.data.preprocess import crop_or_pad
 from autoprompt.errors import InputError
-from autoprompt.model import backbones
+from autoprompt.model import backbones, runtimes
 from autoprompt.model.decoding import predict
 from autoprompt.model.head import PromptHead
 from autoprompt.training import runs
@@ -98,8 +98,8 @@ def phantom_embedding(hc18_phantoms, lite_checkpoint):
     reader = get_reader("hc18")
     case = reader.load(reader.find(hc18_phantoms, {})[0], {})[0]
     image = torch.from_numpy(crop_or_pad(case.image, 640))[None]
-    encoder = backbones.build_image_encoder("lite_medsam", lite_checkpoint)
-    return backbones.embed(encoder, "lite_medsam", image, torch.device("cpu"), 1).float()
+    encoder = runtimes.TorchEncoder(backbones.build_image_encoder("lite_medsam", lite_checkpoint), torch.device("cpu"))
+    return backbones.embed(encoder, "lite_medsam", image, 1).float()
 
 
 @pytest.mark.parametrize("prompt", ["mean_box", "whole_box"])

@@ -4,8 +4,8 @@ A store is built under ``<name>.partial`` and moved to its final name only once 
 the final path always holds a whole store. Shards are the unit of work and of resumption: a shard counts as
 done once its marker ``_progress/shard-<i>`` exists, so a killed run redoes at most the shards it was writing.
 Parts of one job (``--part-id/--num-parts``, or torchrun's RANK/WORLD_SIZE) take disjoint sets of shards of the
-same partial store. A store's identity (backbone, checkpoint hash, prepared-data hash, ids) is in its
-attributes; a store of another identity is refused, never reused.
+same partial store. A store's identity (backbone, checkpoint hash, prepared-data hash, runtime, precision, ids) is
+in its attributes; a store of another identity is refused, never reused.
 """
 
 from __future__ import annotations
@@ -25,26 +25,29 @@ from autoprompt.errors import InputError
 log = logging.getLogger(__name__)
 
 SHAPE = (256, 64, 64)
-IDENTITY_KEYS = ("backbone", "checkpoint_sha256", "source_sha256", "precision")
+IDENTITY_KEYS = ("backbone", "checkpoint_sha256", "source_sha256", "runtime", "precision")
 PROGRESS = "_progress"
 
 
 @dataclass(frozen=True)
 class Identity:
-    """What an embedding store was made from. ``precision`` is the encoder's compute dtype (``float32``, or the
-    autocast dtype on a GPU): parts encoded at different precisions never share a store."""
+    """What an embedding store was made from. ``runtime`` runs the encoder (``torch`` or ``openvino``) and
+    ``precision`` is its compute dtype (``float32``, the autocast dtype on a GPU, or OpenVINO's ``bfloat16``): parts
+    encoded by different runtimes or at different precisions never share a store."""
 
     backbone: str
     checkpoint_sha256: str
     source_sha256: str
     ids: tuple[str, ...]
     precision: str = "float32"
+    runtime: str = "torch"
 
     def attrs(self) -> dict:
         return {
             "backbone": self.backbone,
             "checkpoint_sha256": self.checkpoint_sha256,
             "source_sha256": self.source_sha256,
+            "runtime": self.runtime,
             "precision": self.precision,
             "ids": list(self.ids),
         }

@@ -25,7 +25,17 @@ log = logging.getLogger(__name__)
 
 FORMAT = "autoprompt-model"
 VERSION = 1
-SHARED = ("task", "class", "label_value", "label_size", "backbone", "checkpoint_sha256", "precision", "preprocessing")
+SHARED = (
+    "task",
+    "class",
+    "label_value",
+    "label_size",
+    "backbone",
+    "checkpoint_sha256",
+    "runtime",
+    "precision",
+    "preprocessing",
+)
 
 
 @dataclass
@@ -33,8 +43,8 @@ class Model:
     """Heads (state dicts of ``PromptHead``, one per run: several make an ensemble, their probabilities averaged)
     and what they were trained on: the task and class with its label value in the training labels, the label frame
     side ``label_size`` (S), the backbone's name, its checkpoint's sha256 and configured path (None for packaged
-    weights), the precision of the training embeddings, the preprocessing of the training images, and each run's
-    config (params, inputs' hashes, fingerprint)."""
+    weights), the runtime and precision of the training embeddings' encoder, the preprocessing of the training
+    images, and each run's config (params, inputs' hashes, fingerprint)."""
 
     heads: list[dict[str, Tensor]]
     runs: list[str]
@@ -45,6 +55,7 @@ class Model:
     backbone: str
     checkpoint_sha256: str
     checkpoint: str | None
+    runtime: str
     precision: str
     preprocessing: Preprocessing
     configs: list[dict]
@@ -72,6 +83,7 @@ class Model:
             "backbone": self.backbone,
             "checkpoint_sha256": self.checkpoint_sha256,
             "checkpoint": self.checkpoint,
+            "runtime": self.runtime,
             "precision": self.precision,
             "preprocessing": self.preprocessing.as_dict(),
             "configs": self.configs,
@@ -117,6 +129,7 @@ def from_runs(folders: list[Path]) -> Model:
         backbone=str(first["backbone"]),
         checkpoint_sha256=str(first["checkpoint_sha256"]),
         checkpoint=checkpoint,
+        runtime=str(first.get("runtime", "torch")),
         precision=str(first.get("precision", "float32")),
         preprocessing=Preprocessing.from_dict(first["preprocessing"]),
         configs=configs,
@@ -143,6 +156,7 @@ def from_file(path: Path) -> Model:
         backbone=record["backbone"],
         checkpoint_sha256=record["checkpoint_sha256"],
         checkpoint=record.get("checkpoint"),
+        runtime=record.get("runtime", "torch"),
         precision=record.get("precision", "float32"),
         preprocessing=Preprocessing.from_dict(record["preprocessing"]),
         configs=list(record["configs"]),

@@ -126,6 +126,8 @@ def predict(
     overwrite: bool = False,
     on_error: str = "stop",
     checkpoint: Path | str | None = None,
+    runtime: str = "auto",
+    cache_dir: Path | str | None = None,
     part_id: int = 0,
     num_parts: int = 1,
 ) -> Summary:
@@ -133,7 +135,9 @@ def predict(
     write the results under ``output_dir``; see the module's docstring. ``label_value``: the value written inside
     masks (1 when None; ``model``: the class's value in the training labels). ``on_error``: ``stop`` raises an
     unreadable input's InputError, ``skip`` logs and counts it.
-    ``checkpoint``: the backbone checkpoint, when not the model's configured path or packaged weights."""
+    ``checkpoint``: the backbone checkpoint, when not the model's configured path or packaged weights.
+    ``runtime``: the encoder's runtime on a CPU (``auto``: OpenVINO when installed; ``predictor.encoder_choice``);
+    ``cache_dir``: where converted encoders are kept (``runtimes.default_cache_dir()`` when None)."""
     if on_error not in ON_ERROR:
         raise InputError(f"on_error is {on_error!r}; use stop or skip")
     if not 0 <= part_id < num_parts:
@@ -154,7 +158,9 @@ def predict(
     )
     if not todo:
         return summary
-    predictor = Predictor(model, select_device(device), batch_size, checkpoint)
+    predictor = Predictor(
+        model, select_device(device), batch_size, checkpoint, runtime, None if cache_dir is None else Path(cache_dir)
+    )
     timings = predictor.timings
     value = model.label_value if label_value == "model" else 1 if label_value is None else int(label_value)
     for job in tqdm(todo, desc="predict", unit="input"):

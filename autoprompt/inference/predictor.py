@@ -19,7 +19,7 @@ import torch
 from autoprompt.data.images import Framed, Stack, as_stack, frame_slices, to_input_grid
 from autoprompt.errors import InputError
 from autoprompt.inference.model import Model
-from autoprompt.model import backbones
+from autoprompt.model import backbones, runtimes
 from autoprompt.model.decoding import predict as decode
 
 
@@ -48,20 +48,39 @@ def checked_checkpoint(model: Model, checkpoint: Path | str | None) -> Path:
     return path
 
 
+def encoder_choice(model: Model, device: torch.device, runtime: str = "auto") -> runtimes.Choice:
+    """The runtime and precision that encode for ``model`` on ``device``: on a GPU, torch at the model's precision;
+    on a CPU, ``runtime`` (``auto``: OpenVINO when installed), in bfloat16 only where the model's embeddings were
+    OpenVINO bfloat16 ones, else float32."""
+    if device.type != "cpu":
+        return runtimes.choose("torch" if runtime == "auto" else runtime, device, gpu_autocast=model.precision)
+    chosen = runtimes.choose(runtime, device)
+    if chosen.runtime == "openvino" == model.runtime and model.precision in runtimes.OPENVINO_PRECISIONS:
+        return runtimes.Choice(chosen.runtime, model.precision)
+    return chosen
+
+
 class Predictor:
-    """Everything one model needs to segment inputs on ``device``; ``batch_size`` slices per encoder call."""
+    """Everything one model needs to segment inputs on ``device``; ``batch_size`` slices per encoder call;
+    ``runtime`` and ``cache_dir`` as in ``encoder_choice`` and ``runtimes.build_encoder``."""
 
     def __init__(
-        self, model: Model, device: torch.device, batch_size: int = 8, checkpoint: Path | str | None = None
+        self,
+        model: Model,
+        device: torch.device,
+        batch_size: int = 8,
+        checkpoint: Path | str | None = None,
+        runtime: str = "auto",
+        cache_dir: Path | None = None,
     ) -> None:
         path = checked_checkpoint(model, checkpoint)
         state = backbones.load_state_dict(path)
         self.model, self.device, self.batch_size = model, device, batch_size
-        self.encoder = backbones.build_image_encoder(model.backbone, path, state).to(device)
+        choice = encoder_choice(model, device, runtime)
+        cache_dir = runtimes.default_cache_dir() if cache_dir is None else Path(cache_dir)
+        self.encoder = runtimes.build_encoder(model.backbone, path, choice, device, cache_dir, state)
         self.decoder = backbones.build_prompt_decoder(model.backbone, path, state).to(device)
         self.heads = [head.to(device) for head in model.build_heads()]
-        gpu_precision = None if model.precision == "float32" else getattr(torch, model.precision)
-        self.autocast = gpu_precision if device.type == "cuda" else None
         self.timings: dict[str, float] = defaultdict(float)
 
     def encode(self, slices: np.ndarray) -> torch.Tensor:
@@ -69,9 +88,7 @@ class Predictor:
         size = self.model.label_size
         assert slices.ndim == 3 and slices.shape[1:] == (size, size), f"expected Z x {size} x {size}: {slices.shape}"
         start = time.perf_counter()
-        embeddings = backbones.embed(
-            self.encoder, self.model.backbone, torch.from_numpy(slices), self.device, self.batch_size, self.autocast
-        )
+        embeddings = backbones.embed(self.encoder, self.model.backbone, torch.from_numpy(slices), self.batch_size)
         self.timings["encode"] += time.perf_counter() - start
         return embeddings
 

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,9 @@ from torch import Tensor, nn
 
 from autoprompt.errors import InputError
 from autoprompt.model.decoding import PromptDecoder
+
+if TYPE_CHECKING:
+    from autoprompt.model.runtimes import ImageEncoder
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +50,11 @@ class BackboneSpec:
 def _build_vit_b_encoder() -> nn.Module:
     from segment_anything import sam_model_registry
 
-    return sam_model_registry["vit_b"]().image_encoder
+    from autoprompt.model.attention import use_sdpa
+
+    encoder = sam_model_registry["vit_b"]().image_encoder
+    use_sdpa(encoder)  # the same maths, fused attention kernels (autoprompt/model/attention.py)
+    return encoder
 
 
 def _build_lite_encoder() -> nn.Module:
@@ -177,23 +185,20 @@ def encoder_input(name: str, images: Tensor) -> Tensor:
 
 
 @torch.inference_mode()
-def embed(
-    encoder: nn.Module,
-    name: str,
-    images: Tensor,
-    device: torch.device,
-    batch_size: int,
-    autocast: torch.dtype | None = None,
-) -> Tensor:
+def embed(encoder: ImageEncoder, name: str, images: Tensor, batch_size: int) -> Tensor:
     """N x S x S uint8 prepared images -> N x 256 x 64 x 64 float16 embeddings, on the CPU.
 
-    ``autocast`` (bfloat16 on a GPU, say) runs the encoder under ``torch.autocast``; None runs float32.
-    """
+    ``encoder`` (``runtimes.build_encoder``) runs on its own device, at its own precision, in its own runtime."""
     out = []
     for start in range(0, len(images), batch_size):
-        x = encoder_input(name, images[start : start + batch_size].to(device))
-        with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-            y = encoder(x)
+        y = encoder(encoder_input(name, images[start : start + batch_size].to(encoder.device)))
         assert y.shape[1:] == (EMBED_DIM, EMBED_GRID, EMBED_GRID), f"{name} gave embeddings {tuple(y.shape)}"
-        out.append(y.float().cpu().to(torch.float16))
+        y = y.to(torch.float16)  # rounded on the device: half the bytes to copy
+        if y.is_cuda:  # into pinned memory without waiting: the next batch is queued meanwhile
+            host = torch.empty(y.shape, dtype=y.dtype, pin_memory=True)
+            out.append(host.copy_(y, non_blocking=True))
+        else:
+            out.append(y)
+    if encoder.device.type == "cuda":
+        torch.cuda.synchronize(encoder.device)
     return torch.cat(out)

@@ -1,0 +1,215 @@
+"""Encoder runtimes: one backbone's frozen image encoder, run by torch (CPU or GPU) or by OpenVINO (CPU).
+
+``build_encoder`` returns an ``ImageEncoder``: B x 3 x S x S float32 inputs in [0, 1] (``backbones.encoder_input``,
+computed on ``encoder.device``) -> B x 256 x 64 x 64 embeddings (torch: on its device, in its compute dtype;
+OpenVINO: float32 on the CPU). OpenVINO runs a graph converted once per backbone, checkpoint sha256 and OpenVINO
+release, and cached as ``<cache_dir>/<backbone>-<sha256[:16]>-openvino-<release>/`` (float32 weights); nothing is
+fetched. Its float32 embeddings agree with torch's within 1e-4 relative (``bench/encode.py`` measures it,
+``tests/test_runtimes.py`` checks it); ``bfloat16`` is the reduced-precision mode, an explicit choice (README:
+encoder runtimes).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from autoprompt.errors import InputError
+from autoprompt.model import backbones
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("torch", "openvino")
+OPENVINO_PRECISIONS = {"float32": "f32", "bfloat16": "bf16"}
+IR_NAME = "encoder.xml"
+
+
+class ImageEncoder(Protocol):
+    """B x 3 x S x S float32 on ``device`` -> B x 256 x 64 x 64 floats (on ``device`` or the CPU)."""
+
+    device: torch.device
+    runtime: str
+    precision: str
+
+    def __call__(self, x: Tensor) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The runtime and compute precision of an encoder: both are part of an embedding store's identity."""
+
+    runtime: str
+    precision: str
+
+
+def default_cache_dir() -> Path:
+    """Where ``autoprompt predict`` keeps converted encoders: ``$XDG_CACHE_HOME/autoprompt`` (``~/.cache/autoprompt``).
+    The pipeline's stages use ``encode.runtime_cache`` in params.yaml instead."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "autoprompt"
+
+
+def openvino_available() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
+def choose(runtime: str, device: torch.device, cpu_precision: str = "float32", gpu_autocast: str = "") -> Choice:
+    """Resolve ``runtime`` (``auto``: torch on a GPU, OpenVINO on a CPU when installed, else torch) and the
+    precision it computes in: ``gpu_autocast`` on a GPU (empty: float32), ``cpu_precision`` on a CPU."""
+    if runtime == "auto":
+        runtime = "torch" if device.type != "cpu" or not openvino_available() else "openvino"
+    if runtime not in RUNTIMES:
+        raise InputError(f"params.yaml: unknown encode.runtime {runtime!r}; use auto or one of {list(RUNTIMES)}")
+    if runtime == "openvino" and device.type != "cpu":
+        raise InputError(f"params.yaml: encode.runtime openvino runs on the CPU, not {device}; use auto or torch")
+    if runtime == "openvino" and not openvino_available():
+        raise InputError("encode.runtime openvino: the openvino package is not installed; pip install openvino")
+    if device.type != "cpu":
+        return Choice(runtime, gpu_autocast or "float32")
+    allowed = OPENVINO_PRECISIONS if runtime == "openvino" else ("float32",)
+    if cpu_precision not in allowed:
+        raise InputError(
+            f"params.yaml: encode.cpu_precision {cpu_precision!r} is not offered by the {runtime} runtime on a CPU; "
+            f"use one of {list(allowed)}"
+        )
+    return Choice(runtime, cpu_precision)
+
+
+class TorchEncoder:
+    """The encoder module on ``device``, under ``torch.autocast`` when ``precision`` is not float32.
+
+    ``compile`` (a GPU only): the module through ``torch.compile`` (ViT-B 2.7x faster on an H200 under bfloat16,
+    about 25 s of compilation: bench/results/gpu/encode.json)."""
+
+    runtime = "torch"
+
+    def __init__(
+        self, module: nn.Module, device: torch.device, precision: str = "float32", compile: bool = False
+    ) -> None:
+        module = module.to(device)
+        if compile and device.type == "cuda":
+            module = torch.compile(module)
+        self.module, self.device, self.precision = module, device, precision
+        self.autocast = None if precision == "float32" else getattr(torch, precision)
+
+    @torch.inference_mode()
+    def __call__(self, x: Tensor) -> Tensor:
+        with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
+            return self.module(x.to(self.device))
+
+
+def ir_folder(cache_dir: Path, backbone: str, checkpoint_sha256: str) -> Path:
+    """One converted graph per backbone, checkpoint and OpenVINO release."""
+    from openvino import get_version
+
+    release = get_version().split("-")[0]
+    return Path(cache_dir) / f"{backbone}-{checkpoint_sha256[:16]}-openvino-{release}"
+
+
+def convert_to_openvino(module: nn.Module, backbone: str, folder: Path) -> Path:
+    """Convert the encoder for one 1 x 3 x S x S image into ``folder`` (written whole: a temporary folder renamed)."""
+    import openvino as ov
+
+    if (folder / IR_NAME).is_file():
+        return folder / IR_NAME
+    size = backbones.get_spec(backbone).input_size
+    log.info("converting the %s encoder for OpenVINO into %s (once per checkpoint)", backbone, folder)
+    tmp = folder.with_name(f".{folder.name}.new-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    with warnings.catch_warnings():  # the tracer's notes on shapes it fixes: one image per request, by design
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        graph = ov.convert_model(module.eval(), example_input=torch.zeros(1, 3, size, size))
+    graph.reshape([1, 3, size, size])  # the traced encoders fix their batch size; one image per request
+    ov.save_model(graph, tmp / IR_NAME, compress_to_fp16=False)
+    try:
+        tmp.rename(folder)
+    except OSError:  # another process converted it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder / IR_NAME
+
+
+def _lift_isa_pin_for_bf16() -> None:
+    """bfloat16 needs the CPU's own instructions: OpenVINO's oneDNN honours the AVX2 cap of ``stages/__init__.py``,
+    read at its first compile, so the cap is lifted here, before it (float32 keeps it, for reproducible numbers)."""
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() == "AVX2":
+        log.info("bfloat16: OpenVINO may use every instruction set of this CPU (ONEDNN_MAX_CPU_ISA lifted)")
+        os.environ["ONEDNN_MAX_CPU_ISA"] = "ALL"
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip() and not line.startswith("Exception from")]
+    return (lines[0] if lines else error.__class__.__name__)[:160]
+
+
+class OpenVinoEncoder:
+    """The converted encoder compiled for the CPU at ``precision``, one image per inference request."""
+
+    runtime = "openvino"
+    device = torch.device("cpu")
+
+    def __init__(self, ir: Path, precision: str, threads: int) -> None:
+        import openvino as ov
+
+        if precision == "bfloat16":
+            _lift_isa_pin_for_bf16()  # before the CPU plugin's first use
+        core = ov.Core()
+        if precision == "bfloat16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            raise InputError(
+                "encode.cpu_precision bfloat16: this CPU has no bfloat16 instructions; use float32 in params.yaml"
+            )
+        config = {
+            "INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision],  # the CPU's default may be bf16: never implicit
+            "INFERENCE_NUM_THREADS": int(threads),
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+        try:
+            self.compiled = core.compile_model(core.read_model(ir), "CPU", config)
+        except RuntimeError as error:
+            raise InputError(
+                f"{ir}: OpenVINO could not compile the encoder at {precision} ({_first_line(error)}); "
+                "delete that folder to convert it again, or set encode.runtime: torch"
+            ) from error
+        self.request = self.compiled.create_infer_request()
+        self.precision = precision
+
+    def __call__(self, x: Tensor) -> Tensor:
+        images = x.detach().cpu().numpy().astype(np.float32, copy=False)
+        out = [self.request.infer({0: images[i : i + 1]})[0].copy() for i in range(len(images))]
+        return torch.from_numpy(np.concatenate(out))
+
+
+def relative_differences(approx: Tensor, exact: Tensor) -> list[float]:
+    """||approx - exact|| / ||exact|| per image (N x ... tensors, compared in float32)."""
+    approx, exact = approx.float().flatten(1), exact.float().flatten(1)
+    return ((approx - exact).norm(dim=1) / exact.norm(dim=1)).tolist()
+
+
+def build_encoder(
+    backbone: str,
+    checkpoint: Path,
+    choice: Choice,
+    device: torch.device,
+    cache_dir: Path,
+    state: dict[str, Tensor] | None = None,
+    compile: bool = False,
+) -> ImageEncoder:
+    """The image encoder of ``backbone`` with ``checkpoint``'s weights, run as ``choice`` says (``compile``: see
+    ``TorchEncoder``)."""
+    if choice.runtime == "torch":
+        module = backbones.build_image_encoder(backbone, checkpoint, state)
+        return TorchEncoder(module, device, choice.precision, compile)
+    folder = ir_folder(cache_dir, backbone, backbones.file_sha256(checkpoint))
+    ir = folder / IR_NAME
+    if not ir.is_file():
+        ir = convert_to_openvino(backbones.build_image_encoder(backbone, checkpoint, state), backbone, folder)
+    return OpenVinoEncoder(ir, choice.precision, torch.get_num_threads())

@@ -1,0 +1,142 @@
+"""Encoder runtimes: OpenVINO's float32 embeddings agree with torch's, the converted graph is cached once per
+checkpoint, stores of another runtime are refused, and SDPA attention computes segment-anything's attention."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from segment_anything.modeling.image_encoder import Attention
+
+from autoprompt.data import embeddings
+from autoprompt.data.phantoms.hc18 import write_hc18_phantoms
+from autoprompt.errors import InputError
+from autoprompt.model import backbones, runtimes
+from autoprompt.model.attention import SdpaAttention, use_sdpa
+from tests.conftest import RUNTIME_CACHE, SHARED
+
+CPU = torch.device("cpu")
+TOLERANCE = 1e-4  # the largest relative difference to torch float32 that a runtime may have and be the default
+
+
+@pytest.fixture(scope="module")
+def hc18_images(tmp_path_factory: pytest.TempPathFactory) -> torch.Tensor:
+    """Four prepared 640 x 640 HC18 images: real ones from the shared sample when present, phantoms otherwise."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import common
+
+    root = SHARED / "data/hc18-sample"
+    if not (root / "training_set").is_dir():
+        root = tmp_path_factory.mktemp("hc18")
+        write_hc18_phantoms(root, subjects=4, size=(800, 540), seed=0, second_image=0.0)
+    return common.load_hc18(root, 4, 640, tmp_path_factory.mktemp("scratch"))["images"]
+
+
+def test_auto_is_openvino_on_a_cpu_and_torch_on_a_gpu() -> None:
+    assert runtimes.choose("auto", CPU) == runtimes.Choice("openvino", "float32")
+    assert runtimes.choose("auto", torch.device("cuda"), gpu_autocast="bfloat16") == runtimes.Choice(
+        "torch", "bfloat16"
+    )
+
+
+@pytest.mark.parametrize(
+    ("runtime", "device", "precision", "message"),
+    [
+        ("tensorrt", "cpu", "float32", "unknown encode.runtime"),
+        ("openvino", "cuda", "float32", "runs on the CPU"),
+        ("torch", "cpu", "bfloat16", "not offered by the torch runtime"),
+        ("openvino", "cpu", "int4", "not offered by the openvino runtime"),
+    ],
+)
+def test_bad_choices_are_refused(runtime: str, device: str, precision: str, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        runtimes.choose(runtime, torch.device(device), precision)
+
+
+def test_openvino_float32_agrees_with_torch_and_is_converted_once(
+    hc18_images: torch.Tensor, lite_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reference = runtimes.build_encoder("lite_medsam", lite_checkpoint, runtimes.Choice("torch", "float32"), CPU, Path())
+    choice = runtimes.choose("auto", CPU)
+    openvino = runtimes.build_encoder("lite_medsam", lite_checkpoint, choice, CPU, RUNTIME_CACHE)
+    x = backbones.encoder_input("lite_medsam", hc18_images)
+    with torch.inference_mode():
+        exact, approx = reference(x).float(), openvino(x).float()
+    assert approx.shape == exact.shape == (4, 256, 64, 64)
+    assert max(runtimes.relative_differences(approx, exact)) < TOLERANCE  # float32, before the store's rounding
+    stored = backbones.embed(openvino, "lite_medsam", hc18_images, 3)
+    assert stored.dtype == torch.float16 and torch.equal(stored, approx.half())
+
+    folder = runtimes.ir_folder(RUNTIME_CACHE, "lite_medsam", backbones.file_sha256(lite_checkpoint))
+    assert (folder / runtimes.IR_NAME).is_file() and (folder / "encoder.bin").stat().st_size > 20e6  # float32 weights
+
+    def no_conversion(*args: object) -> None:
+        raise AssertionError("the cached graph should have been used")
+
+    monkeypatch.setattr(runtimes, "convert_to_openvino", no_conversion)
+    again = runtimes.build_encoder("lite_medsam", lite_checkpoint, choice, CPU, RUNTIME_CACHE)
+    assert torch.equal(backbones.embed(again, "lite_medsam", hc18_images[:1], 1), stored[:1])
+
+
+def test_bfloat16_is_an_explicit_mode_that_moves_the_embeddings(hc18_images: torch.Tensor, tmp_path: Path) -> None:
+    """In a fresh process (the instruction-set cap is read once per process): bfloat16 where the CPU has it, a
+    one-line refusal where it has not."""
+    np.save(tmp_path / "images.npy", hc18_images[:2].numpy())
+    script = f"""
+import numpy as np, torch, stages
+from autoprompt.errors import InputError
+from autoprompt.model import backbones, runtimes
+images = torch.from_numpy(np.load({str(tmp_path / "images.npy")!r}))
+checkpoint = backbones.resolve_checkpoint("lite_medsam", None)
+outs = {{}}
+for precision in ("bfloat16", "float32"):
+    choice = runtimes.choose("openvino", torch.device("cpu"), precision)
+    try:
+        encoder = runtimes.build_encoder("lite_medsam", checkpoint, choice, torch.device("cpu"), {str(RUNTIME_CACHE)!r})
+    except InputError as error:
+        print("refused:", error)
+        raise SystemExit(0)
+    outs[precision] = backbones.embed(encoder, "lite_medsam", images, 2).float()
+print("difference:", float((outs["bfloat16"] - outs["float32"]).norm() / outs["float32"].norm()))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    line = [row for row in done.stdout.splitlines() if row.startswith(("refused", "difference"))][-1]
+    import openvino
+
+    if "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        difference = float(line.split(":")[1])
+        assert 10 * TOLERANCE < difference < 0.2, line  # visibly reduced precision, still the same embeddings
+    else:
+        assert "no bfloat16 instructions" in line
+
+
+def test_a_store_of_another_runtime_is_refused(tmp_path: Path) -> None:
+    identity = embeddings.Identity("lite_medsam", "c" * 64, "s" * 64, ("a", "b"), "float32", "torch")
+    path = tmp_path / "hc18.zarr"
+    embeddings.open_for_writing(path, identity, 2)
+    other = embeddings.Identity("lite_medsam", "c" * 64, "s" * 64, ("a", "b"), "float32", "openvino")
+    with pytest.raises(InputError, match="runtime torch != openvino"):
+        embeddings.open_for_writing(path, other, 2)
+
+
+def test_sdpa_attention_computes_segment_anythings_attention() -> None:
+    torch.manual_seed(0)
+    attention = Attention(64, num_heads=4, use_rel_pos=True, input_size=(8, 8))
+    torch.nn.init.normal_(attention.rel_pos_h)
+    torch.nn.init.normal_(attention.rel_pos_w)
+    x = torch.randn(2, 8, 8, 64)
+    expected = attention(x)
+    wrapper = torch.nn.Sequential(attention)
+    assert use_sdpa(wrapper) == 1 and isinstance(attention, SdpaAttention)
+    torch.testing.assert_close(attention(x), expected, rtol=1e-5, atol=1e-5)
+    assert use_sdpa(wrapper) == 0  # already swapped
+
+
+def test_the_vit_b_encoder_is_built_with_sdpa_attention(vit_b_checkpoint: Path) -> None:
+    encoder = backbones.build_image_encoder("medsam_vit_b", vit_b_checkpoint)
+    kinds = {type(m) for m in encoder.modules() if isinstance(m, Attention)}
+    assert kinds == {SdpaAttention}
