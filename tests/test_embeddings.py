@@ -13,7 +13,7 @@ from autoprompt.data import embeddings
 from autoprompt.data.embeddings import Identity
 from autoprompt.data.phantoms.hc18 import write_hc18_phantoms
 from autoprompt.errors import InputError
-from autoprompt.model import backbones
+from autoprompt.model import backbones, runtimes
 from tests.conftest import RUNTIME_CACHE
 
 N_IMAGES, SHARD_SIZE = 5, 2  # three shards, the last one short
@@ -262,11 +262,12 @@ def test_encode_stage_resumes_after_a_failure(tmp_path: Path, monkeypatch) -> No
     assert group.attrs["checkpoint_sha256"] == backbones.file_sha256(checkpoint)
     assert group.attrs["source_sha256"] == images.attrs["source_sha256"]
     assert list(group.attrs["ids"]) == list(images.attrs["ids"])
+    assert (group.attrs["runtime"], group.attrs["precision"]) == ("openvino", "float32"), "auto on a CPU"
 
     def no_encoder(*args, **kwargs):
         raise AssertionError("a complete store must not be encoded again")
 
-    monkeypatch.setattr(backbones, "build_image_encoder", no_encoder)
+    monkeypatch.setattr(runtimes, "build_encoder", no_encoder)
     encode.main(argv)  # complete: nothing to do
 
 
