@@ -10,11 +10,12 @@ seconds / runtime seconds, same group) and ``max_relative_difference`` (||e - e_
 largest, on the encoders' outputs; ``..._float16_stored``: after the store's float16 rounding). The whole
 ``backbones.embed`` call is timed (resize, encoder, float16 copy).
 
-GPU (when there is one): MedSAM ViT-B under bfloat16 autocast with SDPA attention at batch 16 and 32, eager and
-``torch.compile``d (what ``encode.compile`` does); segment-anything's own attention at batch 16 (what SDPA gains);
-``flex_attention`` in the global blocks, compiled (an alternative, slower); float32 (the reference of the bfloat16
-difference); LiteMedSAM bfloat16 and float32. Both the encoder alone (inputs already on the GPU) and the
-whole ``embed`` call are timed.
+GPU (when there is one): MedSAM ViT-B under bfloat16 autocast with SDPA attention (relative positions as a bias) at
+batch 16 and 32, eager and ``torch.compile``d; segment-anything's own attention at batch 16 (what SDPA gains);
+``flex_attention`` in the global blocks, compiled (an alternative, slower); the relative positions folded into the
+queries and keys, eager and compiled (what the encode stage runs on a GPU); float32 (the reference of the bfloat16
+difference); LiteMedSAM bfloat16 and float32. Both the encoder alone (inputs already on the GPU) and the whole
+``embed`` call are timed.
 
 MedSAM's ViT-B weights cannot be downloaded here: unless ``--vit-checkpoint`` names the real file, a seeded random
 ViT-B is written in the same format and loaded through the same path; the speed of a random model is the real one's.
@@ -40,7 +41,7 @@ from segment_anything.modeling.image_encoder import Attention, get_rel_pos
 from torch import Tensor, nn
 
 from autoprompt.model import backbones, runtimes
-from autoprompt.model.attention import SdpaAttention
+from autoprompt.model.attention import SdpaAttention, use_folded
 from stages import CPU_CODE_PATHS
 
 log = logging.getLogger("bench.encode")
@@ -231,6 +232,15 @@ def run_gpu(args: argparse.Namespace, images: torch.Tensor, checkpoints: dict[st
         encoder = runtimes.TorchEncoder(flex, device, "bfloat16", compile=True)
         for batch in args.gpu_batch_sizes:
             record(f"bfloat16 flex compiled b{batch}", encoder, "medsam_vit_b", batch)
+        del flex
+    folded = backbones.build_image_encoder("medsam_vit_b", checkpoints["medsam_vit_b"]).to(device)
+    use_folded(folded)  # relative positions folded into q and k: the flash kernel, no bias
+    record("bfloat16 folded b32", runtimes.TorchEncoder(folded, device, "bfloat16"), "medsam_vit_b", 32)
+    if not args.skip_compile:
+        encoder = runtimes.TorchEncoder(folded, device, "bfloat16", compile=True)
+        for batch in args.gpu_batch_sizes:
+            record(f"bfloat16 folded compiled b{batch}", encoder, "medsam_vit_b", batch)
+    del folded
     del vit
     lite = backbones.build_image_encoder("lite_medsam", checkpoints["lite_medsam"]).to(device)
     for precision in ("float32", "bfloat16"):

@@ -140,3 +140,28 @@ def test_the_vit_b_encoder_is_built_with_sdpa_attention(vit_b_checkpoint: Path) 
     encoder = backbones.build_image_encoder("medsam_vit_b", vit_b_checkpoint)
     kinds = {type(m) for m in encoder.modules() if isinstance(m, Attention)}
     assert kinds == {SdpaAttention}
+
+
+def test_folded_attention_computes_the_same_encoder() -> None:
+    """The relative positions folded into queries and keys (ViT-B's attention on a GPU) keep the encoder's maths,
+    in the windowed blocks (7 x 7, widths padded to a multiple of 8) and in the global one (32 x 32)."""
+    from segment_anything.modeling import ImageEncoderViT
+
+    from autoprompt.model.attention import FoldedAttention, use_folded
+
+    torch.manual_seed(0)
+    encoder = ImageEncoderViT(
+        img_size=512, embed_dim=32, depth=2, num_heads=2, use_rel_pos=True, global_attn_indexes=(1,), window_size=7
+    ).eval()
+    for module in encoder.modules():
+        if isinstance(module, Attention):
+            torch.nn.init.normal_(module.rel_pos_h, std=0.1)
+            torch.nn.init.normal_(module.rel_pos_w, std=0.1)
+    x = torch.rand(2, 3, 512, 512)
+    with torch.no_grad():
+        expected = encoder(x)
+        assert use_sdpa(encoder) == 2
+        torch.testing.assert_close(encoder(x), expected, rtol=1e-4, atol=1e-4)
+        assert use_folded(encoder) == 2
+        assert {type(m) for m in encoder.modules() if isinstance(m, Attention)} == {FoldedAttention}
+        torch.testing.assert_close(encoder(x), expected, rtol=1e-4, atol=1e-4)
