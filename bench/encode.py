@@ -37,11 +37,11 @@ from pathlib import Path
 
 import common
 import torch
-from segment_anything.modeling.image_encoder import Attention, get_rel_pos
+from segment_anything.modeling.image_encoder import Attention
 from torch import Tensor, nn
 
 from autoprompt.model import backbones, runtimes
-from autoprompt.model.attention import SdpaAttention, use_folded
+from autoprompt.model.attention import SdpaAttention, merge_heads, relative_tables, split_heads, use_folded
 from stages import CPU_CODE_PATHS
 
 log = logging.getLogger("bench.encode")
@@ -60,21 +60,16 @@ class FlexAttention(Attention):
     def forward(self, x: Tensor) -> Tensor:
         from torch.nn.attention.flex_attention import flex_attention
 
-        batch, h, w, _ = x.shape
-        n = h * w
-        qkv = self.qkv(x).reshape(batch, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each B x heads x N x C
-        r_q = q.reshape(batch, self.num_heads, h, w, -1)
-        table_h = get_rel_pos(h, h, self.rel_pos_h).to(q.dtype)
-        table_w = get_rel_pos(w, w, self.rel_pos_w).to(q.dtype)
-        rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, table_h).reshape(batch, self.num_heads, n, h)
-        rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, table_w).reshape(batch, self.num_heads, n, w)
+        size = x.shape[1:3]
+        q, k, v = split_heads(self, x)
+        rel_h, rel_w = relative_tables(self, q, size)
+        w = size[1]
 
         def add_positions(score: Tensor, b: Tensor, head: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
             return score + rel_h[b, head, q_idx, kv_idx // w] + rel_w[b, head, q_idx, kv_idx % w]
 
         out = flex_attention(q, k, v, score_mod=add_positions, scale=self.scale)
-        return self.proj(out.permute(0, 2, 1, 3).reshape(batch, h, w, -1))
+        return merge_heads(self, out, size)
 
 
 def use_flex(encoder: nn.Module, min_tokens: int = 1024) -> int:

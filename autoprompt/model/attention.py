@@ -16,36 +16,49 @@ from segment_anything.modeling.image_encoder import Attention, get_rel_pos
 from torch import Tensor, nn
 
 
-def relative_position_bias(q: Tensor, rel_pos_h: Tensor, rel_pos_w: Tensor, size: tuple[int, int]) -> Tensor:
-    """(B * heads) x N x C queries of an H x W grid (N = H * W) -> (B * heads) x N x N additive attention bias.
+def split_heads(attention: Attention, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """B x H x W x C -> q, k, v, each B x heads x N x C / heads (N = H * W)."""
+    batch, h, w, _ = x.shape
+    qkv = attention.qkv(x).reshape(batch, h * w, 3, attention.num_heads, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    return q, k, v
 
-    segment-anything's ``add_decomposed_rel_pos`` without the attention matrix: bias[q, k] = <q, Rh[q_h - k_h]> +
-    <q, Rw[q_w - k_w]>, the unscaled queries as there."""
+
+def merge_heads(attention: Attention, out: Tensor, size: tuple[int, int]) -> Tensor:
+    """B x heads x N x C / heads -> B x H x W x C, through the output projection."""
+    batch = out.shape[0]
+    return attention.proj(out.permute(0, 2, 1, 3).reshape(batch, *size, -1))
+
+
+def relative_tables(attention: Attention, q: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """B x heads x N x c queries of an H x W grid -> rel_h (B x heads x N x H) and rel_w (B x heads x N x W).
+
+    segment-anything's decomposed relative positions without the attention matrix: the bias of query q and key
+    (k_h, k_w) is rel_h[q, k_h] + rel_w[q, k_w] = <q, Rh[q_h - k_h]> + <q, Rw[q_w - k_w]>, the unscaled queries."""
     h, w = size
-    batch, n, dim = q.shape
+    batch, heads, n, dim = q.shape
     assert n == h * w, f"{n} queries for a {h} x {w} grid"
-    r_q = q.reshape(batch, h, w, dim)
-    rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, get_rel_pos(h, h, rel_pos_h))
-    rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, get_rel_pos(w, w, rel_pos_w))
-    return (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).reshape(batch, n, n)
+    r_q = q.reshape(batch, heads, h, w, dim)
+    rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, get_rel_pos(h, h, attention.rel_pos_h).to(q.dtype))
+    rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, get_rel_pos(w, w, attention.rel_pos_w).to(q.dtype))
+    return rel_h.reshape(batch, heads, n, h), rel_w.reshape(batch, heads, n, w)
 
 
 class SdpaAttention(Attention):
-    """segment-anything's ViT ``Attention`` (same parameters and state dict), computed by SDPA.
+    """segment-anything's ViT ``Attention`` (same parameters and state dict), computed by SDPA with the relative
+    positions as a B x heads x N x N bias.
 
     B x H x W x C -> B x H x W x C."""
 
     def forward(self, x: Tensor) -> Tensor:
-        batch, h, w, _ = x.shape
-        qkv = self.qkv(x).reshape(batch, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each B x heads x N x C
+        size = x.shape[1:3]
+        q, k, v = split_heads(self, x)
         bias = None
         if self.use_rel_pos:
-            flat = q.reshape(batch * self.num_heads, h * w, -1)
-            bias = relative_position_bias(flat, self.rel_pos_h, self.rel_pos_w, (h, w))
-            bias = bias.reshape(batch, self.num_heads, h * w, h * w).to(q.dtype)
+            rel_h, rel_w = relative_tables(self, q, size)
+            bias = (rel_h[..., :, None] + rel_w[..., None, :]).flatten(-2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
-        return self.proj(out.permute(0, 2, 1, 3).reshape(batch, h, w, -1))
+        return merge_heads(self, out, size)
 
 
 class FoldedAttention(Attention):
@@ -57,33 +70,19 @@ class FoldedAttention(Attention):
     B x H x W x C -> B x H x W x C."""
 
     def forward(self, x: Tensor) -> Tensor:
-        batch, h, w, _ = x.shape
-        n = h * w
-        qkv = self.qkv(x).reshape(batch, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each B x heads x N x C
-        dim = q.shape[-1]
-        r_q = q.reshape(batch, self.num_heads, h, w, dim)
-        rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, get_rel_pos(h, h, self.rel_pos_h).to(q.dtype))
-        rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, get_rel_pos(w, w, self.rel_pos_w).to(q.dtype))
+        size = h, w = x.shape[1:3]
+        q, k, v = split_heads(self, x)
+        batch, heads, n, dim = q.shape
+        rel_h, rel_w = relative_tables(self, q, size)
         index = torch.arange(n, device=x.device)
-        rows = F.one_hot(index // w, h).to(q.dtype).expand(batch, self.num_heads, n, h)
-        cols = F.one_hot(index % w, w).to(q.dtype).expand(batch, self.num_heads, n, w)
+        rows = F.one_hot(index // w, h).to(q.dtype).expand(batch, heads, n, h)
+        cols = F.one_hot(index % w, w).to(q.dtype).expand(batch, heads, n, w)
         pad = -(dim + h + w) % 8
-        q2 = F.pad(
-            torch.cat(
-                [
-                    q,
-                    rel_h.reshape(batch, self.num_heads, n, h) / self.scale,
-                    rel_w.reshape(batch, self.num_heads, n, w) / self.scale,
-                ],
-                -1,
-            ),
-            (0, pad),
-        )
+        q2 = F.pad(torch.cat([q, rel_h / self.scale, rel_w / self.scale], -1), (0, pad))
         k2 = F.pad(torch.cat([k, rows, cols], -1), (0, pad))
         v2 = F.pad(v, (0, h + w + pad))
         out = F.scaled_dot_product_attention(q2, k2, v2, scale=self.scale)[..., :dim]
-        return self.proj(out.permute(0, 2, 1, 3).reshape(batch, h, w, -1))
+        return merge_heads(self, out, size)
 
 
 def use_folded(encoder: nn.Module) -> int:
