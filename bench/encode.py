@@ -99,11 +99,8 @@ def cpu_encoders(name: str, checkpoint: Path, group: str) -> tuple[dict, dict]:
     """The CPU encoders of one group, and the seconds each took to build (OpenVINO: conversion + compile)."""
     encoders, build_seconds = {}, {}
     precisions = ["float32"]
-    if group == "native":
-        import openvino
-
-        if "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
-            precisions.append("bfloat16")
+    if group == "native" and runtimes.cpu_has_bfloat16():
+        precisions.append("bfloat16")
     start = time.perf_counter()
     encoders["torch float32"] = runtimes.build_encoder(
         name, checkpoint, runtimes.Choice("torch", "float32"), CPU, CACHE

@@ -112,9 +112,7 @@ def main() -> None:
     cpu = "not run: --skip-cpu"
     if not args.skip_cpu:
         choices = {"openvino float32": runtimes.Choice("openvino", "float32")}
-        import openvino
-
-        if "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        if runtimes.cpu_has_bfloat16():
             choices["openvino bfloat16"] = runtimes.Choice("openvino", "bfloat16")
             cpu = compare(torch.device("cpu"), choices, data, args)
         else:

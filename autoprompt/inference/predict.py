@@ -158,9 +158,7 @@ def predict(
     )
     if not todo:
         return summary
-    predictor = Predictor(
-        model, select_device(device), batch_size, checkpoint, runtime, None if cache_dir is None else Path(cache_dir)
-    )
+    predictor = Predictor(model, select_device(device), batch_size, checkpoint, runtime, cache_dir)
     timings = predictor.timings
     value = model.label_value if label_value == "model" else 1 if label_value is None else int(label_value)
     for job in tqdm(todo, desc="predict", unit="input"):

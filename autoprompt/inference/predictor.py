@@ -71,7 +71,7 @@ class Predictor:
         batch_size: int = 8,
         checkpoint: Path | str | None = None,
         runtime: str = "auto",
-        cache_dir: Path | None = None,
+        cache_dir: Path | str | None = None,
     ) -> None:
         path = checked_checkpoint(model, checkpoint)
         state = backbones.load_state_dict(path)

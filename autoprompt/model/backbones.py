@@ -6,6 +6,7 @@ encoder and mask decoder design. Checkpoints are read with ``torch.load(..., wei
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections.abc import Callable
@@ -100,6 +101,14 @@ def resolve_checkpoint(name: str, configured: str | None) -> Path:
 
 
 def file_sha256(path: Path) -> str:
+    """The sha256 of a file, read once per path, size and modification time (checkpoints are hashed by several
+    steps of one process: the store's identity, the converted encoder's name, predict's check)."""
+    stat = Path(path).stat()
+    return _file_sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with Path(path).open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

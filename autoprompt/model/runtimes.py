@@ -63,6 +63,14 @@ def openvino_available() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
+def cpu_has_bfloat16() -> bool:
+    """Whether OpenVINO can run bfloat16 on this CPU. It starts OpenVINO's CPU plugin, which reads the instruction-set
+    cap once: in a process that will compile bfloat16, call it only after ``_lift_isa_pin_for_bf16``."""
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
 def choose(runtime: str, device: torch.device, cpu_precision: str = "float32", gpu_autocast: str = "") -> Choice:
     """Resolve ``runtime`` (``auto``: torch on a GPU, OpenVINO on a CPU when installed, else torch) and the
     precision it computes in: ``gpu_autocast`` on a GPU (empty: float32), ``cpu_precision`` on a CPU."""
@@ -117,11 +125,10 @@ def ir_folder(cache_dir: Path, backbone: str, checkpoint_sha256: str) -> Path:
 
 
 def convert_to_openvino(module: nn.Module, backbone: str, folder: Path) -> Path:
-    """Convert the encoder for one 1 x 3 x S x S image into ``folder`` (written whole: a temporary folder renamed)."""
+    """Convert the encoder for one 1 x 3 x S x S image into ``folder`` (written whole: a temporary folder renamed;
+    ``build_encoder`` calls it only when ``folder`` holds no converted graph)."""
     import openvino as ov
 
-    if (folder / IR_NAME).is_file():
-        return folder / IR_NAME
     size = backbones.get_spec(backbone).input_size
     log.info("converting the %s encoder for OpenVINO into %s (once per checkpoint)", backbone, folder)
     tmp = folder.with_name(f".{folder.name}.new-{os.getpid()}")
@@ -164,7 +171,7 @@ class OpenVinoEncoder:
         if precision == "bfloat16":
             _lift_isa_pin_for_bf16()  # before the CPU plugin's first use
         core = ov.Core()
-        if precision == "bfloat16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        if precision == "bfloat16" and not cpu_has_bfloat16():
             raise InputError(
                 "encode.cpu_precision bfloat16: this CPU has no bfloat16 instructions; use float32 in params.yaml"
             )
