@@ -8,7 +8,12 @@ metrics with the committed ones, per task and as each row's average over the tas
         ONEDNN_MAX_CPU_ISA=ALL NPY_DISABLE_CPU_FEATURES= dvc repro demo/dvc.yaml && cd - && \\
         python bench/spread.py /tmp/spread/demo/metrics
 
-Writes ``bench/results/spread.json``.
+Writes ``bench/results/spread.json``. The same comparison measures what any other change of the last bits moves,
+given as ``--perturbation`` and written under ``--name``; the move of the demo's encoder from torch to OpenVINO
+(the torch-era metrics are those of commit 0abe3ca):
+
+    git worktree add /tmp/torch-era 0abe3ca && python bench/spread.py /tmp/torch-era/demo/metrics \
+        --perturbation "encoder: torch -> OpenVINO float32" --name spread_runtime
 """
 
 from __future__ import annotations
@@ -67,17 +72,19 @@ def spread(committed: dict, other: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("other", type=Path, help="demo/metrics of the run under the perturbed code paths")
+    parser.add_argument("--perturbation", default=PERTURBATION, help="what differs between the two runs")
+    parser.add_argument("--name", default="spread", help="result file: bench/results/<name>.json")
     args, machine = common.parse_and_start(parser)
     committed = means(common.REPO / "demo" / "metrics")
     result = {
-        "what": "change of the demo's metrics (points; HD95 in mm) when re-run under other CPU code paths",
-        "perturbation": PERTURBATION,
+        "what": "change of the demo's metrics (points; HD95 in mm) between the committed run and another",
+        "perturbation": args.perturbation,
         "machine": machine,
         "spread": spread(committed, means(args.other)),
     }
     for family, numbers in result["spread"].items():
         log.info("%s: %s", family, {k: v for k, v in numbers.items() if k != "rows"})
-    common.write_result("spread", result)
+    common.write_result(args.name, result)
 
 
 if __name__ == "__main__":

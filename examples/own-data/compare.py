@@ -31,7 +31,7 @@ def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
 
 
 def compare(dataset: Path, predictions: Path) -> pd.DataFrame:
-    """One row per scored image: its name and Dice (%) on the image's own grid."""
+    """One row per scored image: its name, Dice (%) on the image's own grid and the mask's foreground pixels."""
     trained = set(pd.read_csv(dataset / "boxes.csv")["image"])
     rows = []
     for mask_path in sorted((dataset / "masks").iterdir()):
@@ -44,7 +44,7 @@ def compare(dataset: Path, predictions: Path) -> pd.DataFrame:
         prediction = sitk.GetArrayFromImage(sitk.ReadImage(str(predicted))) > 0
         if prediction.shape != truth.shape:
             raise InputError(f"{predicted}: shape {prediction.shape} differs from its mask's {truth.shape}")
-        rows.append({"image": mask_path.name, "dice": dice(prediction, truth)})
+        rows.append({"image": mask_path.name, "dice": dice(prediction, truth), "foreground": int(truth.sum())})
     return pd.DataFrame(rows)
 
 
@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> None:
             "std": round(float(values.std()), 4),
             "median": round(float(np.median(values)), 4),
             "below_80": int((values < 80).sum()),
+            "below_80_smaller_than_median": int(
+                ((values < 80) & (table["foreground"] < table["foreground"].median())).sum()
+            ),
         },
     }
     write_text(args.metrics, json.dumps(summary, indent=2) + "\n")
