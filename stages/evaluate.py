@@ -34,9 +34,11 @@ from autoprompt.evaluation.references import (
 from autoprompt.evaluation.scoring import ENSEMBLE, Scores
 from autoprompt.io import atomic_path, write_text
 from autoprompt.model import backbones
+from autoprompt.model import baselines as methods
 from autoprompt.model.decoding import predict
 from autoprompt.stage import load_params, pin_cpu_numerics, run, select_device, task_parser
 from autoprompt.training import runs
+from autoprompt.training.baselines import predict_baseline
 
 log = logging.getLogger("evaluate")
 
@@ -53,12 +55,32 @@ def log_dice(task: str, scored: list[Scored]) -> None:
         )
 
 
+def predict_run(
+    run_dir: Path,
+    decoder: torch.nn.Module,
+    images: torch.Tensor | None,
+    embeddings: torch.Tensor,
+    label_size: int,
+    batch: int,
+    device: torch.device,
+) -> tuple[str, torch.Tensor, str]:
+    """A baseline run's method, N x S x S test probabilities and table title (``images``: N x S x S uint8)."""
+    state, config = runs.load_model(run_dir)
+    name, settings = config["method"], config["settings"]
+    model = methods.build(name, {**settings, "weights": None}, decoder)  # the run's own weights replace any start
+    model.load_state_dict(state)
+    size = settings.get("input_size")
+    probs = predict_baseline(name, model, decoder, images, embeddings, label_size, size, batch, device)
+    return name, probs, config["title"]
+
+
 def main(argv: list[str] | None = None) -> None:
     args = task_parser(__doc__)
     args.add_argument("--models", type=Path, required=True, help="folder of the task's runs")
     args.add_argument("--metrics", type=Path, required=True, help="metrics JSON to write")
     args.add_argument("--per-image", type=Path, required=True, help="per-image CSV to write")
     args.add_argument("--figure", type=Path, required=True, help="PNG of example predictions to write")
+    args.add_argument("--baselines", type=Path, help="folder of the task's baseline runs (the baseline stage's)")
     args = args.parse_args(argv)
     params = load_params(args.params)
     settings, encode = params["evaluate"], params["encode"]
@@ -85,17 +107,28 @@ def main(argv: list[str] | None = None) -> None:
     groups: dict[str, dict[str, list[Scores]]] = {ref.name: {} for ref in refs}
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
-    selected_epochs: dict[str, int] = {}
-    for run_dir in tqdm(run_dirs, desc=f"evaluate {args.task}", unit="run"):
-        head, _ = runs.load_head(run_dir)
-        key = runs.run_key(run_dir)
+
+    def add(key: str, probs: torch.Tensor) -> None:
+        """Score one run's N x S x S test probabilities into its group (``recipe/regime`` or ``method/regime``)."""
         group = runs.group_key(key)
-        probs = predict(decoder, embeddings, task.label_size, batch, device, head=head)
         for ref in refs:
             groups[ref.name].setdefault(group, []).append(ref.score(probs, threshold, tolerance))
         sums[group] = sums.get(group, 0) + probs
         counts[group] = counts.get(group, 0) + 1
+
+    selected_epochs: dict[str, int] = {}
+    for run_dir in tqdm(run_dirs, desc=f"evaluate {args.task}", unit="run"):
+        head, _ = runs.load_head(run_dir)
+        key = runs.run_key(run_dir)
+        add(key, predict(decoder, embeddings, task.label_size, batch, device, head=head))
         selected_epochs[key] = runs.load_record(run_dir).get("selected_epoch")
+    titles = {}
+    baseline_dirs = runs.finished_runs(args.baselines, runs.MODEL) if args.baselines else []
+    images = task.load_images(rows) if baseline_dirs else None
+    for run_dir in tqdm(baseline_dirs, desc=f"evaluate {args.task} baselines", unit="run"):
+        name, probs, title = predict_run(run_dir, decoder, images, embeddings, task.label_size, batch, device)
+        add(runs.run_key(run_dir), probs)
+        titles[name] = title
     means = {group: total.div_(counts[group]) for group, total in sums.items()}  # in place: one copy per group
     scored = [
         score_rows(ref, groups[ref.name], means, tight_probs if ref.name == MASK else None, threshold, tolerance)
@@ -111,6 +144,8 @@ def main(argv: list[str] | None = None) -> None:
         "(over patients for dice_3d)",
         **metric_blocks(scored),
     }
+    if titles:
+        result["methods"] = dict(sorted(titles.items()))  # the baselines' names in the table
     if params["train"]["select"] == "best":
         result["selected_epochs"] = selected_epochs
     write_text(args.metrics, json.dumps(result, indent=2) + "\n")
@@ -118,8 +153,8 @@ def main(argv: list[str] | None = None) -> None:
         per_image(rows, scored).to_csv(tmp, index=False, float_format="%.5f")
 
     shown = {TIGHT_BOX: tight_probs[:count]}
-    for group, n in counts.items():  # the figure shows each recipe's few-shot ensemble (or its one run)
-        if group.endswith("/fewshot"):
+    for group, n in counts.items():  # each recipe's and baseline's few-shot ensemble (or its one run)
+        if group.endswith(("/fewshot", "/oneshot")):
             shown[f"{group}_{ENSEMBLE}" if n > 1 else group] = means[group][:count]
     images = torch.from_numpy(task.prepared["images"].get_orthogonal_selection((rows["row"].to_numpy()[:count],)))
     with atomic_path(args.figure) as tmp:

@@ -17,7 +17,7 @@ from autoprompt.evaluation.metrics import dice
 from autoprompt.model import backbones
 from autoprompt.model.decoding import predict
 from autoprompt.training import runs
-from stages import encode, evaluate, prepare, report, simulate, train
+from stages import baseline, encode, evaluate, prepare, report, simulate, train
 from tests.conftest import RUNTIME_CACHE
 
 DEMO_PARAMS = Path(__file__).resolve().parents[1] / "demo" / "params.yaml"
@@ -29,6 +29,20 @@ def demo_recipes(epochs: dict[str, tuple[int, int]]) -> dict:
     for name, (count, milestone) in epochs.items():
         recipes[name]["epochs"]["fewshot"], recipes[name]["milestones"]["fewshot"] = count, [milestone]
     return {name: recipes[name] for name in epochs}
+
+
+def baseline_section(epochs: int, **extra: object) -> dict:
+    """A tiny ``baseline.<method>`` section: the stage's plumbing, not the methods' accuracy (tests/test_baselines)."""
+    return {
+        "epochs": {"fewshot": epochs, "all": epochs},
+        "milestones": {"fewshot": [epochs], "all": [epochs]},
+        "gamma": 0.1,
+        "batch_size": 4,
+        "lr": 1e-3,
+        "weight_decay": 1e-4,
+        "augment": {"dihedral": 0.0, "zoom": 0.2, "shift": 0.1},
+        **extra,
+    }
 
 
 PARAMS = {
@@ -68,6 +82,17 @@ PARAMS = {
         "threads": 2,
         "recipes": demo_recipes({"workshop": (20, 15), "followup": (10, 8)}),
     },
+    "baseline": {
+        "methods": ["unet", "transunet", "autosam", "head_masks", "persam"],
+        "all_images": False,
+        "device": "cpu",
+        "threads": 2,
+        "unet": baseline_section(2, input_size=64, channels=[4, 8, 16], strides=[2, 2], res_units=0),
+        "transunet": baseline_section(2, input_size=64, encoder="vit_tiny_r_s16_p8_224", weights=None),
+        "autosam": baseline_section(2, input_size=64, encoder="resnet18", weights=None),
+        "head_masks": baseline_section(2),
+        "persam": {"references": 2},
+    },
     "evaluate": {
         "threshold": 0.5,
         "batch_size": 8,
@@ -92,6 +117,7 @@ def pipeline(tmp_path_factory):
     encode.main([*p, "--dataset", "hc18", "--store", str(store), "--out", str(emb)])
     data = ["--task", "hc18", "--prepared", str(store), "--index", str(index), "--embeddings", str(emb)]
     train.main([*p, *data, "--out", str(root / "models")])
+    baseline.main([*p, *data, "--out", str(root / "baselines")])
     evaluate.main(
         [
             *p,
@@ -104,6 +130,8 @@ def pipeline(tmp_path_factory):
             str(root / "metrics/hc18/per_image.csv"),
             "--figure",
             str(root / "metrics/hc18/examples.png"),
+            "--baselines",
+            str(root / "baselines"),
         ]
     )
     report.main(
@@ -235,3 +263,42 @@ def test_a_corrected_training_box_trains_its_run_again(pipeline, tmp_path, caplo
     with caplog.at_level("INFO"):
         train.main(stage_args(tmp_path))
     assert "2 runs planned, 1 already trained, 1 to train" in caplog.text
+
+
+def test_baselines_are_scored_and_tabled_beside_the_head(pipeline):
+    """Every baseline's runs are scored on the head's test images, under their own keys, and named in the table."""
+    result = json.loads((pipeline / "metrics/hc18.json").read_text())
+    for method in ("unet", "transunet", "autosam", "head_masks"):
+        row = result["dice"][method]["fewshot"]
+        assert row["n"] == 2 and row["over"] == "runs" and 0 <= row["mean"] <= 100, method
+        assert "fewshot" in result["nsd"][method]
+    assert result["dice"]["persam"]["oneshot"]["n"] == 2
+    assert result["methods"]["transunet"] == "TransUNet (vit_tiny_r_s16_p8_224, no pretraining)"
+    subsets = [runs.load_model(f)[1]["ids"] for f in sorted((pipeline / "baselines/unet/fewshot").iterdir())]
+    heads = [runs.load_head(f)[1]["ids"] for f in sorted((pipeline / "models/workshop/fewshot").iterdir())]
+    assert subsets == heads, "the baselines train on the head's few-shot subsets"
+    table = (pipeline / "metrics/table.md").read_text().replace("**", "")
+    for row in ("UNet (MONAI) — ours, LiteMedSAM | 8 | masks", "PerSAM — ours, LiteMedSAM | 1 | mask",
+                "AutoSAM (resnet18, no pretraining) — ours, LiteMedSAM | 8 | masks",
+                "Prompt module trained with masks — ours, LiteMedSAM | 8 | masks"):  # fmt: skip
+        assert row in table, row
+    assert "dice:unet/fewshot" in pd.read_csv(pipeline / "metrics/hc18/per_image.csv").columns
+
+
+def test_baselines_resume_and_leave_out_runs_without_masks(pipeline, tmp_path, caplog):
+    """A second call trains nothing; an image without a mask takes its runs out of the plan, with a warning."""
+    with caplog.at_level("INFO"):
+        baseline.main(stage_args(pipeline, "baselines"))
+    assert "10 baseline runs planned, 10 already trained, 0 to train" in caplog.text
+    for name in ("prepared.zarr", "embeddings.zarr", "params.yaml"):
+        (tmp_path / name).symlink_to(pipeline / name)
+    index = pd.read_csv(pipeline / "prepared.csv", dtype={"id": str, "subject": str})
+    first = runs.load_model(pipeline / "baselines/unet/fewshot/subset0-seed0")[1]["ids"][0]
+    index["has_mask"] = (index["id"] != first).astype(int)
+    index.to_csv(tmp_path / "prepared.csv", index=False)
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        baseline.main(stage_args(tmp_path, "baselines"))
+    assert "unet fewshot/subset0-seed0 left out: 1 of its images have no mask" in caplog.text
+    kept = {runs.run_key(f) for f in runs.finished_runs(tmp_path / "baselines", runs.MODEL)}
+    assert "unet/fewshot/subset0-seed0" not in kept and any(k.startswith("persam/") for k in kept)

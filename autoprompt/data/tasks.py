@@ -45,6 +45,10 @@ class Task:
         """N x 256 x 64 x 64 float16 embeddings of ``rows``."""
         return torch.from_numpy(_select(self.embeddings["embeddings"], rows["row"].to_numpy()))
 
+    def load_images(self, rows: pd.DataFrame) -> Tensor:
+        """N x S x S uint8 prepared images of ``rows``."""
+        return torch.from_numpy(_select(self.prepared["images"], rows["row"].to_numpy()))
+
     def load_masks(self, rows: pd.DataFrame) -> Tensor:
         """N x S x S boolean masks of the task's class (all False for the rows without a mask)."""
         return torch.from_numpy(_select(self.prepared["labels"], rows["row"].to_numpy()) == self.label_value)

@@ -1,7 +1,9 @@
 """The paper's Table 1 with our rows beside its own (test Dice, %), and a second table of surface metrics.
 
 Our rows come from ``metrics/<task>.json``: under each paper row that we compute (``ours`` in the reference table:
-``tight_box``, or a regime, ``fewshot`` / ``all``), one row per recipe trained, then its ensemble where it has one.
+``tight_box``; a regime, ``fewshot`` / ``all``: one row per recipe trained, then its ensemble where it has one; or a
+baseline's ``method/regime``: its row, named as the metrics' ``methods`` name it). A reference row without any
+paper value (a baseline the paper does not have) shows only our row.
 """
 
 from __future__ import annotations
@@ -46,9 +48,12 @@ def lookup(tree: dict, key: str) -> dict | None:
     return tree
 
 
-def our_rows(regime: str, recipes: list[str], backbone: str) -> list[tuple[str, str]]:
-    """(metrics key, method name) of our rows under a paper row of ``regime``."""
+def our_rows(regime: str, recipes: list[str], backbone: str, titles: dict | None = None) -> list[tuple[str, str]]:
+    """(metrics key, method name) of our rows under a paper row of ``regime``; ``titles``: baseline -> its name."""
     name = BACKBONE_NAMES.get(backbone, backbone)
+    if "/" in regime:  # a baseline's method/regime
+        method = regime.split("/")[0]
+        return [(regime, f"{(titles or {}).get(method, method)} — ours, {name}")]
     if regime == TIGHT_BOX:
         return [(TIGHT_BOX, f"{name} (tight box prompt) — ours")]
     rows = []
@@ -68,19 +73,32 @@ def build_table(
     """
     paper = paper_table()
     by_column = {column: metrics[task]["dice"] for task, column in columns.items() if task in metrics}
+    titles = baseline_titles(metrics)
     task_columns = [c for c in paper.columns if c not in (*FIXED, "ours")]
     rows = []
     for _, row in paper.iterrows():
-        rows.append({k: row[k] for k in paper.columns if k != "ours"} | {"source": "paper"})
+        if any(row[c] for c in task_columns):
+            rows.append({k: row[k] for k in paper.columns if k != "ours"} | {"source": "paper"})
         if not row["ours"]:
             continue
-        for key, method in our_rows(row["ours"], recipes, backbone):
+        for key, method in our_rows(row["ours"], recipes, backbone, titles):
             cells = {column: cell(lookup(by_column.get(column, {}), key)) for column in task_columns}
             if all(value == "–" for value in cells.values()):
                 continue
-            samples = str(shots) if row["ours"] == "fewshot" else row["samples"]
+            samples = str(shots) if row["ours"].endswith("fewshot") else row["samples"]
             rows.append({"method": method, "samples": samples, "labels": row["labels"], **cells, "source": "ours"})
     return pd.DataFrame(rows)
+
+
+def baseline_titles(metrics: dict[str, dict]) -> dict[str, str]:
+    """Baseline -> its name in the table, from every task's metrics (``methods``)."""
+    return {k: v for data in metrics.values() for k, v in data.get("methods", {}).items()}
+
+
+def baseline_keys() -> list[tuple[str, str]]:
+    """(samples, ``method/regime``) of the reference table's baseline rows, in its order."""
+    paper = paper_table()
+    return [(row["samples"], row["ours"]) for _, row in paper.iterrows() if "/" in row["ours"]]
 
 
 def surface_table(
@@ -89,10 +107,14 @@ def surface_table(
     """Our rows only (the paper reports no surface metrics): per task NSD (%), HD95 (mm) and, for slices of
     volumes, per-patient 3D Dice (%)."""
     samples = {TIGHT_BOX: "-", "fewshot": str(shots), "all": "All"}
-    keys = [(regime, *k) for regime in samples for k in our_rows(regime, recipes, backbone)]
+    keys = [(samples[regime], *k) for regime in samples for k in our_rows(regime, recipes, backbone)]
+    titles = baseline_titles(metrics)
+    for count, regime in baseline_keys():
+        count = str(shots) if regime.endswith("fewshot") else count
+        keys += [(count, *k) for k in our_rows(regime, recipes, backbone, titles)]
     rows = []
-    for regime, key, method in keys:
-        row = {"method": method, "samples": samples[regime]}
+    for count, key, method in keys:
+        row = {"method": method, "samples": count}
         for task, column in columns.items():
             data = metrics.get(task, {})
             row[f"{column} NSD"] = cell(lookup(data.get("nsd", {}), key))
@@ -125,21 +147,26 @@ def parse_cell(text: str) -> tuple[float, float | None] | None:
 
 def bar_rows(metrics: dict[str, dict], columns: dict[str, str], recipes: list[str], shots: int | str) -> list[dict]:
     """Our single-run rows against the paper's matching rows, per Table 1 column, for ``figures.dice_bars``."""
-    names = {TIGHT_BOX: "tight box", "all": "all images", "fewshot": f"{shots} images"}
+    names = {TIGHT_BOX: "tight box", "all": "Prompt module, All boxes", "fewshot": f"Prompt module, {shots} boxes"}
     out = []
     for _, row in paper_table().iterrows():
         regime = row["ours"]
         if not regime:
             continue
-        keys = [TIGHT_BOX] if regime == TIGHT_BOX else [f"{recipe}/{regime}" for recipe in recipes]
-        for key in keys:
-            recipe = key.split("/")[0] if key != TIGHT_BOX else ""
+        if "/" in regime:  # a baseline: its own row
+            samples = str(shots) if regime.endswith("fewshot") else row["samples"]
+            labels = {regime: f"{row['method'].split(' (')[0]}, {samples} {row['labels']}"}
+        elif regime == TIGHT_BOX:
+            labels = {TIGHT_BOX: names[TIGHT_BOX]}
+        else:
+            labels = {f"{recipe}/{regime}": f"{names[regime]} ({recipe})" for recipe in recipes}
+        for key, label in labels.items():
             for task, column in columns.items():
                 ours = lookup(metrics.get(task, {}).get("dice", {}), key)
                 out.append(
                     {
                         "column": column,
-                        "method": names[regime] + (f" ({recipe})" if recipe else ""),
+                        "method": label,
                         "paper": parse_cell(row[column]),
                         "ours": (ours["mean"], ours["std"]) if ours else None,
                     }

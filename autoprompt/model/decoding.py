@@ -32,8 +32,14 @@ class PromptDecoder(nn.Module):
         assert boxes.ndim == 2 and boxes.shape[1] == 4, f"expected B x 4 boxes, got {tuple(boxes.shape)}"
         return self.prompt_encoder(points=None, boxes=boxes.float(), masks=None)
 
-    def forward(self, embeddings: Tensor, sparse: Tensor, dense: Tensor) -> Tensor:
-        """Image embeddings B x 256 x 64 x 64 and one prompt per image -> low-resolution logits B x 1 x 256 x 256."""
+    def forward(
+        self, embeddings: Tensor, sparse: Tensor, dense: Tensor, semantic: Tensor | None = None, multimask: bool = False
+    ) -> Tensor:
+        """Image embeddings B x 256 x 64 x 64 and one prompt per image -> low-resolution logits B x 1 x 256 x 256.
+
+        ``semantic`` (B x 256): added to every token, the output tokens and the prompt's (PerSAM's target-semantic
+        prompting). ``multimask``: of the three ambiguity-aware masks, the one with the highest predicted IoU, as
+        segment-anything's predictor picks for point prompts; else the single-mask output."""
         decoder = self.mask_decoder
         batch, channels, height, width = embeddings.shape
         assert sparse.shape[0] == batch and sparse.shape[2] == channels, (
@@ -43,14 +49,23 @@ class PromptDecoder(nn.Module):
 
         output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
         tokens = torch.cat([output_tokens[None].expand(batch, -1, -1), sparse], dim=1)
+        if semantic is not None:
+            assert semantic.shape == (batch, channels), f"semantic prompts {tuple(semantic.shape)}"
+            tokens = tokens + semantic[:, None, :]
         src = embeddings + dense
         pos = self.image_pe().expand(batch, -1, -1, -1)
 
         hs, src = decoder.transformer(src, pos, tokens)
-        first_mask_token = hs[:, 1, :]  # token 0 is the IoU token; mask token 0 is the single-mask output
         upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(batch, channels, height, width))
-        hyper = decoder.output_hypernetworks_mlps[0](first_mask_token)  # B x C'
         b, c, h, w = upscaled.shape
+        if multimask:  # token 0 is the IoU token, mask tokens 1..3 the ambiguity-aware outputs
+            best = decoder.iou_prediction_head(hs[:, 0, :])[:, 1:].argmax(1) + 1  # B
+            mask_token = hs[torch.arange(batch), 1 + best, :]
+            hyper = torch.stack(
+                [decoder.output_hypernetworks_mlps[int(k)](t) for k, t in zip(best, mask_token, strict=True)]
+            )
+        else:  # mask token 0 is the single-mask output
+            hyper = decoder.output_hypernetworks_mlps[0](hs[:, 1, :])  # B x C'
         return torch.bmm(hyper[:, None, :], upscaled.reshape(b, c, h * w)).reshape(b, 1, h, w)
 
 

@@ -106,6 +106,14 @@ def trains_all_images(train: dict, recipe: str) -> bool:
     return recipe in setting
 
 
+@dataclass(frozen=True)
+class HeadStart:
+    """Where a head starts (``train.init``): the ``init_prompt`` of ``INIT_PROMPTS`` and the output layers' scale."""
+
+    init_prompt: str = "mean_box"
+    init_scale: float = 0.01
+
+
 @dataclass
 class TrainResult:
     """The selected head, the epoch it comes from (1-based), the last head, and the validation history."""
@@ -116,7 +124,9 @@ class TrainResult:
     history: list[dict[str, float]]
 
 
-def make_head(decoder: PromptDecoder, config: TrainConfig, seed: int, boxes: Tensor | None = None) -> PromptHead:
+def make_head(
+    decoder: PromptDecoder, config: TrainConfig | HeadStart, seed: int, boxes: Tensor | None = None
+) -> PromptHead:
     """A new head, seeded. Its outputs start at the prompt embedding of one box, whatever the image:
 
     ``mean_box``: the mean of the training ``boxes`` (N x 4, in the decoder's input frame), a prior of where the
@@ -269,6 +279,7 @@ def check_start(head: PromptHead, decoder: PromptDecoder, embeddings: Tensor, la
 
 
 __all__ = [
+    "HeadStart",
     "TrainConfig",
     "TrainResult",
     "check_start",

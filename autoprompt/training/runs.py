@@ -21,6 +21,7 @@ from autoprompt.errors import InputError
 from autoprompt.model.head import PromptHead
 
 WEIGHTS = "head.pt"
+MODEL = "model.pt"  # a baseline's run: its weights under the same layout
 
 
 def code_sha256(modules: list[ModuleType]) -> str:
@@ -35,8 +36,8 @@ def fingerprint(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
 
-def is_done(run_dir: Path, config: dict) -> bool:
-    path = Path(run_dir) / WEIGHTS
+def is_done(run_dir: Path, config: dict, weights: str = WEIGHTS) -> bool:
+    path = Path(run_dir) / weights
     if not path.is_file():
         return False
     try:
@@ -53,6 +54,23 @@ def save_head(folder: Path, head: PromptHead, config: dict, **record: object) ->
         {"head": head.state_dict(), "config": config, "fingerprint": fingerprint(config), "record": record},
         Path(folder) / WEIGHTS,
     )
+
+
+def save_model(folder: Path, state: dict, config: dict) -> None:
+    """A baseline's ``model.pt``: its state dict, the run's config and its fingerprint."""
+    torch.save({"model": state, "config": config, "fingerprint": fingerprint(config)}, Path(folder) / MODEL)
+
+
+def load_model(run_dir: Path) -> tuple[dict, dict]:
+    """A baseline run's state dict and config, read weights-only."""
+    path = Path(run_dir) / MODEL
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        return saved["model"], saved["config"]
+    except Exception as error:
+        raise InputError(
+            f"{path}: not a readable baseline checkpoint ({error.__class__.__name__}); run the baseline stage again"
+        ) from error
 
 
 def load_head(run_dir: Path) -> tuple[PromptHead, dict]:
@@ -75,9 +93,9 @@ def load_record(run_dir: Path) -> dict:
     return dict(saved.get("record", {}))
 
 
-def finished_runs(out: Path) -> list[Path]:
-    """Every run folder under ``out`` that holds weights, sorted by recipe, regime and name."""
-    return sorted(p.parent for p in Path(out).glob(f"*/*/*/{WEIGHTS}"))
+def finished_runs(out: Path, weights: str = WEIGHTS) -> list[Path]:
+    """Every run folder under ``out`` that holds weights, sorted by recipe (or method), regime and name."""
+    return sorted(p.parent for p in Path(out).glob(f"*/*/*/{weights}"))
 
 
 def run_key(run_dir: Path) -> str:

@@ -1,0 +1,159 @@
+"""Table 1's baselines: each learns a handful of phantoms, PerSAM segments one from another's mask, the table puts
+every computed row under its paper row."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from autoprompt.data import get_reader
+from autoprompt.data.preprocess import crop_or_pad
+from autoprompt.errors import InputError
+from autoprompt.evaluation import report
+from autoprompt.evaluation.metrics import dice
+from autoprompt.model import backbones, runtimes
+from autoprompt.model import baselines as methods
+from autoprompt.model.baselines import persam
+from autoprompt.training.baselines import BaselineConfig, make_model, predict_baseline, train_baseline
+from autoprompt.training.loop import HeadStart
+
+SIZE = 128  # the phantoms' label size here
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def phantoms(hc18_phantoms, lite_checkpoint):
+    """Five HC18 phantoms at 128 x 128: uint8 images, boolean head masks, tight boxes and LiteMedSAM embeddings."""
+    reader = get_reader("hc18")
+    cases = [reader.load(files, {})[0] for files in reader.find(hc18_phantoms, {})[:5]]
+    crops = [(crop_or_pad(c.image, 640), crop_or_pad(c.label, 640)) for c in cases]
+    images = F.interpolate(torch.from_numpy(np.stack([i for i, _ in crops]))[:, None].float(), size=(SIZE, SIZE))
+    images = images[:, 0].round().clamp(0, 255).to(torch.uint8)
+    masks = F.interpolate(torch.from_numpy(np.stack([m for _, m in crops]) > 0)[:, None].float(), size=(SIZE, SIZE))
+    masks = masks[:, 0] > 0.5
+    boxes = torch.stack([_box(m) for m in masks])
+    encoder = runtimes.TorchEncoder(backbones.build_image_encoder("lite_medsam", lite_checkpoint), CPU)
+    embeddings = backbones.embed(encoder, "lite_medsam", images, 5).float()
+    decoder = backbones.build_prompt_decoder("lite_medsam", lite_checkpoint)
+    return images, masks, boxes, embeddings, decoder
+
+
+def _box(mask: torch.Tensor) -> torch.Tensor:
+    rows, cols = torch.nonzero(mask.any(1)).flatten(), torch.nonzero(mask.any(0)).flatten()
+    return torch.stack([cols[0], rows[0], cols[-1], rows[-1]])
+
+
+def settings(name: str, epochs: int, lr: float = 1e-3, **extra: object) -> dict:
+    """A tiny ``baseline.<name>`` section."""
+    return {
+        "epochs": {"fewshot": epochs, "all": epochs},
+        "milestones": {"fewshot": [epochs], "all": [epochs]},
+        "gamma": 0.1,
+        "batch_size": 4,
+        "lr": lr,
+        "weight_decay": 0.0,
+        "augment": {"dihedral": 0.0, "zoom": 0.0, "shift": 0.0},
+        **extra,
+    }
+
+
+OVERFIT = {
+    "unet": settings("unet", 150, input_size=64, channels=[8, 16, 32, 64], strides=[2, 2, 2], res_units=1),
+    "transunet": settings("transunet", 60, input_size=64, encoder="vit_tiny_r_s16_p8_224", weights=None),
+    "autosam": settings("autosam", 40, lr=3e-3, input_size=64, encoder="resnet18", weights=None),
+    "head_masks": settings("head_masks", 25),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OVERFIT))
+def test_each_baseline_learns_a_handful_of_phantoms(name, phantoms):
+    """Trained on the masks of four phantoms, each baseline segments those four with Dice above 0.9."""
+    images, masks, boxes, embeddings, decoder = phantoms
+    section = OVERFIT[name]
+    model = make_model(name, section, decoder, 0, boxes[:4], SIZE, HeadStart())
+    before = predict_baseline(name, model, decoder, images[:4], embeddings[:4], SIZE, section.get("input_size"), 4, CPU)
+    config = BaselineConfig.from_params(section, "fewshot")
+    model = train_baseline(name, model, decoder, images[:4], embeddings[:4], masks[:4], config, 0, CPU)
+    after = predict_baseline(name, model, decoder, images[:4], embeddings[:4], SIZE, section.get("input_size"), 4, CPU)
+    score = float(dice(after > 0.5, masks[:4]).mean())
+    assert score > 0.9, f"{name}: training Dice {score:.3f}"
+    assert score > float(dice(before > 0.5, masks[:4]).mean()) + 0.05, f"{name} did not learn"
+
+
+def test_persam_segments_a_phantom_from_one_reference(phantoms):
+    """PerSAM, given the first phantom's mask, puts its positive point inside each other phantom's head and its
+    negative point outside, and its refined masks overlap every head (no training)."""
+    _, masks, _, embeddings, decoder = phantoms
+    model = make_model("persam", {"references": 1}, decoder, 0, None, SIZE, HeadStart())
+    model = train_baseline("persam", model, decoder, None, embeddings[:1], masks[:1], None, 0, CPU)
+    assert model.location.norm() == pytest.approx(1.0, abs=1e-5)
+    coords, labels = persam.points(persam.confidence(model.location, embeddings[1:], SIZE), decoder.input_size)
+    pixels = (coords * SIZE / decoder.input_size).long()
+    for i, ((x, y), (xn, yn)) in enumerate(pixels.tolist()):
+        assert masks[1 + i, y, x] and not masks[1 + i, yn, xn], f"phantom {i + 1}: points {pixels[i].tolist()}"
+    assert labels.tolist() == [[1, 0]] * 4
+    probs = predict_baseline("persam", model, decoder, None, embeddings[1:], SIZE, None, 4, CPU)
+    scores = dice(probs > 0.5, masks[1:])
+    assert bool((scores > 0.2).all()) and float(scores.mean()) > 0.3, f"PerSAM Dice {scores.tolist()}"
+
+
+def test_baseline_methods_and_recipe_names_are_checked():
+    with pytest.raises(InputError, match="not baselines"):
+        methods.check_methods(["unet", "nnunet"], ["workshop"])
+    with pytest.raises(InputError, match="share a baseline's name"):
+        methods.check_methods(["unet"], ["unet"])
+    assert methods.title("transunet", {"encoder": "vit_base_r50_s16_224"}, False).endswith("no pretraining)")
+    assert "no pretraining" not in methods.title("autosam", {"encoder": "resnet101"}, True)
+
+
+def test_autosam_weights_are_local_and_checked(tmp_path, phantoms):
+    """AutoSAM's CNN loads a local state dict (weights only) and refuses a missing or foreign file by name."""
+    decoder = phantoms[4]
+    torch.manual_seed(1)
+    source = make_model("autosam", OVERFIT["autosam"], decoder, 1, None, SIZE, HeadStart())
+    path = tmp_path / "resnet18.pth"
+    torch.save({"state_dict": source.cnn.state_dict()}, path)
+    loaded = make_model("autosam", {**OVERFIT["autosam"], "weights": str(path)}, decoder, 0, None, SIZE, HeadStart())
+    assert loaded.pretrained and torch.equal(loaded.cnn.conv1.weight, source.cnn.conv1.weight)
+    torch.save({"unrelated": torch.zeros(3)}, tmp_path / "foreign.pth")
+    for name in ("missing.pth", "foreign.pth"):
+        section = {**OVERFIT["autosam"], "weights": str(tmp_path / name)}
+        with pytest.raises(InputError, match=name.replace(".", r"\.")):
+            make_model("autosam", section, decoder, 0, None, SIZE, HeadStart())
+
+
+def _metrics(value: float, methods_: dict | None = None) -> dict:
+    summary = {"mean": value, "std": 1.0, "n": 2}
+    baselines = {m: {"fewshot": summary, "all": summary} for m in ("unet", "transunet", "autosam", "head_masks")}
+    tree = {"tight_box": summary, "workshop": {"fewshot": summary, "all": summary}, **baselines,
+            "persam": {"oneshot": summary}}  # fmt: skip
+    return {"dice": tree, "nsd": tree, "methods": methods_ or {}}
+
+
+def test_the_table_puts_every_computed_baseline_under_its_paper_row():
+    titles = {"unet": "UNet (MONAI)", "transunet": "TransUNet (vit_tiny_r_s16_p8_224, no pretraining)",
+              "autosam": "AutoSAM (resnet18, no pretraining)", "head_masks": "Prompt module trained with masks",
+              "persam": "PerSAM"}  # fmt: skip
+    table = report.build_table({"hc18": _metrics(80.0, titles)}, {"hc18": "HC"}, ["workshop"], "lite_medsam", 8)
+    methods_ = table["method"].tolist()
+    for paper, ours, samples in (
+        ("UNet", "UNet (MONAI) — ours", "All"),
+        ("TransUNet", "TransUNet (vit_tiny_r_s16_p8_224, no pretraining) — ours", "8"),
+        ("AutoSAM", "AutoSAM (resnet18, no pretraining) — ours", "All"),
+        ("PerSAM", "PerSAM — ours", "1"),
+    ):
+        rows = table[(table["method"] == paper) & (table["source"] == "paper")]
+        assert len(rows), f"no paper row {paper}"
+        for index in rows.index:
+            below = table.loc[index + 1]
+            assert below["source"] == "ours" and below["method"].startswith(ours.split(" — ")[0]), (paper, below)
+            assert below["HC"] == "80.00 ± 1.00"
+        assert any(m.startswith(ours) for m in methods_)
+        assert ((table["method"].str.startswith(ours)) & (table["samples"] == samples)).any(), (ours, samples)
+    # the head trained with masks is not in the paper: our rows only, no empty paper row
+    assert not ((table["source"] == "paper") & table["method"].str.startswith("Prompt module trained")).any()
+    assert (table["method"].str.startswith("Prompt module trained with masks — ours")).sum() == 2
+    surface = report.surface_table({"hc18": _metrics(80.0, titles)}, {"hc18": "HC"}, ["workshop"], "lite_medsam", 8)
+    assert surface["method"].str.startswith("PerSAM").any()
