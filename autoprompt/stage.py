@@ -11,7 +11,9 @@ from pathlib import Path
 import torch
 import yaml
 
+from autoprompt.data.tasks import Task
 from autoprompt.errors import InputError
+from autoprompt.model import backbones
 
 log = logging.getLogger("autoprompt")
 
@@ -64,6 +66,16 @@ def pin_cpu_numerics(section: dict) -> None:
         torch.set_num_threads(int(threads))
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.mkldnn.enabled = False
+
+
+def task_checkpoint(task: Task, encode: dict, embeddings: Path) -> Path:
+    """The backbone checkpoint of ``encode`` (params), refused unless the task's embeddings were made with it."""
+    checkpoint = backbones.resolve_checkpoint(encode["backbone"], encode.get("checkpoint"))
+    if backbones.file_sha256(checkpoint) != task.embeddings.attrs["checkpoint_sha256"]:
+        raise InputError(
+            f"{embeddings}: encoded with another checkpoint than {checkpoint}; run the encode stage again (dvc repro)"
+        )
+    return checkpoint
 
 
 def select_device(setting: str = "auto") -> torch.device:

@@ -27,7 +27,7 @@ from autoprompt.model import backbones, decoding, head
 from autoprompt.model import baselines as methods
 from autoprompt.model.baselines import METHODS, autosam, persam, transunet, unet
 from autoprompt.model.decoding import PromptDecoder
-from autoprompt.stage import load_params, pin_cpu_numerics, run, select_device, task_parser
+from autoprompt.stage import load_params, pin_cpu_numerics, run, select_device, task_checkpoint, task_parser
 from autoprompt.training import augment, baselines, fewshot, loop, runs
 from autoprompt.training.baselines import BaselineConfig
 from autoprompt.training.fewshot import Run, draw_subset, plan_runs
@@ -78,19 +78,9 @@ def plan_method(task: Task, params: dict, name: str) -> list[Run]:
 
 def run_config(task: Task, name: str, settings: dict, run_: Run, masks_sha256: str, code: str) -> dict:
     """Everything a baseline run's result depends on; its fingerprint decides whether a saved run can be kept."""
-    attrs = task.embeddings.attrs
     weights = settings.get("weights")
     return {
-        "task": task.name,
-        "class": task.class_name,
-        "label_value": task.label_value,
-        "label_size": task.label_size,
-        "preprocessing": task.preprocessing,
-        "backbone": attrs["backbone"],
-        "checkpoint_sha256": attrs["checkpoint_sha256"],
-        "source_sha256": attrs["source_sha256"],
-        "runtime": attrs.get("runtime", "torch"),
-        "precision": attrs.get("precision", "float32"),
+        **task.identity(),
         "method": name,
         "title": methods.title(name, settings, weights is not None),
         "settings": settings,
@@ -169,12 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     names = methods.check_methods(list(settings["methods"]), loop.recipe_names(params["train"]))
 
     task = load_task(params, args.task, args.prepared, args.index, args.embeddings)
-    checkpoint = backbones.resolve_checkpoint(encode["backbone"], encode.get("checkpoint"))
-    if backbones.file_sha256(checkpoint) != task.embeddings.attrs["checkpoint_sha256"]:
-        raise InputError(
-            f"{args.embeddings}: encoded with another checkpoint than {checkpoint}; "
-            "run the encode stage again (dvc repro)"
-        )
+    checkpoint = task_checkpoint(task, encode, args.embeddings)
     device = select_device(settings["device"])
     decoder = backbones.build_prompt_decoder(encode["backbone"], checkpoint).to(device)
     jobs = plan_jobs(task, params, names)

@@ -24,7 +24,7 @@ from autoprompt.errors import InputError
 from autoprompt.evaluation import metrics
 from autoprompt.io import atomic_path
 from autoprompt.model import backbones, decoding, head, losses
-from autoprompt.stage import load_params, pin_cpu_numerics, run, select_device, task_parser
+from autoprompt.stage import load_params, pin_cpu_numerics, run, select_device, task_checkpoint, task_parser
 from autoprompt.training import augment, fewshot, inputs, loop, pseudo_labels, runs, validation
 from autoprompt.training.fewshot import Run, plan_runs
 from autoprompt.training.inputs import TaskInputs
@@ -54,18 +54,8 @@ class Job:
 
 def run_config(task: Task, recipe: str, run_: Run, config: TrainConfig, hashes: dict[str, str], code: str) -> dict:
     """Everything a run's result depends on; its fingerprint decides whether a saved run can be kept."""
-    attrs = task.embeddings.attrs
     return {
-        "task": task.name,
-        "class": task.class_name,
-        "label_value": task.label_value,
-        "label_size": task.label_size,
-        "preprocessing": task.preprocessing,
-        "backbone": attrs["backbone"],
-        "checkpoint_sha256": attrs["checkpoint_sha256"],
-        "source_sha256": attrs["source_sha256"],
-        "runtime": attrs.get("runtime", "torch"),
-        "precision": attrs.get("precision", "float32"),
+        **task.identity(),
         "recipe": recipe,
         "run": run_.key,
         "seed": run_.seed,
@@ -151,12 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     task = load_task(params, args.task, args.prepared, args.index, args.embeddings)
     if task.preprocessing is None:
         raise InputError(f"{args.prepared}: made before stores recorded their preprocessing; run prepare again")
-    checkpoint = backbones.resolve_checkpoint(encode["backbone"], encode.get("checkpoint"))
-    if backbones.file_sha256(checkpoint) != task.embeddings.attrs["checkpoint_sha256"]:
-        raise InputError(
-            f"{args.embeddings}: encoded with another checkpoint than {checkpoint}; "
-            "run the encode stage again (dvc repro)"
-        )
+    checkpoint = task_checkpoint(task, encode, args.embeddings)
     device = select_device(train["device"])
     decoder = backbones.build_prompt_decoder(encode["backbone"], checkpoint).to(device)
     data = TaskInputs(task, decoder, device, int(train["predict_batch_size"]))

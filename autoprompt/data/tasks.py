@@ -34,6 +34,23 @@ class Task:
     volumes: bool = False
     preprocessing: dict | None = None
 
+    def identity(self) -> dict:
+        """What a trained run's result depends on in the task's data: its class, label size, preprocessing, and the
+        backbone, checkpoint, source images, runtime and precision its embeddings were made with."""
+        attrs = self.embeddings.attrs
+        return {
+            "task": self.name,
+            "class": self.class_name,
+            "label_value": self.label_value,
+            "label_size": self.label_size,
+            "preprocessing": self.preprocessing,
+            "backbone": attrs["backbone"],
+            "checkpoint_sha256": attrs["checkpoint_sha256"],
+            "source_sha256": attrs["source_sha256"],
+            "runtime": attrs.get("runtime", "torch"),
+            "precision": attrs.get("precision", "float32"),
+        }
+
     def rows(self, split: str | None = None, ids: tuple[str, ...] | None = None) -> pd.DataFrame:
         """The task's rows of one split, or of the given ids in the given order."""
         if ids is not None:

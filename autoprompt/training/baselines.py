@@ -19,7 +19,7 @@ from autoprompt.model import baselines
 from autoprompt.model.baselines import METHODS, image_inputs
 from autoprompt.model.decoding import PromptDecoder, scale_boxes, to_label_size
 from autoprompt.training.augment import Augment, random_inputs, warp
-from autoprompt.training.loop import HeadStart, make_head
+from autoprompt.training.loop import HeadStart, make_head, schedule
 
 
 @dataclass(frozen=True)
@@ -39,12 +39,7 @@ class BaselineConfig:
     def from_params(cls, settings: dict, regime: str) -> BaselineConfig:
         moves = settings.get("augment", {})
         return cls(
-            epochs=int(settings["epochs"][regime]),
-            batch_size=int(settings["batch_size"]),
-            lr=float(settings["lr"]),
-            weight_decay=float(settings["weight_decay"]),
-            milestones=tuple(int(m) for m in settings["milestones"][regime]),
-            gamma=float(settings["gamma"]),
+            **schedule(settings, regime),
             augment=Augment(
                 dihedral=float(moves.get("dihedral", 0.0)),
                 zoom=float(moves.get("zoom", 0.0)),

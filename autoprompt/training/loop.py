@@ -69,12 +69,7 @@ class TrainConfig:
         if train["select"] not in SELECT:
             raise InputError(f"params.yaml: train.select must be one of {SELECT}, got {train['select']!r}")
         return cls(
-            epochs=int(settings["epochs"][regime]),
-            batch_size=int(settings["batch_size"]),
-            lr=float(settings["lr"]),
-            weight_decay=float(settings["weight_decay"]),
-            milestones=tuple(int(m) for m in settings["milestones"][regime]),
-            gamma=float(settings["gamma"]),
+            **schedule(settings, regime),
             loss=LossWeights.from_params(settings["loss"]),
             clip_grad_norm=float(settings["clip_grad_norm"] or 0.0),
             augment=Augment.from_params(settings["augment"]),
@@ -83,6 +78,19 @@ class TrainConfig:
             select=str(train["select"]),
             validate_every=int(train["validate_every"]),
         )
+
+
+def schedule(settings: dict, regime: str) -> dict:
+    """A params section's epochs, batch size, Adam settings and multi-step schedule for one regime (``fewshot`` or
+    ``all``): what a recipe and a baseline section share."""
+    return {
+        "epochs": int(settings["epochs"][regime]),
+        "batch_size": int(settings["batch_size"]),
+        "lr": float(settings["lr"]),
+        "weight_decay": float(settings["weight_decay"]),
+        "milestones": tuple(int(m) for m in settings["milestones"][regime]),
+        "gamma": float(settings["gamma"]),
+    }
 
 
 def recipe_names(train: dict) -> list[str]:
