@@ -54,7 +54,13 @@ def spread(committed: dict, other: dict) -> dict:
         for row, tasks in committed.items():
             if row.split(".")[0] != family:
                 continue
-            changes = {task: round(other[row][task] - value, 2) for task, value in tasks.items()}
+            changes = {  # an undefined value (HD95 of an empty mask) on either side is left out
+                task: round(other[row][task] - value, 2)
+                for task, value in tasks.items()
+                if value is not None and other.get(row, {}).get(task) is not None
+            }
+            if not changes:
+                continue
             entries += changes.values()
             averages.append(mean(changes.values()))
             rows[row] = changes

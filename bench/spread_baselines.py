@@ -3,7 +3,7 @@ every demo task again, under the other CPU code paths of ``spread.py``, on the c
 embeddings and head runs; then the same comparison as ``spread.py`` (the head's rows move only by what
 ``evaluate``'s own arithmetic moves):
 
-    python bench/spread_baselines.py [--out /tmp/spread-baselines]
+    python bench/spread_baselines.py [--out /tmp/spread-baselines] [--compare-only]
 
 Writes ``bench/results/spread_baselines.json``. Needs the demo's outputs (``dvc repro demo/dvc.yaml`` first).
 """
@@ -35,10 +35,11 @@ def perturbed_env() -> dict[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("/tmp/spread-baselines"), help="scratch folder")
+    parser.add_argument("--compare-only", action="store_true", help="compare --out's metrics, run no stage")
     args, machine = common.parse_and_start(parser)
     params = yaml.safe_load((DEMO / "params.yaml").read_text())
     backbone, env = params["encode"]["backbone"], perturbed_env()
-    for task, spec in params["tasks"].items():
+    for task, spec in params["tasks"].items() if not args.compare_only else ():
         dataset = spec["dataset"]
         data = ["--task", task, "--prepared", f"data/prepared/{dataset}.zarr", "--index",
                 f"data/prepared/{dataset}.csv", "--embeddings", f"embeddings/{backbone}/{dataset}.zarr"]  # fmt: skip
