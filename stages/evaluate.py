@@ -156,9 +156,9 @@ def main(argv: list[str] | None = None) -> None:
     for group, n in counts.items():  # each recipe's and baseline's few-shot ensemble (or its one run)
         if group.endswith(("/fewshot", "/oneshot")):
             shown[f"{group}_{ENSEMBLE}" if n > 1 else group] = means[group][:count]
-    images = torch.from_numpy(task.prepared["images"].get_orthogonal_selection((rows["row"].to_numpy()[:count],)))
+    shown_images = images[:count] if images is not None else task.load_images(rows.iloc[:count])
     with atomic_path(args.figure) as tmp:
-        figures.examples(tmp, images, masks[:count], {k: v > threshold for k, v in shown.items()}, args.task)
+        figures.examples(tmp, shown_images, masks[:count], {k: v > threshold for k, v in shown.items()}, args.task)
     log_dice(args.task, scored)
 
 

@@ -28,23 +28,21 @@ from autoprompt.model.head import PromptHead
 
 @dataclass(frozen=True)
 class Method:
-    """``title``: the table's name of the method; ``labels``: what it trains on (Table 1's column);
-    ``images`` / ``embeddings``: what it reads (the prepared images, the cached embeddings and the frozen
-    decoder); ``trained``: it has a training loop."""
+    """``title``: the table's name of the method; ``images`` / ``embeddings``: what it reads (the prepared
+    images, the cached embeddings and the frozen decoder); ``trained``: it has a training loop."""
 
     title: str
-    labels: str
     images: bool
     embeddings: bool
     trained: bool = True
 
 
 METHODS = {
-    "unet": Method("UNet (MONAI)", "masks", images=True, embeddings=False),
-    "transunet": Method("TransUNet", "masks", images=True, embeddings=False),
-    "autosam": Method("AutoSAM", "masks", images=True, embeddings=True),
-    "head_masks": Method("Prompt module trained with masks", "masks", images=False, embeddings=True),
-    "persam": Method("PerSAM", "mask", images=False, embeddings=True, trained=False),
+    "unet": Method("UNet (MONAI)", images=True, embeddings=False),
+    "transunet": Method("TransUNet", images=True, embeddings=False),
+    "autosam": Method("AutoSAM", images=True, embeddings=True),
+    "head_masks": Method("Prompt module trained with masks", images=False, embeddings=True),
+    "persam": Method("PerSAM", images=False, embeddings=True, trained=False),
 }
 
 
@@ -85,10 +83,6 @@ def build(name: str, settings: dict, decoder: PromptDecoder) -> nn.Module:
     if name == "persam":
         return PerSamReference()
     raise InputError(f"params.yaml: no baseline {name!r}; pick from {sorted(METHODS)}")
-
-
-def is_pretrained(model: nn.Module) -> bool:
-    return bool(getattr(model, "pretrained", False))
 
 
 def logits(
