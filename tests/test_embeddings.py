@@ -12,6 +12,7 @@ import zarr
 from autoprompt.data import embeddings
 from autoprompt.data.embeddings import Identity
 from autoprompt.data.phantoms.hc18 import write_hc18_phantoms
+from autoprompt.data.tasks import _select
 from autoprompt.errors import InputError
 from autoprompt.model import backbones, runtimes
 from tests.conftest import RUNTIME_CACHE
@@ -75,6 +76,18 @@ def test_store_layout_and_finalize(tmp_path: Path) -> None:
     shard_files = sorted(p for p in (path / "embeddings" / "c").rglob("*") if p.is_file())
     assert len(shard_files) == 3, f"expected one file per shard, got {shard_files}"
     assert dict(group.attrs) == {**_identity().attrs(), "shard_size": SHARD_SIZE}
+
+
+@pytest.mark.parametrize("rows", [[4, 0, 1, 3], [2], [], [1, 1, 4], [4, 3, 2, 1, 0]])
+def test_rows_are_read_in_the_order_asked(tmp_path: Path, rows: list[int]) -> None:
+    """A task's rows (any order, gaps across shards, repeats) come back as ``array[rows]``, read as slices."""
+    path = tmp_path / "hc18.zarr"
+    data = _data()
+    _write_all(path, data)
+    array = embeddings.open_embeddings(path)["embeddings"]
+    out = _select(array, np.asarray(rows, dtype=int))
+    assert out.shape == (len(rows), *embeddings.SHAPE) and out.dtype == np.float16
+    np.testing.assert_array_equal(out, data.astype(np.float16)[rows])
 
 
 def test_write_shard_checks_its_size(tmp_path: Path) -> None:
