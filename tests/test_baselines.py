@@ -63,7 +63,7 @@ OVERFIT = {
     "unet": settings("unet", 150, input_size=64, channels=[8, 16, 32, 64], strides=[2, 2, 2], res_units=1),
     "transunet": settings("transunet", 60, input_size=64, encoder="vit_tiny_r_s16_p8_224", weights=None),
     "autosam": settings("autosam", 40, lr=3e-3, input_size=64, encoder="resnet18", weights=None),
-    "head_masks": settings("head_masks", 25),
+    "head_masks": settings("head_masks", 12, lr=3e-3),
 }
 
 

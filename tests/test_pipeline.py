@@ -68,7 +68,7 @@ PARAMS = {
         "shard_size": 4,
     },
     "train": {
-        "shots": 8,
+        "shots": 4,
         "subsets": 2,
         "subset_seed": 0,
         "seeds": [0],
@@ -80,7 +80,7 @@ PARAMS = {
         "init": {"prompt": "mean_box", "scale": 0.01},
         "device": "cpu",
         "threads": 2,
-        "recipes": demo_recipes({"workshop": (20, 15), "followup": (10, 8)}),
+        "recipes": demo_recipes({"workshop": (12, 9), "followup": (10, 8)}),
     },
     "baseline": {
         "methods": ["unet", "transunet", "autosam", "head_masks", "persam"],
@@ -168,7 +168,7 @@ def box_baselines(root) -> tuple[float, float]:
 def test_box_trained_heads_beat_empty_and_filled_box(pipeline):
     result = json.loads((pipeline / "metrics/hc18.json").read_text())
     empty, filled = box_baselines(pipeline)
-    assert result["shots"] == 8 and result["select"] == "last"
+    assert result["shots"] == 4 and result["select"] == "last"
     for recipe in ("workshop", "followup"):
         runs_row, ensemble = result["dice"][recipe]["fewshot"], result["dice"][recipe]["fewshot_ensemble"]
         assert runs_row["n"] == 2 and runs_row["over"] == "runs" and ensemble["over"] == "test images"
@@ -208,9 +208,9 @@ def test_outputs_are_complete(pipeline):
     for figure in ("metrics/hc18/examples.png", "metrics/dice.png"):
         assert (pipeline / figure).read_bytes()[:4] == b"\x89PNG"
     table = (pipeline / "metrics/table.md").read_text().replace("**", "")
-    assert "Prompt module — ours, LiteMedSAM | 8 | boxes" in table
-    assert "Prompt module, follow-up losses — ours, LiteMedSAM | 8 | boxes" in table
-    assert "Prompt module, follow-up losses, ensemble of the runs — ours, LiteMedSAM | 8 | boxes" in table
+    assert "Prompt module — ours, LiteMedSAM | 4 | boxes" in table
+    assert "Prompt module, follow-up losses — ours, LiteMedSAM | 4 | boxes" in table
+    assert "Prompt module, follow-up losses, ensemble of the runs — ours, LiteMedSAM | 4 | boxes" in table
     assert "85.23 ± 0.55" in table, "the paper's number beside ours"
     surface = (pipeline / "metrics/table_surface.md").read_text()
     assert "HC NSD" in surface and "HC HD95 (mm)" in surface and "at a tolerance of 2 mm" in surface
@@ -278,9 +278,9 @@ def test_baselines_are_scored_and_tabled_beside_the_head(pipeline):
     heads = [runs.load_head(f)[1]["ids"] for f in sorted((pipeline / "models/workshop/fewshot").iterdir())]
     assert subsets == heads, "the baselines train on the head's few-shot subsets"
     table = (pipeline / "metrics/table.md").read_text().replace("**", "")
-    for row in ("UNet (MONAI) — ours, LiteMedSAM | 8 | masks", "PerSAM — ours, LiteMedSAM | 1 | mask",
-                "AutoSAM (resnet18, no pretraining) — ours, LiteMedSAM | 8 | masks",
-                "Prompt module trained with masks — ours, LiteMedSAM | 8 | masks"):  # fmt: skip
+    for row in ("UNet (MONAI) — ours, LiteMedSAM | 4 | masks", "PerSAM — ours, LiteMedSAM | 1 | mask",
+                "AutoSAM (resnet18, no pretraining) — ours, LiteMedSAM | 4 | masks",
+                "Prompt module trained with masks — ours, LiteMedSAM | 4 | masks"):  # fmt: skip
         assert row in table, row
     assert "dice:unet/fewshot" in pd.read_csv(pipeline / "metrics/hc18/per_image.csv").columns
 

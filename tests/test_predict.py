@@ -59,7 +59,7 @@ PARAMS = {
         "init": {"prompt": "mean_box", "scale": 0.01},
         "device": "cpu",
         "threads": 2,
-        "recipes": demo_recipes({"augmented": (10, 8)}),
+        "recipes": demo_recipes({"augmented": (6, 5)}),
     },
 }
 LV = 3
@@ -196,7 +196,7 @@ def test_exported_model_predicts_the_same_masks_and_checks_its_backbone(trained,
     record = torch.load(tmp_path / "model.pt", weights_only=True)
     assert record["backbone"] == "lite_medsam" and len(record["heads"]) == 2 and record["label_value"] == LV
     assert record["preprocessing"] == {"crop": 192, "fit": "crop", "spacing": 1.0, "clip": [0.5, 99.5]}
-    assert record["configs"][0]["train"]["epochs"] == 10, "the training params travel with the model"
+    assert record["configs"][0]["train"]["epochs"] == 6, "the training params travel with the model"
     settings = {"device": "cpu", "probabilities": True, "cache_dir": RUNTIME_CACHE}
     predict(trained, [path], tmp_path / "from_runs", **settings)
     predict(tmp_path / "model.pt", [path], tmp_path / "from_file", **settings)
