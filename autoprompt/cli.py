@@ -2,6 +2,9 @@
 
 autoprompt predict -m MODEL -i INPUT [INPUT ...] -o OUTPUT_DIR [--device auto] [--batch-size N] [--overlay]
 autoprompt export -m RUN_OR_TASK_FOLDER -o model.pt
+
+On a CPU the command computes as the stages do (``autoprompt.cpu_paths``, ``stage.pin_cpu_numerics``): the same
+masks on any x86 machine with AVX2 for the same ``--threads``.
 """
 
 from __future__ import annotations
@@ -9,13 +12,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from autoprompt.stage import run
+from autoprompt.cpu_paths import pin_code_paths
 
 MODEL_HELP = "a run folder, a folder of runs (their ensemble, e.g. models/hc18/augmented/fewshot) or an exported file"
 
 
 def predict_command(args: argparse.Namespace) -> None:
     from autoprompt.inference import predict
+    from autoprompt.stage import pin_cpu_numerics, select_device
+
+    if select_device(args.device).type == "cpu":
+        pin_cpu_numerics({"threads": args.threads})
 
     summary = predict(
         args.model,
@@ -73,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--runtime", default="auto", choices=("auto", "torch", "openvino"), help="encoder (auto: OpenVINO on a CPU)"
     )
     predict.add_argument("--runtime-cache", type=Path, help="converted encoders (default ~/.cache/autoprompt)")
+    predict.add_argument(
+        "--threads", type=int, help="CPU threads (default: all); the same count gives the same masks on any machine"
+    )
     predict.add_argument("--part-id", type=int, default=0, help="this process's part of the inputs (0-based)")
     predict.add_argument("--num-parts", type=int, default=1, help="parts the inputs are split into")
     predict.set_defaults(handler=predict_command)
@@ -100,7 +110,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def entry() -> None:
-    """The console script."""
+    """The console script: the CPU code paths pinned before torch loads, then ``main`` with one-line errors."""
+    pin_code_paths()
+    from autoprompt.stage import run
+
     run(main)
 
 

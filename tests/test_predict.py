@@ -5,6 +5,9 @@ The inputs are new volumes on grids the model never saw: anisotropic voxels, an 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,7 @@ import torch
 import yaml
 
 from autoprompt import cli
+from autoprompt.cpu_paths import CPU_CODE_PATHS
 from autoprompt.data.images import as_stack, frame_slices, resample_in_plane
 from autoprompt.data.preprocess import fit_label
 from autoprompt.errors import InputError
@@ -220,3 +224,15 @@ def test_bad_model_paths_get_one_line_errors(trained, tmp_path):
         load_model(tmp_path / "other.pt")
     with pytest.raises(InputError, match="no such file or folder"):
         predict(trained, [tmp_path / "missing.png"], tmp_path / "out")
+
+
+def test_the_command_pins_the_cpu_code_paths_before_torch_loads():
+    """``autoprompt`` computes on the CPU as the stages do: AVX2 kernels in torch and MKL, whatever the CPU has."""
+    code = (
+        "import os\nfrom autoprompt import cli\n"
+        "cli.main = lambda argv=None: print(__import__('torch').backends.cpu.get_cpu_capability(), "
+        "os.environ['MKL_CBWR'], os.environ['ONEDNN_MAX_CPU_ISA'])\ncli.entry()"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in CPU_CODE_PATHS}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["AVX2", "AVX2", "AVX2"]
