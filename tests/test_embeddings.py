@@ -15,7 +15,7 @@ from autoprompt.data.phantoms.hc18 import write_hc18_phantoms
 from autoprompt.data.tasks import _select
 from autoprompt.errors import InputError
 from autoprompt.model import backbones, runtimes
-from tests.conftest import RUNTIME_CACHE
+from tests.conftest import encode_section
 
 N_IMAGES, SHARD_SIZE = 5, 2  # three shards, the last one short
 
@@ -206,18 +206,7 @@ def _params(tmp_path: Path) -> Path:
             "min_foreground": 10,
             "hc18": {"crop": 256, "split": split},
         },
-        "encode": {
-            "backbone": "lite_medsam",
-            "checkpoint": None,
-            "device": "cpu",
-            "gpu_autocast": "bfloat16",
-            "compile": True,
-            "runtime": "auto",
-            "cpu_precision": "float32",
-            "runtime_cache": str(RUNTIME_CACHE),
-            "batch_size": 1,
-            "shard_size": 1,
-        },
+        "encode": encode_section(batch_size=1, shard_size=1),
     }
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))

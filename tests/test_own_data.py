@@ -12,9 +12,8 @@ import yaml
 
 from autoprompt.inference import predict
 from stages import encode, evaluate, prepare, train
-from tests.conftest import RUNTIME_CACHE
+from tests.conftest import RUNTIME_CACHE, encode_section, train_section
 from tests.test_folder import SHAPE, write_pictures
-from tests.test_pipeline import demo_recipes
 
 SETTINGS = {"reader": "folder", "class": "lesion", "crop": 128, "fit": "resize"}
 
@@ -24,34 +23,8 @@ def params(split: object) -> dict:
         "datasets": ["own"],
         "tasks": {"own": {"dataset": "own", "class": "lesion", "column": "own"}},
         "prepare": {"seed": 0, "on_error": "stop", "min_foreground": 10, "own": {**SETTINGS, "split": split}},
-        "encode": {
-            "backbone": "lite_medsam",
-            "checkpoint": None,
-            "device": "cpu",
-            "gpu_autocast": "bfloat16",
-            "compile": True,
-            "runtime": "auto",
-            "cpu_precision": "float32",
-            "runtime_cache": str(RUNTIME_CACHE),
-            "batch_size": 3,
-            "shard_size": 8,
-            "threads": 2,
-        },
-        "train": {
-            "shots": 2,
-            "subsets": 1,
-            "subset_seed": 0,
-            "seeds": [0],
-            "all_images": False,
-            "recipe": ["workshop"],
-            "select": "last",
-            "validate_every": 0,
-            "predict_batch_size": 8,
-            "init": {"prompt": "mean_box", "scale": 0.01},
-            "device": "cpu",
-            "threads": 2,
-            "recipes": demo_recipes({"workshop": (4, 3)}),
-        },
+        "encode": encode_section(batch_size=3, shard_size=8, threads=2),
+        "train": train_section(2, 1, {"workshop": (4, 3)}),
         "evaluate": {"threshold": 0.5, "batch_size": 8, "nsd_tolerance_mm": 2.0, "examples": 2, "device": "cpu"},
     }
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,17 +17,7 @@ from autoprompt.model import backbones
 from autoprompt.model.decoding import predict
 from autoprompt.training import runs
 from stages import baseline, encode, evaluate, prepare, report, simulate, train
-from tests.conftest import RUNTIME_CACHE
-
-DEMO_PARAMS = Path(__file__).resolve().parents[1] / "demo" / "params.yaml"
-
-
-def demo_recipes(epochs: dict[str, tuple[int, int]]) -> dict:
-    """The demo's recipes, each with its few-shot epochs and milestone set: ``recipe -> (epochs, milestone)``."""
-    recipes = yaml.safe_load(DEMO_PARAMS.read_text())["train"]["recipes"]
-    for name, (count, milestone) in epochs.items():
-        recipes[name]["epochs"]["fewshot"], recipes[name]["milestones"]["fewshot"] = count, [milestone]
-    return {name: recipes[name] for name in epochs}
+from tests.conftest import encode_section, train_section
 
 
 def baseline_section(epochs: int, **extra: object) -> dict:
@@ -55,33 +44,8 @@ PARAMS = {
         "min_foreground": 10,
         "hc18": {"crop": 640, "split": {"train": 507, "val": 77, "test": 148}},
     },
-    "encode": {
-        "backbone": "lite_medsam",
-        "checkpoint": None,
-        "device": "cpu",
-        "gpu_autocast": "bfloat16",
-        "compile": True,
-        "runtime": "auto",
-        "cpu_precision": "float32",
-        "runtime_cache": str(RUNTIME_CACHE),
-        "batch_size": 1,
-        "shard_size": 4,
-    },
-    "train": {
-        "shots": 4,
-        "subsets": 2,
-        "subset_seed": 0,
-        "seeds": [0],
-        "all_images": False,
-        "recipe": ["workshop", "followup"],
-        "select": "last",
-        "validate_every": 5,
-        "predict_batch_size": 8,
-        "init": {"prompt": "mean_box", "scale": 0.01},
-        "device": "cpu",
-        "threads": 2,
-        "recipes": demo_recipes({"workshop": (12, 9), "followup": (10, 8)}),
-    },
+    "encode": encode_section(batch_size=1, shard_size=4),
+    "train": train_section(4, 2, {"workshop": (12, 9), "followup": (10, 8)}, validate_every=5),
     "baseline": {
         "methods": ["unet", "transunet", "autosam", "head_masks", "persam"],
         "all_images": False,

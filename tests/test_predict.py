@@ -24,8 +24,7 @@ from autoprompt.errors import InputError
 from autoprompt.inference import export_model, load_model, predict
 from autoprompt.inference.predictor import Predictor
 from stages import encode, prepare, simulate, train
-from tests.conftest import RUNTIME_CACHE
-from tests.test_pipeline import demo_recipes
+from tests.conftest import RUNTIME_CACHE, encode_section, train_section
 
 PARAMS = {
     "datasets": ["acdc"],
@@ -37,34 +36,8 @@ PARAMS = {
         "min_foreground": 10,
         "acdc": {"crop": 192, "fit": "crop", "spacing": 1.0, "drop_empty": True, "split": {"train": 1}},
     },
-    "encode": {
-        "backbone": "lite_medsam",
-        "checkpoint": None,
-        "device": "cpu",
-        "gpu_autocast": "bfloat16",
-        "compile": True,
-        "runtime": "auto",
-        "cpu_precision": "float32",
-        "runtime_cache": str(RUNTIME_CACHE),
-        "batch_size": 4,
-        "shard_size": 8,
-        "threads": 2,
-    },
-    "train": {
-        "shots": 6,
-        "subsets": 2,
-        "subset_seed": 0,
-        "seeds": [0],
-        "all_images": False,
-        "recipe": ["augmented"],
-        "select": "last",
-        "validate_every": 0,
-        "predict_batch_size": 8,
-        "init": {"prompt": "mean_box", "scale": 0.01},
-        "device": "cpu",
-        "threads": 2,
-        "recipes": demo_recipes({"augmented": (6, 5)}),
-    },
+    "encode": encode_section(batch_size=4, shard_size=8, threads=2),
+    "train": train_section(6, 2, {"augmented": (6, 5)}),
 }
 LV = 3
 
