@@ -9,7 +9,7 @@ test split is scored with the last epoch's head and with the best one by that va
 gives both), each run alone and as an ensemble (the runs' mean probability, thresholded once). Runs are shared by
 ``--jobs`` worker processes of one torch thread each.
 
-Writes ``bench/results/accuracy.json``.
+Writes ``bench/results/accuracy.json`` (``--name``: another name, e.g. for a subset of the recipes).
 """
 
 from __future__ import annotations
@@ -133,6 +133,7 @@ def main() -> None:
     parser.add_argument("--validate-every", type=int, default=5, help="epochs between validations")
     parser.add_argument("--recipes", nargs="*", help="recipes to run (default: train.recipe of --params)")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes, one torch thread each")
+    parser.add_argument("--name", default="accuracy", help="results file bench/results/<name>.json")
     args, machine = common.parse_and_start(parser)
     if not (args.hc18 / "training_set").is_dir():
         raise SystemExit(f"{args.hc18}: real HC18 sample not found (no training_set/); pass --hc18 PATH")
@@ -174,7 +175,7 @@ def main() -> None:
     ]
     best = max(rows, key=lambda item: item[2])
     common.write_result(
-        "accuracy",
+        args.name,
         {
             "machine": machine,
             "data": {
@@ -184,6 +185,7 @@ def main() -> None:
             },
             "settings": {
                 "backbone": BACKBONE,
+                "encoder": " ".join(str(task.embeddings.attrs.get(k)) for k in ("runtime", "precision")),
                 "shots": args.shots,
                 "subsets": args.subsets,
                 "seeds": [0],
