@@ -1,7 +1,7 @@
 """Encode speed of every backbone in every runtime, and how far each runtime's embeddings are from torch float32's.
 
 CPU, each group in a child process of its own, its runtimes interleaved repeat by repeat on the same images:
-- ``pipeline``: the CPU code paths pinned as the stages pin them (``stages.CPU_CODE_PATHS``: AVX2, oneDNN off in
+- ``pipeline``: the CPU code paths pinned as the stages pin them (``autoprompt.cpu_paths``: AVX2, oneDNN off in
   torch): torch float32 and OpenVINO float32, what ``encode.runtime: torch | auto`` computes;
 - ``native``: nothing pinned: torch float32, OpenVINO float32 and, where the CPU has bfloat16 instructions, OpenVINO
   bfloat16 (``encode.cpu_precision: bfloat16``, which lifts the pin).
@@ -40,9 +40,9 @@ import torch
 from segment_anything.modeling.image_encoder import Attention
 from torch import Tensor, nn
 
+from autoprompt.cpu_paths import CPU_CODE_PATHS
 from autoprompt.model import backbones, runtimes
 from autoprompt.model.attention import SdpaAttention, merge_heads, relative_tables, split_heads, use_folded
-from stages import CPU_CODE_PATHS
 
 log = logging.getLogger("bench.encode")
 
@@ -265,7 +265,7 @@ def child(args: argparse.Namespace, data: dict, checkpoints: dict[str, Path]) ->
 
 
 def native_code_paths() -> dict[str, str]:
-    """The pin variables set to this CPU's own best (importing ``stages`` keeps values that are already set)."""
+    """The pin variables set to this CPU's own best (``pin_code_paths`` keeps values that are already set)."""
     avx512 = common.machine_info()["cpu_flags"].get("avx512f", False)
     return {
         "ATEN_CPU_CAPABILITY": "avx512" if avx512 else "avx2",

@@ -6,8 +6,6 @@ params.yaml and oneDNN off (``autoprompt.stage.pin_cpu_numerics``), a CPU run th
 machine with AVX2, whatever wider instructions it also has (README: determinism).
 """
 
-from autoprompt.cpu_paths import CPU_CODE_PATHS, pin_code_paths
+from autoprompt.cpu_paths import pin_code_paths
 
 pin_code_paths()
-
-__all__ = ["CPU_CODE_PATHS"]
