@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--runtime-cache", type=Path, help="converted encoders (default ~/.cache/autoprompt)")
     predict.add_argument(
-        "--threads", type=int, help="CPU threads (default: all); the same count gives the same masks on any machine"
+        "--threads", type=threads, help="CPU threads (default: all); the same count gives the same masks on any machine"
     )
     predict.add_argument("--part-id", type=int, default=0, help="this process's part of the inputs (0-based)")
     predict.add_argument("--num-parts", type=int, default=1, help="parts the inputs are split into")
@@ -101,6 +101,14 @@ def label_value(text: str) -> int | str:
     value = int(text)
     if not 1 <= value <= 255:
         raise argparse.ArgumentTypeError(f"{value} does not fit a uint8 mask; give 1 to 255")
+    return value
+
+
+def threads(text: str) -> int:
+    """``--threads N``: a count of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} threads; give 1 or more, or leave --threads out to use all")
     return value
 
 

@@ -209,3 +209,10 @@ def test_the_command_pins_the_cpu_code_paths_before_torch_loads():
     env = {k: v for k, v in os.environ.items() if k not in CPU_CODE_PATHS}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["AVX2", "AVX2", "AVX2"]
+
+
+def test_a_thread_count_below_one_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["predict", "-m", str(tmp_path), "-i", str(tmp_path), "-o", str(tmp_path / "out"), "--threads", "0"])
+    assert "--threads: 0 threads; give 1 or more" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
