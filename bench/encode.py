@@ -39,14 +39,24 @@ import common
 import torch
 from segment_anything.modeling.image_encoder import Attention
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from autoprompt.cpu_paths import CPU_CODE_PATHS
 from autoprompt.model import backbones, runtimes
-from autoprompt.model.attention import SdpaAttention, merge_heads, relative_tables, split_heads, use_folded
+from autoprompt.model.attention import (
+    CudnnFoldedAttention,
+    SdpaAttention,
+    cudnn_takes_folded,
+    merge_heads,
+    relative_tables,
+    split_heads,
+    use_folded,
+)
 
 log = logging.getLogger("bench.encode")
 
 CACHE = common.BENCH / ".work" / "runtimes"
+REFERENCES = ("float32 sdpa", "float32 b32")  # what the GPU variants' differences are measured against
 CPU = torch.device("cpu")
 
 
@@ -183,6 +193,45 @@ def measure_gpu(encoder, name: str, images: torch.Tensor, batch: int, repeats: i
     return row, output
 
 
+class CudnnSdpaAttention(SdpaAttention):
+    """``SdpaAttention`` (the relative positions as a B x heads x N x N bias) through cuDNN's attention kernel."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            return super().forward(x)
+
+
+def run_cudnn_variants(args: argparse.Namespace, record, device: torch.device, checkpoint: Path) -> None:
+    """ViT-B under bfloat16 with cuDNN's attention: the folded positions with v padded to 128 in the global blocks
+    (``CudnnFoldedAttention``), eager and compiled; compiled with v at its own width 64 (cuDNN with head widths up
+    to 256 only); and the bias of ``SdpaAttention``, compiled. A variant that cuDNN does not take is recorded with
+    its error."""
+    cudnn = backbones.build_image_encoder("medsam_vit_b", checkpoint).to(device)
+    use_folded(cudnn, cudnn=True)
+    record("bfloat16 folded-cudnn b32", runtimes.TorchEncoder(cudnn, device, "bfloat16"), "medsam_vit_b", 32)
+    torch._dynamo.reset()
+    encoder = runtimes.TorchEncoder(cudnn, device, "bfloat16", compile=True)
+    for batch in args.gpu_batch_sizes:
+        record(f"bfloat16 folded-cudnn compiled b{batch}", encoder, "medsam_vit_b", batch)
+    del cudnn, encoder
+    narrow = backbones.build_image_encoder("medsam_vit_b", checkpoint).to(device)
+    use_folded(narrow, cudnn=True)
+    for module in narrow.modules():
+        if isinstance(module, CudnnFoldedAttention):
+            module.narrow_values = True
+    torch._dynamo.reset()
+    encoder = runtimes.TorchEncoder(narrow, device, "bfloat16", compile=True)
+    record("bfloat16 folded-cudnn-narrow compiled b32", encoder, "medsam_vit_b", 32)
+    del narrow, encoder
+    bias = backbones.build_image_encoder("medsam_vit_b", checkpoint).to(device)
+    for module in bias.modules():
+        if type(module) is SdpaAttention:
+            module.__class__ = CudnnSdpaAttention
+    torch._dynamo.reset()
+    encoder = runtimes.TorchEncoder(bias, device, "bfloat16", compile=True)
+    record("bfloat16 sdpa-cudnn compiled b32", encoder, "medsam_vit_b", 32)
+
+
 def run_gpu(args: argparse.Namespace, images: torch.Tensor, checkpoints: dict[str, Path]) -> dict | str:
     device = common.gpu_device()
     if device is None:
@@ -192,6 +241,8 @@ def run_gpu(args: argparse.Namespace, images: torch.Tensor, checkpoints: dict[st
     rows, outputs = [], {}
 
     def record(label: str, encoder, name: str, batch: int) -> None:
+        if args.gpu_only and label not in REFERENCES and not any(part in label for part in args.gpu_only):
+            return
         start = time.perf_counter()
         try:
             row, outputs[label] = measure_gpu(encoder, name, tiled, batch, args.repeats)
@@ -215,12 +266,14 @@ def run_gpu(args: argparse.Namespace, images: torch.Tensor, checkpoints: dict[st
         if type(module) is Attention:
             module.__class__ = SdpaAttention
     if not args.skip_compile:
+        torch._dynamo.reset()  # each compiled variant starts afresh (the recompile limit is per code object)
         compiled = torch.compile(vit)
         for batch in args.gpu_batch_sizes:
             encoder = runtimes.TorchEncoder(compiled, device, "bfloat16")
             record(f"bfloat16 sdpa compiled b{batch}", encoder, "medsam_vit_b", batch)
         flex = backbones.build_image_encoder("medsam_vit_b", checkpoints["medsam_vit_b"])
         use_flex(flex)
+        torch._dynamo.reset()
         encoder = runtimes.TorchEncoder(flex, device, "bfloat16", compile=True)
         for batch in args.gpu_batch_sizes:
             record(f"bfloat16 flex compiled b{batch}", encoder, "medsam_vit_b", batch)
@@ -229,10 +282,13 @@ def run_gpu(args: argparse.Namespace, images: torch.Tensor, checkpoints: dict[st
     use_folded(folded)  # relative positions folded into q and k: the flash kernel, no bias
     record("bfloat16 folded b32", runtimes.TorchEncoder(folded, device, "bfloat16"), "medsam_vit_b", 32)
     if not args.skip_compile:
+        torch._dynamo.reset()
         encoder = runtimes.TorchEncoder(folded, device, "bfloat16", compile=True)
         for batch in args.gpu_batch_sizes:
             record(f"bfloat16 folded compiled b{batch}", encoder, "medsam_vit_b", batch)
     del folded
+    if not args.skip_compile:
+        run_cudnn_variants(args, record, device, checkpoints["medsam_vit_b"])
     del vit
     lite = backbones.build_image_encoder("lite_medsam", checkpoints["lite_medsam"]).to(device)
     for precision in ("float32", "bfloat16"):
@@ -242,14 +298,19 @@ def run_gpu(args: argparse.Namespace, images: torch.Tensor, checkpoints: dict[st
         if row["variant"] in outputs and reference is not None:
             difference = max(runtimes.relative_differences(outputs[row["variant"]], reference))
             row["max_relative_difference_to_float32"] = float(f"{difference:.2e}")
-    result = {"runs": rows, "images_per_repeat": len(tiled), "device_name": torch.cuda.get_device_name(device)}
-    bf16 = f"bfloat16 sdpa b{args.gpu_batch_sizes[0]}"
-    result["medsam_vit_b_bfloat16_max_relative_difference"] = float(
-        f"{max(runtimes.relative_differences(outputs[bf16], outputs['float32 sdpa'])):.2e}"
-    )
-    result["lite_medsam_bfloat16_max_relative_difference"] = float(
-        f"{max(runtimes.relative_differences(outputs['bfloat16 b32'], outputs['float32 b32'])):.2e}"
-    )
+    result = {
+        "runs": rows,
+        "images_per_repeat": len(tiled),
+        "device_name": torch.cuda.get_device_name(device),
+        "cudnn_version": torch.backends.cudnn.version(),
+        "cudnn_takes_folded": cudnn_takes_folded(device),
+    }
+    pairs = {"medsam_vit_b": (f"bfloat16 sdpa b{args.gpu_batch_sizes[0]}", "float32 sdpa")}
+    pairs["lite_medsam"] = ("bfloat16 b32", "float32 b32")
+    for name, (bf16, fp32) in pairs.items():
+        if bf16 in outputs and fp32 in outputs:
+            difference = max(runtimes.relative_differences(outputs[bf16], outputs[fp32]))
+            result[f"{name}_bfloat16_max_relative_difference"] = float(f"{difference:.2e}")
     timed = [r for r in rows if r["backbone"] == "medsam_vit_b" and "error" not in r]
     best = max(timed, key=lambda r: r["encoder_images_per_second"])
     result["medsam_vit_b_best"] = {
@@ -301,6 +362,9 @@ def main() -> None:
     parser.add_argument("--vit-checkpoint", type=Path, help="real medsam_vit_b.pth (default: seeded random ViT-B)")
     parser.add_argument("--skip-cpu", action="store_true", help="GPU runs only")
     parser.add_argument("--skip-compile", action="store_true", help="no torch.compile on the GPU")
+    parser.add_argument(
+        "--gpu-only", nargs="+", metavar="PART", help="GPU variants whose label holds one of these (float32 kept)"
+    )
     parser.add_argument("--gpu-images", type=int, default=128, help="images per GPU repeat (the sample, tiled)")
     parser.add_argument("--gpu-batch-sizes", type=int, nargs="+", default=[16, 32])
     parser.add_argument("--cpu-group", choices=("pipeline", "native"), help=argparse.SUPPRESS)

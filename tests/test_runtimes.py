@@ -163,3 +163,33 @@ def test_folded_attention_computes_the_same_encoder() -> None:
         assert use_folded(encoder) == 2
         assert {type(m) for m in encoder.modules() if isinstance(m, Attention)} == {FoldedAttention}
         torch.testing.assert_close(encoder(x), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("narrow_values", [False, True])
+def test_cudnn_folded_attention_computes_the_same_encoder(monkeypatch, narrow_values: bool) -> None:
+    """The folding with values narrower than the queries and keys (cuDNN's attention on a Hopper GPU; here the math
+    kernel, which takes the same shapes) keeps the encoder's maths, in windowed and global blocks."""
+    from segment_anything.modeling import ImageEncoderViT
+    from torch.nn.attention import SDPBackend
+
+    from autoprompt.model.attention import CudnnFoldedAttention, cudnn_takes_folded, cudnn_value_width, use_folded
+
+    monkeypatch.setattr(CudnnFoldedAttention, "backend", SDPBackend.MATH)
+    monkeypatch.setattr(CudnnFoldedAttention, "narrow_values", narrow_values)
+    torch.manual_seed(0)
+    encoder = ImageEncoderViT(
+        img_size=1024, embed_dim=64, depth=2, num_heads=1, use_rel_pos=True, global_attn_indexes=(1,), window_size=7
+    ).eval()
+    for module in encoder.modules():
+        if isinstance(module, Attention):
+            torch.nn.init.normal_(module.rel_pos_h, std=0.1)
+            torch.nn.init.normal_(module.rel_pos_w, std=0.1)
+    x = torch.rand(1, 3, 1024, 1024)
+    with torch.no_grad():
+        expected = encoder(x)
+        assert use_folded(encoder, cudnn=True) == 2
+        assert {type(m) for m in encoder.modules() if isinstance(m, Attention)} == {CudnnFoldedAttention}
+        torch.testing.assert_close(encoder(x), expected, rtol=1e-4, atol=1e-4)
+    assert cudnn_value_width(192, 64) == 128  # ViT-B's global blocks: 64 + 64 + 64 beside cuDNN's 192 / 128 pair
+    assert cudnn_value_width(96, 64) == 64  # its 14 x 14 windows
+    assert not cudnn_takes_folded(torch.device("cpu"))

@@ -2,10 +2,11 @@
 
 ``SdpaAttention`` (how ViT-B is built): ``F.scaled_dot_product_attention`` with the decomposed relative positions as
 an additive bias, so that fused kernels (memory-efficient attention on a GPU, the flash kernel on a CPU) run it
-without the eager softmax of a (B * heads) x N x N matrix. ``FoldedAttention`` (what ``runtimes.build_encoder`` uses
-on a GPU): the relative positions folded into wider queries and keys, so that the flash kernel runs it and no bias is
-ever materialised. On an H200 under bfloat16 (bench/results/gpu/encode.json): segment-anything's attention 58
-images/s, SDPA with the bias 100, folded 160, folded and compiled 300.
+without the eager softmax of a (B * heads) x N x N matrix. On a GPU, ``runtimes.build_encoder`` folds the relative
+positions into wider queries and keys instead (``fold_positions``), so that no bias is ever materialised:
+``CudnnFoldedAttention`` (cuDNN's attention, on Hopper and later) or ``FoldedAttention`` (the flash kernel). On an
+H100 under bfloat16, compiled, batch 32 (bench/results/gpu/encode_h100.json): SDPA with the bias 252 images/s
+(full run), folded through flash 283, through cuDNN 294; segment-anything's own attention, eager, 53.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling.image_encoder import Attention, get_rel_pos
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 def split_heads(attention: Attention, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -61,36 +63,80 @@ class SdpaAttention(Attention):
         return merge_heads(self, out, size)
 
 
+def fold_positions(attention: Attention, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """B x H x W x C -> q', k' (B x heads x N x D', D' = C / heads + H + W padded to a multiple of 8) and v
+    (B x heads x N x C / heads), with scale * q'.k' = scale * q.k + rel_h[key row] + rel_w[key column]:
+    q' = [q, rel_h / scale, rel_w / scale] and k' = [k, onehot(key row), onehot(key column)]."""
+    size = h, w = x.shape[1:3]
+    q, k, v = split_heads(attention, x)
+    batch, heads, n, dim = q.shape
+    rel_h, rel_w = relative_tables(attention, q, size)
+    index = torch.arange(n, device=x.device)
+    rows = F.one_hot(index // w, h).to(q.dtype).expand(batch, heads, n, h)
+    cols = F.one_hot(index % w, w).to(q.dtype).expand(batch, heads, n, w)
+    pad = -(dim + h + w) % 8
+    q2 = F.pad(torch.cat([q, rel_h / attention.scale, rel_w / attention.scale], -1), (0, pad))
+    k2 = F.pad(torch.cat([k, rows, cols], -1), (0, pad))
+    return q2, k2, v
+
+
 class FoldedAttention(Attention):
-    """segment-anything's ViT ``Attention`` with the relative positions folded into the queries and keys, so that
-    the flash kernel (which takes no bias) computes it: q' = [q, rel_h / scale, rel_w / scale] and
-    k' = [k, onehot(key row), onehot(key column)] give scale * q'.k' = scale * q.k + rel_h[key row] + rel_w[key col];
-    v is zero-padded to the same width, and the width to a multiple of 8.
+    """segment-anything's ViT ``Attention`` with the relative positions folded into the queries and keys
+    (``fold_positions``), so that the flash kernel (which takes no bias) computes it; v is zero-padded to the width
+    of q' and k', since flash takes one head width.
 
     B x H x W x C -> B x H x W x C."""
 
     def forward(self, x: Tensor) -> Tensor:
-        size = h, w = x.shape[1:3]
-        q, k, v = split_heads(self, x)
-        batch, heads, n, dim = q.shape
-        rel_h, rel_w = relative_tables(self, q, size)
-        index = torch.arange(n, device=x.device)
-        rows = F.one_hot(index // w, h).to(q.dtype).expand(batch, heads, n, h)
-        cols = F.one_hot(index % w, w).to(q.dtype).expand(batch, heads, n, w)
-        pad = -(dim + h + w) % 8
-        q2 = F.pad(torch.cat([q, rel_h / self.scale, rel_w / self.scale], -1), (0, pad))
-        k2 = F.pad(torch.cat([k, rows, cols], -1), (0, pad))
-        v2 = F.pad(v, (0, h + w + pad))
+        q2, k2, v = fold_positions(self, x)
+        dim = v.shape[-1]
+        v2 = F.pad(v, (0, q2.shape[-1] - dim))
         out = F.scaled_dot_product_attention(q2, k2, v2, scale=self.scale)[..., :dim]
-        return merge_heads(self, out, size)
+        return merge_heads(self, out, x.shape[1:3])
 
 
-def use_folded(encoder: nn.Module) -> int:
-    """Turn every relative-position ``Attention`` of ``encoder`` into ``FoldedAttention`` in place; the count."""
+def cudnn_value_width(qk_width: int, dim: int) -> int:
+    """The width v is padded to beside q' and k' of ``qk_width`` for cuDNN's attention: its own (``dim``) up to 128;
+    128 beside 192, the one wider pair that cuDNN 9.11 and later runs on sm90 (DeepSeek's head shape)."""
+    return dim if qk_width <= 128 else max(dim, 128)
+
+
+def cudnn_takes_folded(device: torch.device) -> bool:
+    """Whether cuDNN's attention runs ``CudnnFoldedAttention`` on ``device``: a Hopper or Blackwell GPU (sm90, sm10x)
+    and cuDNN 9.11 or later (PyTorch's own conditions for q' and k' of width 192 beside v of width 128)."""
+    if device.type != "cuda" or not torch.backends.cudnn.is_available():
+        return False
+    major, minor = torch.cuda.get_device_capability(device)
+    return ((major, minor) == (9, 0) or major == 10) and (torch.backends.cudnn.version() or 0) >= 91100
+
+
+class CudnnFoldedAttention(Attention):
+    """``FoldedAttention`` through cuDNN's attention, which takes values narrower than the queries and keys: v is
+    padded only to ``cudnn_value_width`` (128 in ViT-B's global blocks, where flash needs 192), a sixth less
+    attention arithmetic. Needs ``cudnn_takes_folded``; ``narrow_values`` (cuDNN with head widths up to 256)
+    keeps v at its own width. ``backend``: the SDPA kernel it asks for (any takes the same maths).
+
+    B x H x W x C -> B x H x W x C."""
+
+    narrow_values = False
+    backend = SDPBackend.CUDNN_ATTENTION
+
+    def forward(self, x: Tensor) -> Tensor:
+        q2, k2, v = fold_positions(self, x)
+        dim = v.shape[-1]
+        width = dim if self.narrow_values else cudnn_value_width(q2.shape[-1], dim)
+        with sdpa_kernel(self.backend):
+            out = F.scaled_dot_product_attention(q2, k2, F.pad(v, (0, width - dim)), scale=self.scale)
+        return merge_heads(self, out[..., :dim], x.shape[1:3])
+
+
+def use_folded(encoder: nn.Module, cudnn: bool = False) -> int:
+    """Turn every relative-position ``Attention`` of ``encoder`` into ``FoldedAttention`` (``CudnnFoldedAttention``
+    with ``cudnn``) in place; the count."""
     swapped = 0
     for module in encoder.modules():
         if isinstance(module, Attention) and module.use_rel_pos:
-            module.__class__ = FoldedAttention
+            module.__class__ = CudnnFoldedAttention if cudnn else FoldedAttention
             swapped += 1
     return swapped
 
