@@ -214,6 +214,12 @@ def run_cudnn_variants(args: argparse.Namespace, record, device: torch.device, c
     for batch in args.gpu_batch_sizes:
         record(f"bfloat16 folded-cudnn compiled b{batch}", encoder, "medsam_vit_b", batch)
     del cudnn, encoder
+    stage = runtimes.build_encoder(
+        "medsam_vit_b", checkpoint, runtimes.Choice("torch", "bfloat16"), device, CACHE, compile=True
+    )  # what the encode stage runs on this GPU (cuDNN's attention where it takes it, the patches as a product)
+    torch._dynamo.reset()
+    record("bfloat16 encode stage compiled b32", stage, "medsam_vit_b", 32)
+    del stage
     narrow = backbones.build_image_encoder("medsam_vit_b", checkpoint).to(device)
     use_folded(narrow, cudnn=True)
     for module in narrow.modules():

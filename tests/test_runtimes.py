@@ -193,3 +193,24 @@ def test_cudnn_folded_attention_computes_the_same_encoder(monkeypatch, narrow_va
     assert cudnn_value_width(192, 64) == 128  # ViT-B's global blocks: 64 + 64 + 64 beside cuDNN's 192 / 128 pair
     assert cudnn_value_width(96, 64) == 64  # its 14 x 14 windows
     assert not cudnn_takes_folded(torch.device("cpu"))
+
+
+def test_matmul_patch_embed_computes_the_same_encoder() -> None:
+    """The patch embedding as one matrix product (ViT-B on a GPU) keeps the encoder's maths; a patch embedding whose
+    patches overlap is left as a convolution."""
+    from segment_anything.modeling import ImageEncoderViT
+    from segment_anything.modeling.image_encoder import PatchEmbed
+
+    from autoprompt.model.patch_embed import MatmulPatchEmbed, use_matmul_patch_embed
+
+    torch.manual_seed(0)
+    encoder = ImageEncoderViT(img_size=128, embed_dim=32, depth=1, num_heads=2, use_rel_pos=True).eval()
+    x = torch.rand(2, 3, 128, 128)
+    with torch.no_grad():
+        expected = encoder(x)
+        assert use_matmul_patch_embed(encoder) == 1
+        assert type(encoder.patch_embed) is MatmulPatchEmbed
+        torch.testing.assert_close(encoder(x), expected, rtol=1e-4, atol=1e-4)
+    overlapping = PatchEmbed(kernel_size=(16, 16), stride=(8, 8), embed_dim=32)
+    assert use_matmul_patch_embed(overlapping) == 0
+    assert type(overlapping) is PatchEmbed
