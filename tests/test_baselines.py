@@ -109,7 +109,7 @@ def test_baseline_methods_and_recipe_names_are_checked():
 
 
 def test_autosam_weights_are_local_and_checked(tmp_path, phantoms):
-    """AutoSAM's CNN loads a local state dict (weights only) and refuses a missing or foreign file by name."""
+    """AutoSAM's CNN loads a local state dict (weights only) and refuses a missing, foreign or non-dict file by name."""
     decoder = phantoms[4]
     torch.manual_seed(1)
     source = make_model("autosam", OVERFIT["autosam"], decoder, 1, None, SIZE, HeadStart())
@@ -118,7 +118,8 @@ def test_autosam_weights_are_local_and_checked(tmp_path, phantoms):
     loaded = make_model("autosam", {**OVERFIT["autosam"], "weights": str(path)}, decoder, 0, None, SIZE, HeadStart())
     assert loaded.pretrained and torch.equal(loaded.cnn.conv1.weight, source.cnn.conv1.weight)
     torch.save({"unrelated": torch.zeros(3)}, tmp_path / "foreign.pth")
-    for name in ("missing.pth", "foreign.pth"):
+    torch.save([torch.zeros(3)], tmp_path / "list.pth")  # readable, but not a state dict
+    for name in ("missing.pth", "foreign.pth", "list.pth"):
         section = {**OVERFIT["autosam"], "weights": str(tmp_path / name)}
         with pytest.raises(InputError, match=name.replace(".", r"\.")):
             make_model("autosam", section, decoder, 0, None, SIZE, HeadStart())

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from autoprompt.errors import InputError
+from autoprompt.model.baselines.weights import read_state_dict
 from autoprompt.model.decoding import PromptDecoder
 
 EMBED_DIM, GRID = 256, 64
@@ -23,16 +24,11 @@ LEVELS = 3  # the deepest feature maps used
 
 
 def load_weights(model: nn.Module, path: str | Path, param: str) -> None:
-    """A local state dict (bare, or under ``state_dict`` / ``model``) into a timm model, weights only; classifier
-    keys and keys of another shape are left out. Never fetched: ``param`` names the setting that gave the path."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: weights file not found; set {param} to a local file or to null (no pretraining)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise InputError(f"{path}: not a readable state dict ({error.__class__.__name__}); check {param}") from error
-    state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+    """A local state dict (``weights.read_state_dict``) into a timm model; classifier keys and keys of another shape
+    are left out. ``param`` names the setting that gave the path."""
+    state = read_state_dict(
+        Path(path), param, "give a state dict saved from the timm model of baseline.autosam.encoder"
+    )
     own = model.state_dict()
     kept = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if len(kept) < len(own) // 2:

@@ -21,6 +21,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from autoprompt.errors import InputError
+from autoprompt.model.baselines.weights import read_state_dict
 
 HYBRIDS = "timm hybrid ViTs such as vit_base_r50_s16_224 (the paper's R50 + ViT-B/16) or vit_tiny_r_s16_p8_224"
 BRIDGE_CHANNELS = 512
@@ -164,19 +165,7 @@ class TransUNet(nn.Module):
 
     def _load_encoder_weights(self, path: Path) -> None:
         fix = f"give a state dict saved with torch.save(model.state_dict(), path) from timm model {self.encoder_name}"
-        if not path.is_file():
-            raise InputError(f"baseline.transunet.weights: {path} not found; {fix}, or null for random weights")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise InputError(f"{path}: cannot be read as a torch state dict ({reason[:200]}); {fix}") from err
-        for key in ("state_dict", "model"):
-            if isinstance(state, dict) and isinstance(state.get(key), dict):
-                state = state[key]
-        if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-            raise InputError(f"{path}: not a state dict (name -> tensor); {fix}")
-
+        state = read_state_dict(path, "baseline.transunet.weights", fix)
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
         own = self.encoder.state_dict()
         pos = state.get("pos_embed")
