@@ -140,21 +140,34 @@ def test_the_vit_b_encoder_is_built_with_sdpa_attention(vit_b_checkpoint: Path) 
     assert kinds == {SdpaAttention}
 
 
-def test_folded_attention_computes_the_same_encoder() -> None:
-    """The relative positions folded into queries and keys (ViT-B's attention on a GPU) keep the encoder's maths,
-    in the windowed blocks (7 x 7, widths padded to a multiple of 8) and in the global one (32 x 32)."""
+def small_vit(img_size: int, embed_dim: int, num_heads: int) -> torch.nn.Module:
+    """A seeded segment-anything ViT of two blocks (7 x 7 windows, then global attention) whose relative-position
+    tables are random rather than zero, so that they weigh in the attention."""
     from segment_anything.modeling import ImageEncoderViT
-
-    from autoprompt.model.attention import FoldedAttention, use_folded
 
     torch.manual_seed(0)
     encoder = ImageEncoderViT(
-        img_size=512, embed_dim=32, depth=2, num_heads=2, use_rel_pos=True, global_attn_indexes=(1,), window_size=7
+        img_size=img_size,
+        embed_dim=embed_dim,
+        depth=2,
+        num_heads=num_heads,
+        use_rel_pos=True,
+        global_attn_indexes=(1,),
+        window_size=7,
     ).eval()
     for module in encoder.modules():
         if isinstance(module, Attention):
             torch.nn.init.normal_(module.rel_pos_h, std=0.1)
             torch.nn.init.normal_(module.rel_pos_w, std=0.1)
+    return encoder
+
+
+def test_folded_attention_computes_the_same_encoder() -> None:
+    """The relative positions folded into queries and keys (ViT-B's attention on a GPU) keep the encoder's maths,
+    in the windowed blocks (7 x 7, widths padded to a multiple of 8) and in the global one (32 x 32)."""
+    from autoprompt.model.attention import FoldedAttention, use_folded
+
+    encoder = small_vit(img_size=512, embed_dim=32, num_heads=2)
     x = torch.rand(2, 3, 512, 512)
     with torch.no_grad():
         expected = encoder(x)
@@ -169,21 +182,13 @@ def test_folded_attention_computes_the_same_encoder() -> None:
 def test_cudnn_folded_attention_computes_the_same_encoder(monkeypatch, narrow_values: bool) -> None:
     """The folding with values narrower than the queries and keys (cuDNN's attention on a Hopper GPU; here the math
     kernel, which takes the same shapes) keeps the encoder's maths, in windowed and global blocks."""
-    from segment_anything.modeling import ImageEncoderViT
     from torch.nn.attention import SDPBackend
 
     from autoprompt.model.attention import CudnnFoldedAttention, cudnn_takes_folded, cudnn_value_width, use_folded
 
     monkeypatch.setattr(CudnnFoldedAttention, "backend", SDPBackend.MATH)
     monkeypatch.setattr(CudnnFoldedAttention, "narrow_values", narrow_values)
-    torch.manual_seed(0)
-    encoder = ImageEncoderViT(
-        img_size=1024, embed_dim=64, depth=2, num_heads=1, use_rel_pos=True, global_attn_indexes=(1,), window_size=7
-    ).eval()
-    for module in encoder.modules():
-        if isinstance(module, Attention):
-            torch.nn.init.normal_(module.rel_pos_h, std=0.1)
-            torch.nn.init.normal_(module.rel_pos_w, std=0.1)
+    encoder = small_vit(img_size=1024, embed_dim=64, num_heads=1)  # ViT-B's head width and 64 x 64 grid
     x = torch.rand(1, 3, 1024, 1024)
     with torch.no_grad():
         expected = encoder(x)
