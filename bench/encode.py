@@ -13,7 +13,8 @@ largest, on the encoders' outputs; ``..._float16_stored``: after the store's flo
 GPU (when there is one): MedSAM ViT-B under bfloat16 autocast with SDPA attention (relative positions as a bias) at
 batch 16 and 32, eager and ``torch.compile``d; segment-anything's own attention at batch 16 (what SDPA gains);
 ``flex_attention`` in the global blocks, compiled (an alternative, slower); the relative positions folded into the
-queries and keys, eager and compiled (what the encode stage runs on a GPU); float32 (the reference of the bfloat16
+queries and keys, eager and compiled, through the flash kernel and through cuDNN's attention; the encoder exactly as
+the encode stage builds it on this GPU (``runtimes.build_encoder``), compiled; float32 (the reference of the bfloat16
 difference); LiteMedSAM bfloat16 and float32. Both the encoder alone (inputs already on the GPU) and the whole
 ``embed`` call are timed.
 
@@ -193,6 +194,13 @@ def measure_gpu(encoder, name: str, images: torch.Tensor, batch: int, repeats: i
     return row, output
 
 
+def compiled(module: nn.Module, device: torch.device) -> runtimes.TorchEncoder:
+    """``module`` compiled under bfloat16 from a fresh dynamo: the variants share the encoder's code objects, and
+    dynamo stops compiling a frame after 8 recompilations."""
+    torch._dynamo.reset()
+    return runtimes.TorchEncoder(module, device, "bfloat16", compile=True)
+
+
 class CudnnSdpaAttention(SdpaAttention):
     """``SdpaAttention`` (the relative positions as a B x heads x N x N bias) through cuDNN's attention kernel."""
 
@@ -209,15 +217,14 @@ def run_cudnn_variants(args: argparse.Namespace, record, device: torch.device, c
     cudnn = backbones.build_image_encoder("medsam_vit_b", checkpoint).to(device)
     use_folded(cudnn, cudnn=True)
     record("bfloat16 folded-cudnn b32", runtimes.TorchEncoder(cudnn, device, "bfloat16"), "medsam_vit_b", 32)
-    torch._dynamo.reset()
-    encoder = runtimes.TorchEncoder(cudnn, device, "bfloat16", compile=True)
+    encoder = compiled(cudnn, device)
     for batch in args.gpu_batch_sizes:
         record(f"bfloat16 folded-cudnn compiled b{batch}", encoder, "medsam_vit_b", batch)
     del cudnn, encoder
     stage = runtimes.build_encoder(
         "medsam_vit_b", checkpoint, runtimes.Choice("torch", "bfloat16"), device, CACHE, compile=True
     )  # what the encode stage runs on this GPU (cuDNN's attention where it takes it, the patches as a product)
-    torch._dynamo.reset()
+    torch._dynamo.reset()  # a fresh dynamo, as ``compiled`` gives the other variants
     record("bfloat16 encode stage compiled b32", stage, "medsam_vit_b", 32)
     del stage
     narrow = backbones.build_image_encoder("medsam_vit_b", checkpoint).to(device)
@@ -225,16 +232,14 @@ def run_cudnn_variants(args: argparse.Namespace, record, device: torch.device, c
     for module in narrow.modules():
         if isinstance(module, CudnnFoldedAttention):
             module.narrow_values = True
-    torch._dynamo.reset()
-    encoder = runtimes.TorchEncoder(narrow, device, "bfloat16", compile=True)
+    encoder = compiled(narrow, device)
     record("bfloat16 folded-cudnn-narrow compiled b32", encoder, "medsam_vit_b", 32)
     del narrow, encoder
     bias = backbones.build_image_encoder("medsam_vit_b", checkpoint).to(device)
     for module in bias.modules():
         if type(module) is SdpaAttention:
             module.__class__ = CudnnSdpaAttention
-    torch._dynamo.reset()
-    encoder = runtimes.TorchEncoder(bias, device, "bfloat16", compile=True)
+    encoder = compiled(bias, device)
     record("bfloat16 sdpa-cudnn compiled b32", encoder, "medsam_vit_b", 32)
 
 
@@ -272,15 +277,12 @@ def run_gpu(args: argparse.Namespace, images: torch.Tensor, checkpoints: dict[st
         if type(module) is Attention:
             module.__class__ = SdpaAttention
     if not args.skip_compile:
-        torch._dynamo.reset()  # each compiled variant starts afresh (the recompile limit is per code object)
-        compiled = torch.compile(vit)
+        encoder = compiled(vit, device)
         for batch in args.gpu_batch_sizes:
-            encoder = runtimes.TorchEncoder(compiled, device, "bfloat16")
             record(f"bfloat16 sdpa compiled b{batch}", encoder, "medsam_vit_b", batch)
         flex = backbones.build_image_encoder("medsam_vit_b", checkpoints["medsam_vit_b"])
         use_flex(flex)
-        torch._dynamo.reset()
-        encoder = runtimes.TorchEncoder(flex, device, "bfloat16", compile=True)
+        encoder = compiled(flex, device)
         for batch in args.gpu_batch_sizes:
             record(f"bfloat16 flex compiled b{batch}", encoder, "medsam_vit_b", batch)
         del flex
@@ -288,8 +290,7 @@ def run_gpu(args: argparse.Namespace, images: torch.Tensor, checkpoints: dict[st
     use_folded(folded)  # relative positions folded into q and k: the flash kernel, no bias
     record("bfloat16 folded b32", runtimes.TorchEncoder(folded, device, "bfloat16"), "medsam_vit_b", 32)
     if not args.skip_compile:
-        torch._dynamo.reset()
-        encoder = runtimes.TorchEncoder(folded, device, "bfloat16", compile=True)
+        encoder = compiled(folded, device)
         for batch in args.gpu_batch_sizes:
             record(f"bfloat16 folded compiled b{batch}", encoder, "medsam_vit_b", batch)
     del folded

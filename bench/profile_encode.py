@@ -24,6 +24,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from autoprompt.model import runtimes
+from autoprompt.model.attention import cudnn_takes_folded
 
 log = logging.getLogger("bench.profile_encode")
 
@@ -61,24 +62,22 @@ def vit_b_flops() -> dict[str, float]:
 
 
 def profile_gpu(args: argparse.Namespace, device: torch.device, checkpoint: Path) -> dict:
-    choice = runtimes.Choice("torch", "bfloat16")
+    choice = runtimes.Choice("torch", "bfloat16")  # the runtime cache (".") is for OpenVINO only
     encoder = runtimes.build_encoder("medsam_vit_b", checkpoint, choice, device, Path("."), compile=True)
     generator = torch.Generator(device=device).manual_seed(0)
     x = torch.rand(args.batch, 3, 1024, 1024, device=device, generator=generator)
     for _ in range(3):
         encoder(x)
     common.sync(device)
-    gpu = device.type == "cuda"
-    with profile(activities=[ProfilerActivity.CUDA if gpu else ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(args.calls):
             encoder(x)
         common.sync(device)
     images = args.batch * args.calls
     kernels: dict[str, dict] = {}
     for event in prof.key_averages():
-        microseconds = event.self_device_time_total if gpu else event.self_cpu_time_total
-        if microseconds > 0 and event.device_type == (DeviceType.CUDA if gpu else DeviceType.CPU):
-            kernels[event.key] = {"calls": event.count, "ms_per_image": microseconds / 1000 / images}
+        if event.device_type == DeviceType.CUDA and event.self_device_time_total > 0:
+            kernels[event.key] = {"calls": event.count, "ms_per_image": event.self_device_time_total / 1000 / images}
     total = sum(k["ms_per_image"] for k in kernels.values())
     by_kind: dict[str, float] = defaultdict(float)
     for name, row in kernels.items():
@@ -86,7 +85,7 @@ def profile_gpu(args: argparse.Namespace, device: torch.device, checkpoint: Path
         by_kind[row["kind"]] += row["ms_per_image"]
     flops = vit_b_flops()
     modules = sorted({type(m).__name__ for m in encoder.module.modules() if "Attention" in type(m).__name__})
-    attention_flops = flops["attention_cudnn" if "CudnnFoldedAttention" in modules else "attention_flash"]
+    attention_flops = flops["attention_cudnn" if cudnn_takes_folded(device) else "attention_flash"]  # as built
     work = {"matrix products": flops["linear"], "attention": attention_flops}
     rates = {kind: work[kind] / (by_kind[kind] / 1000) / 1e12 for kind in work if by_kind[kind] > 0}
     top = sorted(kernels.items(), key=lambda item: -item[1]["ms_per_image"])[: args.top]
@@ -96,7 +95,7 @@ def profile_gpu(args: argparse.Namespace, device: torch.device, checkpoint: Path
     for name, row in top:
         log.info("%7.3f ms %5d calls  %-16s %s", row["ms_per_image"], row["calls"], row["kind"], name[:100])
     return {
-        "device_name": torch.cuda.get_device_name(device) if gpu else "cpu",
+        "device_name": torch.cuda.get_device_name(device),
         "cudnn_version": torch.backends.cudnn.version(),
         "attention_modules": modules,
         "device_ms_per_image": round(total, 4),

@@ -87,12 +87,18 @@ class FoldedAttention(Attention):
 
     B x H x W x C -> B x H x W x C."""
 
+    def value_width(self, qk_width: int, dim: int) -> int:
+        """The width v is zero-padded to beside q' and k' of ``qk_width``."""
+        return qk_width
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+
     def forward(self, x: Tensor) -> Tensor:
         q2, k2, v = fold_positions(self, x)
         dim = v.shape[-1]
-        v2 = F.pad(v, (0, q2.shape[-1] - dim))
-        out = F.scaled_dot_product_attention(q2, k2, v2, scale=self.scale)[..., :dim]
-        return merge_heads(self, out, x.shape[1:3])
+        out = self.attend(q2, k2, F.pad(v, (0, self.value_width(q2.shape[-1], dim) - dim)))
+        return merge_heads(self, out[..., :dim], x.shape[1:3])
 
 
 def cudnn_value_width(qk_width: int, dim: int) -> int:
@@ -110,7 +116,7 @@ def cudnn_takes_folded(device: torch.device) -> bool:
     return ((major, minor) == (9, 0) or major == 10) and (torch.backends.cudnn.version() or 0) >= 91100
 
 
-class CudnnFoldedAttention(Attention):
+class CudnnFoldedAttention(FoldedAttention):
     """``FoldedAttention`` through cuDNN's attention, which takes values narrower than the queries and keys: v is
     padded only to ``cudnn_value_width`` (128 in ViT-B's global blocks, where flash needs 192), a sixth less
     attention arithmetic. Needs ``cudnn_takes_folded``; ``narrow_values`` (cuDNN with head widths up to 256)
@@ -121,13 +127,12 @@ class CudnnFoldedAttention(Attention):
     narrow_values = False
     backend = SDPBackend.CUDNN_ATTENTION
 
-    def forward(self, x: Tensor) -> Tensor:
-        q2, k2, v = fold_positions(self, x)
-        dim = v.shape[-1]
-        width = dim if self.narrow_values else cudnn_value_width(q2.shape[-1], dim)
+    def value_width(self, qk_width: int, dim: int) -> int:
+        return dim if self.narrow_values else cudnn_value_width(qk_width, dim)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         with sdpa_kernel(self.backend):
-            out = F.scaled_dot_product_attention(q2, k2, F.pad(v, (0, width - dim)), scale=self.scale)
-        return merge_heads(self, out[..., :dim], x.shape[1:3])
+            return super().attend(q, k, v)
 
 
 def use_folded(encoder: nn.Module, cudnn: bool = False) -> int:

@@ -28,13 +28,17 @@ class MatmulPatchEmbed(PatchEmbed):
         return F.linear(patches, weight.reshape(channels, -1), self.proj.bias)
 
 
+def tiles_the_image(embed: PatchEmbed) -> bool:
+    """Whether the patches of ``embed`` tile the image: stride equal to the kernel, no padding."""
+    return embed.proj.stride == embed.proj.kernel_size and embed.proj.padding == (0, 0)
+
+
 def use_matmul_patch_embed(encoder: nn.Module) -> int:
-    """Turn every non-overlapping ``PatchEmbed`` of ``encoder`` (stride = kernel, no padding) into
-    ``MatmulPatchEmbed`` in place; the count."""
+    """Turn every ``PatchEmbed`` of ``encoder`` whose patches tile the image into ``MatmulPatchEmbed`` in place; the
+    count."""
     swapped = 0
     for module in encoder.modules():
-        conv = getattr(module, "proj", None)
-        if type(module) is PatchEmbed and conv.stride == conv.kernel_size and conv.padding == (0, 0):
+        if type(module) is PatchEmbed and tiles_the_image(module):
             module.__class__ = MatmulPatchEmbed
             swapped += 1
     return swapped

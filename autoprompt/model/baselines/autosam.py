@@ -26,9 +26,7 @@ LEVELS = 3  # the deepest feature maps used
 def load_weights(model: nn.Module, path: str | Path, param: str) -> None:
     """A local state dict (``weights.read_state_dict``) into a timm model; classifier keys and keys of another shape
     are left out. ``param`` names the setting that gave the path."""
-    state = read_state_dict(
-        Path(path), param, "give a state dict saved from the timm model of baseline.autosam.encoder"
-    )
+    state = read_state_dict(path, param, "give a state dict saved from the timm model of baseline.autosam.encoder")
     own = model.state_dict()
     kept = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if len(kept) < len(own) // 2:

@@ -10,7 +10,7 @@ from torch import Tensor
 from autoprompt.errors import InputError
 
 
-def read_state_dict(path: Path, param: str, fix: str) -> dict[str, Tensor]:
+def read_state_dict(path: str | Path, param: str, fix: str) -> dict[str, Tensor]:
     """The name -> tensor dict saved at ``path`` (bare, or under ``state_dict`` / ``model``), loaded with
     ``weights_only=True``. A missing, unreadable or foreign file raises one ``InputError`` naming it; ``param`` is the
     setting that gave the path and ``fix`` says what to give instead."""
