@@ -28,15 +28,17 @@ import torch
 import yaml
 
 from autoprompt.data.tasks import Task, load_task
+from autoprompt.data.views import ViewSettings
 from autoprompt.evaluation.metrics import dice, summarize
 from autoprompt.model import backbones
 from autoprompt.model.decoding import PromptDecoder, predict
 from autoprompt.stage import pin_cpu_numerics
 from autoprompt.training.fewshot import Run, plan_runs
+from autoprompt.training.inputs import TaskInputs
 from autoprompt.training.loop import TrainConfig, recipe_names, train_head
 from autoprompt.training.pseudo_labels import box_prompted_masks
 from autoprompt.training.validation import ValidationSet
-from stages import encode, prepare
+from stages import augment, encode, prepare, train
 
 log = logging.getLogger("bench.accuracy")
 
@@ -45,8 +47,9 @@ THRESHOLD = 0.5
 CPU = torch.device("cpu")
 
 
-def workspace(work: Path, hc18: Path, params: dict) -> Path:
-    """Prepare and encode the sample under ``work`` (kept between runs; both stages skip what is done)."""
+def workspace(work: Path, hc18: Path, params: dict, shots: int, subsets: int) -> Path:
+    """Prepare and encode the sample, and encode the views of its few-shot images, under ``work`` (kept between
+    runs; the stages skip what is done)."""
     work.mkdir(parents=True, exist_ok=True)
     raw = work / "raw"
     if not raw.exists():
@@ -55,39 +58,48 @@ def workspace(work: Path, hc18: Path, params: dict) -> Path:
     settings["datasets"] = ["hc18"]
     settings["tasks"] = {"hc18": params["tasks"]["hc18"]}
     settings["encode"].update({"backbone": BACKBONE, "checkpoint": None, "device": "cpu", "threads": 2})
+    settings["train"].update({"shots": shots, "subsets": subsets, "subset_seed": 0})
     (work / "params.yaml").write_text(yaml.safe_dump(settings))
     p = ["--params", str(work / "params.yaml")]
     store, index, emb = work / "prepared.zarr", work / "prepared.csv", work / "embeddings.zarr"
     if not store.exists():
         prepare.main([*p, "--dataset", "hc18", "--raw", str(raw), "--store", str(store), "--index", str(index)])
     encode.main([*p, "--dataset", "hc18", "--store", str(store), "--out", str(emb)])
+    views = ["--store", str(store), "--index", str(index), "--out", str(work / "views.zarr")]
+    augment.main([*p, "--dataset", "hc18", *views])
     return work
 
 
 @functools.cache
-def _loaded(work: Path) -> tuple[Task, PromptDecoder, ValidationSet]:
-    """The task, the frozen decoder and the validation set, once per process."""
+def _loaded(work: Path) -> tuple[Task, PromptDecoder, ValidationSet, TaskInputs]:
+    """The task, the frozen decoder, the validation set and the training inputs (views included), once per
+    process."""
     settings = yaml.safe_load((work / "params.yaml").read_text())
     task = load_task(settings, "hc18", work / "prepared.zarr", work / "prepared.csv", work / "embeddings.zarr")
     decoder = backbones.build_prompt_decoder(BACKBONE, backbones.resolve_checkpoint(BACKBONE, None))
     val = task.rows("val")
     embeddings = task.load_embeddings(val)
     masks = box_prompted_masks(decoder, embeddings, task.boxes(val), task.label_size, 8, CPU)
-    return task, decoder, ValidationSet(embeddings, masks, task.load_masks(val), batch_size=8)
+    views = ViewSettings.from_params(settings["augment"])
+    inputs = TaskInputs(task, decoder, CPU, 8, train.open_views(work / "views.zarr", task, views), views)
+    return task, decoder, ValidationSet(embeddings, masks, task.load_masks(val), batch_size=8), inputs
 
 
 def train_one(work: Path, config: TrainConfig, recipe: str, run: Run) -> dict:
     """One run of a recipe (in a worker process): its test probabilities with the last and the best head."""
     common.setup_logging()
     pin_cpu_numerics({"threads": 1})  # the pipeline's CPU numerics, one thread per worker
-    task, decoder, validation = _loaded(work)
+    task, decoder, validation, inputs = _loaded(work)
     rows = task.rows(ids=run.ids)
     embeddings, boxes = task.load_embeddings(rows), task.boxes(rows)
     pseudo = None
     if config.loss.pseudo_label:
         pseudo = box_prompted_masks(decoder, embeddings, boxes, task.label_size, 8, CPU)
     start = time.perf_counter()
-    result = train_head(embeddings, boxes, task.label_size, decoder, config, run.seed, CPU, pseudo, validation)
+    views = inputs.views(run.ids) if config.augment.views and inputs.has_views(run.ids) else None
+    result = train_head(
+        embeddings, boxes, task.label_size, decoder, config, run.seed, CPU, pseudo, validation, views=views
+    )
     seconds = time.perf_counter() - start
     test = task.rows("test")
     probs = {
@@ -138,8 +150,8 @@ def main() -> None:
     if not (args.hc18 / "training_set").is_dir():
         raise SystemExit(f"{args.hc18}: real HC18 sample not found (no training_set/); pass --hc18 PATH")
     params = yaml.safe_load(args.params.read_text())
-    work = workspace(args.work.resolve(), args.hc18, params)
-    task, decoder, _ = _loaded(work)
+    work = workspace(args.work.resolve(), args.hc18, params, args.shots, args.subsets)
+    task, decoder, _, _ = _loaded(work)
     test = task.rows("test")
     masks = task.load_masks(test)
     tight = predict(decoder, task.load_embeddings(test), task.label_size, 8, CPU, boxes=task.boxes(test))
@@ -190,6 +202,7 @@ def main() -> None:
                 "subsets": args.subsets,
                 "seeds": [0],
                 "validate_every": args.validate_every,
+                "views": params["augment"],
                 "params": str(args.params.resolve().relative_to(common.REPO)),
                 "threshold": THRESHOLD,
                 "jobs": args.jobs,

@@ -1,8 +1,9 @@
 """train@<task>: the prompt head's runs, per recipe: few-shot subsets x seeds, and all images x seeds.
 
-Only embeddings and tight boxes are read; the image encoder is never built. Finished runs whose fingerprint is
-unchanged are kept (the stage's output persists), so a killed stage resumes and a new ``train.shots`` retrains
-only the few-shot runs. The fingerprint covers the params, the run's boxes and pseudo-labels, and the code.
+Only embeddings (and the ``augment`` stage's encoded views) and tight boxes are read; the image encoder is never
+built. Finished runs whose fingerprint is unchanged are kept (the stage's output persists), so a killed stage
+resumes and a new ``train.shots`` retrains only the few-shot runs. The fingerprint covers the params, the run's
+boxes and pseudo-labels (and its views'), and the code.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import zarr
 from dvclive import Live
 from tqdm import tqdm
 
 import stages
 from autoprompt import stage
-from autoprompt.data import embeddings, prepared, tasks
+from autoprompt.data import embeddings, prepared, tasks, views
 from autoprompt.data.tasks import Task, load_task
+from autoprompt.data.views import ViewSettings
 from autoprompt.errors import InputError
 from autoprompt.evaluation import metrics
 from autoprompt.io import atomic_path
@@ -37,7 +40,7 @@ log = logging.getLogger("train")
 # Every module a run's result depends on: a change to any of them trains the run again.
 TRAINING_CODE = (
     loop, augment, validation, pseudo_labels, inputs, fewshot, runs, head, losses, decoding, backbones, metrics,
-    tasks, prepared, embeddings, stage, stages,
+    tasks, prepared, embeddings, views, stage, stages,
 )  # fmt: skip
 
 
@@ -66,6 +69,22 @@ def run_config(task: Task, recipe: str, run_: Run, config: TrainConfig, hashes: 
     }
 
 
+def uses_views(config: TrainConfig, run_: Run, data: TaskInputs) -> bool:
+    """A few-shot run of a recipe that draws views, and the views of its images are in the store."""
+    return bool(config.augment.views) and run_.regime == fewshot.FEWSHOT and data.has_views(run_.ids)
+
+
+def view_hashes(data: TaskInputs, ids: tuple[str, ...]) -> dict[str, str]:
+    """What a run's views are: the views store's inputs and encoder, and the views' boxes and pseudo-labels."""
+    views = data.views(ids)
+    attrs = data.view_store.attrs
+    return {
+        "views_store": "/".join(str(attrs[k]) for k in embeddings.IDENTITY_KEYS),
+        "view_boxes": array_sha256(views.boxes),
+        "view_pseudo_labels": array_sha256(views.pseudo),
+    }
+
+
 def plan_jobs(task: Task, train: dict, data: TaskInputs) -> list[Job]:
     """Every run of every recipe, with the hashes of its boxes, pseudo-labels and (for ``best``) validation boxes."""
     code = runs.code_sha256([*TRAINING_CODE, sys.modules[__name__]])  # this stage module too
@@ -86,6 +105,8 @@ def plan_jobs(task: Task, train: dict, data: TaskInputs) -> list[Job]:
             hashes = {"boxes": array_sha256(data.boxes(r.ids))}
             if config.loss.pseudo_label:
                 hashes["pseudo_labels"] = array_sha256(data.pseudo(r.ids))
+            if uses_views(config, r, data):
+                hashes.update(view_hashes(data, r.ids))
             if config.select == "best" and val_ids:
                 hashes["validation_boxes"] = array_sha256(data.boxes(val_ids))
             jobs.append(Job(f"{recipe}/{r.key}", r, config, run_config(task, recipe, r, config, hashes, code)))
@@ -124,15 +145,32 @@ def train_job(
             pseudo=pseudo,
             validation=validation,
             on_epoch=on_epoch,
+            views=data.views(job.run.ids) if uses_views(job.config, job.run, data) else None,
         )
         live.end()
         save_inputs(folder, list(job.run.ids), data.boxes(job.run.ids), pseudo)
         runs.save_head(folder, result.head, job.record, selected_epoch=result.epoch, checkpoint=checkpoint)
 
 
+def open_views(path: Path, task: Task, settings: ViewSettings) -> zarr.Group:
+    """The augment stage's store, refused if made from other images, settings or encoder than the task's."""
+    if not Path(path).exists():
+        raise InputError(f"{path}: views store not found; run `dvc repro` (the augment stage) first")
+    store = embeddings.open_embeddings(path)
+    expected = views.source_sha256(task.prepared.attrs["source_sha256"], settings)
+    attrs, encoded = dict(store.attrs), task.identity()
+    if attrs.get("source_sha256") != expected:
+        raise InputError(f"{path}: views made from other images or augment settings; run the augment stage again")
+    for key in ("backbone", "checkpoint_sha256", "runtime", "precision"):
+        if attrs.get(key) != encoded[key]:
+            raise InputError(f"{path}: views encoded with another {key} than the embeddings; run augment again")
+    return store
+
+
 def main(argv: list[str] | None = None) -> None:
     args = task_parser(__doc__)
     args.add_argument("--out", type=Path, required=True, help="folder of the task's runs")
+    args.add_argument("--views", type=Path, help="the augment stage's views store (none: no views)")
     args = args.parse_args(argv)
     params = load_params(args.params)
     train, encode = params["train"], params["encode"]
@@ -144,7 +182,9 @@ def main(argv: list[str] | None = None) -> None:
     checkpoint = task_checkpoint(task, encode, args.embeddings)
     device = select_device(train["device"])
     decoder = backbones.build_prompt_decoder(encode["backbone"], checkpoint).to(device)
-    data = TaskInputs(task, decoder, device, int(train["predict_batch_size"]))
+    settings = ViewSettings.from_params(params.get("augment", {}))  # no section: no views
+    store = open_views(args.views, task, settings) if args.views else None
+    data = TaskInputs(task, decoder, device, int(train["predict_batch_size"]), store, settings)
     jobs = plan_jobs(task, train, data)
     todo = [job for job in jobs if not runs.is_done(args.out / job.key, job.record)]
     log.info(

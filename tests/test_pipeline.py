@@ -11,13 +11,17 @@ import torch
 import yaml
 import zarr
 
+from autoprompt.data import views
 from autoprompt.data.tasks import load_task
+from autoprompt.errors import InputError
 from autoprompt.evaluation.metrics import dice
 from autoprompt.model import backbones
 from autoprompt.model.decoding import predict
 from autoprompt.training import runs
-from stages import baseline, encode, evaluate, prepare, report, simulate, train
+from stages import augment, baseline, encode, evaluate, prepare, report, simulate, train
 from tests.conftest import encode_section, train_section
+
+VIEWS = "views.zarr"
 
 
 def baseline_section(epochs: int, **extra: object) -> dict:
@@ -45,6 +49,16 @@ PARAMS = {
         "hc18": {"crop": 640, "split": {"train": 507, "val": 77, "test": 148}},
     },
     "encode": encode_section(batch_size=1, shard_size=4),
+    "augment": {
+        "count": 2,
+        "hflip": 0.5,
+        "zoom": 0.25,
+        "shift": 0.1,
+        "gamma": 0.3,
+        "contrast": 0.2,
+        "brightness": 10.0,
+        "seed": 0,
+    },
     "train": train_section(4, 2, {"workshop": (12, 9), "followup": (10, 8)}, validate_every=5),
     "baseline": {
         "methods": ["unet", "transunet", "autosam", "head_masks", "persam"],
@@ -66,6 +80,7 @@ PARAMS = {
         "threads": 2,
     },
 }
+PARAMS["train"]["recipes"]["followup"]["augment"]["inputs"]["views"] = 0.5  # the workshop recipe draws no views
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +94,9 @@ def pipeline(tmp_path_factory):
     simulate.main([*p, "--dataset", "hc18", "--out", str(root / "raw")])
     prepare.main([*p, "--dataset", "hc18", "--raw", str(root / "raw"), "--store", str(store), "--index", str(index)])
     encode.main([*p, "--dataset", "hc18", "--store", str(store), "--out", str(emb)])
+    augment.main([*p, "--dataset", "hc18", "--store", str(store), "--index", str(index), "--out", str(root / VIEWS)])
     data = ["--task", "hc18", "--prepared", str(store), "--index", str(index), "--embeddings", str(emb)]
-    train.main([*p, *data, "--out", str(root / "models")])
+    train.main([*p, *data, "--views", str(root / VIEWS), "--out", str(root / "models")])
     baseline.main([*p, *data, "--out", str(root / "baselines")])
     evaluate.main(
         [
@@ -183,7 +199,9 @@ def test_outputs_are_complete(pipeline):
 
 
 def stage_args(root, models="models") -> list[str]:
+    views = ["--views", str(root / VIEWS)] if models == "models" else []
     return [
+        *views,
         "--params",
         str(root / "params.yaml"),
         "--task",
@@ -210,7 +228,7 @@ def test_train_resumes_without_retraining(pipeline, caplog):
 
 def test_a_corrected_training_box_trains_its_run_again(pipeline, tmp_path, caplog):
     """Runs are fingerprinted with their boxes: correcting one box retrains the runs that use that image only."""
-    for name in ("prepared.zarr", "embeddings.zarr"):
+    for name in ("prepared.zarr", "embeddings.zarr", VIEWS):
         (tmp_path / name).symlink_to(pipeline / name)
     params = yaml.safe_load((pipeline / "params.yaml").read_text())
     params["train"]["recipe"] = ["workshop"]
@@ -266,3 +284,36 @@ def test_baselines_resume_and_leave_out_runs_without_masks(pipeline, tmp_path, c
     assert "unet fewshot/subset0-seed0 left out: 1 of its images have no mask" in caplog.text
     kept = {runs.run_key(f) for f in runs.finished_runs(tmp_path / "baselines", runs.MODEL)}
     assert "unet/fewshot/subset0-seed0" not in kept and any(k.startswith("persam/") for k in kept)
+
+
+def test_views_are_encoded_for_every_image_a_few_shot_run_trains_on(pipeline):
+    store = zarr.open_group(pipeline / VIEWS, mode="r")
+    trained = sorted({i for f in (pipeline / "models/followup/fewshot").iterdir() for i in runs.load_head(f)[1]["ids"]})
+    assert sorted({views.source_id(i) for i in store.attrs["ids"]}) == trained
+    assert store["embeddings"].shape == (2 * len(trained), 256, 64, 64)
+    originals = load_task(
+        PARAMS, "hc18", pipeline / "prepared.zarr", pipeline / "prepared.csv", pipeline / "embeddings.zarr"
+    )
+    first = originals.load_embeddings(originals.rows(ids=(trained[0],)))[0].float()
+    view = torch.from_numpy(np.asarray(store["embeddings"][0])).float()
+    assert torch.isfinite(view).all() and (view - first).norm() > 0.05 * first.norm(), "a view is its image"
+
+
+def test_runs_that_draw_views_are_fingerprinted_with_them(pipeline):
+    for recipe, drawn in (("followup", True), ("workshop", False)):
+        hashes = runs.load_head(pipeline / f"models/{recipe}/fewshot/subset0-seed0")[1]["inputs_sha256"]
+        assert ("view_boxes" in hashes and "view_pseudo_labels" in hashes) == drawn, f"{recipe}: {sorted(hashes)}"
+
+
+def test_views_made_with_other_settings_are_refused(pipeline, tmp_path):
+    params = yaml.safe_load((pipeline / "params.yaml").read_text())
+    params["augment"]["zoom"] = 0.5
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    args = stage_args(pipeline)
+    args[args.index("--params") + 1] = str(tmp_path / "params.yaml")
+    args[args.index("--out") + 1] = str(tmp_path / "models")
+    with pytest.raises(InputError, match="views made from other images or augment settings"):
+        train.main(args)
+    args[args.index("--views") + 1] = str(tmp_path / "missing.zarr")
+    with pytest.raises(InputError, match="views store not found; run `dvc repro` \\(the augment stage\\)"):
+        train.main(args)

@@ -6,6 +6,9 @@ transform brings in from outside the image are zero.
 
 - Inputs (``random_inputs``): a flip or quarter turn, a zoom and a shift move a training image, its box and its
   pseudo-label before the losses, so that a few images show the head the structure at other sizes and places.
+- Views (``pick_views``): a training image may be replaced, batch by batch, by one of its encoded views
+  (``autoprompt.data.views``: the image itself moved and changed in intensity, then encoded), with the view's box
+  and pseudo-label.
 - Consistency (``random_affine``, the follow-up's weak transforms): a flip of both axes, quarter turns and a small
   rotation; the prediction on the transformed embedding is compared with the transformed prediction where both
   are defined.
@@ -25,12 +28,14 @@ from torch import Tensor
 class Augment:
     """A recipe's ``augment`` section. Inputs: the probability of a flip or quarter turn (``dihedral``), the largest
     zoom as a log factor (``zoom``: 0.3 zooms by 0.74 to 1.35) and the largest shift as a fraction of the half side
-    (``shift``). Consistency: the probabilities of a flip, of quarter turns and of a small rotation, and its largest
-    angle in radians (the follow-up's weak transforms: 0.75, 0.75, 0.75, 0.25)."""
+    (``shift``), and the probability that an image is replaced by one of its encoded views (``views``).
+    Consistency: the probabilities of a flip, of quarter turns and of a small rotation, and its largest angle in
+    radians (the follow-up's weak transforms: 0.75, 0.75, 0.75, 0.25)."""
 
     dihedral: float = 0.0
     zoom: float = 0.0
     shift: float = 0.0
+    views: float = 0.0
     flip: float = 0.75
     rot90: float = 0.75
     rotate: float = 0.75
@@ -43,6 +48,7 @@ class Augment:
             dihedral=float(inputs["dihedral"]),
             zoom=float(inputs["zoom"]),
             shift=float(inputs["shift"]),
+            views=float(inputs.get("views", 0.0)),
             flip=float(consistency["flip"]),
             rot90=float(consistency["rot90"]),
             rotate=float(consistency["rotate"]),
@@ -92,6 +98,28 @@ def random_inputs(batch: int, augment: Augment, generator: torch.Generator) -> T
     matrices[:, :, :2] *= scale[:, None, None]
     matrices[:, :, 2] = (draws[:, 1:] * augment.shift).float()
     return matrices
+
+
+@dataclass(frozen=True)
+class Views:
+    """The encoded views of N training images, K each: ``embeddings`` N x K x 256 x 64 x 64, ``boxes`` N x K x 4
+    (label frame), ``pseudo`` N x K x S x S box-prompted masks or None."""
+
+    embeddings: Tensor
+    boxes: Tensor
+    pseudo: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        n, k = self.embeddings.shape[:2]
+        assert self.boxes.shape == (n, k, 4), f"view boxes {tuple(self.boxes.shape)} for {n} x {k} views"
+        assert self.pseudo is None or self.pseudo.shape[:2] == (n, k), f"view pseudo-labels {self.pseudo.shape}"
+
+
+def pick_views(batch: int, count: int, probability: float, generator: torch.Generator) -> Tensor:
+    """B view indices: with ``probability``, one of ``count`` views uniformly, else -1 (the image itself)."""
+    draws = torch.rand(batch, 2, generator=generator, dtype=torch.float64)
+    which = (draws[:, 1] * count).floor().clamp(max=count - 1).long()
+    return torch.where(draws[:, 0] < probability, which, -1)
 
 
 def warp_boxes(boxes: Tensor, matrices: Tensor, size: int) -> Tensor:

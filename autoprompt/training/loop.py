@@ -21,7 +21,16 @@ from autoprompt.errors import InputError
 from autoprompt.model.decoding import PromptDecoder, head_logits, scale_boxes, to_label_size
 from autoprompt.model.head import PromptHead
 from autoprompt.model.losses import LossWeights, box_loss
-from autoprompt.training.augment import Augment, consistency_loss, random_affine, random_inputs, warp, warp_boxes
+from autoprompt.training.augment import (
+    Augment,
+    Views,
+    consistency_loss,
+    pick_views,
+    random_affine,
+    random_inputs,
+    warp,
+    warp_boxes,
+)
 from autoprompt.training.validation import ValidationSet, score
 
 log = logging.getLogger(__name__)
@@ -173,11 +182,13 @@ def train_head(
     pseudo: Tensor | None = None,
     validation: ValidationSet | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    views: Views | None = None,
 ) -> TrainResult:
     """Train a head on N embeddings (N x 256 x 64 x 64, any float dtype) and their N x 4 tight boxes (label frame).
 
-    ``pseudo``: N x S x S box-prompted masks, needed by the pseudo-label loss. ``validation``: scored every
-    ``config.validate_every`` epochs; with ``select: best`` the head of the best epoch by Dice against the
+    ``pseudo``: N x S x S box-prompted masks, needed by the pseudo-label loss. ``views``: the images' encoded views,
+    drawn instead of an image with probability ``config.augment.views`` (none: the images only). ``validation``:
+    scored every ``config.validate_every`` epochs; with ``select: best`` the head of the best epoch by Dice against the
     box-prompted masks is returned. Adam with weight decay, a multi-step schedule and optional gradient clipping;
     batches and transforms are drawn by generators seeded with ``seed``. ``on_epoch(epoch, terms)`` receives the
     epoch's mean loss terms, learning rate, barrier t and validation scores.
@@ -189,6 +200,11 @@ def train_head(
         raise InputError("params.yaml: the pseudo-label loss is set but no box-prompted masks were given")
     if pseudo is not None:
         assert pseudo.shape == (len(embeddings), label_size, label_size), f"pseudo-labels {tuple(pseudo.shape)}"
+    if views is not None:
+        assert len(views.embeddings) == len(embeddings), (
+            f"views of {len(views.embeddings)} images, not {len(embeddings)}"
+        )
+        assert pseudo is None or views.pseudo is not None, "the pseudo-label loss needs the views' pseudo-labels"
     if config.select == "best" and (validation is None or not config.validate_every):
         raise InputError("params.yaml: train.select is best, which needs validation images and validate_every > 0")
     decoder = decoder.to(device).eval().requires_grad_(False)
@@ -197,6 +213,7 @@ def train_head(
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.milestones), config.gamma)
     order = torch.Generator().manual_seed(seed)
     transforms = torch.Generator().manual_seed(seed + 1_000_003)
+    picks = torch.Generator().manual_seed(seed + 2_000_003)  # its own stream: without views, nothing changes
     check_start(head, decoder, embeddings[: config.batch_size].to(device).float(), label_size)
 
     history: list[dict[str, float]] = []
@@ -205,9 +222,13 @@ def train_head(
         t = config.loss.barrier_t(epoch)
         totals: dict[str, float] = {}
         for batch in torch.randperm(len(embeddings), generator=order).split(config.batch_size):
-            x = embeddings[batch].to(device).float()
-            target = pseudo[batch].to(device) if pseudo is not None else None
-            terms = _batch_terms(head, decoder, x, boxes[batch].to(device), target, label_size, config, t, transforms)
+            x, b, target = embeddings[batch], boxes[batch], pseudo[batch] if pseudo is not None else None
+            if views is not None and config.augment.views:
+                x, b, target = _with_views(batch, x, b, target, views, config.augment.views, picks)
+            target = target.to(device) if target is not None else None
+            terms = _batch_terms(
+                head, decoder, x.to(device).float(), b.to(device), target, label_size, config, t, transforms
+            )
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
             if config.clip_grad_norm:
@@ -236,6 +257,25 @@ def train_head(
         chosen.load_state_dict(best[2])
         return TrainResult(chosen.eval(), best[1], head, history)
     return TrainResult(head, config.epochs, head, history)
+
+
+def _with_views(
+    batch: Tensor, x: Tensor, boxes: Tensor, pseudo: Tensor | None, views: Views, probability: float, generator
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The batch's embeddings, boxes and pseudo-labels, each image replaced by one of its views with
+    ``probability``."""
+    which = pick_views(len(batch), views.embeddings.shape[1], probability, generator)
+    chosen = which >= 0
+    if not chosen.any():
+        return x, boxes, pseudo
+    rows, picked = batch[chosen], which[chosen]
+    x, boxes = x.clone(), boxes.clone()
+    x[chosen] = views.embeddings[rows, picked].to(x.dtype)
+    boxes[chosen] = views.boxes[rows, picked].to(boxes.dtype)
+    if pseudo is not None:
+        pseudo = pseudo.clone()
+        pseudo[chosen] = views.pseudo[rows, picked].to(pseudo.dtype)
+    return x, boxes, pseudo
 
 
 def _batch_terms(
