@@ -25,12 +25,12 @@ SEPARATOR = "#view"
 @dataclass(frozen=True)
 class ViewSettings:
     """The ``augment`` section: ``count`` views per image (0: none), the probability of a left-right flip, the
-    largest zoom as a log factor (0.25: 0.78 to 1.28), the largest shift as a fraction of the half side, the largest
+    largest zoom as a log factor (0.5: 0.61 to 1.65), the largest shift as a fraction of the half side, the largest
     gamma as a log factor, the largest contrast change (a fraction) and brightness change (grey levels)."""
 
     count: int = 0
     hflip: float = 0.5
-    zoom: float = 0.25
+    zoom: float = 0.5
     shift: float = 0.1
     gamma: float = 0.3
     contrast: float = 0.2
