@@ -10,10 +10,12 @@ README, determinism). A real regression moves a whole row, or one task by more. 
   (the spread measured: 2.94);
 - a checked mean disappeared.
 
-The baselines trained from scratch in a few steps (UNet, TransUNet, AutoSAM: ``FROM_SCRATCH``) move far more under
-the same change (measured: ``bench/results/spread_baselines.json``: a row's average by up to 1.89 Dice and 5.11 NSD
-points, one task's Dice entry by up to 7.47), so their rows have limits of their own: ``--max-drop-scratch`` for a
-Dice or NSD row's average, ``--max-drop-scratch-entry`` for one task's Dice.
+The baselines trained from scratch in a few steps (UNet, TransUNet, AutoSAM: ``FROM_SCRATCH``) move far more under the
+same change (measured: ``bench/results/spread_baselines.json``: a row's average by up to 1.89 Dice and 5.11 NSD
+points, one task's Dice entry by up to 7.47; between an Intel and an AMD CPU,
+``bench/results/spread_amd_vs_intel.json``: a Dice row's average by up to 6.62, one entry by up to 29.5), so their
+rows have limits of their own: ``--max-drop-scratch`` for a Dice or NSD row's average, ``--max-drop-scratch-entry``
+for one task's Dice.
 
 HD95 (millimetres) is reported, not checked.
 """
@@ -51,8 +53,8 @@ def drops(
     max_drop: float,
     max_drop_nsd: float,
     max_drop_entry: float,
-    max_drop_scratch: float = 6.0,
-    max_drop_scratch_entry: float = 10.0,
+    max_drop_scratch: float = 8.0,
+    max_drop_scratch_entry: float = 30.0,
 ) -> list[str]:
     """Every row whose average over the tasks fell by more than its threshold, every Dice entry that fell by more
     than its own (``max_drop_entry``; ``max_drop_scratch_entry`` for the ``FROM_SCRATCH`` baselines), and every
@@ -82,8 +84,8 @@ def main() -> None:
     args.add_argument("--max-drop", type=float, default=1.0, help="Dice points, a row averaged over the tasks")
     args.add_argument("--max-drop-nsd", type=float, default=2.0, help="NSD points, a row averaged over the tasks")
     args.add_argument("--max-drop-entry", type=float, default=4.0, help="Dice points, one task's entry")
-    args.add_argument("--max-drop-scratch", type=float, default=6.0, help="a FROM_SCRATCH baseline's row")
-    args.add_argument("--max-drop-scratch-entry", type=float, default=10.0, help="a FROM_SCRATCH baseline's entry")
+    args.add_argument("--max-drop-scratch", type=float, default=8.0, help="a FROM_SCRATCH baseline's row")
+    args.add_argument("--max-drop-scratch-entry", type=float, default=30.0, help="a FROM_SCRATCH baseline's entry")
     args = args.parse_args()
     diff = json.loads(args.diff.read_text() or "{}")
     for row, tasks in sorted(checked_means(diff).items()):
