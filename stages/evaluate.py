@@ -1,5 +1,8 @@
 """evaluate@<task>: test scores of every trained run, of each group's ensemble, and of the tight-box prompt.
 
+With ``reprompt.margin`` set, each head group's ensemble (or its one run) is also scored re-prompted: the decoder
+prompted again with the boxes of its masks, loosened by that margin (``autoprompt.inference.reprompt``).
+
 Writes ``metrics/<task>.json`` (Dice, NSD and HD95, and per-patient 3D Dice for slices of volumes: mean ± std over
 runs per recipe and regime, and over test images for the ensembles and the tight box), a per-image CSV
 (``dvc plots``) and a figure of test images with the ground truth and the predictions.
@@ -31,7 +34,8 @@ from autoprompt.evaluation.references import (
     references,
     score_rows,
 )
-from autoprompt.evaluation.scoring import ENSEMBLE, Scores
+from autoprompt.evaluation.scoring import ENSEMBLE, REPROMPTED, Scores
+from autoprompt.inference.reprompt import reprompt
 from autoprompt.io import atomic_path, write_text
 from autoprompt.model import backbones
 from autoprompt.model import baselines as methods
@@ -72,6 +76,27 @@ def predict_run(
     size = settings.get("input_size")
     probs = predict_baseline(name, model, decoder, images, embeddings, label_size, size, batch, device)
     return name, probs, config["title"]
+
+
+def reprompt_groups(
+    settings: dict,
+    decoder: torch.nn.Module,
+    embeddings: torch.Tensor,
+    means: dict[str, torch.Tensor],
+    groups: list[str],
+    evaluate: dict,
+    device: torch.device,
+) -> dict[str, torch.Tensor]:
+    """``<group>_reprompted`` -> N x S x S probabilities: each head group's ensemble (or its one run, ``means``)
+    re-prompted with its masks' boxes loosened by ``reprompt.margin``; none when the margin is null."""
+    margin = settings.get("margin")
+    if margin is None:
+        return {}
+    threshold, batch = float(evaluate["threshold"]), int(evaluate["batch_size"])
+    return {
+        f"{group}_{REPROMPTED}": reprompt(decoder, embeddings, means[group], float(margin), threshold, batch, device)
+        for group in groups
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -117,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         counts[group] = counts.get(group, 0) + 1
 
     selected_epochs: dict[str, int] = {}
+    head_groups = sorted({runs.group_key(runs.run_key(run_dir)) for run_dir in run_dirs})
     for run_dir in tqdm(run_dirs, desc=f"evaluate {args.task}", unit="run"):
         head, _ = runs.load_head(run_dir)
         key = runs.run_key(run_dir)
@@ -130,8 +156,11 @@ def main(argv: list[str] | None = None) -> None:
         add(runs.run_key(run_dir), probs)
         titles[name] = title
     means = {group: total.div_(counts[group]) for group, total in sums.items()}  # in place: one copy per group
+    reprompted = reprompt_groups(params.get("reprompt", {}), decoder, embeddings, means, head_groups, settings, device)
     scored = [
-        score_rows(ref, groups[ref.name], means, tight_probs if ref.name == MASK else None, threshold, tolerance)
+        score_rows(
+            ref, groups[ref.name], means, tight_probs if ref.name == MASK else None, threshold, tolerance, reprompted
+        )
         for ref in refs
     ]
 

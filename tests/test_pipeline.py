@@ -15,6 +15,7 @@ from autoprompt.data import views
 from autoprompt.data.tasks import load_task
 from autoprompt.errors import InputError
 from autoprompt.evaluation.metrics import dice
+from autoprompt.inference.reprompt import reprompt
 from autoprompt.model import backbones
 from autoprompt.model.decoding import predict
 from autoprompt.training import runs
@@ -71,6 +72,7 @@ PARAMS = {
         "head_masks": baseline_section(2),
         "persam": {"references": 2},
     },
+    "reprompt": {"margin": 0.1},
     "evaluate": {
         "threshold": 0.5,
         "batch_size": 8,
@@ -160,23 +162,40 @@ def test_box_trained_heads_beat_empty_and_filled_box(pipeline):
     assert 0 < result["hd95_mm"]["tight_box"]["mean"] < 20, "HD95 in mm of a good mask on a 0.1-0.2 mm grid"
 
 
-def test_ensemble_is_the_mean_of_the_runs_probabilities(pipeline):
-    """The ensemble row is the Dice of the runs' mean probability thresholded once, not the mean of their Dice."""
-    params = yaml.safe_load((pipeline / "params.yaml").read_text())
-    task = load_task(
-        params, "hc18", pipeline / "prepared.zarr", pipeline / "prepared.csv", pipeline / "embeddings.zarr"
-    )
+def followup_ensemble(root) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The decoder, the test embeddings, the mean of the follow-up recipe's two few-shot runs' test probabilities
+    and the test masks."""
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    task = load_task(params, "hc18", root / "prepared.zarr", root / "prepared.csv", root / "embeddings.zarr")
     rows = task.rows("test")
     decoder = backbones.build_prompt_decoder("lite_medsam", backbones.resolve_checkpoint("lite_medsam", None))
-    folders = sorted((pipeline / "models/followup/fewshot").iterdir())
-    probs = [
-        predict(decoder, task.load_embeddings(rows), 640, 8, torch.device("cpu"), head=runs.load_head(f)[0])
-        for f in folders
-    ]
-    expected = dice(torch.stack(probs).mean(0) > 0.5, task.load_masks(rows)).mean()
-    result = json.loads((pipeline / "metrics/hc18.json").read_text())
+    embeddings = task.load_embeddings(rows)
+    folders = sorted((root / "models/followup/fewshot").iterdir())
     assert len(folders) == 2
+    probs = [predict(decoder, embeddings, 640, 8, torch.device("cpu"), head=runs.load_head(f)[0]) for f in folders]
+    return decoder, embeddings, torch.stack(probs).mean(0), task.load_masks(rows)
+
+
+def test_ensemble_is_the_mean_of_the_runs_probabilities(pipeline):
+    """The ensemble row is the Dice of the runs' mean probability thresholded once, not the mean of their Dice."""
+    _, _, mean, masks = followup_ensemble(pipeline)
+    expected = dice(mean > 0.5, masks).mean()
+    result = json.loads((pipeline / "metrics/hc18.json").read_text())
     assert result["dice"]["followup"]["fewshot_ensemble"]["mean"] == pytest.approx(100 * float(expected), abs=1e-3)
+
+
+def test_reprompted_ensembles_are_scored_and_tabled(pipeline):
+    """Each recipe's ensemble, re-prompted with its masks' boxes loosened by reprompt.margin, has a row of its own;
+    the baselines have none."""
+    decoder, embeddings, mean, masks = followup_ensemble(pipeline)
+    expected = dice(reprompt(decoder, embeddings, mean, 0.1, 0.5, 8, torch.device("cpu")) > 0.5, masks).mean()
+    result = json.loads((pipeline / "metrics/hc18.json").read_text())
+    row = result["dice"]["followup"]["fewshot_reprompted"]
+    assert row["mean"] == pytest.approx(100 * float(expected), abs=1e-3) and row["over"] == "test images"
+    assert "fewshot_reprompted" in result["dice"]["workshop"] and "fewshot_reprompted" not in result["dice"]["unet"]
+    assert "dice:followup/fewshot_reprompted" in pd.read_csv(pipeline / "metrics/hc18/per_image.csv").columns
+    table = (pipeline / "metrics/table.md").read_text().replace("**", "")
+    assert "Prompt module, follow-up losses, re-prompted with its mask's box — ours, LiteMedSAM | 4 | boxes" in table
 
 
 def test_outputs_are_complete(pipeline):

@@ -23,6 +23,7 @@ from autoprompt.data.preprocess import fit_label
 from autoprompt.errors import InputError
 from autoprompt.inference import export_model, load_model, predict
 from autoprompt.inference.predictor import Predictor
+from autoprompt.inference.reprompt import reprompt
 from stages import encode, prepare, simulate, train
 from tests.conftest import RUNTIME_CACHE, encode_section, train_section
 
@@ -164,6 +165,20 @@ def test_ensemble_is_the_mean_of_its_runs_probabilities(trained, volume):
     each = [Predictor(load_model(r), device, cache_dir=RUNTIME_CACHE).decode(embeddings) for r in runs]
     assert not np.allclose(each[0], each[1]), "two different runs"
     np.testing.assert_allclose(ensemble.decode(embeddings), (each[0] + each[1]) / 2, atol=1e-6)
+
+
+def test_reprompt_margin_replaces_the_ensembles_probabilities_by_its_boxes_answer(trained, volume, tmp_path):
+    path, _ = volume
+    device = torch.device("cpu")
+    plain = Predictor(load_model(trained), device, cache_dir=RUNTIME_CACHE)
+    again = Predictor(load_model(trained), device, cache_dir=RUNTIME_CACHE, reprompt_margin=0.1, threshold=0.5)
+    embeddings = plain.encode(frame_slices(as_stack(sitk.ReadImage(str(path))), plain.model.preprocessing).slices)
+    probs = torch.from_numpy(plain.decode(embeddings))
+    expected = reprompt(plain.decoder, embeddings, probs, 0.1, 0.5, plain.batch_size, device).numpy()
+    np.testing.assert_allclose(again.decode(embeddings), expected, atol=1e-6)
+    assert not np.allclose(expected, probs.numpy()), "the box prompts answer differently"
+    with pytest.raises(InputError, match=r"reprompt margin is -0\.1"):
+        Predictor(load_model(trained), device, cache_dir=RUNTIME_CACHE, reprompt_margin=-0.1)
 
 
 def test_exported_model_predicts_the_same_masks_and_checks_its_backbone(trained, volume, tmp_path):

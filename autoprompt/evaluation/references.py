@@ -1,7 +1,8 @@
 """Test rows and what they are scored against: the dataset's masks, or, for images without a mask (users' own data
 with boxes only), the backbone's mask prompted with their tight box: agreement, not accuracy.
 
-``score_rows`` scores one kind of rows for the tight-box prompt, each group's runs and its ensemble; ``metric_blocks``
+``score_rows`` scores one kind of rows for the tight-box prompt, each group's runs, its ensemble and single
+predictors such as the re-prompted ensembles; ``metric_blocks``
 lays the summaries out as ``metrics/<task>.json`` does (rows with masks under the metric keys, the others under
 ``agreement``); ``per_image`` gives the per-image table with each row's reference.
 """
@@ -75,10 +76,12 @@ def score_rows(
     tight_probs: torch.Tensor | None,
     threshold: float,
     tolerance: float,
+    single: dict[str, torch.Tensor] | None = None,
 ) -> Scored:
     """Score one reference's rows: the tight-box prompt (N x S x S probabilities; None leaves its row out), each
-    group's runs (``runs``, already scored on these rows) and, for a group of several runs, its ensemble (``means``:
-    the mean of its runs' N x S x S probabilities, thresholded once)."""
+    group's runs (``runs``, already scored on these rows), for a group of several runs its ensemble (``means``:
+    the mean of its runs' N x S x S probabilities, thresholded once), and each of ``single`` (row -> N x S x S
+    probabilities of one predictor, e.g. a re-prompted ensemble), scored over images."""
     predictors: dict[str, Scores | list[Scores]] = {}
     summaries: dict[str, dict] = {}
     if tight_probs is not None:
@@ -90,6 +93,9 @@ def score_rows(
         if len(scores) > 1:
             ensemble = predictors[f"{group}_{ENSEMBLE}"] = reference.score(means[group], threshold, tolerance)
             summaries[f"{group}_{ENSEMBLE}"] = scoring.over_images(ensemble)
+    for row, probs in (single or {}).items():
+        predictors[row] = reference.score(probs, threshold, tolerance)
+        summaries[row] = scoring.over_images(predictors[row])
     return Scored(reference, predictors, summaries)
 
 

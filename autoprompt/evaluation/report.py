@@ -1,9 +1,10 @@
 """The paper's Table 1 with our rows beside its own (test Dice, %), and a second table of surface metrics.
 
 Our rows come from ``metrics/<task>.json``: under each paper row that we compute (``ours`` in the reference table:
-``tight_box``; a regime, ``fewshot`` / ``all``: one row per recipe trained, then its ensemble where it has one; or a
-baseline's ``method/regime``: its row, named as the metrics' ``methods`` name it). A reference row without any
-paper value (a baseline the paper does not have) shows only our row.
+``tight_box``; a regime, ``fewshot`` / ``all``: one row per recipe trained, then its ensemble where it has one, then
+the ensemble re-prompted with its masks' loosened boxes where ``reprompt.margin`` is set; or a baseline's
+``method/regime``: its row, named as the metrics' ``methods`` name it). A reference row without any paper value (a
+baseline the paper does not have) shows only our row.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from importlib import resources
 
 import pandas as pd
 
-from autoprompt.evaluation.scoring import ENSEMBLE
+from autoprompt.evaluation.scoring import ENSEMBLE, REPROMPTED
 
 BACKBONE_NAMES = {"medsam_vit_b": "MedSAM ViT-B", "lite_medsam": "LiteMedSAM"}
 RECIPE_NAMES = {
@@ -61,6 +62,12 @@ def our_rows(regime: str, recipes: list[str], backbone: str, titles: dict | None
         label = RECIPE_NAMES.get(recipe, f", recipe {recipe}")
         rows.append((f"{recipe}/{regime}", f"Prompt module{label} — ours, {name}"))
         rows.append((f"{recipe}/{regime}_{ENSEMBLE}", f"Prompt module{label}, ensemble of the runs — ours, {name}"))
+        rows.append(
+            (
+                f"{recipe}/{regime}_{REPROMPTED}",
+                f"Prompt module{label}, re-prompted with its mask's box — ours, {name}",
+            )
+        )
     return rows
 
 

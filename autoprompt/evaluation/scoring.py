@@ -19,6 +19,7 @@ from autoprompt.evaluation.metrics import dice, summarize
 from autoprompt.evaluation.surface import dice_per_subject, hd95, nsd, summarize_finite
 
 ENSEMBLE = "ensemble"
+REPROMPTED = "reprompted"  # a group's ensemble (or its one run) re-prompted with its masks' loosened boxes
 OVER_RUNS, OVER_IMAGES = "runs", "test images"
 
 

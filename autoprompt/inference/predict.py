@@ -130,6 +130,7 @@ def predict(
     cache_dir: Path | str | None = None,
     part_id: int = 0,
     num_parts: int = 1,
+    reprompt_margin: float | None = None,
 ) -> Summary:
     """Segment every input with ``model`` (a run folder, a folder of runs, an exported file, or a ``Model``) and
     write the results under ``output_dir``; see the module's docstring. ``label_value``: the value written inside
@@ -137,7 +138,8 @@ def predict(
     unreadable input's InputError, ``skip`` logs and counts it.
     ``checkpoint``: the backbone checkpoint, when not the model's configured path or packaged weights.
     ``runtime``: the encoder's runtime on a CPU (``auto``: OpenVINO when installed; ``predictor.encoder_choice``);
-    ``cache_dir``: where converted encoders are kept (``runtimes.default_cache_dir()`` when None)."""
+    ``cache_dir``: where converted encoders are kept (``runtimes.default_cache_dir()`` when None).
+    ``reprompt_margin``: re-prompt the decoder with the masks' boxes loosened by this margin (None: off)."""
     if on_error not in ON_ERROR:
         raise InputError(f"on_error is {on_error!r}; use stop or skip")
     if not 0 <= part_id < num_parts:
@@ -158,7 +160,9 @@ def predict(
     )
     if not todo:
         return summary
-    predictor = Predictor(model, select_device(device), batch_size, checkpoint, runtime, cache_dir)
+    predictor = Predictor(
+        model, select_device(device), batch_size, checkpoint, runtime, cache_dir, reprompt_margin, threshold
+    )
     timings = predictor.timings
     value = model.label_value if label_value == "model" else 1 if label_value is None else int(label_value)
     for job in tqdm(todo, desc="predict", unit="input"):

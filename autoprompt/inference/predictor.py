@@ -1,8 +1,9 @@
 """A model made runnable: the backbone's encoder and frozen decoder, the head(s), and one input segmented at a time.
 
 ``Predictor.segment`` takes an image as read, replays the model's preprocessing (``autoprompt.data.images``), encodes
-each slice, prompts the decoder with each head's prompt, averages the heads' probabilities in the prepared frame and
-maps them back onto the input's grid. ``timings`` adds up the seconds spent in each step.
+each slice, prompts the decoder with each head's prompt, averages the heads' probabilities in the prepared frame
+(optionally re-prompting the decoder with their masks' loosened boxes) and maps them back onto the input's grid.
+``timings`` adds up the seconds spent in each step.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from autoprompt.data.images import Framed, Stack, as_stack, frame_slices, to_input_grid
 from autoprompt.errors import InputError
 from autoprompt.inference.model import Model
+from autoprompt.inference.reprompt import reprompt
 from autoprompt.model import backbones, runtimes
 from autoprompt.model.decoding import predict as decode
 
@@ -62,7 +64,9 @@ def encoder_choice(model: Model, device: torch.device, runtime: str = "auto") ->
 
 class Predictor:
     """Everything one model needs to segment inputs on ``device``; ``batch_size`` slices per encoder call;
-    ``runtime`` and ``cache_dir`` as in ``encoder_choice`` and ``runtimes.build_encoder``."""
+    ``runtime`` and ``cache_dir`` as in ``encoder_choice`` and ``runtimes.build_encoder``; ``reprompt_margin``: when
+    set, the heads' mean probabilities are replaced by the decoder's answer to the boxes of their masks
+    (``> threshold``) loosened by that margin (``autoprompt.inference.reprompt``)."""
 
     def __init__(
         self,
@@ -72,7 +76,12 @@ class Predictor:
         checkpoint: Path | str | None = None,
         runtime: str = "auto",
         cache_dir: Path | str | None = None,
+        reprompt_margin: float | None = None,
+        threshold: float = 0.5,
     ) -> None:
+        if reprompt_margin is not None and reprompt_margin < 0:
+            raise InputError(f"reprompt margin is {reprompt_margin}; give a fraction >= 0 of the box's side")
+        self.reprompt_margin, self.threshold = reprompt_margin, threshold
         path = checked_checkpoint(model, checkpoint)
         state = backbones.load_state_dict(path)
         self.model, self.device, self.batch_size = model, device, batch_size
@@ -93,12 +102,18 @@ class Predictor:
         return embeddings
 
     def decode(self, embeddings: torch.Tensor) -> np.ndarray:
-        """Z x 256 x 64 x 64 embeddings -> Z x S x S float32 probabilities, the mean over the heads."""
+        """Z x 256 x 64 x 64 embeddings -> Z x S x S float32 probabilities, the mean over the heads (re-prompted
+        when the predictor has a ``reprompt_margin``)."""
         start = time.perf_counter()
         size = self.model.label_size
         total = sum(decode(self.decoder, embeddings, size, self.batch_size, self.device, head=h) for h in self.heads)
+        probs = total / len(self.heads)
+        if self.reprompt_margin is not None:
+            probs = reprompt(
+                self.decoder, embeddings, probs, self.reprompt_margin, self.threshold, self.batch_size, self.device
+            )
         self.timings["decode"] += time.perf_counter() - start
-        return (total / len(self.heads)).numpy().astype(np.float32)
+        return probs.numpy().astype(np.float32)
 
     def segment(self, image: sitk.Image) -> Segmentation:
         """An image as read (2D or 3D) -> its probabilities on its own grid."""
