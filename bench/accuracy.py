@@ -107,14 +107,13 @@ def train_one(work: Path, config: TrainConfig, recipe: str, run: Run) -> dict:
         embeddings, boxes, task.label_size, decoder, config, run.seed, CPU, pseudo, validation, views=views
     )
     seconds = time.perf_counter() - start
-    heads = (("last", result.last), ("best", result.head))
-    probs = {
-        split: {
-            name: predict(decoder, task.load_embeddings(task.rows(split)), task.label_size, 8, CPU, head=head).half()
-            for name, head in heads
+    probs = {}
+    for split in ("test", "val"):
+        inputs = task.load_embeddings(task.rows(split))
+        probs[split] = {
+            name: predict(decoder, inputs, task.label_size, 8, CPU, head=head).half()
+            for name, head in (("last", result.last), ("best", result.head))
         }
-        for split in ("test", "val")
-    }
     log.info("%s %s trained in %.0f s (best epoch %d)", recipe, run.key, seconds, result.epoch)
     return {
         "recipe": recipe,
@@ -126,14 +125,16 @@ def train_one(work: Path, config: TrainConfig, recipe: str, run: Run) -> dict:
     }
 
 
+def dice_percent(probs: torch.Tensor, masks: torch.Tensor) -> float:
+    """Mean Dice (%) of N x S x S probabilities cut at ``THRESHOLD`` against N x S x S masks."""
+    return round(100 * float(dice(probs > THRESHOLD, masks).mean()), 2)
+
+
 def summarize_recipe(outcomes: list[dict], masks: torch.Tensor, config: TrainConfig) -> dict:
     """Per run and over runs: test Dice of the last and the best head, alone and as an ensemble."""
     runs, out = [], {"config": {k: str(v) for k, v in config.__dict__.items()}}
     for outcome in outcomes:
-        scores = {
-            name: round(100 * float(dice(probs.float() > THRESHOLD, masks).mean()), 2)
-            for name, probs in outcome["probs"].items()
-        }
+        scores = {name: dice_percent(probs.float(), masks) for name, probs in outcome["probs"].items()}
         runs.append(
             {
                 "run": outcome["run"].key,
@@ -145,8 +146,7 @@ def summarize_recipe(outcomes: list[dict], masks: torch.Tensor, config: TrainCon
         )
     for name in ("last", "best"):
         out[name] = summarize([r["test_dice"][name] / 100 for r in runs])
-        mean = torch.stack([o["probs"][name].float() for o in outcomes]).mean(0)
-        out[f"{name}_ensemble"] = round(100 * float(dice(mean > THRESHOLD, masks).mean()), 2)
+        out[f"{name}_ensemble"] = dice_percent(torch.stack([o["probs"][name].float() for o in outcomes]).mean(0), masks)
     out["runs"] = runs
     return out
 
@@ -162,18 +162,14 @@ def reprompt_study(outcomes: list[dict], task: Task, decoder: PromptDecoder) -> 
         embeddings, masks, boxes = task.load_embeddings(rows), task.load_masks(rows), task.boxes(rows)
         runs = [o[key]["last"].float() for o in outcomes]
         runs.append(torch.stack(runs).mean(0))  # the ensemble, last
-
-        def score(probs: torch.Tensor, masks: torch.Tensor = masks) -> float:
-            return round(100 * float(dice(probs > THRESHOLD, masks).mean()), 2)
-
         grid = {}
         for margin in MARGINS:
-            refined = [score(reprompt(decoder, embeddings, p, margin, THRESHOLD, 8, CPU)) for p in runs]
+            refined = [dice_percent(reprompt(decoder, embeddings, p, margin, THRESHOLD, 8, CPU), masks) for p in runs]
             loosened = predict(decoder, embeddings, size, 8, CPU, boxes=loosen(boxes, margin, size))
             grid[str(margin)] = {
                 "runs": summarize([d / 100 for d in refined[:-1]]),
                 "ensemble": refined[-1],
-                "tight_box_loosened": score(loosened),
+                "tight_box_loosened": dice_percent(loosened, masks),
             }
             log.info(
                 "re-prompt margin %s on %s: ensemble %.2f (tight box loosened: %.2f)",
@@ -182,7 +178,7 @@ def reprompt_study(outcomes: list[dict], task: Task, decoder: PromptDecoder) -> 
                 refined[-1],
                 grid[str(margin)]["tight_box_loosened"],
             )
-        out[split] = {"head": score(runs[-1]), "by_margin": grid}
+        out[split] = {"head": dice_percent(runs[-1], masks), "by_margin": grid}
     out["chosen_on_validation"] = max(MARGINS, key=lambda m: out["val"]["by_margin"][str(m)]["ensemble"])
     return out
 
@@ -217,10 +213,10 @@ def main() -> None:
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(train_one, work, configs[recipe], recipe, run) for recipe in recipes for run in plan]
         outcomes = [future.result() for future in futures]
+    by_recipe = {recipe: [o for o in outcomes if o["recipe"] == recipe] for recipe in recipes}
     results = {
-        recipe: summarize_recipe([o for o in outcomes if o["recipe"] == recipe], masks, configs[recipe])
-        | {"reprompt": reprompt_study([o for o in outcomes if o["recipe"] == recipe], task, decoder)}
-        for recipe in recipes
+        recipe: summarize_recipe(done, masks, configs[recipe]) | {"reprompt": reprompt_study(done, task, decoder)}
+        for recipe, done in by_recipe.items()
     }
     for recipe, result in results.items():
         log.info(

@@ -78,25 +78,12 @@ def predict_run(
     return name, probs, config["title"]
 
 
-def reprompt_groups(
-    settings: dict,
-    decoder: torch.nn.Module,
-    embeddings: torch.Tensor,
-    means: dict[str, torch.Tensor],
-    groups: list[str],
-    evaluate: dict,
-    device: torch.device,
-) -> dict[str, torch.Tensor]:
-    """``<group>_reprompted`` -> N x S x S probabilities: each head group's ensemble (or its one run, ``means``)
-    re-prompted with its masks' boxes loosened by ``reprompt.margin``; none when the margin is null."""
-    margin = settings.get("margin")
-    if margin is None:
-        return {}
-    threshold, batch = float(evaluate["threshold"]), int(evaluate["batch_size"])
-    return {
-        f"{group}_{REPROMPTED}": reprompt(decoder, embeddings, means[group], float(margin), threshold, batch, device)
-        for group in groups
-    }
+def reprompt_margin(params: dict, path: Path) -> float | None:
+    """``reprompt.margin`` of the params file at ``path``: None (off) or a fraction >= 0 of the box's side."""
+    margin = params.get("reprompt", {}).get("margin")
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, int | float) or margin < 0):
+        raise InputError(f"{path}: reprompt.margin is {margin!r}; give null (off) or a fraction >= 0 of the box's side")
+    return None if margin is None else float(margin)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -110,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
     settings, encode = params["evaluate"], params["encode"]
     pin_cpu_numerics(settings)
+    margin = reprompt_margin(params, args.params)
 
     task = load_task(params, args.task, args.prepared, args.index, args.embeddings)
     rows = task.rows("test")
@@ -142,7 +130,6 @@ def main(argv: list[str] | None = None) -> None:
         counts[group] = counts.get(group, 0) + 1
 
     selected_epochs: dict[str, int] = {}
-    head_groups = sorted({runs.group_key(runs.run_key(run_dir)) for run_dir in run_dirs})
     for run_dir in tqdm(run_dirs, desc=f"evaluate {args.task}", unit="run"):
         head, _ = runs.load_head(run_dir)
         key = runs.run_key(run_dir)
@@ -156,7 +143,11 @@ def main(argv: list[str] | None = None) -> None:
         add(runs.run_key(run_dir), probs)
         titles[name] = title
     means = {group: total.div_(counts[group]) for group, total in sums.items()}  # in place: one copy per group
-    reprompted = reprompt_groups(params.get("reprompt", {}), decoder, embeddings, means, head_groups, settings, device)
+    head_groups = sorted({runs.group_key(key) for key in selected_epochs}) if margin is not None else []
+    reprompted = {  # each head group's ensemble (or its one run), re-prompted with its masks' loosened boxes
+        f"{group}_{REPROMPTED}": reprompt(decoder, embeddings, means[group], margin, threshold, batch, device)
+        for group in head_groups
+    }
     scored = [
         score_rows(
             ref, groups[ref.name], means, tight_probs if ref.name == MASK else None, threshold, tolerance, reprompted

@@ -305,6 +305,17 @@ def test_baselines_resume_and_leave_out_runs_without_masks(pipeline, tmp_path, c
     assert "unet/fewshot/subset0-seed0" not in kept and any(k.startswith("persam/") for k in kept)
 
 
+def test_a_negative_reprompt_margin_is_refused_in_one_line(pipeline, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({**PARAMS, "reprompt": {"margin": -0.1}}))
+    data = ["--task", "hc18", "--prepared", str(pipeline / "prepared.zarr"), "--index", str(pipeline / "prepared.csv")]
+    data += ["--embeddings", str(pipeline / "embeddings.zarr"), "--models", str(pipeline / "models")]
+    outputs = ["--metrics", str(tmp_path / "m.json"), "--per-image", str(tmp_path / "p.csv")]
+    with pytest.raises(InputError, match=r"params.yaml: reprompt.margin is -0\.1; give null"):
+        evaluate.main(["--params", str(params), *data, *outputs, "--figure", str(tmp_path / "e.png")])
+    assert not (tmp_path / "m.json").exists()
+
+
 def test_views_are_encoded_for_every_image_a_few_shot_run_trains_on(pipeline):
     store = zarr.open_group(pipeline / VIEWS, mode="r")
     trained = sorted({i for f in (pipeline / "models/followup/fewshot").iterdir() for i in runs.load_head(f)[1]["ids"]})
