@@ -1,7 +1,7 @@
 """The ``autoprompt`` command: ``predict`` with a trained model, ``export`` a model to one file.
 
 autoprompt predict -m MODEL -i INPUT [INPUT ...] -o OUTPUT_DIR [--device auto] [--batch-size N] [--overlay]
-    [--reprompt-margin 0.1]
+    [--reprompt-margin 0.1 | --reprompt-from metrics/<task>.json]
 autoprompt export -m RUN_OR_TASK_FOLDER -o model.pt
 
 On a CPU the command computes as the stages do (``autoprompt.cpu_paths``, ``stage.pin_cpu_numerics``): the same
@@ -43,6 +43,7 @@ def predict_command(args: argparse.Namespace) -> None:
         part_id=args.part_id,
         num_parts=args.num_parts,
         reprompt_margin=args.reprompt_margin,
+        reprompt_from=args.reprompt_from,
     )
     if summary.failed:
         raise SystemExit(f"{len(summary.failed)} unreadable inputs were skipped (listed in the warnings above)")
@@ -85,11 +86,18 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--threads", type=threads, help="CPU threads (default: all); the same count gives the same masks on any machine"
     )
-    predict.add_argument(
+    reprompting = predict.add_mutually_exclusive_group()
+    reprompting.add_argument(
         "--reprompt-margin",
         type=float,
         help="prompt the decoder again with the box of each mask, each side moved out by this fraction of the box "
         "(the pipeline's reprompt.margin; default: off)",
+    )
+    reprompting.add_argument(
+        "--reprompt-from",
+        type=Path,
+        metavar="METRICS_JSON",
+        help="the margin that the evaluate stage chose for the model's recipe and regime (reprompt.margin: auto)",
     )
     predict.add_argument("--part-id", type=int, default=0, help="this process's part of the inputs (0-based)")
     predict.add_argument("--num-parts", type=int, default=1, help="parts the inputs are split into")

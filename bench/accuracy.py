@@ -10,8 +10,9 @@ gives both), each run alone and as an ensemble (the runs' mean probability, thre
 ``--jobs`` worker processes of one torch thread each.
 
 Re-prompting (``autoprompt.inference.reprompt``): the last heads' masks give boxes, loosened by each margin of
-``MARGINS`` and decoded again; the margin is chosen on the validation split's masks and reported on the test split,
-beside the tight box loosened by the same margin.
+``MARGINS`` and decoded again, beside the tight box loosened by the same margin. The margin is chosen on the
+validation split twice: by its masks' Dice, and as ``reprompt.margin: auto`` does, by its tight boxes alone
+(``choose_margin``); both are reported on the test split.
 
 Writes ``bench/results/accuracy.json`` (``--name``: another name, e.g. for a subset of the recipes).
 """
@@ -34,7 +35,7 @@ import yaml
 from autoprompt.data.tasks import Task, load_task
 from autoprompt.data.views import ViewSettings
 from autoprompt.evaluation.metrics import dice, summarize
-from autoprompt.inference.reprompt import loosen, reprompt
+from autoprompt.inference.reprompt import choose_margin, loosen, reprompt
 from autoprompt.model import backbones
 from autoprompt.model.decoding import PromptDecoder, predict
 from autoprompt.stage import pin_cpu_numerics
@@ -179,6 +180,9 @@ def reprompt_study(outcomes: list[dict], task: Task, decoder: PromptDecoder) -> 
                 grid[str(margin)]["tight_box_loosened"],
             )
         out[split] = {"head": dice_percent(runs[-1], masks), "by_margin": grid}
+        if split == "val":  # as reprompt.margin: auto chooses, from the validation boxes alone
+            chosen, scores = choose_margin(decoder, embeddings, boxes, runs[-1], list(MARGINS), THRESHOLD, 8, CPU)
+            out["chosen_on_validation_boxes"] = {"margin": chosen, "box_iou": scores}
     out["chosen_on_validation"] = max(MARGINS, key=lambda m: out["val"]["by_margin"][str(m)]["ensemble"])
     return out
 
@@ -239,12 +243,21 @@ def main() -> None:
     for recipe, result in results.items():
         study = result["reprompt"]
         chosen = study["test"]["by_margin"][str(study["chosen_on_validation"])]
+        by_boxes = study["chosen_on_validation_boxes"]["margin"]
+        boxes_ensemble = (
+            study["test"]["head"] if by_boxes is None else study["test"]["by_margin"][str(by_boxes)]["ensemble"]
+        )
         reprompted[recipe] = {
             "margin": study["chosen_on_validation"],
             "ensemble": chosen["ensemble"],
             "runs": chosen["runs"],
             "gap_to_tight_box": round(100 * float(tight_dice.mean()) - chosen["ensemble"], 2),
             "gap_to_tight_box_loosened": round(chosen["tight_box_loosened"] - chosen["ensemble"], 2),
+            "by_validation_boxes": {  # reprompt.margin: auto
+                "margin": by_boxes,
+                "ensemble": boxes_ensemble,
+                "gap_to_tight_box": round(100 * float(tight_dice.mean()) - boxes_ensemble, 2),
+            },
         }
         log.info("%s re-prompted at the validation's margin: %s", recipe, reprompted[recipe])
     common.write_result(
@@ -279,7 +292,8 @@ def main() -> None:
             "reprompted_last_ensemble": reprompted,
             "notes": "test Dice (%); a recipe's last/best: mean ± std over runs; *_ensemble: one predictor; "
             "reprompt: the last heads re-prompted with their masks' boxes loosened by each margin, the margin chosen "
-            "on the validation masks (reprompted_last_ensemble: at that margin, on the test split)",
+            "on the validation masks (reprompted_last_ensemble: at that margin, on the test split), and on the "
+            "validation boxes alone as reprompt.margin: auto does (by_validation_boxes; None: not re-prompted)",
         },
     )
 

@@ -1,7 +1,10 @@
 """evaluate@<task>: test scores of every trained run, of each group's ensemble, and of the tight-box prompt.
 
 With ``reprompt.margin`` set, each head group's ensemble (or its one run) is also scored re-prompted: the decoder
-prompted again with the boxes of its masks, loosened by that margin (``autoprompt.inference.reprompt``).
+prompted again with the boxes of its masks, loosened by that margin (``autoprompt.inference.reprompt``). With
+``auto``, each group's margin is chosen among ``reprompt.candidates`` on the validation split's tight boxes (boxes
+only, no masks), and may be none: the group's re-prompted row is then its plain one; a task without validation images
+takes ``reprompt.fallback``. The metrics JSON records each group's margin.
 
 Writes ``metrics/<task>.json`` (Dice, NSD and HD95, and per-patient 3D Dice for slices of volumes: mean ± std over
 runs per recipe and regime, and over test images for the ensembles and the tight box), a per-image CSV
@@ -35,7 +38,7 @@ from autoprompt.evaluation.references import (
     score_rows,
 )
 from autoprompt.evaluation.scoring import ENSEMBLE, REPROMPTED, Scores
-from autoprompt.inference.reprompt import reprompt
+from autoprompt.inference.reprompt import choose_margin, reprompt
 from autoprompt.io import atomic_path, write_text
 from autoprompt.model import backbones
 from autoprompt.model import baselines as methods
@@ -78,12 +81,65 @@ def predict_run(
     return name, probs, config["title"]
 
 
-def reprompt_margin(params: dict, path: Path) -> float | None:
-    """``reprompt.margin`` of the params file at ``path``: None (off) or a fraction >= 0 of the box's side."""
-    margin = params.get("reprompt", {}).get("margin")
-    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, int | float) or margin < 0):
-        raise InputError(f"{path}: reprompt.margin is {margin!r}; give null (off) or a fraction >= 0 of the box's side")
+AUTO = "auto"  # reprompt.margin: chosen per group on the validation boxes
+
+
+def _is_fraction(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+
+
+def reprompt_margin(params: dict, path: Path) -> float | str | None:
+    """``reprompt.margin`` of the params file at ``path``: None (off), a fraction >= 0 of the box's side, or ``auto``
+    (then ``reprompt.candidates`` must list such fractions)."""
+    section = params.get("reprompt", {})
+    margin = section.get("margin")
+    if margin == AUTO:
+        candidates, fallback = section.get("candidates"), section.get("fallback")
+        if not isinstance(candidates, list) or not candidates or not all(map(_is_fraction, candidates)):
+            raise InputError(
+                f"{path}: reprompt.candidates is {candidates!r}; give a list of fractions >= 0 for margin: auto"
+            )
+        if fallback is not None and not _is_fraction(fallback):
+            raise InputError(f"{path}: reprompt.fallback is {fallback!r}; give null (off) or a fraction >= 0")
+        return AUTO
+    if margin is not None and not _is_fraction(margin):
+        raise InputError(
+            f"{path}: reprompt.margin is {margin!r}; give null (off), a fraction >= 0 of the box's side, or auto"
+        )
     return None if margin is None else float(margin)
+
+
+def auto_margins(
+    decoder: torch.nn.Module,
+    embeddings: torch.Tensor | None,
+    boxes: torch.Tensor,
+    head_groups: list[str],
+    ensembles: dict[str, torch.Tensor],
+    candidates: list[float],
+    fallback: float | None,
+    threshold: float,
+    batch: int,
+    device: torch.device,
+) -> dict[str, dict]:
+    """``reprompt.margin: auto``: each head group's margin, chosen by ``choose_margin`` on the N validation images
+    (N x 256 x 64 x 64 ``embeddings``, N x 4 tight ``boxes``, each group's N x S x S ensemble probabilities), with the
+    mean box IoU of each choice (``choices``: None is no re-prompting). No validation images (``embeddings`` None):
+    ``fallback`` for every group."""
+    if embeddings is None:
+        log.warning("no validation images to choose the re-prompt margin on: reprompt.fallback (%s) it is", fallback)
+        return {group: {"margin": fallback, "validation_images": 0} for group in head_groups}
+    out = {}
+    for group in head_groups:
+        chosen, scores = choose_margin(
+            decoder, embeddings, boxes, ensembles[group], candidates, threshold, batch, device
+        )
+        out[group] = {
+            "margin": chosen,
+            "choices": [None, *candidates],
+            "validation_box_iou": list(scores.values()),
+            "validation_images": len(boxes),
+        }
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -129,12 +185,19 @@ def main(argv: list[str] | None = None) -> None:
         sums[group] = sums.get(group, 0) + probs
         counts[group] = counts.get(group, 0) + 1
 
+    val = task.rows("val") if margin == AUTO else rows.iloc[:0]  # the images that choose the margins
+    val_embeddings, val_sums = (task.load_embeddings(val) if len(val) else None), {}
     selected_epochs: dict[str, int] = {}
     for run_dir in tqdm(run_dirs, desc=f"evaluate {args.task}", unit="run"):
         head, _ = runs.load_head(run_dir)
         key = runs.run_key(run_dir)
         add(key, predict(decoder, embeddings, task.label_size, batch, device, head=head))
         selected_epochs[key] = runs.load_record(run_dir).get("selected_epoch")
+        if len(val):
+            group = runs.group_key(key)
+            val_sums[group] = val_sums.get(group, 0) + predict(
+                decoder, val_embeddings, task.label_size, batch, device, head=head
+            )
     titles = {}
     baseline_dirs = runs.finished_runs(args.baselines, runs.MODEL) if args.baselines else []
     images = task.load_images(rows) if baseline_dirs else None
@@ -144,10 +207,29 @@ def main(argv: list[str] | None = None) -> None:
         titles[name] = title
     means = {group: total.div_(counts[group]) for group, total in sums.items()}  # in place: one copy per group
     head_groups = sorted({runs.group_key(key) for key in selected_epochs}) if margin is not None else []
+    if margin == AUTO:
+        val_means = {group: total / counts[group] for group, total in val_sums.items()}
+        candidates = [float(c) for c in params["reprompt"]["candidates"]]
+        fallback = params["reprompt"].get("fallback")
+        margins = auto_margins(
+            decoder, val_embeddings, task.boxes(val), head_groups, val_means, candidates,
+            None if fallback is None else float(fallback), threshold, batch, device,
+        )  # fmt: skip
+    else:
+        margins = {group: {"margin": margin} for group in head_groups}
     reprompted = {  # each head group's ensemble (or its one run), re-prompted with its masks' loosened boxes
-        f"{group}_{REPROMPTED}": reprompt(decoder, embeddings, means[group], margin, threshold, batch, device)
+        f"{group}_{REPROMPTED}": reprompt(decoder, embeddings, means[group], m, threshold, batch, device)
+        if (m := margins[group]["margin"]) is not None
+        else means[group]
         for group in head_groups
     }
+    for group, choice in margins.items():
+        log.info(
+            "%s: %s re-prompted with margin %s",
+            args.task,
+            group,
+            choice["margin"] if choice["margin"] is not None else "none (off)",
+        )
     scored = [
         score_rows(
             ref, groups[ref.name], means, tight_probs if ref.name == MASK else None, threshold, tolerance, reprompted
@@ -166,6 +248,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     if titles:
         result["methods"] = dict(sorted(titles.items()))  # the baselines' names in the table
+    if margins:
+        result["reprompt"] = {"margin": margin, "groups": margins}
     if params["train"]["select"] == "best":
         result["selected_epochs"] = selected_epochs
     write_text(args.metrics, json.dumps(result, indent=2) + "\n")

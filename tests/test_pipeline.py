@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,7 @@ from autoprompt.data import views
 from autoprompt.data.tasks import load_task
 from autoprompt.errors import InputError
 from autoprompt.evaluation.metrics import dice
-from autoprompt.inference.reprompt import reprompt
+from autoprompt.inference.reprompt import choose_margin, reprompt
 from autoprompt.model import backbones
 from autoprompt.model.decoding import predict
 from autoprompt.training import runs
@@ -305,15 +306,56 @@ def test_baselines_resume_and_leave_out_runs_without_masks(pipeline, tmp_path, c
     assert "unet/fewshot/subset0-seed0" not in kept and any(k.startswith("persam/") for k in kept)
 
 
-def test_a_negative_reprompt_margin_is_refused_in_one_line(pipeline, tmp_path):
+def evaluate_with(root: Path, tmp_path: Path, reprompt_params: dict) -> Path:
+    """evaluate on the pipeline's runs with another ``reprompt`` section; returns the metrics JSON's path."""
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({**PARAMS, "reprompt": {"margin": -0.1}}))
-    data = ["--task", "hc18", "--prepared", str(pipeline / "prepared.zarr"), "--index", str(pipeline / "prepared.csv")]
-    data += ["--embeddings", str(pipeline / "embeddings.zarr"), "--models", str(pipeline / "models")]
+    params.write_text(yaml.safe_dump({**PARAMS, "reprompt": reprompt_params}))
+    data = ["--task", "hc18", "--prepared", str(root / "prepared.zarr"), "--index", str(root / "prepared.csv")]
+    data += ["--embeddings", str(root / "embeddings.zarr"), "--models", str(root / "models")]
     outputs = ["--metrics", str(tmp_path / "m.json"), "--per-image", str(tmp_path / "p.csv")]
-    with pytest.raises(InputError, match=r"params.yaml: reprompt.margin is -0\.1; give null"):
-        evaluate.main(["--params", str(params), *data, *outputs, "--figure", str(tmp_path / "e.png")])
+    evaluate.main(["--params", str(params), *data, *outputs, "--figure", str(tmp_path / "e.png")])
+    return tmp_path / "m.json"
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"margin": -0.1}, r"params.yaml: reprompt.margin is -0\.1; give null"),
+        ({"margin": "auto", "candidates": [0.1, -1]}, r"params.yaml: reprompt.candidates is \[0\.1, -1\]; give a list"),
+        ({"margin": "auto", "candidates": [0.1], "fallback": "x"}, r"params.yaml: reprompt.fallback is 'x'; give null"),
+    ],
+)
+def test_a_bad_reprompt_section_is_refused_in_one_line(pipeline, tmp_path, section, message):
+    with pytest.raises(InputError, match=message):
+        evaluate_with(pipeline, tmp_path, section)
     assert not (tmp_path / "m.json").exists()
+
+
+def test_auto_margin_is_chosen_on_the_validation_boxes_and_recorded(pipeline, tmp_path):
+    """reprompt.margin: auto picks each group's margin with choose_margin on the validation images' tight boxes and
+    the group's ensemble there; the re-prompted row uses it, and the metrics JSON records it."""
+    candidates = [0.0, 0.05, 0.2]
+    result = json.loads(evaluate_with(pipeline, tmp_path, {"margin": "auto", "candidates": candidates}).read_text())
+    params = yaml.safe_load((pipeline / "params.yaml").read_text())
+    task = load_task(
+        params, "hc18", pipeline / "prepared.zarr", pipeline / "prepared.csv", pipeline / "embeddings.zarr"
+    )
+    val = task.rows("val")
+    decoder, embeddings, mean, masks = followup_ensemble(pipeline)
+    val_embeddings, cpu = task.load_embeddings(val), torch.device("cpu")
+    folders = sorted((pipeline / "models/followup/fewshot").iterdir())
+    val_mean = torch.stack([predict(decoder, val_embeddings, 640, 8, cpu, head=runs.load_head(f)[0]) for f in folders])
+    margin, scores = choose_margin(decoder, val_embeddings, task.boxes(val), val_mean.mean(0), candidates, 0.5, 8, cpu)
+    recorded = result["reprompt"]["groups"]["followup/fewshot"]
+    assert result["reprompt"]["margin"] == "auto" and set(result["reprompt"]["groups"]) == {
+        "followup/fewshot",
+        "workshop/fewshot",
+    }
+    assert recorded["margin"] == margin and recorded["choices"] == [None, *candidates]
+    assert recorded["validation_box_iou"] == list(scores.values()) and recorded["validation_images"] == len(val) > 0
+    refined = mean if margin is None else reprompt(decoder, embeddings, mean, margin, 0.5, 8, cpu)
+    expected = 100 * float(dice(refined > 0.5, masks).mean())
+    assert result["dice"]["followup"]["fewshot_reprompted"]["mean"] == pytest.approx(expected, abs=1e-3)
 
 
 def test_views_are_encoded_for_every_image_a_few_shot_run_trains_on(pipeline):
@@ -347,3 +389,13 @@ def test_views_made_with_other_settings_are_refused(pipeline, tmp_path):
     args[args.index("--views") + 1] = str(tmp_path / "missing.zarr")
     with pytest.raises(InputError, match="views store not found; run `dvc repro` \\(the augment stage\\)"):
         train.main(args)
+
+
+def test_auto_margin_without_validation_images_falls_back(caplog):
+    """A task without a validation split (every box trains) takes reprompt.fallback for each group, and says so."""
+    with caplog.at_level("WARNING"):
+        margins = evaluate.auto_margins(
+            None, None, torch.zeros(0, 4), ["a/fewshot", "b/all"], {}, [0.0, 0.1], 0.1, 0.5, 8, torch.device("cpu")
+        )
+    assert margins == {g: {"margin": 0.1, "validation_images": 0} for g in ("a/fewshot", "b/all")}
+    assert "no validation images to choose the re-prompt margin on: reprompt.fallback (0.1) it is" in caplog.text

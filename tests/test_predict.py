@@ -5,6 +5,8 @@ The inputs are new volumes on grids the model never saw: anisotropic voxels, an 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -22,6 +24,7 @@ from autoprompt.data.images import as_stack, frame_slices, resample_in_plane
 from autoprompt.data.preprocess import fit_label
 from autoprompt.errors import InputError
 from autoprompt.inference import export_model, load_model, predict
+from autoprompt.inference.predict import recorded_margin
 from autoprompt.inference.predictor import Predictor
 from autoprompt.inference.reprompt import reprompt
 from stages import encode, prepare, simulate, train
@@ -179,6 +182,28 @@ def test_reprompt_margin_replaces_the_ensembles_probabilities_by_its_boxes_answe
     assert not np.allclose(expected, probs.numpy()), "the box prompts answer differently"
     with pytest.raises(InputError, match=r"reprompt margin is -0\.1"):
         Predictor(load_model(trained), device, cache_dir=RUNTIME_CACHE, reprompt_margin=-0.1)
+
+
+def test_reprompt_from_reads_the_margin_evaluate_chose_for_the_models_recipe(trained, tmp_path):
+    model = load_model(trained)
+    group, other = model.group(), "other/fewshot"
+    assert group == "augmented/fewshot", "the fixture's runs are of one recipe and regime"
+    metrics = tmp_path / "metrics.json"
+
+    def recorded(groups: dict) -> float | None:
+        metrics.write_text(json.dumps({"reprompt": {"margin": "auto", "groups": groups}}))
+        return recorded_margin(metrics, model)
+
+    assert recorded({group: {"margin": 0.05}, other: {"margin": 0.2}}) == 0.05
+    assert recorded({group: {"margin": None}}) is None, "evaluate chose no re-prompting"
+    with pytest.raises(InputError, match=r"metrics.json: no margin recorded for augmented/fewshot; evaluate"):
+        recorded({other: {"margin": 0.1}})
+    metrics.write_text(json.dumps({"dice": {}}))
+    with pytest.raises(InputError, match=r"metrics.json: no re-prompt margins in it \(KeyError\); give evaluate's"):
+        recorded_margin(metrics, model)
+    mixed = dataclasses.replace(model, runs=[*model.runs, f"{other}/subset0-seed0"])
+    with pytest.raises(InputError, match=r"margins are per recipe and regime; give a model of one"):
+        recorded_margin(metrics, mixed)
 
 
 def test_exported_model_predicts_the_same_masks_and_checks_its_backbone(trained, volume, tmp_path):

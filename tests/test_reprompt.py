@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from autoprompt.inference.reprompt import loosen, mask_boxes, reprompt
+from autoprompt.inference.reprompt import box_agreement, choose_margin, loosen, mask_boxes, reprompt
 from autoprompt.model import backbones
 from autoprompt.model.decoding import predict
 
@@ -44,3 +44,44 @@ def test_reprompt_decodes_the_masks_boxes_and_keeps_empty_masks(lite_checkpoint:
     torch.testing.assert_close(out[:2], expected)
     assert torch.equal(out[2], probs[2])
     assert not torch.equal(out[0], probs[0]), "the decoder's answer replaces the head's"
+
+
+def test_box_agreement_is_the_iou_of_the_masks_box_with_the_tight_box():
+    probs = torch.zeros(3, 64, 64)
+    probs[0, 10:30, 10:30] = 0.9  # its box is the tight box
+    probs[1, 10:30, 10:20] = 0.9  # half of it
+    tight = torch.tensor([[10, 10, 29, 29]] * 3)
+    assert box_agreement(probs, tight, 0.5).tolist() == pytest.approx([1.0, 0.5, 0.0]), "empty masks agree with none"
+
+
+class BoxPainter(torch.nn.Module):
+    """A decoder whose answer to a box prompt is that box, filled (input and label frames both 256 x 256): what a
+    re-prompted mask's box is, and so which margin fits, can be worked out by hand."""
+
+    input_size = 256
+
+    def box_prompt(self, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return boxes[:, None, :].float(), torch.zeros(len(boxes), 1)
+
+    def forward(self, embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        x0, y0, x1, y1 = (sparse[:, 0, i, None, None] for i in range(4))
+        ys, xs = torch.meshgrid(torch.arange(256.0), torch.arange(256.0), indexing="ij")
+        inside = (xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)
+        return torch.where(inside, 20.0, -20.0)[:, None]
+
+
+def test_choose_margin_keeps_masks_whose_boxes_are_tight_and_loosens_short_ones():
+    """From boxes alone: masks that already fill their tight boxes are not re-prompted (ties keep the head's masks);
+    masks that stop short of them are re-prompted with the candidate whose answers' boxes match the tight boxes."""
+    embeddings = torch.zeros(2, 256, 64, 64)
+    probs = torch.zeros(2, 256, 256)
+    probs[0, 30:91, 40:91] = 0.9  # box sides of 60 and 50 pixels (x_max - x_min): 10% of them are whole pixels
+    probs[1, 100:141, 20:121] = 0.9
+    masks_boxes, _ = mask_boxes(probs > 0.5, 0.0)
+    candidates = [0.0, 0.1, 0.3]
+    chosen, scores = choose_margin(BoxPainter(), embeddings, masks_boxes, probs, candidates, 0.5, 2, CPU)
+    assert chosen is None and scores["off"] == scores["0.0"] == 1.0 and scores["0.3"] < 1.0
+
+    tight = loosen(masks_boxes, 0.1, 256)  # the structures are larger than the head's masks
+    chosen, scores = choose_margin(BoxPainter(), embeddings, tight, probs, candidates, 0.5, 2, CPU)
+    assert chosen == 0.1 and scores["0.1"] == 1.0 and max(scores["off"], scores["0.0"], scores["0.3"]) < 1.0

