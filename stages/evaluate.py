@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -84,13 +85,22 @@ def predict_run(
 AUTO = "auto"  # reprompt.margin: chosen per group on the validation boxes
 
 
+@dataclass(frozen=True)
+class RepromptSettings:
+    """The ``reprompt`` section: ``margin`` None (off), a fraction >= 0 of the box's side, or ``auto`` (chosen among
+    ``candidates`` on the validation boxes; ``fallback`` for a task without validation images)."""
+
+    margin: float | str | None
+    candidates: tuple[float, ...] = ()
+    fallback: float | None = None
+
+
 def _is_fraction(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
 
 
-def reprompt_margin(params: dict, path: Path) -> float | str | None:
-    """``reprompt.margin`` of the params file at ``path``: None (off), a fraction >= 0 of the box's side, or ``auto``
-    (then ``reprompt.candidates`` must list such fractions)."""
+def reprompt_settings(params: dict, path: Path) -> RepromptSettings:
+    """The ``reprompt`` section of the params file at ``path``, checked: one line naming the file when it is wrong."""
     section = params.get("reprompt", {})
     margin = section.get("margin")
     if margin == AUTO:
@@ -101,41 +111,44 @@ def reprompt_margin(params: dict, path: Path) -> float | str | None:
             )
         if fallback is not None and not _is_fraction(fallback):
             raise InputError(f"{path}: reprompt.fallback is {fallback!r}; give null (off) or a fraction >= 0")
-        return AUTO
+        return RepromptSettings(AUTO, tuple(map(float, candidates)), None if fallback is None else float(fallback))
     if margin is not None and not _is_fraction(margin):
         raise InputError(
             f"{path}: reprompt.margin is {margin!r}; give null (off), a fraction >= 0 of the box's side, or auto"
         )
-    return None if margin is None else float(margin)
+    return RepromptSettings(None if margin is None else float(margin))
 
 
-def auto_margins(
+def group_margins(
+    settings: RepromptSettings,
     decoder: torch.nn.Module,
+    head_groups: list[str],
     embeddings: torch.Tensor | None,
     boxes: torch.Tensor,
-    head_groups: list[str],
     ensembles: dict[str, torch.Tensor],
-    candidates: list[float],
-    fallback: float | None,
     threshold: float,
     batch: int,
     device: torch.device,
 ) -> dict[str, dict]:
-    """``reprompt.margin: auto``: each head group's margin, chosen by ``choose_margin`` on the N validation images
-    (N x 256 x 64 x 64 ``embeddings``, N x 4 tight ``boxes``, each group's N x S x S ensemble probabilities), with the
-    mean box IoU of each choice (``choices``: None is no re-prompting). No validation images (``embeddings`` None):
-    ``fallback`` for every group."""
+    """Each head group's margin: the configured one, or with ``auto`` the one ``choose_margin`` picks on the N
+    validation images (N x 256 x 64 x 64 ``embeddings``, N x 4 tight ``boxes``, each group's N x S x S ensemble
+    probabilities), with the mean box IoU of each choice (``choices``: None is no re-prompting). ``auto`` without
+    validation images (``embeddings`` None): the fallback for every group."""
+    if settings.margin != AUTO:
+        return {group: {"margin": settings.margin} for group in head_groups}
     if embeddings is None:
-        log.warning("no validation images to choose the re-prompt margin on: reprompt.fallback (%s) it is", fallback)
-        return {group: {"margin": fallback, "validation_images": 0} for group in head_groups}
+        log.warning(
+            "no validation images to choose the re-prompt margin on: reprompt.fallback (%s) it is", settings.fallback
+        )
+        return {group: {"margin": settings.fallback, "validation_images": 0} for group in head_groups}
     out = {}
     for group in head_groups:
         chosen, scores = choose_margin(
-            decoder, embeddings, boxes, ensembles[group], candidates, threshold, batch, device
+            decoder, embeddings, boxes, ensembles[group], list(settings.candidates), threshold, batch, device
         )
         out[group] = {
             "margin": chosen,
-            "choices": [None, *candidates],
+            "choices": [None, *settings.candidates],
             "validation_box_iou": list(scores.values()),
             "validation_images": len(boxes),
         }
@@ -153,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
     settings, encode = params["evaluate"], params["encode"]
     pin_cpu_numerics(settings)
-    margin = reprompt_margin(params, args.params)
+    reprompting = reprompt_settings(params, args.params)
 
     task = load_task(params, args.task, args.prepared, args.index, args.embeddings)
     rows = task.rows("test")
@@ -185,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
         sums[group] = sums.get(group, 0) + probs
         counts[group] = counts.get(group, 0) + 1
 
-    val = task.rows("val") if margin == AUTO else rows.iloc[:0]  # the images that choose the margins
+    val = task.rows("val") if reprompting.margin == AUTO else rows.iloc[:0]  # the images that choose the margins
     val_embeddings, val_sums = (task.load_embeddings(val) if len(val) else None), {}
     selected_epochs: dict[str, int] = {}
     for run_dir in tqdm(run_dirs, desc=f"evaluate {args.task}", unit="run"):
@@ -206,17 +219,11 @@ def main(argv: list[str] | None = None) -> None:
         add(runs.run_key(run_dir), probs)
         titles[name] = title
     means = {group: total.div_(counts[group]) for group, total in sums.items()}  # in place: one copy per group
-    head_groups = sorted({runs.group_key(key) for key in selected_epochs}) if margin is not None else []
-    if margin == AUTO:
-        val_means = {group: total / counts[group] for group, total in val_sums.items()}
-        candidates = [float(c) for c in params["reprompt"]["candidates"]]
-        fallback = params["reprompt"].get("fallback")
-        margins = auto_margins(
-            decoder, val_embeddings, task.boxes(val), head_groups, val_means, candidates,
-            None if fallback is None else float(fallback), threshold, batch, device,
-        )  # fmt: skip
-    else:
-        margins = {group: {"margin": margin} for group in head_groups}
+    head_groups = sorted({runs.group_key(key) for key in selected_epochs}) if reprompting.margin is not None else []
+    val_means = {group: total / counts[group] for group, total in val_sums.items()}
+    margins = group_margins(
+        reprompting, decoder, head_groups, val_embeddings, task.boxes(val), val_means, threshold, batch, device
+    )
     reprompted = {  # each head group's ensemble (or its one run), re-prompted with its masks' loosened boxes
         f"{group}_{REPROMPTED}": reprompt(decoder, embeddings, means[group], m, threshold, batch, device)
         if (m := margins[group]["margin"]) is not None
@@ -249,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     if titles:
         result["methods"] = dict(sorted(titles.items()))  # the baselines' names in the table
     if margins:
-        result["reprompt"] = {"margin": margin, "groups": margins}
+        result["reprompt"] = {"margin": reprompting.margin, "groups": margins}
     if params["train"]["select"] == "best":
         result["selected_epochs"] = selected_epochs
     write_text(args.metrics, json.dumps(result, indent=2) + "\n")

@@ -394,8 +394,9 @@ def test_views_made_with_other_settings_are_refused(pipeline, tmp_path):
 def test_auto_margin_without_validation_images_falls_back(caplog):
     """A task without a validation split (every box trains) takes reprompt.fallback for each group, and says so."""
     with caplog.at_level("WARNING"):
-        margins = evaluate.auto_margins(
-            None, None, torch.zeros(0, 4), ["a/fewshot", "b/all"], {}, [0.0, 0.1], 0.1, 0.5, 8, torch.device("cpu")
-        )
+        margins = evaluate.group_margins(
+            evaluate.RepromptSettings("auto", (0.0, 0.1), 0.1), None, ["a/fewshot", "b/all"], None, torch.zeros(0, 4),
+            {}, 0.5, 8, torch.device("cpu"),
+        )  # fmt: skip
     assert margins == {g: {"margin": 0.1, "validation_images": 0} for g in ("a/fewshot", "b/all")}
     assert "no validation images to choose the re-prompt margin on: reprompt.fallback (0.1) it is" in caplog.text
