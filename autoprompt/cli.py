@@ -4,7 +4,7 @@ autoprompt predict -m MODEL -i INPUT [INPUT ...] -o OUTPUT_DIR [--device auto] [
     [--reprompt-margin 0.1 | --reprompt-from metrics/<task>.json]
 autoprompt export -m RUN_OR_TASK_FOLDER -o model.pt
 
-On a CPU the command computes as the stages do (``autoprompt.cpu_paths``, ``stage.pin_cpu_numerics``): the same
+On a CPU the command computes as the stages do (``autoprompt.cpu_paths``, ``device.pin_cpu_numerics``): the same
 masks on any x86 machine with AVX2 for the same ``--threads``.
 """
 
@@ -19,11 +19,11 @@ MODEL_HELP = "a run folder, a folder of runs (their ensemble, e.g. models/hc18/a
 
 
 def predict_command(args: argparse.Namespace) -> None:
+    from autoprompt.device import pin_cpu_numerics, select_device
     from autoprompt.inference import predict
-    from autoprompt.stage import pin_cpu_numerics, select_device
 
-    if select_device(args.device).type == "cpu":
-        pin_cpu_numerics({"threads": args.threads})
+    if select_device(args.device, "--device").type == "cpu":
+        pin_cpu_numerics(args.threads)
 
     summary = predict(
         args.model,
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
 def entry() -> None:
     """The console script: the CPU code paths pinned before torch loads, then ``main`` with one-line errors."""
     pin_code_paths()
-    from autoprompt.stage import run
+    from autoprompt.console import run
 
     run(main)
 

@@ -3,7 +3,7 @@
 ``pin_code_paths`` sets NumPy's, PyTorch's kernels', MKL's and oneDNN's (OpenVINO's CPU kernels honour it too) to
 AVX2, whatever wider instructions the CPU also has, unless the environment already sets them. The libraries read
 these variables once, when they load: call it before the first ``import torch`` (``stages/__init__.py``, the
-``autoprompt`` command). With the thread count fixed and oneDNN off in torch (``autoprompt.stage.pin_cpu_numerics``)
+``autoprompt`` command). With the thread count fixed and oneDNN off in torch (``autoprompt.device.pin_cpu_numerics``)
 a CPU run is then reproducible across machines (README: determinism). This module imports nothing heavy.
 """
 

@@ -1,8 +1,10 @@
-"""Whole-or-nothing writes: outputs appear complete under their final name, or not at all."""
+"""Files: whole-or-nothing writes (outputs appear complete under their final name, or not at all) and hashes."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -42,3 +44,19 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, read once per path, size and modification time (checkpoints are hashed by several
+    steps of one process: the store's identity, the converted encoder's name, predict's check)."""
+    stat = Path(path).stat()
+    return _file_sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

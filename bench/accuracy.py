@@ -32,19 +32,20 @@ import common
 import torch
 import yaml
 
-from autoprompt.data.tasks import Task, load_task
-from autoprompt.data.views import ViewSettings
+from autoprompt.data.tasks import Task, TaskFiles, load_task
+from autoprompt.device import pin_cpu_numerics
 from autoprompt.evaluation.metrics import dice, summarize
 from autoprompt.inference.reprompt import choose_margin, loosen, reprompt
-from autoprompt.model import backbones
-from autoprompt.model.decoding import PromptDecoder, predict
-from autoprompt.stage import pin_cpu_numerics
+from autoprompt.model import backbones, checkpoints
+from autoprompt.model.decoding import PromptDecoder, decode
+from autoprompt.settings import load_settings, settings_from
 from autoprompt.training.fewshot import Run, plan_runs
+from autoprompt.training.head_jobs import open_views
 from autoprompt.training.inputs import TaskInputs
-from autoprompt.training.loop import TrainConfig, recipe_names, train_head
+from autoprompt.training.loop import TrainConfig, train_head
 from autoprompt.training.pseudo_labels import box_prompted_masks
 from autoprompt.training.validation import ValidationSet
-from stages import augment, encode, prepare, train
+from stages import augment, encode, prepare
 
 log = logging.getLogger("bench.accuracy")
 
@@ -81,21 +82,22 @@ def workspace(work: Path, hc18: Path, params: dict, shots: int, subsets: int) ->
 def _loaded(work: Path) -> tuple[Task, PromptDecoder, ValidationSet, TaskInputs]:
     """The task, the frozen decoder, the validation set and the training inputs (views included), once per
     process."""
-    settings = yaml.safe_load((work / "params.yaml").read_text())
-    task = load_task(settings, "hc18", work / "prepared.zarr", work / "prepared.csv", work / "embeddings.zarr")
-    decoder = backbones.build_prompt_decoder(BACKBONE, backbones.resolve_checkpoint(BACKBONE, None))
+    settings = load_settings(work / "params.yaml")
+    files = TaskFiles(work / "prepared.zarr", work / "prepared.csv", work / "embeddings.zarr")
+    task = load_task("hc18", settings.task("hc18"), files, settings.prepare.min_foreground, BACKBONE)
+    decoder = backbones.build_prompt_decoder(BACKBONE, checkpoints.resolve_checkpoint(BACKBONE, None))
     val = task.rows("val")
     embeddings = task.load_embeddings(val)
     masks = box_prompted_masks(decoder, embeddings, task.boxes(val), task.label_size, 8, CPU)
-    views = ViewSettings.from_params(settings["augment"])
-    inputs = TaskInputs(task, decoder, CPU, 8, train.open_views(work / "views.zarr", task, views), views)
+    views = settings.augment
+    inputs = TaskInputs(task, decoder, CPU, 8, open_views(work / "views.zarr", task, views), views)
     return task, decoder, ValidationSet(embeddings, masks, task.load_masks(val), batch_size=8), inputs
 
 
 def train_one(work: Path, config: TrainConfig, recipe: str, run: Run) -> dict:
     """One run of a recipe (in a worker process): its test probabilities with the last and the best head."""
     common.setup_logging()
-    pin_cpu_numerics({"threads": 1})  # the pipeline's CPU numerics, one thread per worker
+    pin_cpu_numerics(1)  # the pipeline's CPU numerics, one thread per worker
     task, decoder, validation, inputs = _loaded(work)
     rows = task.rows(ids=run.ids)
     embeddings, boxes = task.load_embeddings(rows), task.boxes(rows)
@@ -112,7 +114,7 @@ def train_one(work: Path, config: TrainConfig, recipe: str, run: Run) -> dict:
     for split in ("test", "val"):
         inputs = task.load_embeddings(task.rows(split))
         probs[split] = {
-            name: predict(decoder, inputs, task.label_size, 8, CPU, head=head).half()
+            name: decode(decoder, inputs, task.label_size, 8, CPU, head=head).half()
             for name, head in (("last", result.last), ("best", result.head))
         }
     log.info("%s %s trained in %.0f s (best epoch %d)", recipe, run.key, seconds, result.epoch)
@@ -126,16 +128,11 @@ def train_one(work: Path, config: TrainConfig, recipe: str, run: Run) -> dict:
     }
 
 
-def dice_percent(probs: torch.Tensor, masks: torch.Tensor) -> float:
-    """Mean Dice (%) of N x S x S probabilities cut at ``THRESHOLD`` against N x S x S masks."""
-    return round(100 * float(dice(probs > THRESHOLD, masks).mean()), 2)
-
-
 def summarize_recipe(outcomes: list[dict], masks: torch.Tensor, config: TrainConfig) -> dict:
     """Per run and over runs: test Dice of the last and the best head, alone and as an ensemble."""
     runs, out = [], {"config": {k: str(v) for k, v in config.__dict__.items()}}
     for outcome in outcomes:
-        scores = {name: dice_percent(probs.float(), masks) for name, probs in outcome["probs"].items()}
+        scores = {name: common.dice_percent(probs.float(), masks) for name, probs in outcome["probs"].items()}
         runs.append(
             {
                 "run": outcome["run"].key,
@@ -147,7 +144,9 @@ def summarize_recipe(outcomes: list[dict], masks: torch.Tensor, config: TrainCon
         )
     for name in ("last", "best"):
         out[name] = summarize([r["test_dice"][name] / 100 for r in runs])
-        out[f"{name}_ensemble"] = dice_percent(torch.stack([o["probs"][name].float() for o in outcomes]).mean(0), masks)
+        out[f"{name}_ensemble"] = common.dice_percent(
+            torch.stack([o["probs"][name].float() for o in outcomes]).mean(0), masks
+        )
     out["runs"] = runs
     return out
 
@@ -165,12 +164,14 @@ def reprompt_study(outcomes: list[dict], task: Task, decoder: PromptDecoder) -> 
         runs.append(torch.stack(runs).mean(0))  # the ensemble, last
         grid = {}
         for margin in MARGINS:
-            refined = [dice_percent(reprompt(decoder, embeddings, p, margin, THRESHOLD, 8, CPU), masks) for p in runs]
-            loosened = predict(decoder, embeddings, size, 8, CPU, boxes=loosen(boxes, margin, size))
+            refined = [
+                common.dice_percent(reprompt(decoder, embeddings, p, margin, THRESHOLD, 8, CPU), masks) for p in runs
+            ]
+            loosened = decode(decoder, embeddings, size, 8, CPU, boxes=loosen(boxes, margin, size))
             grid[str(margin)] = {
                 "runs": summarize([d / 100 for d in refined[:-1]]),
                 "ensemble": refined[-1],
-                "tight_box_loosened": dice_percent(loosened, masks),
+                "tight_box_loosened": common.dice_percent(loosened, masks),
             }
             log.info(
                 "re-prompt margin %s on %s: ensemble %.2f (tight box loosened: %.2f)",
@@ -179,7 +180,7 @@ def reprompt_study(outcomes: list[dict], task: Task, decoder: PromptDecoder) -> 
                 refined[-1],
                 grid[str(margin)]["tight_box_loosened"],
             )
-        out[split] = {"head": dice_percent(runs[-1], masks), "by_margin": grid}
+        out[split] = {"head": common.dice_percent(runs[-1], masks), "by_margin": grid}
         if split == "val":  # as reprompt.margin: auto chooses, from the validation boxes alone
             chosen, scores = choose_margin(decoder, embeddings, boxes, runs[-1], list(MARGINS), THRESHOLD, 8, CPU)
             out["chosen_on_validation_boxes"] = {"margin": chosen, "box_iou": scores}
@@ -206,13 +207,15 @@ def main() -> None:
     task, decoder, _, _ = _loaded(work)
     test = task.rows("test")
     masks = task.load_masks(test)
-    tight = predict(decoder, task.load_embeddings(test), task.label_size, 8, CPU, boxes=task.boxes(test))
+    tight = decode(decoder, task.load_embeddings(test), task.label_size, 8, CPU, boxes=task.boxes(test))
     tight_dice = dice(tight > THRESHOLD, masks).numpy()
     log.info("tight box: %.2f on %d test images", 100 * tight_dice.mean(), len(test))
 
-    recipes = args.recipes or recipe_names(params["train"])
-    train = {**params["train"], "select": "best", "validate_every": args.validate_every}
-    configs = {recipe: TrainConfig.from_params(train, recipe, "fewshot") for recipe in recipes}
+    recipes = args.recipes or list(load_settings(args.params).train.recipe)
+    train = settings_from(
+        {"train": {**params["train"], "select": "best", "validate_every": args.validate_every}}, str(args.params)
+    ).train
+    configs = {recipe: TrainConfig.from_settings(train, recipe, "fewshot") for recipe in recipes}
     plan = plan_runs(task.rows("train")["id"].tolist(), args.shots, args.subsets, [0], 0, False, "hc18")
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(train_one, work, configs[recipe], recipe, run) for recipe in recipes for run in plan]

@@ -15,13 +15,12 @@ import logging
 
 import common
 import torch
-import yaml
 
-from autoprompt.model import backbones
+from autoprompt.device import pin_cpu_numerics
+from autoprompt.model import backbones, checkpoints
 from autoprompt.model.baselines import METHODS
-from autoprompt.stage import pin_cpu_numerics
+from autoprompt.settings import Epochs, HeadInit, MethodSettings, Milestones, load_settings
 from autoprompt.training.baselines import BaselineConfig, make_model, train_baseline
-from autoprompt.training.loop import HeadStart
 
 log = logging.getLogger("bench.baselines")
 
@@ -47,14 +46,13 @@ def inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tor
     return images, masks, boxes.round().long(), embeddings
 
 
-def epoch_seconds(name: str, settings: dict, device: torch.device, repeats: int) -> dict:
+def epoch_seconds(name: str, settings: MethodSettings, device: torch.device, repeats: int) -> dict:
     """Median wall seconds of one epoch over ``repeats`` epochs, after one warm-up epoch."""
     images, masks, boxes, embeddings = inputs()
-    decoder = backbones.build_prompt_decoder("lite_medsam", backbones.resolve_checkpoint("lite_medsam", None))
-    model = make_model(name, settings, decoder, 0, boxes, LABEL_SIZE, HeadStart())
-    config = BaselineConfig.from_params(
-        {**settings, "epochs": {"fewshot": 1}, "milestones": {"fewshot": []}}, "fewshot"
-    )
+    decoder = backbones.build_prompt_decoder("lite_medsam", checkpoints.resolve_checkpoint("lite_medsam", None))
+    model = make_model(name, settings, decoder, 0, boxes, LABEL_SIZE, HeadInit())
+    one_epoch = settings.model_copy(update={"epochs": Epochs(fewshot=1, all=1), "milestones": Milestones()})
+    config = BaselineConfig.from_settings(one_epoch, "fewshot")
     times = []
     for _ in range(repeats + 1):  # train_baseline trains the model in place
         seconds, _ = common.time_call(
@@ -75,13 +73,13 @@ def main() -> None:
     devices = {"cpu": torch.device("cpu")}
     if common.gpu_device() is not None:
         devices["gpu"] = common.gpu_device()
-    pin_cpu_numerics({"threads": args.threads})
+    pin_cpu_numerics(args.threads)
     results: dict = {}
     for config in args.configs:
-        section = yaml.safe_load(CONFIGS[config].read_text())["baseline"]
-        for name in (n for n in section["methods"] if METHODS[n].trained):
+        section = load_settings(CONFIGS[config]).baseline
+        for name in (n for n in section.methods if METHODS[n].trained):
             for device_name, device in devices.items():
-                measured = epoch_seconds(name, section[name], device, args.repeats)
+                measured = epoch_seconds(name, section.method(name), device, args.repeats)
                 log.info("%s %s on %s: %.2f s per epoch of %d images", config, name, device_name,
                          measured["seconds_per_epoch"], IMAGES)  # fmt: skip
                 results.setdefault(config, {}).setdefault(name, {})[device_name] = measured

@@ -117,6 +117,13 @@ def time_call(fn: Callable[[], T], device: torch.device) -> tuple[float, T]:
     return time.perf_counter() - start, result
 
 
+def dice_percent(probs: torch.Tensor, masks: torch.Tensor, threshold: float = 0.5) -> float:
+    """Mean Dice (%) of N x S x S probabilities cut at ``threshold`` against N x S x S masks, to 2 decimals."""
+    from autoprompt.evaluation.metrics import dice
+
+    return round(100 * float(dice(probs > threshold, masks).mean()), 2)
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -172,9 +179,10 @@ def load_hc18(root: Path, count: int, crop: int, scratch: Path) -> dict:
     """
     if Path(root).suffix == ".npz":
         return _load_npz(Path(root), count)
-    from autoprompt.data import get_reader
+    from autoprompt.data import hc18
     from autoprompt.data.phantoms.hc18 import write_hc18_phantoms
     from autoprompt.data.preprocess import crop_or_pad, tight_box
+    from autoprompt.settings import Hc18Prepare
 
     root = Path(root)
     if (root / "training_set").is_dir():
@@ -188,17 +196,16 @@ def load_hc18(root: Path, count: int, crop: int, scratch: Path) -> dict:
         root = Path(scratch) / "hc18-phantoms"
         write_hc18_phantoms(root, subjects=count, size=(800, 540), seed=0, second_image=0.0)
         source = "phantoms (autoprompt.data.phantoms.hc18, seed 0): real HC18 not found"
-    reader = get_reader("hc18")
-    settings = {"crop": crop}
+    section = Hc18Prepare(crop=crop)
     images, masks, boxes, ids = [], [], [], []
-    for files in reader.find(root, settings):
-        for case in reader.load(files, settings):
+    for files in hc18.find(root, section):
+        for case in hc18.load(files, section):
             image, label = crop_or_pad(case.image, crop), crop_or_pad(case.label, crop)
-            box = tight_box(label == reader.classes["head"])
+            box = tight_box(label == hc18.READER.classes["head"])
             if box is None:
                 continue
             images.append(image)
-            masks.append(label == reader.classes["head"])
+            masks.append(label == hc18.READER.classes["head"])
             boxes.append(box)
             ids.append(case.id)
         if len(images) >= count:

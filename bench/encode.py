@@ -8,15 +8,14 @@ CPU, each group in a child process of its own, its runtimes interleaved repeat b
 Per backbone and runtime: ``seconds_per_image`` (median over the repeats), ``speedup_over_torch`` (torch float32
 seconds / runtime seconds, same group) and ``max_relative_difference`` (||e - e_torch|| / ||e_torch|| per image, the
 largest, on the encoders' outputs; ``..._float16_stored``: after the store's float16 rounding). The whole
-``backbones.embed`` call is timed (resize, encoder, float16 copy).
+``runtimes.embed`` call is timed (resize, encoder, float16 copy).
 
 GPU (when there is one): MedSAM ViT-B under bfloat16 autocast with SDPA attention (relative positions as a bias) at
-batch 16 and 32, eager and ``torch.compile``d; segment-anything's own attention at batch 16 (what SDPA gains);
-``flex_attention`` in the global blocks, compiled (an alternative, slower); the relative positions folded into the
-queries and keys, eager and compiled, through the flash kernel and through cuDNN's attention; the encoder exactly as
-the encode stage builds it on this GPU (``runtimes.build_encoder``), compiled; float32 (the reference of the bfloat16
-difference); LiteMedSAM bfloat16 and float32. Both the encoder alone (inputs already on the GPU) and the whole
-``embed`` call are timed.
+batch 16 and 32, eager and ``torch.compile``d; segment-anything's own attention at batch 16 (what SDPA gains); the
+relative positions folded into the queries and keys, eager and compiled, through the flash kernel and through cuDNN's
+attention; the encoder exactly as the encode stage builds it on this GPU (``runtimes.build_encoder``), compiled; float32
+(the reference of the bfloat16 difference); LiteMedSAM bfloat16 and float32. Both the encoder alone (inputs already on
+the GPU) and the whole ``embed`` call are timed.
 
 MedSAM's ViT-B weights cannot be downloaded here: unless ``--vit-checkpoint`` names the real file, a seeded random
 ViT-B is written in the same format and loaded through the same path; the speed of a random model is the real one's.
@@ -43,14 +42,11 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from autoprompt.cpu_paths import CPU_CODE_PATHS
-from autoprompt.model import backbones, runtimes
+from autoprompt.model import backbones, checkpoints, runtimes
 from autoprompt.model.attention import (
     CudnnFoldedAttention,
     SdpaAttention,
     cudnn_takes_folded,
-    merge_heads,
-    relative_tables,
-    split_heads,
     use_folded,
 )
 
@@ -59,41 +55,6 @@ log = logging.getLogger("bench.encode")
 CACHE = common.BENCH / ".work" / "runtimes"
 REFERENCES = ("float32 sdpa", "float32 b32")  # what the GPU variants' differences are measured against
 CPU = torch.device("cpu")
-
-
-class FlexAttention(Attention):
-    """segment-anything's ViT ``Attention`` with relative positions, computed by ``flex_attention``: the two small
-    relative-position tables are added inside the kernel, so that the N x N bias is never materialised. Measured here
-    as an alternative to ``SdpaAttention`` in the global blocks (compiled); slower on an H200, so not in the package.
-
-    B x H x W x C -> B x H x W x C."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        from torch.nn.attention.flex_attention import flex_attention
-
-        size = x.shape[1:3]
-        q, k, v = split_heads(self, x)
-        rel_h, rel_w = relative_tables(self, q, size)
-        w = size[1]
-
-        def add_positions(score: Tensor, b: Tensor, head: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
-            return score + rel_h[b, head, q_idx, kv_idx // w] + rel_w[b, head, q_idx, kv_idx % w]
-
-        out = flex_attention(q, k, v, score_mod=add_positions, scale=self.scale)
-        return merge_heads(self, out, size)
-
-
-def use_flex(encoder: nn.Module, min_tokens: int = 1024) -> int:
-    """Turn the relative-position attention of ``encoder``'s global blocks (grids of at least ``min_tokens`` tokens,
-    read off the position tables) into ``FlexAttention`` in place; the count."""
-    swapped = 0
-    for module in encoder.modules():
-        if isinstance(module, Attention) and module.use_rel_pos:
-            side_h, side_w = (module.rel_pos_h.shape[0] + 1) // 2, (module.rel_pos_w.shape[0] + 1) // 2
-            if side_h * side_w >= min_tokens:
-                module.__class__ = FlexAttention
-                swapped += 1
-    return swapped
 
 
 def random_vit_b_checkpoint(folder: Path) -> Path:
@@ -128,15 +89,15 @@ def cpu_encoders(name: str, checkpoint: Path, group: str) -> tuple[dict, dict]:
 def run_cpu_group(group: str, images: torch.Tensor, checkpoints: dict[str, Path], counts: dict, repeats: int) -> dict:
     """Every backbone's runtimes of one group, interleaved repeat by repeat."""
     if group == "pipeline":
-        from autoprompt.stage import pin_cpu_numerics
+        from autoprompt.device import pin_cpu_numerics
 
-        pin_cpu_numerics({"threads": torch.get_num_threads()})
+        pin_cpu_numerics(torch.get_num_threads())
     out = {"environment": {k: os.environ.get(k) for k in CPU_CODE_PATHS}, "backbones": {}}
     for name in backbones.BACKBONES:
         subset = images[: counts[name]]
         encoders, build_seconds = cpu_encoders(name, checkpoints[name], group)
         for encoder in encoders.values():  # warm-up
-            backbones.embed(encoder, name, subset[:1], 1)
+            runtimes.embed(encoder, name, subset[:1], 1)
         seconds = {key: [] for key in encoders}
         outputs = {}
         for _ in range(repeats):
@@ -182,7 +143,7 @@ def measure_gpu(encoder, name: str, images: torch.Tensor, batch: int, repeats: i
             encoder_only.append(batch / elapsed)
     whole, output = [], None
     for _ in range(repeats):
-        elapsed, output = common.time_call(lambda: backbones.embed(encoder, name, images, batch), device)
+        elapsed, output = common.time_call(lambda: runtimes.embed(encoder, name, images, batch), device)
         whole.append(len(images) / elapsed)
     row = {
         "batch_size": batch,
@@ -280,12 +241,6 @@ def run_gpu(args: argparse.Namespace, images: torch.Tensor, checkpoints: dict[st
         encoder = compiled(vit, device)
         for batch in args.gpu_batch_sizes:
             record(f"bfloat16 sdpa compiled b{batch}", encoder, "medsam_vit_b", batch)
-        flex = backbones.build_image_encoder("medsam_vit_b", checkpoints["medsam_vit_b"])
-        use_flex(flex)
-        encoder = compiled(flex, device)
-        for batch in args.gpu_batch_sizes:
-            record(f"bfloat16 flex compiled b{batch}", encoder, "medsam_vit_b", batch)
-        del flex
     folded = backbones.build_image_encoder("medsam_vit_b", checkpoints["medsam_vit_b"]).to(device)
     use_folded(folded)  # relative positions folded into q and k: the flash kernel, no bias
     record("bfloat16 folded b32", runtimes.TorchEncoder(folded, device, "bfloat16"), "medsam_vit_b", 32)
@@ -381,18 +336,18 @@ def main() -> None:
     with common.scratch_dir() as scratch:
         scratch = Path(scratch)
         data = common.load_hc18(args.hc18, max(args.lite_images, args.vit_images, 8), 640, scratch)
-        checkpoints = {"lite_medsam": backbones.resolve_checkpoint("lite_medsam", None)}
+        weights = {"lite_medsam": checkpoints.resolve_checkpoint("lite_medsam", None)}
         if args.vit_checkpoint:
-            checkpoints["medsam_vit_b"] = backbones.resolve_checkpoint("medsam_vit_b", str(args.vit_checkpoint))
+            weights["medsam_vit_b"] = checkpoints.resolve_checkpoint("medsam_vit_b", str(args.vit_checkpoint))
         else:
-            checkpoints["medsam_vit_b"] = random_vit_b_checkpoint(scratch)
+            weights["medsam_vit_b"] = random_vit_b_checkpoint(scratch)
         if args.cpu_group:
-            child(args, data, checkpoints)
+            child(args, data, weights)
             return
         real_vit = args.vit_checkpoint and "random" not in str(args.vit_checkpoint)
         vit_weights = f"real checkpoint {args.vit_checkpoint}" if real_vit else "seeded random ViT-B (seed 0)"
-        cpu = "not run: --skip-cpu" if args.skip_cpu else run_cpu(args, scratch, checkpoints["medsam_vit_b"])
-        gpu = run_gpu(args, data["images"], checkpoints)
+        cpu = "not run: --skip-cpu" if args.skip_cpu else run_cpu(args, scratch, weights["medsam_vit_b"])
+        gpu = run_gpu(args, data["images"], weights)
 
     common.write_result(
         "encode",

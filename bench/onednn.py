@@ -1,4 +1,4 @@
-"""What turning oneDNN off costs on the CPU (``autoprompt.stage.pin_cpu_numerics`` does, for reproducibility).
+"""What turning oneDNN off costs on the CPU (``autoprompt.device.pin_cpu_numerics`` does, for reproducibility).
 
 One LiteMedSAM encode (1 x 3 x 256 x 256, seeded random input) and one training step (PromptHead + the frozen
 LiteMedSAM decoder, batch 8 of seeded random embeddings, backward, Adam) with ``torch.backends.mkldnn`` on and off,
@@ -18,7 +18,7 @@ import common
 import torch
 
 import stages  # noqa: F401  (pins the CPU code paths before the model runs)
-from autoprompt.model import backbones
+from autoprompt.model import backbones, checkpoints
 from autoprompt.model.decoding import head_logits
 from autoprompt.model.head import PromptHead
 
@@ -30,7 +30,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     args, machine = common.parse_and_start(parser)
-    checkpoint = backbones.resolve_checkpoint(BACKBONE, None)
+    checkpoint = checkpoints.resolve_checkpoint(BACKBONE, None)
     encoder = backbones.build_image_encoder(BACKBONE, checkpoint).eval()
     decoder = backbones.build_prompt_decoder(BACKBONE, checkpoint)
     for parameter in decoder.parameters():

@@ -20,11 +20,10 @@ from pathlib import Path
 
 import common
 import torch
-import yaml
 
-from autoprompt.evaluation.metrics import dice
-from autoprompt.model import backbones, runtimes
-from autoprompt.model.decoding import predict
+from autoprompt.model import backbones, checkpoints, runtimes
+from autoprompt.model.decoding import decode
+from autoprompt.settings import load_settings
 from autoprompt.training.loop import TrainConfig, train_head
 from autoprompt.training.pseudo_labels import box_prompted_masks
 
@@ -35,22 +34,17 @@ CACHE = common.BENCH / ".work" / "runtimes"
 
 
 def encode(choice: runtimes.Choice, device: torch.device, images: torch.Tensor) -> tuple[torch.Tensor, float]:
-    checkpoint = backbones.resolve_checkpoint(NAME, None)
+    checkpoint = checkpoints.resolve_checkpoint(NAME, None)
     encoder = runtimes.build_encoder(NAME, checkpoint, choice, device, CACHE)
     start = time.perf_counter()
-    out = backbones.embed(encoder, NAME, images, 16 if device.type == "cuda" else 1)
+    out = runtimes.embed(encoder, NAME, images, 16 if device.type == "cuda" else 1)
     return out, time.perf_counter() - start
-
-
-def test_dice(probs: torch.Tensor, masks: torch.Tensor) -> float:
-    return round(100 * float(dice(probs > 0.5, masks).mean()), 2)
 
 
 def compare(device: torch.device, choices: dict[str, runtimes.Choice], data: dict, args: argparse.Namespace) -> dict:
     """Every measure of the module's docstring, for the float32 choice and the reduced one."""
-    params = yaml.safe_load(Path(args.params).read_text())["train"]
-    config = TrainConfig.from_params(params, args.recipe, "fewshot")
-    decoder = backbones.build_prompt_decoder(NAME, backbones.resolve_checkpoint(NAME, None)).to(device)
+    config = TrainConfig.from_settings(load_settings(args.params).train, args.recipe, "fewshot")
+    decoder = backbones.build_prompt_decoder(NAME, checkpoints.resolve_checkpoint(NAME, None)).to(device)
     images, masks, boxes = data["images"], data["masks"], data["boxes"]
     train, test = slice(0, args.shots), slice(args.shots, None)
     size = images.shape[-1]
@@ -62,13 +56,13 @@ def compare(device: torch.device, choices: dict[str, runtimes.Choice], data: dic
         start = time.perf_counter()
         trained = train_head(embedded[label][train], boxes[train], size, decoder, config, 0, device, pseudo)
         heads[label] = trained.last
-        box_probs = predict(decoder, embedded[label][test], size, 8, device, boxes=boxes[test])
-        head_probs = predict(decoder, embedded[label][test], size, 8, device, head=trained.last)
+        box_probs = decode(decoder, embedded[label][test], size, 8, device, boxes=boxes[test])
+        head_probs = decode(decoder, embedded[label][test], size, 8, device, head=trained.last)
         result[label] = {
             "encode_seconds": round(seconds, 1),
             "train_seconds": round(time.perf_counter() - start, 1),
-            "tight_box_dice": test_dice(box_probs, masks[test]),
-            "head_dice": test_dice(head_probs, masks[test]),
+            "tight_box_dice": common.dice_percent(box_probs, masks[test]),
+            "head_dice": common.dice_percent(head_probs, masks[test]),
         }
         log.info("%s: %s", label, result[label])
     reference, reduced = choices
@@ -77,8 +71,8 @@ def compare(device: torch.device, choices: dict[str, runtimes.Choice], data: dic
         "median": float(f"{common.median(differences):.2e}"),
         "max": float(f"{max(differences):.2e}"),
     }
-    crossed = predict(decoder, embedded[reduced][test], size, 8, device, head=heads[reference])
-    result[f"{reference} head on {reduced} embeddings"] = {"head_dice": test_dice(crossed, masks[test])}
+    crossed = decode(decoder, embedded[reduced][test], size, 8, device, head=heads[reference])
+    result[f"{reference} head on {reduced} embeddings"] = {"head_dice": common.dice_percent(crossed, masks[test])}
     result["effect"] = {
         "tight_box_dice": round(result[reduced]["tight_box_dice"] - result[reference]["tight_box_dice"], 2),
         "head_dice": round(result[reduced]["head_dice"] - result[reference]["head_dice"], 2),

@@ -26,7 +26,8 @@ from autoprompt.data.phantoms.acdc import write_acdc_phantoms
 from autoprompt.data.phantoms.hc18 import write_hc18_phantoms
 from autoprompt.data.preprocess import Preprocessing
 from autoprompt.inference import Model, predict
-from autoprompt.model import backbones
+from autoprompt.io import file_sha256
+from autoprompt.model import checkpoints
 from autoprompt.model.head import PromptHead
 
 log = logging.getLogger("bench.predict")
@@ -39,7 +40,7 @@ STEPS = ("read", "preprocess", "encode", "decode", "postprocess", "write")
 def random_model(preprocessing: Preprocessing, task: str) -> Model:
     """A LiteMedSAM model with one seeded random head, trained on nothing, for timing."""
     torch.manual_seed(0)
-    checkpoint = backbones.resolve_checkpoint("lite_medsam", None)
+    checkpoint = checkpoints.resolve_checkpoint("lite_medsam", None)
     return Model(
         heads=[PromptHead().state_dict()],
         runs=["random/seed0"],
@@ -48,7 +49,7 @@ def random_model(preprocessing: Preprocessing, task: str) -> Model:
         label_value=1,
         label_size=preprocessing.crop,
         backbone="lite_medsam",
-        checkpoint_sha256=backbones.file_sha256(checkpoint),
+        checkpoint_sha256=file_sha256(checkpoint),
         checkpoint=None,
         runtime="openvino",  # as the pipeline's CPU encode makes them; predict encodes the same way
         precision="float32",

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from autoprompt.data import embeddings
-from autoprompt.model import backbones, runtimes
+from autoprompt.io import file_sha256
+from autoprompt.model import backbones, checkpoints, runtimes
 
 log = logging.getLogger("bench.storage")
 
@@ -82,19 +83,19 @@ def main() -> None:
     args, machine = common.parse_and_start(parser)
 
     device = common.gpu_device() or torch.device("cpu")
-    checkpoint = backbones.resolve_checkpoint("lite_medsam", None)
+    checkpoint = checkpoints.resolve_checkpoint("lite_medsam", None)
     precision = "bfloat16" if device.type == "cuda" else "float32"
     encoder = runtimes.TorchEncoder(backbones.build_image_encoder("lite_medsam", checkpoint), device, precision)
     with common.scratch_dir() as scratch:
         scratch = Path(scratch)
         data = common.load_hc18(args.hc18, args.images, 640, scratch)
         start = time.perf_counter()
-        real = backbones.embed(encoder, "lite_medsam", data["images"], args.batch_size).numpy()
+        real = runtimes.embed(encoder, "lite_medsam", data["images"], args.batch_size).numpy()
         encode_seconds = time.perf_counter() - start
         log.info("encoded %d images in %.1f s on %s", len(real), encode_seconds, device.type)
         generator = np.random.default_rng(0)
         noise = generator.standard_normal(real.shape, dtype=np.float32).astype(np.float16)
-        sha = backbones.file_sha256(checkpoint)
+        sha = file_sha256(checkpoint)
         stores = {
             "real_lite_medsam": write_store(
                 scratch / "real.zarr", real, data["ids"], "lite_medsam", sha, args.shard_size

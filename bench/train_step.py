@@ -23,7 +23,7 @@ from pathlib import Path
 import common
 import torch
 
-from autoprompt.model import backbones, losses
+from autoprompt.model import backbones, checkpoints, losses
 from autoprompt.model.decoding import PromptDecoder, head_logits, to_label_size
 from autoprompt.training import loop
 
@@ -106,7 +106,7 @@ def check_same(decoder: PromptDecoder, head: torch.nn.Module, x: torch.Tensor) -
 
 
 def run(device: torch.device, embeddings16: torch.Tensor, boxes: torch.Tensor, args: argparse.Namespace) -> dict:
-    checkpoint = backbones.resolve_checkpoint("lite_medsam", None)
+    checkpoint = checkpoints.resolve_checkpoint("lite_medsam", None)
     decoder = backbones.build_prompt_decoder("lite_medsam", checkpoint).to(device).eval().requires_grad_(False)
     config = loop.TrainConfig(
         epochs=1,
@@ -120,7 +120,7 @@ def run(device: torch.device, embeddings16: torch.Tensor, boxes: torch.Tensor, a
         init_scale=0.01,
     )
     boxes = boxes.to(device)
-    heads = {name: loop.make_head(decoder, config, seed=0).to(device) for name in IMPLEMENTATIONS}
+    heads = {name: loop.make_head(decoder, "whole_box", 0.01, seed=0).to(device) for name in IMPLEMENTATIONS}
     diff = check_same(decoder, heads["batched"], embeddings16.to(device).float())
     steps = {name: Step(name, heads[name], decoder, config, device) for name in IMPLEMENTATIONS}
     for _ in range(args.warmup):

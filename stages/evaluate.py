@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from autoprompt.data.tasks import load_task
+from autoprompt.console import run
+from autoprompt.data.tasks import TaskFiles, load_task
+from autoprompt.device import pin_cpu_numerics, select_device
 from autoprompt.errors import InputError
 from autoprompt.evaluation import figures
 from autoprompt.evaluation.references import (
@@ -39,14 +40,15 @@ from autoprompt.evaluation.references import (
     score_rows,
 )
 from autoprompt.evaluation.scoring import ENSEMBLE, REPROMPTED, Scores
-from autoprompt.inference.reprompt import choose_margin, reprompt
+from autoprompt.inference.reprompt import group_margins, reprompt
 from autoprompt.io import atomic_path, write_text
-from autoprompt.model import backbones
+from autoprompt.model import backbones, checkpoints
 from autoprompt.model import baselines as methods
-from autoprompt.model.decoding import predict
-from autoprompt.stage import load_params, pin_cpu_numerics, run, select_device, task_parser
+from autoprompt.model.decoding import decode
+from autoprompt.settings import METHOD_SECTIONS, load_settings
 from autoprompt.training import runs
 from autoprompt.training.baselines import predict_baseline
+from stages import task_parser
 
 log = logging.getLogger("evaluate")
 
@@ -73,86 +75,16 @@ def predict_run(
     device: torch.device,
 ) -> tuple[str, torch.Tensor, str]:
     """A baseline run's method, N x S x S test probabilities and table title (``images``: N x S x S uint8)."""
-    state, config = runs.load_model(run_dir)
-    name, settings = config["method"], config["settings"]
-    model = methods.build(name, {**settings, "weights": None}, decoder)  # the run's own weights replace any start
+    state, config = runs.load_baseline(run_dir)
+    name = config["method"]
+    section = METHOD_SECTIONS[name].model_validate(config["settings"])
+    if getattr(section, "weights", None):  # the run's own weights replace any start
+        section = section.model_copy(update={"weights": None})
+    model = methods.build(name, section, decoder)
     model.load_state_dict(state)
-    size = settings.get("input_size")
+    size = getattr(section, "input_size", None)
     probs = predict_baseline(name, model, decoder, images, embeddings, label_size, size, batch, device)
     return name, probs, config["title"]
-
-
-AUTO = "auto"  # reprompt.margin: chosen per group on the validation boxes
-
-
-@dataclass(frozen=True)
-class RepromptSettings:
-    """The ``reprompt`` section: ``margin`` None (off), a fraction >= 0 of the box's side, or ``auto`` (chosen among
-    ``candidates`` on the validation boxes; ``fallback`` for a task without validation images)."""
-
-    margin: float | str | None
-    candidates: tuple[float, ...] = ()
-    fallback: float | None = None
-
-
-def _is_fraction(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
-
-
-def reprompt_settings(params: dict, path: Path) -> RepromptSettings:
-    """The ``reprompt`` section of the params file at ``path``, checked: one line naming the file when it is wrong."""
-    section = params.get("reprompt", {})
-    margin = section.get("margin")
-    if margin == AUTO:
-        candidates, fallback = section.get("candidates"), section.get("fallback")
-        if not isinstance(candidates, list) or not candidates or not all(map(_is_fraction, candidates)):
-            raise InputError(
-                f"{path}: reprompt.candidates is {candidates!r}; give a list of fractions >= 0 for margin: auto"
-            )
-        if fallback is not None and not _is_fraction(fallback):
-            raise InputError(f"{path}: reprompt.fallback is {fallback!r}; give null (off) or a fraction >= 0")
-        return RepromptSettings(AUTO, tuple(map(float, candidates)), None if fallback is None else float(fallback))
-    if margin is not None and not _is_fraction(margin):
-        raise InputError(
-            f"{path}: reprompt.margin is {margin!r}; give null (off), a fraction >= 0 of the box's side, or auto"
-        )
-    return RepromptSettings(None if margin is None else float(margin))
-
-
-def group_margins(
-    settings: RepromptSettings,
-    decoder: torch.nn.Module,
-    head_groups: list[str],
-    embeddings: torch.Tensor | None,
-    boxes: torch.Tensor,
-    ensembles: dict[str, torch.Tensor],
-    threshold: float,
-    batch: int,
-    device: torch.device,
-) -> dict[str, dict]:
-    """Each head group's margin: the configured one, or with ``auto`` the one ``choose_margin`` picks on the N
-    validation images (N x 256 x 64 x 64 ``embeddings``, N x 4 tight ``boxes``, each group's N x S x S ensemble
-    probabilities), with the mean box IoU of each choice (``choices``: None is no re-prompting). ``auto`` without
-    validation images (``embeddings`` None): the fallback for every group."""
-    if settings.margin != AUTO:
-        return {group: {"margin": settings.margin} for group in head_groups}
-    if embeddings is None:
-        log.warning(
-            "no validation images to choose the re-prompt margin on: reprompt.fallback (%s) it is", settings.fallback
-        )
-        return {group: {"margin": settings.fallback, "validation_images": 0} for group in head_groups}
-    out = {}
-    for group in head_groups:
-        chosen, scores = choose_margin(
-            decoder, embeddings, boxes, ensembles[group], list(settings.candidates), threshold, batch, device
-        )
-        out[group] = {
-            "margin": chosen,
-            "choices": [None, *settings.candidates],
-            "validation_box_iou": list(scores.values()),
-            "validation_images": len(boxes),
-        }
-    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -163,27 +95,28 @@ def main(argv: list[str] | None = None) -> None:
     args.add_argument("--figure", type=Path, required=True, help="PNG of example predictions to write")
     args.add_argument("--baselines", type=Path, help="folder of the task's baseline runs (the baseline stage's)")
     args = args.parse_args(argv)
-    params = load_params(args.params)
-    settings, encode = params["evaluate"], params["encode"]
-    pin_cpu_numerics(settings)
-    reprompting = reprompt_settings(params, args.params)
+    everything = load_settings(args.params)
+    settings, encode, reprompting = everything.evaluate, everything.encode, everything.reprompt
+    pin_cpu_numerics(settings.threads)
 
-    task = load_task(params, args.task, args.prepared, args.index, args.embeddings)
+    files = TaskFiles(args.prepared, args.index, args.embeddings)
+    task = load_task(
+        args.task, everything.task(args.task), files, everything.prepare.min_foreground, everything.encode.backbone
+    )
     rows = task.rows("test")
     if rows.empty:
-        raise InputError(f"{args.index}: task {args.task} has no test images; check prepare.{task.name} split")
+        raise InputError(f"{args.index}: task {args.task} has no test images; check its dataset's split")
     run_dirs = runs.finished_runs(args.models)
     if not run_dirs:
         raise InputError(f"{args.models}: no trained runs; run the train stage first (dvc repro)")
-    device = select_device(settings["device"])
-    threshold, batch, count = float(settings["threshold"]), int(settings["batch_size"]), int(settings["examples"])
-    decoder = backbones.build_prompt_decoder(
-        encode["backbone"], backbones.resolve_checkpoint(encode["backbone"], encode.get("checkpoint"))
-    )
+    device = select_device(settings.device, settings.key("device"))
+    threshold, batch, count = settings.threshold, settings.batch_size, settings.examples
+    checkpoint = checkpoints.resolve_checkpoint(encode.backbone, encode.checkpoint, encode.key("checkpoint"))
+    decoder = backbones.build_prompt_decoder(encode.backbone, checkpoint)
     embeddings, masks, boxes = task.load_embeddings(rows), task.load_masks(rows), task.boxes(rows)
     spacing, subjects = task.spacing(rows), rows["subject"].tolist() if task.volumes else None
-    tolerance = float(settings["nsd_tolerance_mm"])
-    tight_probs = predict(decoder, embeddings, task.label_size, batch, device, boxes=boxes)
+    tolerance = settings.nsd_tolerance_mm
+    tight_probs = decode(decoder, embeddings, task.label_size, batch, device, boxes=boxes)
     refs = references(masks, task.has_masks(rows), tight_probs > threshold, spacing, subjects)
 
     groups: dict[str, dict[str, list[Scores]]] = {ref.name: {} for ref in refs}
@@ -198,17 +131,17 @@ def main(argv: list[str] | None = None) -> None:
         sums[group] = sums.get(group, 0) + probs
         counts[group] = counts.get(group, 0) + 1
 
-    val = task.rows("val") if reprompting.margin == AUTO else rows.iloc[:0]  # the images that choose the margins
+    val = task.rows("val") if reprompting.auto else rows.iloc[:0]  # the images that choose the margins
     val_embeddings, val_sums = (task.load_embeddings(val) if len(val) else None), {}
     selected_epochs: dict[str, int] = {}
     for run_dir in tqdm(run_dirs, desc=f"evaluate {args.task}", unit="run"):
         head, _ = runs.load_head(run_dir)
         key = runs.run_key(run_dir)
-        add(key, predict(decoder, embeddings, task.label_size, batch, device, head=head))
+        add(key, decode(decoder, embeddings, task.label_size, batch, device, head=head))
         selected_epochs[key] = runs.load_record(run_dir).get("selected_epoch")
         if len(val):
             group = runs.group_key(key)
-            val_sums[group] = val_sums.get(group, 0) + predict(
+            val_sums[group] = val_sums.get(group, 0) + decode(
                 decoder, val_embeddings, task.label_size, batch, device, head=head
             )
     titles = {}
@@ -246,8 +179,8 @@ def main(argv: list[str] | None = None) -> None:
 
     result = {
         "test_images": len(rows),
-        "shots": params["train"]["shots"],
-        "select": params["train"]["select"],
+        "shots": everything.train.shots,
+        "select": everything.train.select,
         "nsd_tolerance_mm": tolerance,
         "std": "over runs for each recipe/regime; over test images for tight_box and the ensembles "
         "(over patients for dice_3d)",
@@ -257,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
         result["methods"] = dict(sorted(titles.items()))  # the baselines' names in the table
     if margins:
         result["reprompt"] = {"margin": reprompting.margin, "groups": margins}
-    if params["train"]["select"] == "best":
+    if everything.train.select == "best":
         result["selected_epochs"] = selected_epochs
     write_text(args.metrics, json.dumps(result, indent=2) + "\n")
     with atomic_path(args.per_image) as tmp:

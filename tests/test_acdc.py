@@ -9,18 +9,29 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from autoprompt.data import Case, acdc, get_reader
+from autoprompt.data import acdc
 from autoprompt.data.phantoms import WRITERS
-from autoprompt.data.prepared import apply_split, prepare_cases, split_table
+from autoprompt.data.prepare import apply_split, prepare_cases, split_table
+from autoprompt.data.readers import get_reader
+from autoprompt.data.records import Case
 from autoprompt.errors import InputError
+from autoprompt.settings import AcdcPrepare
+from tests.helpers import prepare_section, settings
 
 ROTATED = (0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0)  # 90 degrees in-plane, and the slice axis flipped
+
+ACDC = prepare_section("acdc")  # the reader's defaults: 1 mm, crop 256, empty slices dropped
 
 
 @pytest.fixture(scope="module")
 def phantom_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("acdc") / "raw"
-    WRITERS["acdc"](root, {"training": 4, "testing": 2, "size": [96, 84], "slices": [6, 8], "seed": 0})
+    WRITERS["acdc"](
+        root,
+        settings(
+            simulate={"acdc": {"training": 4, "testing": 2, "size": [96, 84], "slices": [6, 8], "seed": 0}}
+        ).simulate.acdc,
+    )
     return root
 
 
@@ -66,12 +77,12 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / (a | b).sum())
 
 
-def _load_all(root: Path, settings: dict | None = None) -> list[Case]:
-    return [c for f in acdc.find(root, settings or {}) for c in acdc.load(f, settings or {})]
+def _load_all(root: Path, section: AcdcPrepare = ACDC) -> list[Case]:
+    return [c for f in acdc.find(root, section) for c in acdc.load(f, section)]
 
 
 def test_registered() -> None:
-    reader = get_reader("acdc")
+    reader = get_reader("acdc", ACDC)
     assert reader.name == "acdc" and reader.classes == {"rv": 1, "lv": 3}
 
 
@@ -137,14 +148,17 @@ def test_testing_folder_is_the_test_split_and_empty_slices_dropped(tmp_path: Pat
         "patient101_frame01_slice02": "test",
     }
     assert {c.split for c in cases if c.subject == "patient001"} == {None}
-    assert len([c for c in _load_all(tmp_path, {"drop_empty": False}) if c.subject == "patient101"]) == 4
+    assert (
+        len([c for c in _load_all(tmp_path, prepare_section("acdc", drop_empty=False)) if c.subject == "patient101"])
+        == 4
+    )
 
 
 def test_phantoms_prepare_crop_256_and_split(phantom_root: Path) -> None:
-    reader = get_reader("acdc")
-    files = reader.find(phantom_root, {})
+    reader = get_reader("acdc", ACDC)
+    files = reader.find(phantom_root, ACDC)
     assert [f.id for f in files] == [f"patient{n:03d}" for n in range(1, 7)]
-    prepared = prepare_cases(reader, files, {"crop": 256}, 256)
+    prepared = prepare_cases(reader, files, ACDC)
     table = prepared.table
     assert prepared.images.shape[1:] == (256, 256) and len(table) >= 6 * 6
     assert (table["spacing_row"] == 1.0).all() and (table["height"] > 84).all()  # 84 rows of 1.25-1.75 mm
@@ -161,10 +175,15 @@ def test_phantoms_prepare_crop_256_and_split(phantom_root: Path) -> None:
 def test_authors_split(tmp_path: Path) -> None:
     """patient012 (acdc_val.txt) is val, patient013 (under testing/) test, the other training patients train."""
     root = tmp_path / "raw"
-    WRITERS["acdc"](root, {"training": 12, "testing": 1, "size": [48, 40], "slices": [3, 3], "seed": 1})
-    reader = get_reader("acdc")
-    settings = {"split": "authors"}
-    table = apply_split(prepare_cases(reader, reader.find(root, {}), {}, 64).table, "acdc", settings, seed=0)
+    WRITERS["acdc"](
+        root,
+        settings(
+            simulate={"acdc": {"training": 12, "testing": 1, "size": [48, 40], "slices": [3, 3], "seed": 1}}
+        ).simulate.acdc,
+    )
+    reader = get_reader("acdc", ACDC)
+    section = prepare_section("acdc", crop=64, split="authors")
+    table = apply_split(prepare_cases(reader, reader.find(root, section), section).table, "acdc", section, seed=0)
     by_subject = table.groupby("subject")[["split", "split_by"]].first()
     assert by_subject.loc["patient012"].tolist() == ["val", "lists"]
     assert by_subject.loc["patient013"].tolist() == ["test", "data"]
@@ -182,11 +201,11 @@ def test_phantom_volumes_are_anisotropic_and_oblique(phantom_root: Path) -> None
 
 def test_find_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="training"):
-        acdc.find(tmp_path, {})
+        acdc.find(tmp_path, ACDC)
     _patient(tmp_path, "patient001", "training")
     _patient(tmp_path, "patient001", "testing")
     with pytest.raises(InputError, match="also found"):
-        acdc.find(tmp_path, {})
+        acdc.find(tmp_path, ACDC)
 
 
 def _missing_gt(folder: Path) -> Path:
@@ -255,15 +274,15 @@ def _unreadable(folder: Path) -> Path:
 )
 def test_bad_inputs_name_the_file(tmp_path: Path, breaker: Callable[[Path], Path], message: str) -> None:
     path = breaker(_patient(tmp_path))
-    (files,) = acdc.find(tmp_path, {})
+    (files,) = acdc.find(tmp_path, ACDC)
     with pytest.raises(InputError, match=message) as error:
-        acdc.load(files, {})
+        acdc.load(files, ACDC)
     assert str(path) in str(error.value) and "\n" not in str(error.value)
 
 
 def test_on_error_skip_goes_on(tmp_path: Path) -> None:
     _patient(tmp_path, "patient001")
     _info_without_ed(_patient(tmp_path, "patient002"))
-    prepared = prepare_cases(get_reader("acdc"), acdc.find(tmp_path, {}), {}, 256, on_error="skip")
+    prepared = prepare_cases(get_reader("acdc", ACDC), acdc.find(tmp_path, ACDC), ACDC, on_error="skip")
     assert set(prepared.table["subject"]) == {"patient001"} and len(prepared.skipped) == 1
     assert "patient002/Info.cfg" in prepared.skipped[0]

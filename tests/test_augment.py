@@ -8,15 +8,8 @@ import pytest
 import torch
 
 from autoprompt.data.preprocess import tight_box
-from autoprompt.training.augment import (
-    Augment,
-    consistency_loss,
-    random_affine,
-    random_dihedral,
-    random_inputs,
-    warp,
-    warp_boxes,
-)
+from autoprompt.geometry import warp, warp_boxes
+from autoprompt.training.augment import Augment, consistency_loss, random_affine, random_dihedral, random_inputs
 
 NEVER = Augment(flip=0.0, rot90=0.0, rotate=0.0, angle=0.25)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from autoprompt.errors import InputError
-from autoprompt.model import backbones, runtimes
+from autoprompt.model import backbones, checkpoints, runtimes
 
 
 class Payload:
@@ -37,7 +37,7 @@ def test_vit_b_embed_one_image(vit_b_encoder: torch.nn.Module) -> None:
     """One small prepared image -> 1 x 256 x 64 x 64 float16 embedding on the CPU."""
     image = torch.randint(0, 256, (1, 48, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     encoder = runtimes.TorchEncoder(vit_b_encoder, torch.device("cpu"))
-    out = backbones.embed(encoder, "medsam_vit_b", image, batch_size=1)
+    out = runtimes.embed(encoder, "medsam_vit_b", image, batch_size=1)
     assert out.shape == (1, 256, 64, 64)
     assert out.dtype == torch.float16
     assert out.device.type == "cpu"
@@ -83,20 +83,21 @@ def test_missing_checkpoint_names_path_address_and_alternative(tmp_path: Path) -
     """One line naming the missing file, where to download it, and the packaged LiteMedSAM alternative."""
     missing = tmp_path / "models" / "medsam_vit_b.pth"
     with pytest.raises(InputError) as error:
-        backbones.resolve_checkpoint("medsam_vit_b", str(missing))
+        checkpoints.resolve_checkpoint("medsam_vit_b", str(missing))
     message = str(error.value)
     assert "\n" not in message
     assert str(missing) in message
-    assert backbones.MEDSAM_URL in message and message.count("https://") == 1
+    assert checkpoints.MEDSAM_URL in message and message.count("https://") == 1
+    assert "encode.checkpoint" in message, "the setting that names the file"
     assert "lite_medsam" in message
     with pytest.raises(InputError, match="lite_medsam"):
-        backbones.resolve_checkpoint("medsam_vit_b", None)
+        checkpoints.resolve_checkpoint("medsam_vit_b", None)
 
 
 def test_configured_checkpoint_and_packaged_weights(vit_b_checkpoint: Path, lite_checkpoint: Path) -> None:
-    assert backbones.resolve_checkpoint("medsam_vit_b", str(vit_b_checkpoint)) == vit_b_checkpoint
+    assert checkpoints.resolve_checkpoint("medsam_vit_b", str(vit_b_checkpoint)) == vit_b_checkpoint
     assert lite_checkpoint.is_file()
-    assert backbones.resolve_checkpoint("lite_medsam", "ignored/path.pth") == lite_checkpoint
+    assert checkpoints.resolve_checkpoint("lite_medsam", "ignored/path.pth") == lite_checkpoint
 
 
 def test_pickled_object_is_refused(tmp_path: Path) -> None:

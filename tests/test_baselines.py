@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from autoprompt.data import get_reader
+from autoprompt.data import hc18
 from autoprompt.data.preprocess import crop_or_pad
 from autoprompt.errors import InputError
 from autoprompt.evaluation import report
@@ -16,8 +16,10 @@ from autoprompt.evaluation.metrics import dice
 from autoprompt.model import backbones, runtimes
 from autoprompt.model import baselines as methods
 from autoprompt.model.baselines import persam
+from autoprompt.settings import METHOD_SECTIONS, HeadInit, MethodSettings
 from autoprompt.training.baselines import BaselineConfig, make_model, predict_baseline, train_baseline
-from autoprompt.training.loop import HeadStart
+from tests import helpers
+from tests.helpers import prepare_section
 
 SIZE = 128  # the phantoms' label size here
 CPU = torch.device("cpu")
@@ -26,8 +28,8 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module")
 def phantoms(hc18_phantoms, lite_checkpoint):
     """Five HC18 phantoms at 128 x 128: uint8 images, boolean head masks, tight boxes and LiteMedSAM embeddings."""
-    reader = get_reader("hc18")
-    cases = [reader.load(files, {})[0] for files in reader.find(hc18_phantoms, {})[:5]]
+    section = prepare_section("hc18")
+    cases = [hc18.load(files, section)[0] for files in hc18.find(hc18_phantoms, section)[:5]]
     crops = [(crop_or_pad(c.image, 640), crop_or_pad(c.label, 640)) for c in cases]
     images = F.interpolate(torch.from_numpy(np.stack([i for i, _ in crops]))[:, None].float(), size=(SIZE, SIZE))
     images = images[:, 0].round().clamp(0, 255).to(torch.uint8)
@@ -35,7 +37,7 @@ def phantoms(hc18_phantoms, lite_checkpoint):
     masks = masks[:, 0] > 0.5
     boxes = torch.stack([_box(m) for m in masks])
     encoder = runtimes.TorchEncoder(backbones.build_image_encoder("lite_medsam", lite_checkpoint), CPU)
-    embeddings = backbones.embed(encoder, "lite_medsam", images, 5).float()
+    embeddings = runtimes.embed(encoder, "lite_medsam", images, 5).float()
     decoder = backbones.build_prompt_decoder("lite_medsam", lite_checkpoint)
     return images, masks, boxes, embeddings, decoder
 
@@ -45,18 +47,23 @@ def _box(mask: torch.Tensor) -> torch.Tensor:
     return torch.stack([cols[0], rows[0], cols[-1], rows[-1]])
 
 
-def settings(name: str, epochs: int, lr: float = 1e-3, **extra: object) -> dict:
+def settings(name: str, epochs: int, lr: float = 1e-3, **extra: object) -> MethodSettings:
     """A tiny ``baseline.<name>`` section."""
-    return {
-        "epochs": {"fewshot": epochs, "all": epochs},
-        "milestones": {"fewshot": [epochs], "all": [epochs]},
-        "gamma": 0.1,
-        "batch_size": 4,
-        "lr": lr,
-        "weight_decay": 0.0,
-        "augment": {"dihedral": 0.0, "zoom": 0.0, "shift": 0.0},
-        **extra,
-    }
+    return METHOD_SECTIONS[name].model_validate(
+        {
+            "epochs": {"fewshot": epochs, "all": epochs},
+            "milestones": {"fewshot": [epochs], "all": [epochs]},
+            "gamma": 0.1,
+            "batch_size": 4,
+            "lr": lr,
+            "weight_decay": 0.0,
+            "augment": {"dihedral": 0.0, "zoom": 0.0, "shift": 0.0},
+            **extra,
+        }
+    )
+
+
+START = HeadInit()  # train.init's default: the mean training box's prompt
 
 
 OVERFIT = {
@@ -72,11 +79,12 @@ def test_each_baseline_learns_a_handful_of_phantoms(name, phantoms):
     """Trained on the masks of four phantoms, each baseline segments those four with Dice above 0.9."""
     images, masks, boxes, embeddings, decoder = phantoms
     section = OVERFIT[name]
-    model = make_model(name, section, decoder, 0, boxes[:4], SIZE, HeadStart())
-    before = predict_baseline(name, model, decoder, images[:4], embeddings[:4], SIZE, section.get("input_size"), 4, CPU)
-    config = BaselineConfig.from_params(section, "fewshot")
+    size = getattr(section, "input_size", None)
+    model = make_model(name, section, decoder, 0, boxes[:4], SIZE, START)
+    before = predict_baseline(name, model, decoder, images[:4], embeddings[:4], SIZE, size, 4, CPU)
+    config = BaselineConfig.from_settings(section, "fewshot")
     model = train_baseline(name, model, decoder, images[:4], embeddings[:4], masks[:4], config, 0, CPU)
-    after = predict_baseline(name, model, decoder, images[:4], embeddings[:4], SIZE, section.get("input_size"), 4, CPU)
+    after = predict_baseline(name, model, decoder, images[:4], embeddings[:4], SIZE, size, 4, CPU)
     score = float(dice(after > 0.5, masks[:4]).mean())
     assert score > 0.9, f"{name}: training Dice {score:.3f}"
     assert score > float(dice(before > 0.5, masks[:4]).mean()) + 0.05, f"{name} did not learn"
@@ -86,7 +94,7 @@ def test_persam_segments_a_phantom_from_one_reference(phantoms):
     """PerSAM, given the first phantom's mask, puts its positive point inside each other phantom's head and its
     negative point outside, and its refined masks overlap every head (no training)."""
     _, masks, _, embeddings, decoder = phantoms
-    model = make_model("persam", {"references": 1}, decoder, 0, None, SIZE, HeadStart())
+    model = make_model("persam", METHOD_SECTIONS["persam"](references=1), decoder, 0, None, SIZE, START)
     model = train_baseline("persam", model, decoder, None, embeddings[:1], masks[:1], None, 0, CPU)
     assert model.location.norm() == pytest.approx(1.0, abs=1e-5)
     coords, labels = persam.points(persam.confidence(model.location, embeddings[1:], SIZE), decoder.input_size)
@@ -100,29 +108,36 @@ def test_persam_segments_a_phantom_from_one_reference(phantoms):
 
 
 def test_baseline_methods_and_recipe_names_are_checked():
-    with pytest.raises(InputError, match="not baselines"):
-        methods.check_methods(["unet", "nnunet"], ["workshop"])
-    with pytest.raises(InputError, match="share a baseline's name"):
-        methods.check_methods(["unet"], ["unet"])
-    assert methods.title("transunet", {"encoder": "vit_base_r50_s16_224"}, False).endswith("no pretraining)")
-    assert "no pretraining" not in methods.title("autosam", {"encoder": "resnet101"}, True)
+    with pytest.raises(InputError, match=r"test params: baseline\.methods\.1 is 'nnunet'; it should be 'unet'"):
+        helpers.settings(baseline={"methods": ["unet", "nnunet"], "unet": {}})
+    with pytest.raises(InputError, match=r"baseline: method unet has no section; add baseline\.unet"):
+        helpers.settings(baseline={"methods": ["unet"]})
+    recipe = helpers.TRAIN["recipes"]["workshop"]
+    with pytest.raises(InputError, match=r"train\.recipes unet shares a baseline's name"):
+        helpers.settings(
+            train={"recipe": "unet", "recipes": {"unet": recipe}},
+            baseline={"methods": ["unet"], "unet": settings("unet", 1).model_dump()},
+        )
+    assert methods.title("transunet", settings("transunet", 1)).endswith("(vit_base_r50_s16_224, no pretraining)")
+    assert "no pretraining" not in methods.title("autosam", settings("autosam", 1, weights="resnet101.pth"))
 
 
 def test_autosam_weights_are_local_and_checked(tmp_path, phantoms):
     """AutoSAM's CNN loads a local state dict (weights only) and refuses a missing, foreign or non-dict file by name."""
     decoder = phantoms[4]
     torch.manual_seed(1)
-    source = make_model("autosam", OVERFIT["autosam"], decoder, 1, None, SIZE, HeadStart())
+    source = make_model("autosam", OVERFIT["autosam"], decoder, 1, None, SIZE, START)
     path = tmp_path / "resnet18.pth"
     torch.save({"state_dict": source.cnn.state_dict()}, path)
-    loaded = make_model("autosam", {**OVERFIT["autosam"], "weights": str(path)}, decoder, 0, None, SIZE, HeadStart())
+    with_weights = OVERFIT["autosam"].model_copy(update={"weights": str(path)})
+    loaded = make_model("autosam", with_weights, decoder, 0, None, SIZE, START)
     assert loaded.pretrained and torch.equal(loaded.cnn.conv1.weight, source.cnn.conv1.weight)
     torch.save({"unrelated": torch.zeros(3)}, tmp_path / "foreign.pth")
     torch.save([torch.zeros(3)], tmp_path / "list.pth")  # readable, but not a state dict
     for name in ("missing.pth", "foreign.pth", "list.pth"):
-        section = {**OVERFIT["autosam"], "weights": str(tmp_path / name)}
+        section = OVERFIT["autosam"].model_copy(update={"weights": str(tmp_path / name)})
         with pytest.raises(InputError, match=name.replace(".", r"\.")):
-            make_model("autosam", section, decoder, 0, None, SIZE, HeadStart())
+            make_model("autosam", section, decoder, 0, None, SIZE, START)
 
 
 def _metrics(value: float, methods_: dict | None = None) -> dict:

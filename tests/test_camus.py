@@ -10,14 +10,19 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from autoprompt.data import Case, camus, get_reader
+from autoprompt.data import camus
 from autoprompt.data.phantoms import WRITERS
 from autoprompt.data.phantoms.camus import write_camus_phantoms
-from autoprompt.data.prepared import apply_split, prepare_cases, split_table
+from autoprompt.data.prepare import apply_split, prepare_cases, split_table
 from autoprompt.data.preprocess import clip_rescale
+from autoprompt.data.readers import get_reader
+from autoprompt.data.records import Case
 from autoprompt.errors import InputError
+from tests.helpers import prepare_section, settings
 
 SIZE = (96, 120)  # width, height: small, for speed
+
+CAMUS = prepare_section("camus")  # the reader's defaults: 4CH, crop 512, the official split files
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +35,10 @@ def nifti_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def mhd_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("camus") / "mhd"
-    WRITERS["camus"](root, {"subjects": 3, "size": list(SIZE), "seed": 1, "layout": "mhd"})
+    WRITERS["camus"](
+        root,
+        settings(simulate={"camus": {"subjects": 3, "size": list(SIZE), "seed": 1, "layout": "mhd"}}).simulate.camus,
+    )
     return root
 
 
@@ -64,29 +72,29 @@ def _patient(root: Path, name: str = "patient0001", label: np.ndarray | None = N
     return folder
 
 
-def _load_one(root: Path, settings: dict | None = None) -> Case:
-    (files,) = camus.find(root, settings or {})
-    (case,) = camus.load(files, settings or {})
+def _load_one(root: Path) -> Case:
+    (files,) = camus.find(root, CAMUS)
+    (case,) = camus.load(files, CAMUS)
     return case
 
 
 def test_registered() -> None:
-    reader = get_reader("camus")
+    reader = get_reader("camus", CAMUS)
     assert reader.name == "camus" and reader.classes == {"lv": 1, "la": 3}
 
 
 def test_nifti_release_end_diastole_of_the_chosen_view(nifti_root: Path) -> None:
-    files = camus.find(nifti_root, {})
+    files = camus.find(nifti_root, CAMUS)
     assert [f.id for f in files] == [f"patient{n:04d}_4CH_ED" for n in range(1, 11)]
     assert all(f.paths[0].name.endswith("_4CH_ED.nii.gz") for f in files)
-    two = camus.find(nifti_root, {"view": "2CH"})
+    two = camus.find(nifti_root, prepare_section("camus", view="2CH"))
     assert all(f.id.endswith("_2CH_ED") for f in two)
-    both = camus.find(nifti_root, {"view": ["2CH", "4CH"]})
+    both = camus.find(nifti_root, prepare_section("camus", view=["2CH", "4CH"]))
     assert len(both) == 20 and {f.subject for f in both} == {f.subject for f in files}
-    with pytest.raises(InputError, match="view"):
-        camus.find(nifti_root, {"view": "3CH"})
+    with pytest.raises(InputError, match=r"prepare\.camus\.view is '3CH'"):
+        prepare_section("camus", view="3CH")
 
-    (case,) = camus.load(files[0], {})
+    (case,) = camus.load(files[0], CAMUS)
     folder = nifti_root / "database_nifti" / "patient0001"
     ed = sitk.ReadImage(str(folder / "patient0001_4CH_ED.nii.gz"))
     es = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "patient0001_4CH_ES.nii.gz")))[0]
@@ -102,16 +110,17 @@ def test_nifti_release_end_diastole_of_the_chosen_view(nifti_root: Path) -> None
 def test_mhd_release(mhd_root: Path) -> None:
     folder = mhd_root / "training" / "patient0001"
     assert (folder / "patient0001_4CH_ED.raw").is_file() and (folder / "patient0001_4CH_ED_gt.mhd").is_file()
-    files = camus.find(mhd_root, {})
+    files = camus.find(mhd_root, CAMUS)
     assert [f.id for f in files] == ["patient0001_4CH_ED", "patient0002_4CH_ED", "patient0003_4CH_ED"]
     for f in files:
-        (case,) = camus.load(f, {})
+        (case,) = camus.load(f, CAMUS)
         assert case.image.dtype == np.uint8 and case.image.shape == (SIZE[1], SIZE[0])
         assert set(np.unique(case.label)) <= {0, 1, 2, 3} and case.split is None
 
 
 def test_phantom_labels_realistic(nifti_root: Path) -> None:
-    cases = [c for f in camus.find(nifti_root, {"view": ["2CH", "4CH"]}) for c in camus.load(f, {})]
+    both = prepare_section("camus", view=["2CH", "4CH"])
+    cases = [c for f in camus.find(nifti_root, both) for c in camus.load(f, both)]
     for case in cases:
         areas = np.bincount(case.label.ravel(), minlength=4) / case.label.size
         assert set(np.unique(case.label)) == {0, 1, 2, 3}
@@ -126,15 +135,16 @@ def test_split_files_honoured(nifti_root: Path) -> None:
     }
     assert sum(map(len, lists.values())) == 10 and all(lists.values())
     expected = {patient: split for split, patients in lists.items() for patient in patients}
-    cases = [c for f in camus.find(nifti_root, {}) for c in camus.load(f, {})]
+    cases = [c for f in camus.find(nifti_root, CAMUS) for c in camus.load(f, CAMUS)]
     assert {c.subject: c.split for c in cases} == expected
-    ignored = [c for f in camus.find(nifti_root, {"official_split": False}) for c in camus.load(f, {})]
+    unofficial = prepare_section("camus", official_split=False)
+    ignored = [c for f in camus.find(nifti_root, unofficial) for c in camus.load(f, unofficial)]
     assert {c.split for c in ignored} == {None}
 
 
 def test_prepare_cases_crop_512(nifti_root: Path, mhd_root: Path) -> None:
-    reader = get_reader("camus")
-    prepared = prepare_cases(reader, reader.find(nifti_root, {}), {"crop": 512}, 512)
+    reader = get_reader("camus", CAMUS)
+    prepared = prepare_cases(reader, reader.find(nifti_root, CAMUS), CAMUS)
     assert prepared.images.shape == prepared.labels.shape == (10, 512, 512)
     assert (prepared.table["lv_area"] > 100).all() and (prepared.table["la_area"] > 100).all()
     # 120 x 96 frames fit in 512 whole: nothing is cut, and the areas are those of the images as read.
@@ -142,7 +152,7 @@ def test_prepare_cases_crop_512(nifti_root: Path, mhd_root: Path) -> None:
     assert (prepared.table["la_area"] == prepared.table["la_area_raw"]).all()
     splits = split_table(prepared.table, {"train": 350, "val": 50, "test": 100}, seed=0)
     assert splits.tolist() == prepared.table["split"].tolist()  # the official split files fix every patient
-    mhd = prepare_cases(reader, reader.find(mhd_root, {}), {"crop": 512}, 512)
+    mhd = prepare_cases(reader, reader.find(mhd_root, CAMUS), CAMUS)
     assert mhd.images.shape == (3, 512, 512) and (mhd.table["lv_area"] > 0).all()
 
 
@@ -151,9 +161,9 @@ def test_authors_split(tmp_path: Path) -> None:
     other patient, in no list, in train, as the authors' train set is every other patient."""
     root = tmp_path / "camus"
     write_camus_phantoms(root, 16, SIZE, seed=4)
-    reader = get_reader("camus")
-    settings = {"view": "2CH", "split": "authors"}
-    table = apply_split(prepare_cases(reader, reader.find(root, settings), settings, 128).table, "camus", settings, 0)
+    reader = get_reader("camus", CAMUS)
+    section = prepare_section("camus", crop=128, view="2CH", split="authors")
+    table = apply_split(prepare_cases(reader, reader.find(root, section), section).table, "camus", section, 0)
     split = dict(zip(table["subject"], table["split"], strict=True))
     assert (split.pop("patient0011"), split.pop("patient0014"), split.pop("patient0016")) == ("test", "val", "val")
     assert set(split.values()) == {"train"} and len(split) == 13
@@ -173,14 +183,14 @@ def tall_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_crop_reports_what_it_cuts_and_resize_keeps_it(tall_root: Path, caplog: pytest.LogCaptureFixture) -> None:
     """fit: crop at 512 cuts the LA of 840-row frames (kept < 0.99, recorded and warned about); fit: resize keeps
     every class (>= 0.97, nearest-neighbour rounding) and scales the spacing by 840 / 512."""
-    reader = get_reader("camus")
-    files = reader.find(tall_root, {"view": "2CH"})
-    cases = [case for f in files for case in reader.load(f, {})]
+    reader = get_reader("camus", CAMUS)
+    files = reader.find(tall_root, prepare_section("camus", view="2CH"))
+    cases = [case for f in files for case in reader.load(f, CAMUS)]
     assert all(case.image.shape == (840, 600) for case in cases)
     assert all(np.nonzero(case.label == 3)[0].max() > 676 for case in cases), "the LA reaches below the crop"
 
     with caplog.at_level(logging.WARNING):
-        crop = prepare_cases(reader, files, {}, 512, fit="crop").table
+        crop = prepare_cases(reader, files, prepare_section("camus", fit="crop")).table
     assert (crop["la_kept"] < 0.99).all()
     np.testing.assert_allclose(crop["la_kept"], crop["la_area"] / crop["la_area_raw"])
     np.testing.assert_array_equal(crop["la_area_raw"], [(case.label == 3).sum() for case in cases])
@@ -190,7 +200,7 @@ def test_crop_reports_what_it_cuts_and_resize_keeps_it(tall_root: Path, caplog: 
 
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        resize = prepare_cases(reader, files, {}, 512, fit="resize")
+        resize = prepare_cases(reader, files, prepare_section("camus", fit="resize"))
     table = resize.table
     assert (table[["lv_kept", "la_kept"]] >= 0.97).all().all() and (table[["lv_kept", "la_kept"]] <= 1.03).all().all()
     assert "lost more than" not in caplog.text
@@ -218,10 +228,10 @@ def test_singleton_axis_either_end(tmp_path: Path, shape: tuple[int, ...]) -> No
 
 def test_release_detection(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="database_nifti"):
-        camus.find(tmp_path, {})
+        camus.find(tmp_path, CAMUS)
     (tmp_path / "training").mkdir()
     with pytest.raises(InputError, match="no patientNNNN"):
-        camus.find(tmp_path, {})
+        camus.find(tmp_path, CAMUS)
 
 
 def _break_missing_gt(folder: Path) -> Path:

@@ -14,8 +14,9 @@ from autoprompt.data.embeddings import Identity
 from autoprompt.data.phantoms.hc18 import write_hc18_phantoms
 from autoprompt.data.tasks import _select
 from autoprompt.errors import InputError
-from autoprompt.model import backbones, runtimes
-from tests.conftest import encode_section
+from autoprompt.io import file_sha256
+from autoprompt.model import checkpoints, runtimes
+from tests.helpers import encode_section
 
 N_IMAGES, SHARD_SIZE = 5, 2  # three shards, the last one short
 
@@ -197,15 +198,9 @@ def test_open_embeddings_and_check_source(tmp_path: Path) -> None:
 
 def _params(tmp_path: Path) -> Path:
     split = {"train": 1, "val": 1, "test": 1}
-    params = {  # the split both per dataset (current params.yaml) and section-wide (older layout)
+    params = {
         "datasets": ["hc18"],
-        "prepare": {
-            "seed": 0,
-            "on_error": "stop",
-            "split": split,
-            "min_foreground": 10,
-            "hc18": {"crop": 256, "split": split},
-        },
+        "prepare": {"seed": 0, "on_error": "stop", "min_foreground": 10, "hc18": {"crop": 256, "split": split}},
         "encode": encode_section(batch_size=1, shard_size=1),
     }
     path = tmp_path / "params.yaml"
@@ -259,9 +254,9 @@ def test_encode_stage_resumes_after_a_failure(tmp_path: Path, monkeypatch) -> No
     np.testing.assert_array_equal(stored, expected.astype(np.float16))
     np.testing.assert_allclose(calls[0][1], first_run[1], rtol=1e-2, atol=1e-2)  # same image, same embedding
     assert np.abs(stored).reshape(3, -1).max(axis=1).min() > 0, "an image was left at the fill value"
-    checkpoint = backbones.resolve_checkpoint("lite_medsam", None)
+    checkpoint = checkpoints.resolve_checkpoint("lite_medsam", None)
     assert group.attrs["backbone"] == "lite_medsam"
-    assert group.attrs["checkpoint_sha256"] == backbones.file_sha256(checkpoint)
+    assert group.attrs["checkpoint_sha256"] == file_sha256(checkpoint)
     assert group.attrs["source_sha256"] == images.attrs["source_sha256"]
     assert list(group.attrs["ids"]) == list(images.attrs["ids"])
     assert (group.attrs["runtime"], group.attrs["precision"]) == ("openvino", "float32"), "auto on a CPU"

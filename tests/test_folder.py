@@ -15,59 +15,23 @@ import SimpleITK as sitk
 import torch
 import yaml
 
-from autoprompt.data import folder, get_reader
-from autoprompt.data.prepared import (
-    Prepared,
-    apply_split,
-    prepare_cases,
-    read_index,
-    split_settings,
-    task_table,
-    write_prepared,
-)
+from autoprompt.data import folder
+from autoprompt.data.prepare import apply_split, prepare_cases, split_settings
+from autoprompt.data.prepared import Prepared, read_index, task_table, write_prepared
+from autoprompt.data.readers import get_reader
 from autoprompt.errors import InputError
 from autoprompt.evaluation import references, scoring
 from stages import prepare
+from tests.helpers import BOXES, PICTURE, prepare_section, write_csv, write_pictures
 
-SHAPE = (90, 120)  # rows x columns of the 2D phantoms
-BOXES = {"img0.png": (30, 25, 90, 65), "img1.png": (10, 20, 50, 60), "img2.png": (31, 26, 89, 64)}
-MASKED = ("img0.png", "img3.png", "img4.png")  # img5.png has neither mask nor box
 ROTATED = (0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0)  # 90 degrees in-plane, and the slice axis flipped
 
 
-def ellipse(shape: tuple[int, int], centre: tuple[int, int], axes: tuple[int, int]) -> np.ndarray:
-    """H x W uint8 0/1 filled ellipse; ``centre`` and ``axes`` as (x, y)."""
-    mask = np.zeros(shape, np.uint8)
-    cv2.ellipse(mask, centre, axes, 0, 0, 360, 1, -1)
-    return mask
-
-
-def write_csv(root: Path, rows: list[str], header: str = "image,x_min,y_min,x_max,y_max") -> None:
-    (root / "boxes.csv").write_text("\n".join([header, *rows]) + "\n")
-
-
-def write_pictures(root: Path, masked: tuple[str, ...] = MASKED, boxes: dict | None = None) -> Path:
-    """Six 90 x 120 PNGs, each a bright ellipse on noise; masks for ``masked``, boxes.csv with ``boxes``."""
-    (root / "images").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        mask = ellipse(SHAPE, (55 + i, 45), (28, 18))
-        image = (rng.integers(0, 40, SHAPE) + 150 * mask).astype(np.uint8)
-        cv2.imwrite(str(root / "images" / f"img{i}.png"), image)
-        if f"img{i}.png" in masked:
-            (root / "masks").mkdir(exist_ok=True)
-            cv2.imwrite(str(root / "masks" / f"img{i}.png"), 255 * mask)
-    boxes = BOXES if boxes is None else boxes
-    write_csv(root, [f"{name},{','.join(map(str, box))}" for name, box in boxes.items()])
-    return root
-
-
 def prepared_table(root: Path, settings: dict) -> tuple[Prepared, pd.DataFrame]:
-    reader = get_reader("mine", settings)
-    prepared = prepare_cases(
-        reader, reader.find(root, settings), settings, int(settings["crop"]), "stop", settings["fit"]
-    )
-    return prepared, apply_split(prepared.table, "mine", settings, seed=0)
+    section = prepare_section("mine", **settings)
+    reader = get_reader("mine", section)
+    prepared = prepare_cases(reader, reader.find(root, section), section, "stop")
+    return prepared, apply_split(prepared.table, "mine", section, seed=0)
 
 
 def boxes_of(table: pd.DataFrame, name: str = "lesion") -> dict[str, tuple[int, ...]]:
@@ -80,7 +44,7 @@ def test_pictures_split_by_boxes_with_crop(tmp_path: Path) -> None:
     root = write_pictures(tmp_path / "raw")
     settings = {"reader": "folder", "crop": 64, "fit": "crop", "class": "lesion"}
     prepared, table = prepared_table(root, settings)
-    assert get_reader("mine", settings).classes == {"lesion": 1}
+    assert get_reader("mine", prepare_section(**settings)).classes == {"lesion": 1}
     assert table["id"].tolist() == ["img0", "img1", "img2", "img3", "img4"]
     train, test = table[table["split"] == "train"], table[table["split"] == "test"]
     assert train["id"].tolist() == ["img0", "img1", "img2"] and (train["box_from"] == "boxes.csv").all()
@@ -232,17 +196,17 @@ def test_bad_layouts_are_refused(tmp_path: Path) -> None:
     settings = {"reader": "folder", "crop": 64, "fit": "crop"}
     write_csv(root, ["img0.png,1,2,3"], "image,x_min,y_min,x_max")
     with pytest.raises(InputError, match=r"boxes\.csv: columns \['y_max'\] missing"):
-        folder.find(root, settings)
+        folder.find(root, prepare_section(**settings))
     write_csv(root, ["img0.png,1,2,3,4", "img0.png,5,6,7,8"])
     with pytest.raises(InputError, match=r"boxes\.csv: line 3: a second box for img0\.png \(first on line 2\)"):
-        folder.find(root, settings)
+        folder.find(root, prepare_section(**settings))
     write_csv(root, ["img0.png,1,2,3,4"])
     cv2.imwrite(str(root / "masks" / "img0.png"), np.zeros((90, 100), np.uint8))
     with pytest.raises(InputError, match=r"masks/img0\.png: size \(100, 90\) differs from its image's \(120, 90\)"):
         prepared_table(root, settings)
     (root / "boxes.csv").unlink()
     with pytest.raises(InputError, match=r"boxes\.csv: file not found"):
-        folder.find(root, settings)
+        folder.find(root, prepare_section(**settings))
 
 
 def test_masks_may_have_another_suffix_and_hidden_files_are_ignored(tmp_path: Path) -> None:
@@ -250,23 +214,25 @@ def test_masks_may_have_another_suffix_and_hidden_files_are_ignored(tmp_path: Pa
     (root / "images" / "._img0.png").write_bytes(b"resource fork")
     (root / "images" / "notes.txt").write_text("not an image")
     (root / "masks").mkdir()
-    cv2.imwrite(str(root / "masks" / "img2.bmp"), np.zeros(SHAPE, np.uint8))
-    files = {f.id: f.paths for f in folder.find(root, {"reader": "folder"})}
+    cv2.imwrite(str(root / "masks" / "img2.bmp"), np.zeros(PICTURE, np.uint8))
+    files = {f.id: f.paths for f in folder.find(root, prepare_section(reader="folder"))}
     assert sorted(files) == [f"img{i}" for i in range(6)]
     assert files["img2"][2] == root / "masks" / "img2.bmp" and len(files["img1"]) == 2
-    cv2.imwrite(str(root / "masks" / "img2.tif"), np.zeros(SHAPE, np.uint8))
+    cv2.imwrite(str(root / "masks" / "img2.tif"), np.zeros(PICTURE, np.uint8))
     with pytest.raises(InputError, match=r"img2\.bmp: 2 masks for img2\.png; keep the one named img2\.png"):
-        folder.find(root, {"reader": "folder"})
+        folder.find(root, prepare_section(reader="folder"))
 
 
 def test_split_boxes_settings() -> None:
-    assert split_settings("mine", {"reader": "folder"}) == (None, None), "boxes is the folder reader's default"
-    assert split_settings("mine", {"split": "boxes"}) == (None, None)
-    with pytest.raises(InputError, match="proportions is not used: split: boxes"):
-        split_settings("mine", {"reader": "folder", "proportions": {"train": 1}})
+    section = prepare_section(reader="folder", crop=64)
+    assert split_settings("mine", section) == (None, None), "boxes is the folder reader's default"
+    with pytest.raises(InputError, match=r"test params: prepare\.mine: proportions deal the subjects .* remove it"):
+        prepare_section(reader="folder", crop=64, proportions={"train": 1})
+    with pytest.raises(InputError, match=r"test params: prepare\.hc18: split: boxes needs reader: folder"):
+        prepare_section("hc18", crop=64, split="boxes")
     table = pd.DataFrame({"id": ["a", "b"], "subject": ["a", "b"], "split": ["train", None]})
-    with pytest.raises(InputError, match=r"split is boxes, but the reader fixes no split for 1 subjects \(b, \.\.\.\)"):
-        apply_split(table, "mine", {"split": "boxes"}, seed=0)
+    with pytest.raises(InputError, match=r"prepare\.mine\.split: boxes, but the reader fixes no split for 1 subjects"):
+        apply_split(table, "mine", section, seed=0)
 
 
 def test_box_only_rows_are_kept_per_task(tmp_path: Path) -> None:

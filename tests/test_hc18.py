@@ -14,14 +14,16 @@ import pytest
 import torch
 import yaml
 
-from autoprompt.data import get_reader, hc18
+from autoprompt.data import hc18
 from autoprompt.data.phantoms.hc18 import write_hc18_phantoms
-from autoprompt.data.prepared import apply_split, prepare_cases
+from autoprompt.data.prepare import apply_split, prepare_cases
 from autoprompt.data.preprocess import clip_rescale, crop_or_pad, tight_box
+from autoprompt.data.readers import get_reader
 from autoprompt.errors import InputError
-from autoprompt.model import backbones, runtimes
+from autoprompt.model import backbones, checkpoints, runtimes
 from autoprompt.model.decoding import to_label_size
 from stages import prepare
+from tests.helpers import prepare_section
 
 CROP = 640
 
@@ -37,13 +39,15 @@ def _pixel_rows(csv: Path) -> dict[str, tuple[float, float]]:
     return {name: (float(px), float(hc)) for name, px, hc in table.iloc[:, :3].itertuples(index=False)}
 
 
+HC18 = prepare_section("hc18")  # the reader's defaults
+
 # --- the reader on phantoms ---
 
 
 def test_find_lists_every_image(hc18_phantoms: Path) -> None:
     """Every NNN_HC.png and NNN_kHC.png, with its annotation and the CSV; the subject is the 3 digits."""
     images = sorted(p.name for p in (hc18_phantoms / "training_set").glob("*HC.png"))
-    files = get_reader("hc18").find(hc18_phantoms, {})
+    files = get_reader("hc18", HC18).find(hc18_phantoms, HC18)
     assert [f.paths[0].name for f in files] == images
     assert any("_2HC" in f.id for f in files), "the phantoms should hold a second image of some subject"
     for f in files:
@@ -56,26 +60,26 @@ def test_find_lists_every_image(hc18_phantoms: Path) -> None:
 
 def test_images_first_or_all(hc18_phantoms: Path) -> None:
     """images: first keeps each subject's NNN_HC.png only, all keeps the NNN_2HC.png extras too; the setting
-    absent reads every image; any other value names params.yaml."""
-    every = hc18.find(hc18_phantoms, {"images": "all"})
-    first = hc18.find(hc18_phantoms, {"images": "first"})
-    assert [f.id for f in hc18.find(hc18_phantoms, {})] == [f.id for f in every]
+    absent reads every image; any other value names the params file."""
+    every = hc18.find(hc18_phantoms, prepare_section("hc18", images="all"))
+    first = hc18.find(hc18_phantoms, prepare_section("hc18", images="first"))
+    assert [f.id for f in hc18.find(hc18_phantoms, HC18)] == [f.id for f in every]
     assert [f.id for f in first] == [f"{f.subject}_HC" for f in first]
     assert [f.subject for f in first] == sorted({f.subject for f in every}), "one image per subject"
     extras = [f.id for f in every if f.id not in {g.id for g in first}]
     assert extras and all(re.fullmatch(r"\d{3}_\dHC", e) for e in extras)
-    with pytest.raises(InputError, match=r"^params\.yaml: prepare\.hc18\.images is 'second'"):
-        hc18.find(hc18_phantoms, {"images": "second"})
+    with pytest.raises(InputError, match=r"^test params: prepare\.hc18\.images is 'second'; it should be 'first'"):
+        prepare_section("hc18", images="second")
 
 
 def test_masks_are_filled_ellipses_matching_the_csv(hc18_phantoms: Path) -> None:
     """The label is the filled ellipse of the outline: it sits on the outline, has no hole, and its own
     fitted circumference times the pixel size matches the CSV within 3%."""
     rows = _pixel_rows(hc18_phantoms / hc18.CSV_NAME)
-    files = hc18.find(hc18_phantoms, {})
+    files = hc18.find(hc18_phantoms, HC18)
     checked = 0
     for files_of_case in files:
-        (case,) = hc18.load(files_of_case, {})
+        (case,) = hc18.load(files_of_case, HC18)
         pixel_mm, hc_mm = rows[f"{case.id}.png"]
         assert case.image.shape == case.label.shape == (540, 800)
         assert case.image.dtype == np.uint8 and case.label.dtype == np.uint8
@@ -106,21 +110,21 @@ def test_csv_inside_training_set(hc18_phantoms: Path, tmp_path: Path) -> None:
     root = _copy(hc18_phantoms, tmp_path)
     inner = root / "training_set" / hc18.CSV_NAME
     (root / hc18.CSV_NAME).rename(inner)
-    files = hc18.find(root, {})
-    assert len(files) == len(hc18.find(hc18_phantoms, {}))
+    files = hc18.find(root, HC18)
+    assert len(files) == len(hc18.find(hc18_phantoms, HC18))
     assert all(f.paths[2] == inner for f in files)
-    (case,) = hc18.load(files[0], {})
+    (case,) = hc18.load(files[0], HC18)
     assert case.extra["hc_mm"] == _pixel_rows(inner)[f"{files[0].id}.png"][1]
 
 
 def test_missing_folder_or_csv(hc18_phantoms: Path, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="zenodo") as error:
-        hc18.find(tmp_path / "nothing", {})
+        hc18.find(tmp_path / "nothing", HC18)
     assert str(tmp_path / "nothing" / "training_set") in str(error.value)
     root = _copy(hc18_phantoms, tmp_path)
     (root / hc18.CSV_NAME).unlink()
     with pytest.raises(InputError) as error:
-        hc18.find(root, {})
+        hc18.find(root, HC18)
     assert str(root / hc18.CSV_NAME) in str(error.value) and "\n" not in str(error.value)
 
 
@@ -140,24 +144,24 @@ def broken(hc18_phantoms: Path, tmp_path: Path) -> tuple[Path, dict[str, Path]]:
 
 def test_bad_cases_raise_one_line_naming_the_file(broken: tuple[Path, dict[str, Path]]) -> None:
     root, named = broken
-    by_id = {f.id: f for f in hc18.find(root, {})}
+    by_id = {f.id: f for f in hc18.find(root, HC18)}
     for case_id, path in named.items():
         with pytest.raises(InputError) as error:
-            hc18.load(by_id[case_id], {})
+            hc18.load(by_id[case_id], HC18)
         message = str(error.value)
         assert message.startswith(str(path)), f"{case_id}: {message}"
         assert "\n" not in message
     with pytest.raises(InputError, match=r"no row for 004_HC\.png"):
-        hc18.load(by_id["004_HC"], {})
+        hc18.load(by_id["004_HC"], HC18)
 
 
 def test_prepare_cases_skips_and_counts_bad_cases(broken: tuple[Path, dict[str, Path]]) -> None:
     root, named = broken
-    reader = get_reader("hc18")
-    files = reader.find(root, {})
+    reader = get_reader("hc18", HC18)
+    files = reader.find(root, HC18)
     with pytest.raises(InputError):
-        prepare_cases(reader, files, {}, CROP, on_error="stop")
-    prepared = prepare_cases(reader, files, {}, CROP, on_error="skip")
+        prepare_cases(reader, files, prepare_section("hc18", crop=CROP), on_error="stop")
+    prepared = prepare_cases(reader, files, prepare_section("hc18", crop=CROP), on_error="skip")
     assert len(prepared.skipped) == 3
     assert all(any(str(path) in message for message in prepared.skipped) for path in named.values())
     assert len(prepared.table) == len(files) - 3
@@ -199,10 +203,10 @@ def listed_phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_authors_split_on_phantoms(listed_phantoms: Path, images: str) -> None:
     """000_HC is in the authors' train list, 008_HC in val, 002_HC and 014_HC in test; a subject's extra image
     follows its first one; subject 999, in no list, is dealt by the proportions."""
-    reader = get_reader("hc18")
-    settings = {"images": images, "split": "authors", "proportions": {"test": 1}}
-    prepared = prepare_cases(reader, reader.find(listed_phantoms, settings), settings, 256)
-    table = apply_split(prepared.table, "hc18", settings, seed=0)
+    reader = get_reader("hc18", HC18)
+    section = prepare_section("hc18", crop=256, images=images, split="authors", proportions={"test": 1})
+    prepared = prepare_cases(reader, reader.find(listed_phantoms, section), section)
+    table = apply_split(prepared.table, "hc18", section, seed=0)
     split = dict(zip(table["id"], table["split"], strict=True))
     assert len(table) == (16 if images == "first" else 31)
     assert (split["000_HC"], split["008_HC"], split["002_HC"], split["014_HC"]) == ("train", "val", "test", "test")
@@ -240,7 +244,7 @@ def test_prepare_stage_writes_the_authors_split(listed_phantoms: Path, tmp_path:
     assert "from the lists: train 12, val 1, test 2; fixed by the data: 0" in caplog.text
     params["prepare"]["hc18"]["split"] = "official"
     path.write_text(yaml.safe_dump(params))
-    with pytest.raises(InputError, match=r"prepare\.hc18\.split is 'official'"):
+    with pytest.raises(InputError, match=r"params\.yaml: prepare\.hc18\.split: 'official' is not a split"):
         prepare.main([*argv, "--store", str(tmp_path / "x.zarr"), "--index", str(tmp_path / "x.csv")])
     assert not (tmp_path / "x.csv").exists()
 
@@ -288,7 +292,7 @@ def test_tight_box_is_inclusive() -> None:
 
 def test_real_circumferences_match_the_csv(hc18_sample: Path) -> None:
     """Every real image: the fitted ellipse's circumference x pixel size is within 3% of the CSV's."""
-    files = hc18.find(hc18_sample, {})
+    files = hc18.find(hc18_sample, HC18)
     assert len(files) >= 300
     rows = _pixel_rows(files[0].paths[2])
     for files_of_case in files:
@@ -301,14 +305,14 @@ def test_real_circumferences_match_the_csv(hc18_sample: Path) -> None:
 @pytest.fixture(scope="module")
 def real_cases(hc18_sample: Path) -> dict:
     """8 real images spread over the sample, prepared like the pipeline, with LiteMedSAM embeddings."""
-    files = hc18.find(hc18_sample, {})
+    files = hc18.find(hc18_sample, HC18)
     picked = [files[i] for i in np.linspace(0, len(files) - 1, 8).round().astype(int)]
-    cases = [case for f in picked for case in hc18.load(f, {})]
+    cases = [case for f in picked for case in hc18.load(f, HC18)]
     images = np.stack([crop_or_pad(case.image, CROP) for case in cases])
     labels = np.stack([crop_or_pad(case.label, CROP) for case in cases])
-    checkpoint = backbones.resolve_checkpoint("lite_medsam", None)
+    checkpoint = checkpoints.resolve_checkpoint("lite_medsam", None)
     encoder = runtimes.TorchEncoder(backbones.build_image_encoder("lite_medsam", checkpoint), torch.device("cpu"))
-    encoded = backbones.embed(encoder, "lite_medsam", torch.from_numpy(images), 1)
+    encoded = runtimes.embed(encoder, "lite_medsam", torch.from_numpy(images), 1)
     return {
         "cases": cases,
         "labels": labels,

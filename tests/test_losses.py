@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from autoprompt.model import losses
+from autoprompt.settings import Loss
 
 
 def _case_tensors(case: dict, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,9 +167,9 @@ LOSS_PARAMS = {
 }
 
 
-def test_loss_weights_from_params() -> None:
+def test_loss_weights_from_settings() -> None:
     """A recipe's loss section maps onto the weights, and the total is their weighted sum (zero weights left out)."""
-    weights = losses.LossWeights.from_params(LOSS_PARAMS)
+    weights = losses.LossWeights.from_settings(Loss.model_validate(LOSS_PARAMS))
     assert weights == losses.LossWeights(
         outer_bce=2.0,
         tightness=1e-3,

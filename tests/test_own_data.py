@@ -12,8 +12,7 @@ import yaml
 
 from autoprompt.inference import predict
 from stages import encode, evaluate, prepare, train
-from tests.conftest import RUNTIME_CACHE, encode_section, train_section
-from tests.test_folder import SHAPE, write_pictures
+from tests.helpers import PICTURE, RUNTIME_CACHE, encode_section, train_section, write_pictures
 
 SETTINGS = {"reader": "folder", "class": "lesion", "crop": 128, "fit": "resize"}
 
@@ -54,7 +53,7 @@ def test_boxes_alone_train_a_head_that_predicts_every_image(tmp_path):
     assert len(summary.written) == 6, "every image is segmented, boxed or not"
     for path in summary.written:
         mask = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-        assert mask.shape == SHAPE and set(np.unique(mask)) <= {0, 1}
+        assert mask.shape == PICTURE and set(np.unique(mask)) <= {0, 1}
 
 
 def test_with_masks_evaluate_reports_dice_against_them(tmp_path):

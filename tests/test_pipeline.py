@@ -13,15 +13,16 @@ import yaml
 import zarr
 
 from autoprompt.data import views
-from autoprompt.data.tasks import load_task
+from autoprompt.data.tasks import Task, TaskFiles, load_task
 from autoprompt.errors import InputError
 from autoprompt.evaluation.metrics import dice
-from autoprompt.inference.reprompt import choose_margin, reprompt
-from autoprompt.model import backbones
-from autoprompt.model.decoding import predict
+from autoprompt.inference.reprompt import choose_margin, group_margins, reprompt
+from autoprompt.model import backbones, checkpoints
+from autoprompt.model.decoding import decode
+from autoprompt.settings import RepromptSettings, load_settings
 from autoprompt.training import runs
 from stages import augment, baseline, encode, evaluate, prepare, report, simulate, train
-from tests.conftest import encode_section, train_section
+from tests.helpers import encode_section, train_section
 
 VIEWS = "views.zarr"
 
@@ -163,17 +164,23 @@ def test_box_trained_heads_beat_empty_and_filled_box(pipeline):
     assert 0 < result["hd95_mm"]["tight_box"]["mean"] < 20, "HD95 in mm of a good mask on a 0.1-0.2 mm grid"
 
 
+def pipeline_task(root: Path) -> Task:
+    """The pipeline's hc18 task, opened as the stages open it."""
+    settings = load_settings(root / "params.yaml")
+    files = TaskFiles(root / "prepared.zarr", root / "prepared.csv", root / "embeddings.zarr")
+    return load_task("hc18", settings.task("hc18"), files, settings.prepare.min_foreground, "lite_medsam")
+
+
 def followup_ensemble(root) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The decoder, the test embeddings, the mean of the follow-up recipe's two few-shot runs' test probabilities
     and the test masks."""
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    task = load_task(params, "hc18", root / "prepared.zarr", root / "prepared.csv", root / "embeddings.zarr")
+    task = pipeline_task(root)
     rows = task.rows("test")
-    decoder = backbones.build_prompt_decoder("lite_medsam", backbones.resolve_checkpoint("lite_medsam", None))
+    decoder = backbones.build_prompt_decoder("lite_medsam", checkpoints.resolve_checkpoint("lite_medsam", None))
     embeddings = task.load_embeddings(rows)
     folders = sorted((root / "models/followup/fewshot").iterdir())
     assert len(folders) == 2
-    probs = [predict(decoder, embeddings, 640, 8, torch.device("cpu"), head=runs.load_head(f)[0]) for f in folders]
+    probs = [decode(decoder, embeddings, 640, 8, torch.device("cpu"), head=runs.load_head(f)[0]) for f in folders]
     return decoder, embeddings, torch.stack(probs).mean(0), task.load_masks(rows)
 
 
@@ -276,7 +283,7 @@ def test_baselines_are_scored_and_tabled_beside_the_head(pipeline):
         assert "fewshot" in result["nsd"][method]
     assert result["dice"]["persam"]["oneshot"]["n"] == 2
     assert result["methods"]["transunet"] == "TransUNet (vit_tiny_r_s16_p8_224, no pretraining)"
-    subsets = [runs.load_model(f)[1]["ids"] for f in sorted((pipeline / "baselines/unet/fewshot").iterdir())]
+    subsets = [runs.load_baseline(f)[1]["ids"] for f in sorted((pipeline / "baselines/unet/fewshot").iterdir())]
     heads = [runs.load_head(f)[1]["ids"] for f in sorted((pipeline / "models/workshop/fewshot").iterdir())]
     assert subsets == heads, "the baselines train on the head's few-shot subsets"
     table = (pipeline / "metrics/table.md").read_text().replace("**", "")
@@ -295,7 +302,7 @@ def test_baselines_resume_and_leave_out_runs_without_masks(pipeline, tmp_path, c
     for name in ("prepared.zarr", "embeddings.zarr", "params.yaml"):
         (tmp_path / name).symlink_to(pipeline / name)
     index = pd.read_csv(pipeline / "prepared.csv", dtype={"id": str, "subject": str})
-    first = runs.load_model(pipeline / "baselines/unet/fewshot/subset0-seed0")[1]["ids"][0]
+    first = runs.load_baseline(pipeline / "baselines/unet/fewshot/subset0-seed0")[1]["ids"][0]
     index["has_mask"] = (index["id"] != first).astype(int)
     index.to_csv(tmp_path / "prepared.csv", index=False)
     caplog.clear()
@@ -320,9 +327,9 @@ def evaluate_with(root: Path, tmp_path: Path, reprompt_params: dict) -> Path:
 @pytest.mark.parametrize(
     ("section", "message"),
     [
-        ({"margin": -0.1}, r"params.yaml: reprompt.margin is -0\.1; give null"),
-        ({"margin": "auto", "candidates": [0.1, -1]}, r"params.yaml: reprompt.candidates is \[0\.1, -1\]; give a list"),
-        ({"margin": "auto", "candidates": [0.1], "fallback": "x"}, r"params.yaml: reprompt.fallback is 'x'; give null"),
+        ({"margin": -0.1}, r"params\.yaml: reprompt\.margin: -0\.1 is not a margin; give null"),
+        ({"margin": "auto", "candidates": [0.1, -1]}, r"params\.yaml: reprompt\.candidates\.1 is -1; it should be"),
+        ({"margin": "auto", "candidates": [0.1], "fallback": "x"}, r"params\.yaml: reprompt\.fallback is 'x'; it"),
     ],
 )
 def test_a_bad_reprompt_section_is_refused_in_one_line(pipeline, tmp_path, section, message):
@@ -336,15 +343,12 @@ def test_auto_margin_is_chosen_on_the_validation_boxes_and_recorded(pipeline, tm
     the group's ensemble there; the re-prompted row uses it, and the metrics JSON records it."""
     candidates = [0.0, 0.05, 0.2]
     result = json.loads(evaluate_with(pipeline, tmp_path, {"margin": "auto", "candidates": candidates}).read_text())
-    params = yaml.safe_load((pipeline / "params.yaml").read_text())
-    task = load_task(
-        params, "hc18", pipeline / "prepared.zarr", pipeline / "prepared.csv", pipeline / "embeddings.zarr"
-    )
+    task = pipeline_task(pipeline)
     val = task.rows("val")
     decoder, embeddings, mean, masks = followup_ensemble(pipeline)
     val_embeddings, cpu = task.load_embeddings(val), torch.device("cpu")
     folders = sorted((pipeline / "models/followup/fewshot").iterdir())
-    val_mean = torch.stack([predict(decoder, val_embeddings, 640, 8, cpu, head=runs.load_head(f)[0]) for f in folders])
+    val_mean = torch.stack([decode(decoder, val_embeddings, 640, 8, cpu, head=runs.load_head(f)[0]) for f in folders])
     margin, scores = choose_margin(decoder, val_embeddings, task.boxes(val), val_mean.mean(0), candidates, 0.5, 8, cpu)
     recorded = result["reprompt"]["groups"]["followup/fewshot"]
     assert result["reprompt"]["margin"] == "auto" and set(result["reprompt"]["groups"]) == {
@@ -363,9 +367,7 @@ def test_views_are_encoded_for_every_image_a_few_shot_run_trains_on(pipeline):
     trained = sorted({i for f in (pipeline / "models/followup/fewshot").iterdir() for i in runs.load_head(f)[1]["ids"]})
     assert sorted({views.source_id(i) for i in store.attrs["ids"]}) == trained
     assert store["embeddings"].shape == (2 * len(trained), 256, 64, 64)
-    originals = load_task(
-        PARAMS, "hc18", pipeline / "prepared.zarr", pipeline / "prepared.csv", pipeline / "embeddings.zarr"
-    )
+    originals = pipeline_task(pipeline)
     first = originals.load_embeddings(originals.rows(ids=(trained[0],)))[0].float()
     view = torch.from_numpy(np.asarray(store["embeddings"][0])).float()
     assert torch.isfinite(view).all() and (view - first).norm() > 0.05 * first.norm(), "a view is its image"
@@ -394,9 +396,9 @@ def test_views_made_with_other_settings_are_refused(pipeline, tmp_path):
 def test_auto_margin_without_validation_images_falls_back(caplog):
     """A task without a validation split (every box trains) takes reprompt.fallback for each group, and says so."""
     with caplog.at_level("WARNING"):
-        margins = evaluate.group_margins(
-            evaluate.RepromptSettings("auto", (0.0, 0.1), 0.1), None, ["a/fewshot", "b/all"], None, torch.zeros(0, 4),
-            {}, 0.5, 8, torch.device("cpu"),
+        margins = group_margins(
+            RepromptSettings(margin="auto", candidates=(0.0, 0.1), fallback=0.1), None, ["a/fewshot", "b/all"], None,
+            torch.zeros(0, 4), {}, 0.5, 8, torch.device("cpu"),
         )  # fmt: skip
     assert margins == {g: {"margin": 0.1, "validation_images": 0} for g in ("a/fewshot", "b/all")}
     assert "no validation images to choose the re-prompt margin on: reprompt.fallback (0.1) it is" in caplog.text

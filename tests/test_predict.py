@@ -24,11 +24,11 @@ from autoprompt.data.images import as_stack, frame_slices, resample_in_plane
 from autoprompt.data.preprocess import fit_label
 from autoprompt.errors import InputError
 from autoprompt.inference import export_model, load_model, predict
-from autoprompt.inference.predict import recorded_margin
+from autoprompt.inference.files import recorded_margin
 from autoprompt.inference.predictor import Predictor
 from autoprompt.inference.reprompt import reprompt
 from stages import encode, prepare, simulate, train
-from tests.conftest import RUNTIME_CACHE, encode_section, train_section
+from tests.helpers import RUNTIME_CACHE, encode_section, train_section
 
 PARAMS = {
     "datasets": ["acdc"],

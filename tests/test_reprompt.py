@@ -9,7 +9,7 @@ import torch
 
 from autoprompt.inference.reprompt import box_agreement, choose_margin, loosen, mask_boxes, reprompt
 from autoprompt.model import backbones
-from autoprompt.model.decoding import predict
+from autoprompt.model.decoding import decode
 
 CPU = torch.device("cpu")
 
@@ -40,7 +40,7 @@ def test_reprompt_decodes_the_masks_boxes_and_keeps_empty_masks(lite_checkpoint:
     probs[2] = 0.3  # under the threshold: no mask, kept as it is
     out = reprompt(decoder, embeddings, probs, 0.05, 0.5, 2, CPU)
     boxes, _ = mask_boxes(probs[:2] > 0.5, 0.05)
-    expected = predict(decoder, embeddings[:2], 128, 2, CPU, boxes=boxes)
+    expected = decode(decoder, embeddings[:2], 128, 2, CPU, boxes=boxes)
     torch.testing.assert_close(out[:2], expected)
     assert torch.equal(out[2], probs[2])
     assert not torch.equal(out[0], probs[0]), "the decoder's answer replaces the head's"

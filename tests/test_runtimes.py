@@ -15,9 +15,10 @@ from segment_anything.modeling.image_encoder import Attention
 from autoprompt.data import embeddings
 from autoprompt.data.phantoms.hc18 import write_hc18_phantoms
 from autoprompt.errors import InputError
+from autoprompt.io import file_sha256
 from autoprompt.model import backbones, runtimes
 from autoprompt.model.attention import SdpaAttention, use_sdpa
-from tests.conftest import RUNTIME_CACHE, SHARED
+from tests.helpers import RUNTIME_CACHE, SHARED
 
 CPU = torch.device("cpu")
 TOLERANCE = 1e-4  # the largest relative difference to torch float32 that a runtime may have and be the default
@@ -46,10 +47,10 @@ def test_auto_is_openvino_on_a_cpu_and_torch_on_a_gpu() -> None:
 @pytest.mark.parametrize(
     ("runtime", "device", "precision", "message"),
     [
-        ("tensorrt", "cpu", "float32", "unknown encode.runtime"),
-        ("openvino", "cuda", "float32", "runs on the CPU"),
-        ("torch", "cpu", "bfloat16", "not offered by the torch runtime"),
-        ("openvino", "cpu", "int4", "not offered by the openvino runtime"),
+        ("tensorrt", "cpu", "float32", r"encode\.runtime is 'tensorrt'; use auto or one of"),
+        ("openvino", "cuda", "float32", r"encode\.runtime is openvino, which runs on the CPU, not cuda"),
+        ("torch", "cpu", "bfloat16", r"encode\.cpu_precision is 'bfloat16', which the torch runtime does not offer"),
+        ("openvino", "cpu", "int4", r"encode\.cpu_precision is 'int4', which the openvino runtime does not offer"),
     ],
 )
 def test_bad_choices_are_refused(runtime: str, device: str, precision: str, message: str) -> None:
@@ -68,10 +69,10 @@ def test_openvino_float32_agrees_with_torch_and_is_converted_once(
         exact, approx = reference(x).float(), openvino(x).float()
     assert approx.shape == exact.shape == (4, 256, 64, 64)
     assert max(runtimes.relative_differences(approx, exact)) < TOLERANCE  # float32, before the store's rounding
-    stored = backbones.embed(openvino, "lite_medsam", hc18_images, 3)
+    stored = runtimes.embed(openvino, "lite_medsam", hc18_images, 3)
     assert stored.dtype == torch.float16 and torch.equal(stored, approx.half())
 
-    folder = runtimes.ir_folder(RUNTIME_CACHE, "lite_medsam", backbones.file_sha256(lite_checkpoint))
+    folder = runtimes.ir_folder(RUNTIME_CACHE, "lite_medsam", file_sha256(lite_checkpoint))
     assert (folder / runtimes.IR_NAME).is_file() and (folder / "encoder.bin").stat().st_size > 20e6  # float32 weights
 
     def no_conversion(*args: object) -> None:
@@ -79,7 +80,7 @@ def test_openvino_float32_agrees_with_torch_and_is_converted_once(
 
     monkeypatch.setattr(runtimes, "convert_to_openvino", no_conversion)
     again = runtimes.build_encoder("lite_medsam", lite_checkpoint, choice, CPU, RUNTIME_CACHE)
-    assert torch.equal(backbones.embed(again, "lite_medsam", hc18_images[:1], 1), stored[:1])
+    assert torch.equal(runtimes.embed(again, "lite_medsam", hc18_images[:1], 1), stored[:1])
 
 
 def test_bfloat16_is_an_explicit_mode_that_moves_the_embeddings(hc18_images: torch.Tensor, tmp_path: Path) -> None:
@@ -89,9 +90,9 @@ def test_bfloat16_is_an_explicit_mode_that_moves_the_embeddings(hc18_images: tor
     script = f"""
 import numpy as np, torch, stages
 from autoprompt.errors import InputError
-from autoprompt.model import backbones, runtimes
+from autoprompt.model import checkpoints, runtimes
 images = torch.from_numpy(np.load({str(tmp_path / "images.npy")!r}))
-checkpoint = backbones.resolve_checkpoint("lite_medsam", None)
+checkpoint = checkpoints.resolve_checkpoint("lite_medsam", None)
 outs = {{}}
 for precision in ("bfloat16", "float32"):
     choice = runtimes.choose("openvino", torch.device("cpu"), precision)
@@ -100,7 +101,7 @@ for precision in ("bfloat16", "float32"):
     except InputError as error:
         print("refused:", error)
         raise SystemExit(0)
-    outs[precision] = backbones.embed(encoder, "lite_medsam", images, 2).float()
+    outs[precision] = runtimes.embed(encoder, "lite_medsam", images, 2).float()
 print("difference:", float((outs["bfloat16"] - outs["float32"]).norm() / outs["float32"].norm()))
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)

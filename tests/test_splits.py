@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from autoprompt.data.prepared import apply_split, split_settings, split_table
+from autoprompt.data.prepare import apply_split, split_settings, split_table
 from autoprompt.data.splits import SplitLists, assign_splits, authors_lists, listed_subjects, read_list
 from autoprompt.errors import InputError
+from tests.helpers import prepare_section
 
 PAPER = {"train": 507, "val": 77, "test": 148}
 
@@ -177,8 +178,8 @@ def test_apply_split_by_lists(monkeypatch: pytest.MonkeyPatch) -> None:
     proportions (HC18's); split_by says which rule decided each row."""
     table = _table({f"{k:03d}": 1 + k % 2 for k in range(40)})
     lists = _lists({"val": ("000_0HC",), "test": ("001_0HC", "002_0HC")}, names="image", unlisted="proportions")
-    monkeypatch.setattr("autoprompt.data.prepared.authors_lists", lambda dataset: lists)
-    out = apply_split(table, "hc18", {"split": "authors", "proportions": {"test": 1.0}}, seed=0)
+    monkeypatch.setattr("autoprompt.data.prepare.authors_lists", lambda dataset, key: lists)
+    out = apply_split(table, "hc18", prepare_section("hc18", split="authors", proportions={"test": 1.0}), seed=0)
     assert list(out.columns[:4]) == ["id", "subject", "split", "split_by"]
     by_subject = out.groupby("subject")[["split", "split_by"]].first()
     assert by_subject.loc["000"].tolist() == ["val", "lists"]
@@ -187,8 +188,8 @@ def test_apply_split_by_lists(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (rest["split"] == "test").all() and (rest["split_by"] == "proportions").all()
     assert (out[out["subject"] == "001"]["split"] == "test").all(), "the second image follows the first"
 
-    monkeypatch.setattr("autoprompt.data.prepared.authors_lists", lambda dataset: _lists(lists.entries, "image"))
-    out = apply_split(table, "camus", {"split": "authors"}, seed=0)
+    monkeypatch.setattr("autoprompt.data.prepare.authors_lists", lambda dataset, key: _lists(lists.entries, "image"))
+    out = apply_split(table, "camus", prepare_section("camus", split="authors"), seed=0)
     rest = out[~out["subject"].isin(["000", "001", "002"])]
     assert (rest["split"] == "train").all() and (rest["split_by"] == "unlisted").all()
 
@@ -196,21 +197,21 @@ def test_apply_split_by_lists(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_apply_split_lists_against_the_data(monkeypatch: pytest.MonkeyPatch) -> None:
     """A subject the data fixes (ACDC testing/) keeps its split; a list that puts it elsewhere is an error."""
     table = _table({"p1": 1, "p2": 1, "p3": 1}, fixed={"p3": "test"})
-    monkeypatch.setattr("autoprompt.data.prepared.authors_lists", lambda dataset: _lists({"val": ("p1",)}))
-    out = apply_split(table, "acdc", {"split": "authors"}, seed=0)
+    monkeypatch.setattr("autoprompt.data.prepare.authors_lists", lambda dataset, key: _lists({"val": ("p1",)}))
+    out = apply_split(table, "acdc", prepare_section("acdc", split="authors"), seed=0)
     assert out.set_index("subject")[["split", "split_by"]].to_dict("index") == {
         "p1": {"split": "val", "split_by": "lists"},
         "p2": {"split": "train", "split_by": "unlisted"},
         "p3": {"split": "test", "split_by": "data"},
     }
-    monkeypatch.setattr("autoprompt.data.prepared.authors_lists", lambda dataset: _lists({"val": ("p3",)}))
+    monkeypatch.setattr("autoprompt.data.prepare.authors_lists", lambda dataset, key: _lists({"val": ("p3",)}))
     with pytest.raises(InputError, match=r"^val\.txt: p3 is listed for val, but the data fixes it to test"):
-        apply_split(table, "acdc", {"split": "authors"}, seed=0)
+        apply_split(table, "acdc", prepare_section("acdc", split="authors"), seed=0)
 
 
 def test_apply_split_by_proportions_matches_split_table() -> None:
     table = _table(_subjects(60), fixed={"000": "test"})
-    out = apply_split(table, "hc18", {"split": PAPER}, seed=0)
+    out = apply_split(table, "hc18", prepare_section("hc18", split=PAPER), seed=0)
     assert out["split"].tolist() == split_table(table, PAPER, seed=0).tolist()
     assert set(out["split_by"]) == {"proportions", "data"}
     assert set(out.loc[out["subject"] == "000", "split_by"]) == {"data"}
@@ -219,16 +220,29 @@ def test_apply_split_by_proportions_matches_split_table() -> None:
 @pytest.mark.parametrize(
     ("dataset", "settings", "message"),
     [
-        ("hc18", {"split": "paper"}, r"prepare\.hc18\.split is 'paper'; use authors"),
-        ("hc18", {"split": {"train": 1, "holdout": 1}}, r"prepare\.hc18\.split is .*give proportions"),
+        ("hc18", {"split": "paper"}, r"prepare\.hc18\.split: 'paper' is not a split; use authors"),
+        ("hc18", {"split": {"train": 1, "holdout": 1}}, r"prepare\.hc18\.split: unknown key 'holdout'"),
         ("hc18", {"split": {"train": 0, "test": 0}}, "positive sum"),
-        ("hc18", {"split": PAPER, "proportions": PAPER}, "gives both split proportions and proportions"),
-        ("hc18", {"split": "authors"}, r"prepare\.hc18\.proportions is missing"),
-        ("hc18", {"split": "authors", "proportions": {"train": -1, "test": 2}}, ">= 0"),
-        ("camus", {"split": "authors", "proportions": PAPER}, r"prepare\.camus\.proportions is not used"),
+        ("hc18", {"split": PAPER, "proportions": PAPER}, r"prepare\.hc18: proportions deal the subjects"),
+        ("hc18", {"split": "authors", "proportions": {"train": -1, "test": 2}}, r"proportions\.train is -1"),
     ],
 )
-def test_bad_split_settings_name_params_yaml(dataset: str, settings: dict, message: str) -> None:
+def test_bad_split_settings_name_the_params_file(dataset: str, settings: dict, message: str) -> None:
+    """Wrong split settings are refused as the file is read: one line naming the file and the key."""
     with pytest.raises(InputError, match=message) as error:
-        split_settings(dataset, settings)
-    assert str(error.value).startswith("params.yaml: prepare.") and "\n" not in str(error.value)
+        prepare_section(dataset, **settings)
+    assert str(error.value).startswith("test params: prepare.") and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("dataset", "settings", "message"),
+    [
+        ("hc18", {"split": "authors"}, r"prepare\.hc18\.proportions: missing; the authors' lists leave"),
+        ("camus", {"split": "authors", "proportions": PAPER}, r"prepare\.camus\.proportions: not used"),
+    ],
+)
+def test_split_settings_that_the_lists_contradict(dataset: str, settings: dict, message: str) -> None:
+    """Whether proportions are needed depends on the authors' lists: checked against them, named the same way."""
+    with pytest.raises(InputError, match=message) as error:
+        split_settings(dataset, prepare_section(dataset, **settings))
+    assert str(error.value).startswith("test params: prepare.") and "\n" not in str(error.value)

@@ -2,43 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-import yaml
 
-from autoprompt.data import get_reader
+from autoprompt.data import hc18
 from autoprompt.data.preprocess import crop_or_pad
 from autoprompt.errors import InputError
 from autoprompt.model import backbones, runtimes
-from autoprompt.model.decoding import predict
+from autoprompt.model.decoding import decode
 from autoprompt.model.head import PromptHead
+from autoprompt.sources import sources_sha256
 from autoprompt.training import runs
-from autoprompt.training.fewshot import ALL, FEWSHOT, draw_subset, parse_shots, plan_runs
-from autoprompt.training.loop import TrainConfig, check_start, live_fraction, make_head, train_head
+from autoprompt.training.fewshot import ALL, FEWSHOT, draw_subset, plan_runs
+from autoprompt.training.loop import check_start, live_fraction, make_head, train_head
 from autoprompt.training.validation import ValidationSet, score
-
-DEMO = yaml.safe_load((Path(__file__).resolve().parents[1] / "demo" / "params.yaml").read_text())["train"]
-RECIPES = {
-    name: {**recipe, "batch_size": 2, "epochs": {"fewshot": 2, "all": 1}, "milestones": {"fewshot": [1], "all": [1]}}
-    for name, recipe in DEMO["recipes"].items()
-}
-RECIPES["augmented"]["augment"]["inputs"]["dihedral"] = 0.5
-RECIPES["followup"]["loss"]["consistency"] = 1.0e-3  # as in params.yaml (the demo leaves it out)
-RECIPE = RECIPES["workshop"]
-TRAIN = {
-    "recipe": ["workshop", "followup", "augmented"],
-    "recipes": RECIPES,
-    "select": "last",
-    "validate_every": 0,
-    "init": {"prompt": "whole_box", "scale": 0.01},
-}
-
-
-def config(recipe: str = "workshop", regime: str = "fewshot", **changes: object) -> TrainConfig:
-    return TrainConfig.from_params({**TRAIN, **changes}, recipe, regime)
-
+from tests.helpers import TRAIN, prepare_section, sources_of, train_config
 
 IDS = [f"{i:03d}_HC" for i in range(30)]
 
@@ -46,14 +24,6 @@ IDS = [f"{i:03d}_HC" for i in range(30)]
 @pytest.fixture(scope="module")
 def lite_decoder(lite_checkpoint):
     return backbones.build_prompt_decoder("lite_medsam", lite_checkpoint)
-
-
-def test_shots_are_an_integer_or_all():
-    assert parse_shots(10) == 10 and parse_shots("10") == 10
-    assert parse_shots("all") is None and parse_shots("ALL") is None
-    for bad in (0, -3, "ten", 2.5, None):
-        with pytest.raises(InputError, match=r"train\.shots"):
-            parse_shots(bad)
 
 
 def test_plan_is_subsets_x_seeds_then_all_images():
@@ -71,7 +41,7 @@ def test_subsets_are_reproducible_and_seeded():
     assert draw_subset(IDS, 10, 1, 0) == draw_subset(IDS, 10, 1, 0)
     assert draw_subset(IDS, 10, 1, 0) != draw_subset(IDS, 10, 2, 0)
     assert draw_subset(IDS, 10, 1, 0) != draw_subset(IDS, 10, 1, 7)
-    with pytest.raises(InputError, match="exceeds the 30 training images"):
+    with pytest.raises(InputError, match=r"train\.shots is 31, more than the 30 training images"):
         plan_runs(IDS, 31, 3, [0], 0, False)
 
 
@@ -79,14 +49,14 @@ def test_training_is_deterministic_and_moves_the_head(lite_decoder):
     generator = torch.Generator().manual_seed(0)
     embeddings = torch.randn(4, 256, 64, 64, generator=generator).half()
     boxes = torch.tensor([[20, 30, 90, 100], [10, 10, 60, 80], [40, 40, 120, 110], [5, 50, 70, 120]])
-    pseudo = predict(lite_decoder, embeddings, 128, 4, torch.device("cpu"), boxes=boxes) > 0.5
+    pseudo = decode(lite_decoder, embeddings, 128, 4, torch.device("cpu"), boxes=boxes) > 0.5
     for recipe in ("workshop", "followup", "augmented"):
-        settings = config(recipe)
+        settings = train_config(recipe)
         heads = [
             train_head(embeddings, boxes, 128, lite_decoder, settings, 3, torch.device("cpu"), pseudo=pseudo).head
             for _ in range(2)
         ]
-        start = make_head(lite_decoder, settings, 3).state_dict()
+        start = make_head(lite_decoder, settings.init_prompt, settings.init_scale, 3).state_dict()
         for name, value in heads[0].state_dict().items():
             assert torch.equal(value, heads[1].state_dict()[name]), f"{recipe}: {name} differs between identical runs"
         assert any(not torch.equal(v, start[k]) for k, v in heads[0].state_dict().items()), f"{recipe}: no change"
@@ -95,29 +65,28 @@ def test_training_is_deterministic_and_moves_the_head(lite_decoder):
 @pytest.fixture(scope="module")
 def phantom_embedding(hc18_phantoms, lite_checkpoint):
     """1 x 256 x 64 x 64: LiteMedSAM's embedding of one phantom, prepared as the pipeline prepares it."""
-    reader = get_reader("hc18")
-    case = reader.load(reader.find(hc18_phantoms, {})[0], {})[0]
+    section = prepare_section("hc18")
+    case = hc18.load(hc18.find(hc18_phantoms, section)[0], section)[0]
     image = torch.from_numpy(crop_or_pad(case.image, 640))[None]
     encoder = runtimes.TorchEncoder(backbones.build_image_encoder("lite_medsam", lite_checkpoint), torch.device("cpu"))
-    return backbones.embed(encoder, "lite_medsam", image, 1).float()
+    return runtimes.embed(encoder, "lite_medsam", image, 1).float()
 
 
 @pytest.mark.parametrize("prompt", ["mean_box", "whole_box"])
 def test_first_predictions_are_not_saturated(prompt, lite_decoder, phantom_embedding, vit_b_checkpoint):
     """Both backbones' decoders, started at a box prompt, give predictions the box losses can move."""
-    settings = config(init={"prompt": prompt, "scale": 0.01})
     boxes = torch.tensor([[60.0, 50.0, 190.0, 200.0]])
-    lite = make_head(lite_decoder, settings, 0, boxes)
+    lite = make_head(lite_decoder, prompt, 0.01, 0, boxes)
     assert check_start(lite, lite_decoder, phantom_embedding, 640) > 0.1
     vit_b = backbones.build_prompt_decoder("medsam_vit_b", vit_b_checkpoint)
     random_embedding = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(1))
-    assert check_start(make_head(vit_b, settings, 0, boxes * 4), vit_b, random_embedding, 640) > 0.1
+    assert check_start(make_head(vit_b, prompt, 0.01, 0, boxes * 4), vit_b, random_embedding, 640) > 0.1
 
 
 def test_a_saturated_start_is_refused(lite_decoder, phantom_embedding):
     """PyTorch's own initialisation drives LiteMedSAM's decoder to p ~ 1e-11 everywhere: refused, not trained."""
-    head = make_head(lite_decoder, config(init={"prompt": "random", "scale": 1}), 0)
-    probs = predict(lite_decoder, phantom_embedding, 640, 1, torch.device("cpu"), head=head)
+    head = make_head(lite_decoder, "random", 1.0, 0)
+    probs = decode(lite_decoder, phantom_embedding, 640, 1, torch.device("cpu"), head=head)
     assert live_fraction(probs) < 0.01 and float(probs.max()) < 1e-3
     with pytest.raises(InputError, match="saturated"):
         check_start(head, lite_decoder, phantom_embedding, 640)
@@ -158,21 +127,21 @@ def test_a_new_shot_count_leaves_the_all_images_runs_alone():
 
 def test_mean_box_start_is_the_prompt_of_the_mean_box(lite_decoder):
     boxes = torch.tensor([[10.0, 20.0, 110.0, 120.0], [30.0, 40.0, 130.0, 160.0]])
-    head = make_head(lite_decoder, config(init={"prompt": "mean_box", "scale": 0.01}), 0, boxes)
+    head = make_head(lite_decoder, "mean_box", 0.01, 0, boxes)
     sparse, _ = head(torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(4)))
     expected, _ = lite_decoder.box_prompt(torch.tensor([[20.0, 30.0, 120.0, 140.0]]))
     assert torch.allclose(sparse, expected, atol=0.05), "sparse tokens start at the mean box's prompt"
-    with pytest.raises(InputError, match="mean_box"):
-        config(init={"prompt": "centre", "scale": 0.01})
+    with pytest.raises(InputError, match=r"train\.init\.prompt is 'centre'; it should be 'mean_box', 'whole_box'"):
+        train_config(init={"prompt": "centre", "scale": 0.01})
 
 
 def test_other_training_code_gives_another_fingerprint(tmp_path):
-    first, second = tmp_path / "a.py", tmp_path / "b.py"
-    first.write_text("x = 1\n")
-    second.write_text("x = 2\n")
-    modules = [type("M", (), {"__file__": str(p)}) for p in (first, second)]
-    assert runs.code_sha256(modules[:1]) != runs.code_sha256(modules[1:])
-    assert runs.code_sha256(modules) == runs.code_sha256(modules)
+    """A run's code hash covers every file of its import closure, its path included."""
+    files = {"autoprompt/__init__.py": "", "autoprompt/a.py": "import autoprompt.b\n", "autoprompt/b.py": "x = 1\n"}
+    first, root = sources_of(tmp_path / "one", files), sources_of(tmp_path / "two", files)
+    assert sources_sha256("autoprompt.a", first) == sources_sha256("autoprompt.a", root), "same files, same hash"
+    (root / "autoprompt" / "b.py").write_text("x = 2\n")
+    assert sources_sha256("autoprompt.a", first) != sources_sha256("autoprompt.a", root), "an imported module changed"
 
 
 def test_best_selection_keeps_the_epoch_of_the_highest_validation_dice(lite_decoder):
@@ -181,22 +150,23 @@ def test_best_selection_keeps_the_epoch_of_the_highest_validation_dice(lite_deco
     generator = torch.Generator().manual_seed(5)
     embeddings = torch.randn(4, 256, 64, 64, generator=generator).half()
     boxes = torch.tensor([[20, 30, 90, 100], [10, 10, 60, 80], [40, 40, 120, 110], [5, 50, 70, 120]])
-    box_masks = predict(lite_decoder, embeddings, 128, 4, torch.device("cpu"), boxes=boxes) > 0.5
+    box_masks = decode(lite_decoder, embeddings, 128, 4, torch.device("cpu"), boxes=boxes) > 0.5
     val = ValidationSet(embeddings[:2], box_masks[:2], masks=box_masks[:2] & False, batch_size=2)
-    settings = config(select="best", validate_every=1, recipes=settings_recipes(4))
+    settings = train_config(select="best", validate_every=1, recipes=settings_recipes(4))
     result = train_head(embeddings, boxes, 128, lite_decoder, settings, 0, torch.device("cpu"), validation=val)
     scores = [h["dice_box"] for h in result.history]
     assert [h["epoch"] for h in result.history] == [1, 2, 3, 4] and all("dice_mask" in h for h in result.history)
     assert result.epoch == 1 + scores.index(max(scores))
     assert score(result.head, lite_decoder, val, 128, torch.device("cpu"))["dice_box"] == pytest.approx(max(scores))
-    last = config(validate_every=1, recipes=settings_recipes(4))
+    last = train_config(validate_every=1, recipes=settings_recipes(4))
     final = train_head(embeddings, boxes, 128, lite_decoder, last, 0, torch.device("cpu"), validation=val)
     assert final.epoch == 4 and final.head is final.last
     for name, value in final.last.state_dict().items():
         assert torch.equal(value, result.last.state_dict()[name]), "selection does not change the training itself"
-    with pytest.raises(InputError, match="select is best"):
+    with pytest.raises(InputError, match=r"train\.select is best, which needs validation images"):
         train_head(embeddings, boxes, 128, lite_decoder, settings, 0, torch.device("cpu"))
 
 
 def settings_recipes(epochs: int) -> dict:
-    return {**TRAIN["recipes"], "workshop": {**RECIPE, "epochs": {"fewshot": epochs, "all": 1}}}
+    workshop = TRAIN["recipes"]["workshop"]
+    return {**TRAIN["recipes"], "workshop": {**workshop, "epochs": {"fewshot": epochs, "all": 1}}}

@@ -10,19 +10,21 @@ import torch
 from autoprompt.data import views
 from autoprompt.errors import InputError
 from autoprompt.model import backbones
-from autoprompt.model.decoding import predict
+from autoprompt.model.decoding import decode
+from autoprompt.settings import AugmentSettings
 from autoprompt.training.augment import Augment, Views, pick_views
 from autoprompt.training.loop import train_head
-from tests.test_training import config
+from tests.helpers import settings
+from tests.helpers import train_config as config
 
-SETTINGS = views.ViewSettings(count=6, hflip=0.5, zoom=0.25, shift=0.1, gamma=0.3, contrast=0.2, brightness=10.0)
+SETTINGS = AugmentSettings(count=6, hflip=0.5, zoom=0.25, shift=0.1, gamma=0.3, contrast=0.2, brightness=10.0)
 
 
 def test_an_images_views_depend_on_its_id_and_the_seed_only():
     first, _ = views.draw("007_HC", SETTINGS)
     again, _ = views.draw("007_HC", SETTINGS)
     other, _ = views.draw("008_HC", SETTINGS)
-    reseeded, _ = views.draw("007_HC", views.ViewSettings(**{**SETTINGS.__dict__, "seed": 1}))
+    reseeded, _ = views.draw("007_HC", SETTINGS.model_copy(update={"seed": 1}))
     assert first.shape == (6, 2, 3) and torch.equal(first, again)
     assert not torch.equal(first, other) and not torch.equal(first, reseeded)
     assert views.view_ids(["a", "b"], 2) == ("a#view0", "a#view1", "b#view0", "b#view1")
@@ -30,7 +32,7 @@ def test_an_images_views_depend_on_its_id_and_the_seed_only():
 
 
 def test_views_flip_zoom_and_shift_within_their_bounds_and_never_rotate():
-    matrices, intensity = views.draw("x", views.ViewSettings(**{**SETTINGS.__dict__, "count": 200}))
+    matrices, intensity = views.draw("x", SETTINGS.model_copy(update={"count": 200}))
     scale = matrices[:, 1, 1]
     assert torch.all(matrices[:, 0, 1] == 0) and torch.all(matrices[:, 1, 0] == 0)
     assert torch.allclose(matrices[:, 0, 0].abs(), scale) and (matrices[:, 0, 0] < 0).any()
@@ -47,7 +49,7 @@ def test_a_views_box_is_the_tight_box_of_the_moved_structure():
     ellipse = (((xx - 70) / 30.0) ** 2 + ((yy - 85) / 22.0) ** 2) <= 1
     ys, xs = torch.nonzero(ellipse, as_tuple=True)
     box = torch.stack([xs.min(), ys.min(), xs.max(), ys.max()])[None]
-    matrices, _ = views.draw("ellipse", views.ViewSettings(**{**SETTINGS.__dict__, "count": 12}))
+    matrices, _ = views.draw("ellipse", SETTINGS.model_copy(update={"count": 12}))
     identity = torch.tensor([[1.0, 1.0, 0.0]]).expand(12, -1)
     moved = views.render((ellipse.to(torch.uint8) * 255).expand(12, -1, -1).contiguous(), matrices, identity) > 127
     expected = views.view_boxes(box.expand(12, -1), matrices, size)
@@ -68,10 +70,10 @@ def test_intensity_is_gamma_then_contrast_then_brightness():
 
 
 def test_unknown_or_negative_settings_are_refused():
-    with pytest.raises(InputError, match="augment has unknown keys"):
-        views.ViewSettings.from_params({"count": 2, "rotate": 0.5})
-    with pytest.raises(InputError, match=r"augment\.count"):
-        views.ViewSettings.from_params({"count": -1})
+    with pytest.raises(InputError, match=r"test params: augment: unknown key 'rotate'; known keys: count, hflip"):
+        settings(augment={"count": 2, "rotate": 0.5})
+    with pytest.raises(InputError, match=r"test params: augment\.count is -1; it should be greater than or equal"):
+        settings(augment={"count": -1})
 
 
 def test_views_are_picked_with_their_probability():
@@ -93,7 +95,7 @@ def test_views_identical_to_their_images_train_the_same_head_and_other_views_ano
     generator = torch.Generator().manual_seed(0)
     embeddings = torch.randn(4, 256, 64, 64, generator=generator).half()
     boxes = torch.tensor([[20, 30, 90, 100], [10, 10, 60, 80], [40, 40, 120, 110], [5, 50, 70, 120]])
-    pseudo = predict(lite_decoder, embeddings, 128, 4, torch.device("cpu"), boxes=boxes) > 0.5
+    pseudo = decode(lite_decoder, embeddings, 128, 4, torch.device("cpu"), boxes=boxes) > 0.5
     settings = dataclasses.replace(config("augmented"), augment=Augment(views=1.0))
     copies = Views(
         embeddings[:, None].expand(-1, 2, -1, -1, -1),

@@ -27,8 +27,9 @@ import SimpleITK as sitk
 from autoprompt.data.cardiac import check_label, ed_frame, read_image, read_info
 from autoprompt.data.images import on_grid_of, resample_in_plane
 from autoprompt.data.preprocess import clip_rescale
-from autoprompt.data.records import Case, CaseFiles, Reader, volume_preprocessing
+from autoprompt.data.records import Case, CaseFiles, Reader
 from autoprompt.errors import InputError
+from autoprompt.settings import AcdcPrepare
 
 DOWNLOAD = "https://humanheart-project.creatis.insa-lyon.fr/database/"
 FIX = f"restore it from the ACDC download ({DOWNLOAD}) or set prepare.on_error: skip"
@@ -36,7 +37,7 @@ PATIENT = re.compile(r"^patient\d{3}$")
 FOLDERS = {"training": None, "testing": "test"}  # folder -> the split it fixes (None: split later)
 
 
-def find(root: Path, settings: dict) -> list[CaseFiles]:
+def find(root: Path, section: AcdcPrepare) -> list[CaseFiles]:
     """Every ``patientNNN`` folder under ``root/training`` and ``root/testing``, with its ``Info.cfg`` (the frame to
     read is known only once that file is read, in ``load``)."""
     folders = [root / name for name in FOLDERS if (root / name).is_dir()]
@@ -59,7 +60,7 @@ def find(root: Path, settings: dict) -> list[CaseFiles]:
     return list(cases.values())
 
 
-def load(files: CaseFiles, settings: dict) -> list[Case]:
+def load(files: CaseFiles, section: AcdcPrepare) -> list[Case]:
     """The end-diastole volume of one patient as 1 mm x 1 mm slices (see the module's docstring)."""
     (info_path,) = files.paths
     folder = info_path.parent
@@ -72,14 +73,13 @@ def load(files: CaseFiles, settings: dict) -> list[Case]:
         raise InputError(f"{image_path}: expected a 3D volume, got {image.GetDimension()}D; {FIX}")
     labels = check_label(image, label, label_path, FIX)
 
-    pixel_mm = float(settings.get("spacing", 1.0))
+    pixel_mm = section.spacing
     volume = clip_rescale(sitk.GetArrayFromImage(image)).astype(np.float32)
     volume = resample_in_plane(on_grid_of(volume, image), pixel_mm, sitk.sitkLinear)
     labels = resample_in_plane(on_grid_of(labels, image), pixel_mm, sitk.sitkNearestNeighbor)
     slices = np.rint(np.clip(sitk.GetArrayFromImage(volume), 0, 255)).astype(np.uint8)
     label_slices = sitk.GetArrayFromImage(labels)
 
-    drop_empty = bool(settings.get("drop_empty", True))
     split = FOLDERS.get(folder.parent.name)
     return [
         Case(
@@ -93,8 +93,8 @@ def load(files: CaseFiles, settings: dict) -> list[Case]:
             extra={"ed_frame": float(frame), "slice": float(k), "slice_mm": float(image.GetSpacing()[2])},
         )
         for k in range(slices.shape[0])
-        if label_slices[k].any() or not drop_empty
+        if label_slices[k].any() or not section.drop_empty
     ]
 
 
-READER = Reader(name="acdc", classes={"rv": 1, "lv": 3}, find=find, load=load, preprocessing=volume_preprocessing)
+READER = Reader(name="acdc", classes={"rv": 1, "lv": 3}, find=find, load=load)

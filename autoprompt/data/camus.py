@@ -31,6 +31,7 @@ from autoprompt.data.cardiac import check_label, ed_frame, read_image, read_info
 from autoprompt.data.preprocess import clip_rescale
 from autoprompt.data.records import Case, CaseFiles, Reader
 from autoprompt.errors import InputError
+from autoprompt.settings import CamusPrepare
 
 DOWNLOAD = "https://www.creatis.insa-lyon.fr/Challenge/camus/"
 FIX = f"restore it from the CAMUS download ({DOWNLOAD}) or set prepare.on_error: skip"
@@ -38,15 +39,6 @@ PATIENT = re.compile(r"^patient\d{4}$")
 VIEWS = ("2CH", "4CH")
 RELEASES = {"database_nifti": ".nii.gz", "training": ".mhd"}  # folder -> image extension, in order of preference
 SPLIT_FILES = {"subgroup_training.txt": "train", "subgroup_validation.txt": "val", "subgroup_testing.txt": "test"}
-
-
-def views(settings: dict) -> tuple[str, ...]:
-    """The views to read: ``settings["view"]``, one of 2CH / 4CH or a list of them; 4CH by default."""
-    chosen = settings.get("view", "4CH")
-    chosen = (chosen,) if isinstance(chosen, str) else tuple(chosen)
-    if not chosen or any(v not in VIEWS for v in chosen):
-        raise InputError(f"params.yaml: prepare.camus.view is {settings.get('view')!r}; use 2CH, 4CH or [2CH, 4CH]")
-    return chosen
 
 
 def release(root: Path) -> tuple[Path, str]:
@@ -83,17 +75,16 @@ def official_split(paths: tuple[Path, ...]) -> dict[str, str]:
     return result
 
 
-def find(root: Path, settings: dict) -> list[CaseFiles]:
+def find(root: Path, section: CamusPrepare) -> list[CaseFiles]:
     """The end-diastole image of each patient and view, with its label, its ``Info_<view>.cfg`` and the official
     split files that exist (unless ``official_split: false``). Files are not checked here but in ``load``."""
     folder, extension = release(root)
-    chosen = views(settings)
     split_files: tuple[Path, ...] = ()
-    if settings.get("official_split", True):
+    if section.official_split:
         split_files = tuple(p for name in SPLIT_FILES if (p := root / "database_split" / name).is_file())
     cases = []
     for patient in sorted(p for p in folder.iterdir() if p.is_dir() and PATIENT.match(p.name)):
-        for view in chosen:
+        for view in section.views:
             stem = f"{patient.name}_{view}_ED"
             paths = (patient / f"{stem}{extension}", patient / f"{stem}_gt{extension}", patient / f"Info_{view}.cfg")
             cases.append(CaseFiles(stem, patient.name, (*paths, *split_files)))
@@ -114,7 +105,7 @@ def squeeze_2d(array: np.ndarray, spacing: tuple[float, ...], path: Path) -> tup
     return array.reshape([array.shape[i] for i in kept]), (row, col)
 
 
-def load(files: CaseFiles, settings: dict) -> list[Case]:
+def load(files: CaseFiles, section: CamusPrepare) -> list[Case]:
     """One end-diastole image, clipped and rescaled, with its label map."""
     image_path, label_path, info_path, *split_paths = files.paths
     extra = {}

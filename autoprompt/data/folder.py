@@ -11,7 +11,7 @@ Layout under the dataset root::
 cuts it (for a 2D image or an ordinary volume, the image's own columns and rows); ``slice``, needed for volumes only,
 is the index along the stack's slice axis (numpy axis 0). A volume may have one box per slice.
 
-Preprocessing is ``predict``'s (``folder_preprocessing``): the stack clipped and rescaled as a whole
+Preprocessing is ``predict``'s (``records.preprocessing``): the stack clipped and rescaled as a whole
 (``images.intensities``), resampled in-plane to ``spacing`` mm where it is set, cut into slices. Masks and boxes
 take the same geometric path as labels: a box is drawn as a filled rectangle on its slice of an empty label volume,
 resampled by nearest neighbour with the masks, and fitted to the frame in ``prepare`` (``Case.box_label``); the
@@ -47,8 +47,9 @@ from autoprompt.data.images import (
     suffix,
     to_uint8,
 )
-from autoprompt.data.records import Case, CaseFiles, Reader, folder_preprocessing
+from autoprompt.data.records import Case, CaseFiles, Reader, preprocessing
 from autoprompt.errors import InputError
+from autoprompt.settings import FolderPrepare
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,6 @@ NAME = "folder"
 IMAGES, MASKS, BOXES = "images", "masks", "boxes.csv"
 COLUMNS = ("image", "x_min", "y_min", "x_max", "y_max")
 SLICE = "slice"
-BOX_SPLIT = "boxes"  # prepare.<dataset>.split: train = the images with boxes, test = the others (with masks)
 ROW_FORMAT = "image,x_min,y_min,x_max,y_max[,slice] (inclusive pixel indices)"
 
 
@@ -163,7 +163,7 @@ def find_mask(masks: dict[str, list[Path]], image: Path) -> Path | None:
     return candidates[0] if candidates else None
 
 
-def find(root: Path, settings: dict) -> list[CaseFiles]:
+def find(root: Path, section: FolderPrepare) -> list[CaseFiles]:
     """Every image under ``root/images``, with ``boxes.csv`` and its mask where it has one (the files are not read;
     ``boxes.csv`` is, and checked)."""
     images, csv_path = root / IMAGES, root / BOXES
@@ -249,11 +249,6 @@ def draw_boxes(boxes: dict[int, Box], shape: tuple[int, int, int]) -> np.ndarray
     return volume
 
 
-def split_by_boxes(settings: dict) -> bool:
-    """Whether ``split`` is ``boxes`` (or absent): the data, not proportions, decides every split."""
-    return settings.get("split", BOX_SPLIT) == BOX_SPLIT
-
-
 def chosen_slices(boxed: set[int], masked: set[int], by_boxes: bool) -> tuple[list[int], str | None]:
     """The slices to read and their split: with ``split: boxes``, the boxed ones (train) or, without boxes, those
     with some mask (test); else every slice with a box or some mask, split later."""
@@ -264,22 +259,22 @@ def chosen_slices(boxed: set[int], masked: set[int], by_boxes: bool) -> tuple[li
     return sorted(masked), "test"
 
 
-def load(files: CaseFiles, settings: dict) -> list[Case]:
+def load(files: CaseFiles, section: FolderPrepare) -> list[Case]:
     """One image's slices that have a box or a mask, preprocessed as ``predict`` does (see the module's docstring)."""
     image_path, csv_path, *mask_path = files.paths
-    preprocessing = folder_preprocessing(settings)
+    steps = preprocessing(section)
     image = read_image(image_path)
     stack = as_stack(image)
     boxes = box_slices(read_boxes(csv_path).get(image_path.name, ()), stack, csv_path, image_path)
     shape = sitk.GetArrayViewFromImage(stack.stack).shape
     mask = read_mask(mask_path[0], image, stack) if mask_path else np.zeros(shape, np.uint8)
-    slices = to_uint8(intensities(stack.stack, preprocessing))
-    labels = _labels(mask, stack, preprocessing.spacing)
-    drawn = _labels(draw_boxes(boxes, shape), stack, preprocessing.spacing) if boxes else None
+    slices = to_uint8(intensities(stack.stack, steps))
+    labels = _labels(mask, stack, steps.spacing)
+    drawn = _labels(draw_boxes(boxes, shape), stack, steps.spacing) if boxes else None
     masked = {k for k in range(labels.shape[0]) if labels[k].any()}
-    chosen, split = chosen_slices(set(boxes), masked, split_by_boxes(settings))
-    if preprocessing.spacing is not None:
-        spacing = (preprocessing.spacing, preprocessing.spacing)
+    chosen, split = chosen_slices(set(boxes), masked, section.split == "boxes")
+    if steps.spacing is not None:
+        spacing = (steps.spacing, steps.spacing)
     else:
         spacing = (float(stack.stack.GetSpacing()[1]), float(stack.stack.GetSpacing()[0]))
     has_mask = {"has_mask": float(bool(mask_path))}
@@ -299,4 +294,4 @@ def load(files: CaseFiles, settings: dict) -> list[Case]:
     ]
 
 
-READER = Reader(name=NAME, classes={"structure": 1}, find=find, load=load, preprocessing=folder_preprocessing)
+READER = Reader(name=NAME, classes={"structure": 1}, find=find, load=load)

@@ -23,19 +23,11 @@ import pandas as pd
 from autoprompt.data.preprocess import clip_rescale
 from autoprompt.data.records import Case, CaseFiles, Reader
 from autoprompt.errors import InputError
+from autoprompt.settings import Hc18Prepare
 
 DOWNLOAD = "https://zenodo.org/records/1327317"
 CSV_NAME = "training_set_pixel_size_and_HC.csv"
 IMAGE_NAME = re.compile(r"^(?P<subject>\d{3})_(?P<index>\d+)?HC\.png$")
-IMAGES = ("first", "all")
-
-
-def images_setting(settings: dict) -> str:
-    """``settings["images"]``: ``first`` (each subject's ``NNN_HC.png`` only) or ``all``; ``all`` when absent."""
-    chosen = settings.get("images", "all")
-    if chosen not in IMAGES:
-        raise InputError(f"params.yaml: prepare.hc18.images is {chosen!r}; use first (NNN_HC.png only) or all")
-    return chosen
 
 
 @functools.lru_cache(maxsize=4)
@@ -50,10 +42,10 @@ def _pixel_table(csv: Path) -> dict[str, tuple[float, float]]:
         ) from error
 
 
-def find(root: Path, settings: dict) -> list[CaseFiles]:
+def find(root: Path, section: Hc18Prepare) -> list[CaseFiles]:
     """Every ``NNN[_k]HC.png`` under ``root/training_set`` (only ``NNN_HC.png`` with ``images: first``), with its
     annotation and the pixel-size CSV."""
-    first_only = images_setting(settings) == "first"
+    first_only = section.images == "first"
     image_dir = root / "training_set"
     if not image_dir.is_dir():
         raise InputError(
@@ -118,7 +110,7 @@ def ellipse_perimeter(a: float, b: float) -> float:
     return math.pi * (a + b) * (1 + 3 * h / (10 + math.sqrt(4 - 3 * h)))
 
 
-def load(files: CaseFiles, settings: dict) -> list[Case]:
+def load(files: CaseFiles, section: Hc18Prepare) -> list[Case]:
     image_path, annotation_path, csv = files.paths
     image = _read_gray(image_path)
     outline = _read_gray(annotation_path)

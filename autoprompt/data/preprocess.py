@@ -42,7 +42,7 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         if self.fit not in FITS:
-            raise InputError(f"params.yaml: fit is {self.fit!r}; use one of {', '.join(FITS)}")
+            raise InputError(f"fit is {self.fit!r}; use one of {', '.join(FITS)}")
 
     def as_dict(self) -> dict:
         """JSON- and weights-only-safe: plain numbers, strings and lists."""

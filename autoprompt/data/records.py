@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from autoprompt.data.preprocess import Preprocessing
-from autoprompt.errors import InputError
+from autoprompt.settings import DatasetPrepare
 
 
 @dataclass
@@ -51,36 +51,18 @@ class CaseFiles:
     paths: tuple[Path, ...]
 
 
-def picture_preprocessing(settings: dict) -> Preprocessing:
-    """2D images: clipped, rescaled and fitted to the frame, never resampled."""
-    return Preprocessing(int(settings["crop"]), str(settings.get("fit", "crop")))
-
-
-def volume_preprocessing(settings: dict) -> Preprocessing:
-    """Slices of volumes resampled in-plane to ``spacing`` mm (1 by default) before the fit."""
-    return Preprocessing(int(settings["crop"]), str(settings.get("fit", "crop")), float(settings.get("spacing", 1.0)))
-
-
-def folder_preprocessing(settings: dict) -> Preprocessing:
-    """Users' own images and volumes: resampled in-plane to ``spacing`` mm where it is set, else kept on their grid."""
-    spacing = settings.get("spacing")
-    if spacing is not None and (not isinstance(spacing, (int, float)) or spacing <= 0):
-        raise InputError(f"params.yaml: spacing is {spacing!r}; give in-plane mm > 0, or null to keep the grid")
-    return Preprocessing(
-        int(settings["crop"]), str(settings.get("fit", "crop")), None if spacing is None else float(spacing)
-    )
+def preprocessing(section: DatasetPrepare) -> Preprocessing:
+    """The steps of a dataset's ``prepare`` section: clip and rescale, resample volumes in-plane where it sets a
+    spacing (ACDC: 1 mm; a user's folder: its ``spacing``, or its own grid), fit to the ``crop`` frame."""
+    return Preprocessing(section.crop, section.fit, section.spacing_mm)
 
 
 @dataclass(frozen=True)
 class Reader:
-    """A dataset layout: ``find`` lists its cases cheaply, ``load`` reads one (a volume may give many slices).
-
-    ``classes`` maps a class name to its label value in ``Case.label``. ``preprocessing`` gives, from the dataset's
-    settings, the steps ``load`` and ``prepare`` apply, which ``predict`` replays on new images.
-    """
+    """A dataset layout: ``find`` lists its cases cheaply, ``load`` reads one (a volume may give many slices); both
+    take the dataset's ``prepare`` section. ``classes`` maps a class name to its label value in ``Case.label``."""
 
     name: str
     classes: dict[str, int]
-    find: Callable[[Path, dict], list[CaseFiles]]
-    load: Callable[[CaseFiles, dict], list[Case]]
-    preprocessing: Callable[[dict], Preprocessing] = picture_preprocessing
+    find: Callable[[Path, DatasetPrepare], list[CaseFiles]]
+    load: Callable[[CaseFiles, DatasetPrepare], list[Case]]

@@ -97,14 +97,14 @@ def read_list(path: Traversable, shown: str, lines: int | None = None, sha256: s
     return entries
 
 
-def authors_lists(dataset: str) -> SplitLists:
+def authors_lists(dataset: str, key: str = "split") -> SplitLists:
     """The authors' split lists of ``dataset`` (hc18, camus or acdc), as ``autoprompt/reference/splits/authors.yaml``
-    describes them, each checked against its line count and sha256."""
+    describes them, each checked against its line count and sha256; ``key`` names the setting in messages."""
     folder = resources.files("autoprompt.reference").joinpath("splits")
     manifest = yaml.safe_load(folder.joinpath("authors.yaml").read_text())["datasets"]
     if dataset not in manifest:
         raise InputError(
-            f"params.yaml: prepare.{dataset}.split is authors, but {REFERENCE}/authors.yaml has no lists for "
+            f"{key}: authors, but {REFERENCE}/authors.yaml has no lists for "
             f"{dataset} (only {sorted(manifest)}); give proportions instead, e.g. split: {{train: 7, val: 1, test: 2}}"
         )
     spec = manifest[dataset]

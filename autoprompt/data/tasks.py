@@ -15,15 +15,26 @@ from torch import Tensor
 from autoprompt.data import embeddings as store
 from autoprompt.data.prepared import BOX, read_index, task_table
 from autoprompt.errors import InputError
+from autoprompt.settings import TaskSpec
 
 SPACING = ("spacing_row", "spacing_col")
+
+
+@dataclass(frozen=True)
+class TaskFiles:
+    """Where a task's data lies: its dataset's prepared store and index, and its embedding store."""
+
+    prepared: Path
+    index: Path
+    embeddings: Path
 
 
 @dataclass
 class Task:
     """``table``: one row per image of the task (id, subject, split, row in the stores, x0, y0, x1, y1, has_mask, and
-    the prepared frame's pixel spacing in mm, spacing_row and spacing_col). ``volumes``: the images are slices of
-    volumes (the index has a ``slice`` column), so a subject's slices stack into one volume."""
+    the prepared frame's pixel spacing in mm, spacing_row and spacing_col); ``files``: where its stores lie.
+    ``volumes``: the images are slices of volumes (the index has a ``slice`` column), so a subject's slices stack into
+    one volume."""
 
     name: str
     class_name: str
@@ -32,6 +43,7 @@ class Task:
     table: pd.DataFrame
     prepared: zarr.Group
     embeddings: zarr.Group
+    files: TaskFiles
     volumes: bool = False
     preprocessing: dict | None = None
 
@@ -97,31 +109,28 @@ def _select(array: zarr.Array, index: np.ndarray) -> np.ndarray:
     return data[inverse.reshape(-1)]
 
 
-def load_task(params: dict, name: str, prepared_store: Path, index: Path, embedding_store: Path) -> Task:
-    """Resolve ``tasks.<name>`` in params and open its prepared data and embeddings, checking they agree."""
-    if name not in params.get("tasks", {}):
-        raise InputError(
-            f"params.yaml: task {name!r} is not under tasks; add it or pick one of {sorted(params.get('tasks', {}))}"
-        )
-    spec = params["tasks"][name]
-    group, table = read_index(prepared_store, index)
+def load_task(name: str, spec: TaskSpec, files: TaskFiles, min_foreground: int, backbone: str) -> Task:
+    """Open task ``name`` (``spec``: its ``tasks.<name>``): its prepared data and embeddings, checked to agree with
+    each other and with ``backbone``; its rows are the images with ``min_foreground`` pixels of its class (or a box)."""
+    group, table = read_index(files.prepared, files.index)
     classes = dict(group.attrs["classes"])
-    if spec["class"] not in classes:
+    if spec.class_name not in classes:
         raise InputError(
-            f"params.yaml: tasks.{name}.class {spec['class']!r} is not a class of {prepared_store} ({sorted(classes)})"
+            f"{spec.key('class')}: {spec.class_name!r} is not a class of {files.prepared} ({sorted(classes)})"
         )
-    rows = task_table(table, spec["class"], int(params["prepare"]["min_foreground"]))
+    rows = task_table(table, spec.class_name, min_foreground)
     rows = rows.assign(**{k: table.loc[rows["row"], k].to_numpy() for k in SPACING})
-    encoded = store.open_embeddings(embedding_store)
-    store.check_source(encoded, embedding_store, params["encode"]["backbone"], group.attrs["source_sha256"])
+    encoded = store.open_embeddings(files.embeddings)
+    store.check_source(encoded, files.embeddings, backbone, group.attrs["source_sha256"])
     return Task(
         name,
-        spec["class"],
-        int(classes[spec["class"]]),
+        spec.class_name,
+        int(classes[spec.class_name]),
         int(group.attrs["crop"]),
         rows,
         group,
         encoded,
+        files,
         "slice" in table,
         group.attrs.get("preprocessing"),
     )

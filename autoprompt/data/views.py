@@ -1,58 +1,29 @@
 """Augmented views of the few-shot training images, made in image space and encoded like any other image.
 
-A cached embedding can only be moved as a 64 x 64 grid (``training.augment``), which is not what the encoder makes
-of a moved image. A view is the prepared image itself flipped left-right, zoomed, shifted, and changed in gamma,
-contrast and brightness, then encoded once (the ``augment`` stage). Every transform maps an axis-aligned box onto
-an axis-aligned box, so a view's tight box follows exactly from the image's (``view_boxes``): views need boxes
-only. The draws of an image depend on its id and the seed alone, so adding images never changes the others' views.
+A cached embedding can only be moved as a 64 x 64 grid (``autoprompt.training.augment``), which is not what the encoder
+makes of a moved image. A view is the prepared image itself flipped left-right, zoomed, shifted, and changed in gamma,
+contrast and brightness, then encoded once (the ``augment`` stage). Every transform maps an axis-aligned box onto an
+axis-aligned box, so a view's tight box follows exactly from the image's (``view_boxes``): views need boxes only. The
+draws of an image depend on its id and the seed alone, so adding images never changes the others' views.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
 
-from autoprompt.errors import InputError
-from autoprompt.training.augment import warp, warp_boxes
+from autoprompt.geometry import warp, warp_boxes
+from autoprompt.settings import AugmentSettings
 
 SEPARATOR = "#view"
 
 
-@dataclass(frozen=True)
-class ViewSettings:
-    """The ``augment`` section: ``count`` views per image (0: none), the probability of a left-right flip, the
-    largest zoom as a log factor (0.5: 0.61 to 1.65), the largest shift as a fraction of the half side, the largest
-    gamma as a log factor, the largest contrast change (a fraction) and brightness change (grey levels)."""
-
-    count: int = 0
-    hflip: float = 0.5
-    zoom: float = 0.5
-    shift: float = 0.1
-    gamma: float = 0.3
-    contrast: float = 0.2
-    brightness: float = 10.0
-    seed: int = 0
-
-    @classmethod
-    def from_params(cls, augment: dict) -> ViewSettings:
-        unknown = sorted(set(augment) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise InputError(
-                f"params.yaml: augment has unknown keys {unknown}; known: {sorted(cls.__dataclass_fields__)}"
-            )
-        settings = cls(**{k: type(getattr(cls, k))(v) for k, v in augment.items()})
-        if settings.count < 0:
-            raise InputError(f"params.yaml: augment.count must be 0 or more, got {settings.count}")
-        return settings
-
-
-def source_sha256(prepared_sha256: str, settings: ViewSettings) -> str:
+def source_sha256(prepared_sha256: str, settings: AugmentSettings) -> str:
     """The identity of a views store's inputs: the prepared images' hash and the ``augment`` settings."""
-    return hashlib.sha256(f"{prepared_sha256}:{json.dumps(asdict(settings), sort_keys=True)}".encode()).hexdigest()
+    return hashlib.sha256(f"{prepared_sha256}:{json.dumps(settings.model_dump(), sort_keys=True)}".encode()).hexdigest()
 
 
 def view_ids(ids: list[str], count: int) -> tuple[str, ...]:
@@ -69,7 +40,7 @@ def _generator(image_id: str, seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
 
 
-def draw(image_id: str, settings: ViewSettings) -> tuple[Tensor, Tensor]:
+def draw(image_id: str, settings: AugmentSettings) -> tuple[Tensor, Tensor]:
     """The ``count`` views of one image: K x 2 x 3 affine matrices (``warp``'s convention, normalised coordinates)
     and K x 3 intensity changes (gamma, contrast factor, brightness)."""
     k = settings.count
@@ -117,4 +88,4 @@ def usable(boxes: Tensor, min_side: int = 2) -> Tensor:
     return ((boxes[:, 2] - boxes[:, 0]) >= min_side) & ((boxes[:, 3] - boxes[:, 1]) >= min_side)
 
 
-__all__ = ["ViewSettings", "draw", "render", "source_id", "source_sha256", "usable", "view_boxes", "view_ids"]
+__all__ = ["draw", "render", "source_id", "source_sha256", "usable", "view_boxes", "view_ids"]

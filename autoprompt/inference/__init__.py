@@ -1,6 +1,24 @@
-"""Inference: trained models applied to new images and volumes, and models exported to one file."""
+"""Inference: trained models applied to new images and volumes, and models exported to one file.
 
-from autoprompt.inference.model import Model, export_model, load_model
-from autoprompt.inference.predict import Summary, predict
+``Model``, ``load_model``, ``export_model`` (``inference.model``), ``predict`` and ``Summary`` (``inference.files``)
+are imported on first use, so that a step that needs one module of this package (``reprompt``) loads only that one.
+"""
 
-__all__ = ["Model", "Summary", "export_model", "load_model", "predict"]
+from importlib import import_module
+
+_EXPORTS = {
+    "Model": "model",
+    "load_model": "model",
+    "export_model": "model",
+    "predict": "files",
+    "Summary": "files",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _EXPORTS:
+        return getattr(import_module(f"autoprompt.inference.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'autoprompt.inference' has no attribute {name!r}")
+
+
+__all__ = sorted(_EXPORTS)

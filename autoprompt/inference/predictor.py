@@ -21,8 +21,11 @@ from autoprompt.data.images import Framed, Stack, as_stack, frame_slices, to_inp
 from autoprompt.errors import InputError
 from autoprompt.inference.model import Model
 from autoprompt.inference.reprompt import reprompt
-from autoprompt.model import backbones, runtimes
-from autoprompt.model.decoding import predict as decode
+from autoprompt.io import file_sha256
+from autoprompt.model import backbones, checkpoints, runtimes
+from autoprompt.model.decoding import decode
+
+OPTION = "--{}".format  # names a setting in messages: predict's options
 
 
 @dataclass
@@ -39,8 +42,10 @@ class Segmentation:
 def checked_checkpoint(model: Model, checkpoint: Path | str | None) -> Path:
     """The backbone checkpoint to use (``checkpoint``, else the model's configured path, else packaged weights),
     refused unless its sha256 is the one the model was trained with."""
-    path = backbones.resolve_checkpoint(model.backbone, str(checkpoint) if checkpoint else model.checkpoint)
-    found = backbones.file_sha256(path)
+    path = checkpoints.resolve_checkpoint(
+        model.backbone, str(checkpoint) if checkpoint else model.checkpoint, "--checkpoint"
+    )
+    found = file_sha256(path)
     if found != model.checkpoint_sha256:
         raise InputError(
             f"{path}: backbone checkpoint sha256 {found[:16]}… differs from the {model.checkpoint_sha256[:16]}… that "
@@ -55,8 +60,9 @@ def encoder_choice(model: Model, device: torch.device, runtime: str = "auto") ->
     on a CPU, ``runtime`` (``auto``: OpenVINO when installed), in bfloat16 only where the model's embeddings were
     OpenVINO bfloat16 ones, else float32."""
     if device.type != "cpu":
-        return runtimes.choose("torch" if runtime == "auto" else runtime, device, gpu_autocast=model.precision)
-    chosen = runtimes.choose(runtime, device)
+        chosen = "torch" if runtime == "auto" else runtime
+        return runtimes.choose(chosen, device, gpu_autocast=model.precision, key=OPTION)
+    chosen = runtimes.choose(runtime, device, key=OPTION)
     if chosen.runtime == "openvino" == model.runtime and model.precision in runtimes.OPENVINO_PRECISIONS:
         return runtimes.Choice(chosen.runtime, model.precision)
     return chosen
@@ -97,7 +103,7 @@ class Predictor:
         size = self.model.label_size
         assert slices.ndim == 3 and slices.shape[1:] == (size, size), f"expected Z x {size} x {size}: {slices.shape}"
         start = time.perf_counter()
-        embeddings = backbones.embed(self.encoder, self.model.backbone, torch.from_numpy(slices), self.batch_size)
+        embeddings = runtimes.embed(self.encoder, self.model.backbone, torch.from_numpy(slices), self.batch_size)
         self.timings["encode"] += time.perf_counter() - start
         return embeddings
 

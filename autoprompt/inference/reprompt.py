@@ -5,13 +5,16 @@ little larger than the structure than with the tight one (README: Real images). 
 mask's largest connected component and moves each side out by ``margin`` times the box's width or height;
 ``reprompt`` decodes those boxes. Images whose mask is empty keep the head's probabilities.
 
-``choose_margin`` picks the margin from boxes alone: on images with a tight box (the validation split), the margin
-whose re-prompted masks' boxes overlap those tight boxes best, or none (no re-prompting) when the head's own masks
-do better. On real HC18 images this criterion ranks margins as Dice does; on the demo's phantoms it turns
-re-prompting off for the CAMUS atrium, whose masks a loosened box makes worse (README: Real images).
+``choose_margin`` picks the margin from boxes alone (``group_margins``: for each recipe's ensemble): on images with a
+tight box (the validation split), the margin whose re-prompted masks' boxes overlap those tight boxes best, or none (no
+re-prompting) when the head's own masks do better. On real HC18 images this criterion ranks margins as Dice does; on the
+demo's phantoms it turns re-prompting off for the CAMUS atrium, whose masks a loosened box makes worse (README: Real
+images).
 """
 
 from __future__ import annotations
+
+import logging
 
 import cv2
 import numpy as np
@@ -19,7 +22,10 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
-from autoprompt.model.decoding import PromptDecoder, predict
+from autoprompt.model.decoding import PromptDecoder, decode
+from autoprompt.settings import RepromptSettings
+
+log = logging.getLogger(__name__)
 
 
 def largest_component_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -71,7 +77,7 @@ def reprompt(
     out = probs.clone()
     if found.any():
         index = torch.nonzero(found).flatten()
-        out[index] = predict(decoder, embeddings[index], probs.shape[-1], batch_size, device, boxes=boxes[index])
+        out[index] = decode(decoder, embeddings[index], probs.shape[-1], batch_size, device, boxes=boxes[index])
     return out
 
 
@@ -103,3 +109,39 @@ def choose_margin(
         scores[str(margin)] = float(box_agreement(refined, boxes, threshold).mean())
     best = max(scores, key=scores.__getitem__)  # the first of equals: dicts keep their order
     return (None if best == "off" else float(best)), {k: round(v, 4) for k, v in scores.items()}
+
+
+def group_margins(
+    settings: RepromptSettings,
+    decoder: torch.nn.Module,
+    head_groups: list[str],
+    embeddings: torch.Tensor | None,
+    boxes: torch.Tensor,
+    ensembles: dict[str, torch.Tensor],
+    threshold: float,
+    batch: int,
+    device: torch.device,
+) -> dict[str, dict]:
+    """Each head group's margin (``recipe/regime``): the configured one, or with ``auto`` the one ``choose_margin``
+    picks on the N validation images (N x 256 x 64 x 64 ``embeddings``, N x 4 tight ``boxes``, each group's N x S x S
+    ensemble probabilities), with the mean box IoU of each choice (``choices``: None is no re-prompting). ``auto``
+    without validation images (``embeddings`` None): the fallback for every group."""
+    if not settings.auto:
+        return {group: {"margin": settings.margin} for group in head_groups}
+    if embeddings is None:
+        log.warning(
+            "no validation images to choose the re-prompt margin on: reprompt.fallback (%s) it is", settings.fallback
+        )
+        return {group: {"margin": settings.fallback, "validation_images": 0} for group in head_groups}
+    out = {}
+    for group in head_groups:
+        chosen, scores = choose_margin(
+            decoder, embeddings, boxes, ensembles[group], list(settings.candidates), threshold, batch, device
+        )
+        out[group] = {
+            "margin": chosen,
+            "choices": [None, *settings.candidates],
+            "validation_box_iou": list(scores.values()),
+            "validation_images": len(boxes),
+        }
+    return out

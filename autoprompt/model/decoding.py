@@ -93,7 +93,7 @@ def box_logits(decoder: PromptDecoder, embeddings: Tensor, boxes: Tensor, label_
 
 
 @torch.no_grad()
-def predict(
+def decode(
     decoder: PromptDecoder,
     embeddings: Tensor,
     label_size: int,

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from autoprompt.settings import Loss
+
 EPS = 1e-10
 
 
@@ -110,7 +112,7 @@ def pseudo_label_loss(logits: Tensor, target: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Weights and settings of the training losses (a recipe's ``loss`` section in params.yaml).
+    """Weights and settings of the training losses (from a recipe's ``loss`` section).
 
     ``t`` is the log-barrier's sharpness at the start, multiplied by ``t_factor`` every ``t_every`` epochs (the
     follow-up: 5, x1.1 every 5 epochs; the workshop paper keeps it fixed: factor 1). A zero weight skips its term.
@@ -128,19 +130,18 @@ class LossWeights:
     t_every: int = 1
 
     @classmethod
-    def from_params(cls, loss: dict) -> LossWeights:
-        barrier = loss["barrier"]
+    def from_settings(cls, loss: Loss) -> LossWeights:
         return cls(
-            outer_bce=float(loss["outer_bce"]),
-            tightness=float(loss["tightness"]["weight"]),
-            tightness_d=int(loss["tightness"]["d"]),
-            size=float(loss["size"]["weight"]),
-            size_bounds=(float(loss["size"]["bounds"][0]), float(loss["size"]["bounds"][1])),
-            pseudo_label=float(loss["pseudo_label"]),
-            consistency=float(loss["consistency"]),
-            t=float(barrier["t"]),
-            t_factor=float(barrier["factor"]),
-            t_every=int(barrier["every"]),
+            outer_bce=loss.outer_bce,
+            tightness=loss.tightness.weight,
+            tightness_d=loss.tightness.d,
+            size=loss.size.weight,
+            size_bounds=loss.size.bounds,
+            pseudo_label=loss.pseudo_label,
+            consistency=loss.consistency,
+            t=loss.barrier.t,
+            t_factor=loss.barrier.factor,
+            t_every=loss.barrier.every,
         )
 
     def barrier_t(self, epoch: int) -> float:

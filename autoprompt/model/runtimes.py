@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -25,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from autoprompt.errors import InputError
+from autoprompt.io import file_sha256
 from autoprompt.model import backbones
 from autoprompt.model.attention import cudnn_takes_folded, use_folded
 from autoprompt.model.patch_embed import use_matmul_patch_embed
@@ -72,23 +74,32 @@ def cpu_has_bfloat16() -> bool:
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
-def choose(runtime: str, device: torch.device, cpu_precision: str = "float32", gpu_autocast: str = "") -> Choice:
+def choose(
+    runtime: str,
+    device: torch.device,
+    cpu_precision: str = "float32",
+    gpu_autocast: str = "",
+    key: Callable[[str], str] = "encode.{}".format,
+) -> Choice:
     """Resolve ``runtime`` (``auto``: torch on a GPU, OpenVINO on a CPU when installed, else torch) and the
-    precision it computes in: ``gpu_autocast`` on a GPU (empty: float32), ``cpu_precision`` on a CPU."""
+    precision it computes in: ``gpu_autocast`` on a GPU (empty: float32), ``cpu_precision`` on a CPU. ``key(name)``
+    names a setting in messages (``EncodeSettings.key``, or a command's option)."""
     if runtime == "auto":
         runtime = "torch" if device.type != "cpu" or not openvino_available() else "openvino"
     if runtime not in RUNTIMES:
-        raise InputError(f"params.yaml: unknown encode.runtime {runtime!r}; use auto or one of {list(RUNTIMES)}")
+        raise InputError(f"{key('runtime')} is {runtime!r}; use auto or one of {list(RUNTIMES)}")
     if runtime == "openvino" and device.type != "cpu":
-        raise InputError(f"params.yaml: encode.runtime openvino runs on the CPU, not {device}; use auto or torch")
+        raise InputError(f"{key('runtime')} is openvino, which runs on the CPU, not {device}; use auto or torch")
     if runtime == "openvino" and not openvino_available():
-        raise InputError("encode.runtime openvino: the openvino package is not installed; pip install openvino")
+        raise InputError(
+            f"{key('runtime')} is openvino, but the openvino package is not installed; pip install openvino"
+        )
     if device.type != "cpu":
         return Choice(runtime, gpu_autocast or "float32")
     allowed = OPENVINO_PRECISIONS if runtime == "openvino" else ("float32",)
     if cpu_precision not in allowed:
         raise InputError(
-            f"params.yaml: encode.cpu_precision {cpu_precision!r} is not offered by the {runtime} runtime on a CPU; "
+            f"{key('cpu_precision')} is {cpu_precision!r}, which the {runtime} runtime does not offer on a CPU; "
             f"use one of {list(allowed)}"
         )
     return Choice(runtime, cpu_precision)
@@ -173,9 +184,7 @@ class OpenVinoEncoder:
             _lift_isa_pin_for_bf16()  # before the CPU plugin's first use
         core = ov.Core()
         if precision == "bfloat16" and not cpu_has_bfloat16():
-            raise InputError(
-                "encode.cpu_precision bfloat16: this CPU has no bfloat16 instructions; use float32 in params.yaml"
-            )
+            raise InputError("cpu_precision is bfloat16, but this CPU has no bfloat16 instructions; use float32")
         config = {
             "INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision],  # the CPU's default may be bf16: never implicit
             "INFERENCE_NUM_THREADS": int(threads),
@@ -186,7 +195,7 @@ class OpenVinoEncoder:
         except RuntimeError as error:
             raise InputError(
                 f"{ir}: OpenVINO could not compile the encoder at {precision} ({_first_line(error)}); "
-                "delete that folder to convert it again, or set encode.runtime: torch"
+                "delete that folder to convert it again, or use the torch runtime"
             ) from error
         self.request = self.compiled.create_infer_request()
         self.precision = precision
@@ -223,8 +232,31 @@ def build_encoder(
             use_folded(module, cudnn=cudnn_takes_folded(device))
             use_matmul_patch_embed(module)  # the patch convolution as a product: cuDNN's kernel for it is slow
         return TorchEncoder(module, device, choice.precision, compile)
-    folder = ir_folder(cache_dir, backbone, backbones.file_sha256(checkpoint))
+    folder = ir_folder(cache_dir, backbone, file_sha256(checkpoint))
     ir = folder / IR_NAME
     if not ir.is_file():
         ir = convert_to_openvino(backbones.build_image_encoder(backbone, checkpoint, state), backbone, folder)
     return OpenVinoEncoder(ir, choice.precision, torch.get_num_threads())
+
+
+@torch.inference_mode()
+def embed(encoder: ImageEncoder, name: str, images: Tensor, batch_size: int) -> Tensor:
+    """N x S x S uint8 prepared images -> N x 256 x 64 x 64 float16 embeddings, on the CPU.
+
+    ``encoder`` (``build_encoder``) runs on its own device, at its own precision, in its own runtime; ``name`` is its
+    backbone, whose input transform (``backbones.encoder_input``) the images go through first."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        y = encoder(backbones.encoder_input(name, images[start : start + batch_size].to(encoder.device)))
+        assert y.shape[1:] == (backbones.EMBED_DIM, backbones.EMBED_GRID, backbones.EMBED_GRID), (
+            f"{name} gave embeddings {tuple(y.shape)}"
+        )
+        y = y.to(torch.float16)  # rounded on the device: half the bytes to copy
+        if y.is_cuda:  # into pinned memory without waiting: the next batch is queued meanwhile
+            host = torch.empty(y.shape, dtype=y.dtype, pin_memory=True)
+            out.append(host.copy_(y, non_blocking=True))
+        else:
+            out.append(y)
+    if encoder.device.type == "cuda":
+        torch.cuda.synchronize(encoder.device)
+    return torch.cat(out)

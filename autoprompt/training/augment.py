@@ -1,8 +1,8 @@
 """Random geometric transforms of cached embeddings: of the training inputs, and for the consistency loss.
 
-A transform is one 2 x 3 affine matrix per image in normalised coordinates (``F.affine_grid``), applied alike to the
-64 x 64 image embedding and to what lives in the same frame: boxes, pseudo-labels, probabilities. Points that a
-transform brings in from outside the image are zero.
+A transform is one 2 x 3 affine matrix per image in normalised coordinates (``autoprompt.geometry``), applied alike
+to the 64 x 64 image embedding and to what lives in the same frame: boxes, pseudo-labels, probabilities. Points that
+a transform brings in from outside the image are zero.
 
 - Inputs (``random_inputs``): a flip or quarter turn, a zoom and a shift move a training image, its box and its
   pseudo-label before the losses, so that a few images show the head the structure at other sizes and places.
@@ -20,8 +20,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from autoprompt.geometry import warp
+from autoprompt.settings import Moves, RecipeAugment
 
 
 @dataclass(frozen=True)
@@ -42,17 +44,20 @@ class Augment:
     angle: float = 0.25
 
     @classmethod
-    def from_params(cls, augment: dict) -> Augment:
-        inputs, consistency = augment["inputs"], augment["consistency"]
+    def from_settings(cls, augment: RecipeAugment | Moves) -> Augment:
+        """A recipe's ``augment`` section, or a baseline's (its images moved, no views, no consistency loss)."""
+        if isinstance(augment, Moves):
+            return cls(dihedral=augment.dihedral, zoom=augment.zoom, shift=augment.shift)
+        inputs, consistency = augment.inputs, augment.consistency
         return cls(
-            dihedral=float(inputs["dihedral"]),
-            zoom=float(inputs["zoom"]),
-            shift=float(inputs["shift"]),
-            views=float(inputs.get("views", 0.0)),
-            flip=float(consistency["flip"]),
-            rot90=float(consistency["rot90"]),
-            rotate=float(consistency["rotate"]),
-            angle=float(consistency["angle"]),
+            dihedral=inputs.dihedral,
+            zoom=inputs.zoom,
+            shift=inputs.shift,
+            views=inputs.views,
+            flip=consistency.flip,
+            rot90=consistency.rot90,
+            rotate=consistency.rotate,
+            angle=consistency.angle,
         )
 
     @property
@@ -120,29 +125,6 @@ def pick_views(batch: int, count: int, probability: float, generator: torch.Gene
     draws = torch.rand(batch, 2, generator=generator, dtype=torch.float64)
     which = (draws[:, 1] * count).floor().clamp(max=count - 1).long()
     return torch.where(draws[:, 0] < probability, which, -1)
-
-
-def warp_boxes(boxes: Tensor, matrices: Tensor, size: int) -> Tensor:
-    """B x 4 boxes (x_min, y_min, x_max, y_max, inclusive pixels of a size x size frame) -> the boxes of what
-    ``warp`` makes of them: the bounding box of the moved corners (exact for flips and quarter turns)."""
-    x0, y0, x1, y1 = boxes.double().unbind(1)
-    corners = torch.stack([torch.stack([x, y], -1) for x, y in ((x0, y0), (x1, y0), (x0, y1), (x1, y1))], 1)
-    normalised = (2 * corners + 1) / size - 1  # B x 4 x 2, align_corners=False
-    linear, shift = matrices[:, :, :2].double(), matrices[:, :, 2].double()
-    # warp samples the input at M @ output; a corner moves to M^-1 (corner - shift)
-    moved = torch.linalg.solve(linear[:, None], (normalised - shift[:, None])[..., None])[..., 0]
-    pixels = ((moved + 1) * size - 1) / 2
-    low, high = pixels.amin(dim=1), pixels.amax(dim=1)
-    out = torch.cat([low, high], dim=1).round().clamp(0, size - 1)
-    return out.to(boxes.dtype)
-
-
-def warp(x: Tensor, matrices: Tensor, mode: str = "bilinear") -> Tensor:
-    """``x`` (B x C x H x W) under the B x 2 x 3 ``matrices``; zero outside the image. Flips and quarter turns of a
-    square grid move pixel centres onto pixel centres, so they are exact."""
-    assert x.ndim == 4 and matrices.shape == (len(x), 2, 3), f"x {tuple(x.shape)}, matrices {tuple(matrices.shape)}"
-    grid = F.affine_grid(matrices.to(x), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
 
 
 def consistency_loss(transformed_probs: Tensor, probs: Tensor, matrices: Tensor) -> Tensor:

@@ -15,11 +15,13 @@ import torch
 from monai.losses import DiceCELoss
 from torch import Tensor, nn
 
+from autoprompt.geometry import warp
 from autoprompt.model import baselines
 from autoprompt.model.baselines import METHODS, image_inputs
 from autoprompt.model.decoding import PromptDecoder, scale_boxes, to_label_size
-from autoprompt.training.augment import Augment, random_inputs, warp
-from autoprompt.training.loop import HeadStart, make_head, schedule
+from autoprompt.settings import HeadInit, MethodSchedule, MethodSettings
+from autoprompt.training.augment import Augment, random_inputs
+from autoprompt.training.loop import make_head, schedule
 
 
 @dataclass(frozen=True)
@@ -36,28 +38,31 @@ class BaselineConfig:
     input_size: int | None = None
 
     @classmethod
-    def from_params(cls, settings: dict, regime: str) -> BaselineConfig:
-        moves = settings.get("augment", {})
+    def from_settings(cls, section: MethodSchedule, regime: str) -> BaselineConfig:
         return cls(
-            **schedule(settings, regime),
-            augment=Augment(
-                dihedral=float(moves.get("dihedral", 0.0)),
-                zoom=float(moves.get("zoom", 0.0)),
-                shift=float(moves.get("shift", 0.0)),
-            ),
-            input_size=int(settings["input_size"]) if "input_size" in settings else None,
+            **schedule(section, regime),
+            augment=Augment.from_settings(section.augment),
+            input_size=getattr(section, "input_size", None),
         )
 
 
 def make_model(
-    name: str, settings: dict, decoder: PromptDecoder, seed: int, boxes: Tensor, label_size: int, start: HeadStart
+    name: str,
+    section: MethodSettings,
+    decoder: PromptDecoder,
+    seed: int,
+    boxes: Tensor | None,
+    label_size: int,
+    init: HeadInit,
 ) -> nn.Module:
-    """A new, seeded baseline. The prompt head starts as the box-trained heads do (``train.init``, from the N x 4
-    training boxes in the label frame), so that its first predictions are not saturated."""
+    """A new, seeded baseline from its ``baseline.<name>`` section. The prompt head starts as the box-trained heads
+    do (``init``: ``train.init``, from the N x 4 training boxes in the label frame), so that its first predictions
+    are not saturated."""
     torch.manual_seed(seed)
     if name == "head_masks":
-        return make_head(decoder, start, seed, scale_boxes(boxes, label_size, decoder.input_size))
-    return baselines.build(name, settings, decoder)
+        boxes_in = scale_boxes(boxes, label_size, decoder.input_size)
+        return make_head(decoder, init.prompt, init.scale, seed, boxes_in)
+    return baselines.build(name, section, decoder)
 
 
 def _batch(

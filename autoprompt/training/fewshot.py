@@ -10,8 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
+from autoprompt.data.prepared import task_table
 from autoprompt.errors import InputError
+from autoprompt.settings import TrainSettings
 
 FEWSHOT = "fewshot"
 ALL = "all"
@@ -31,19 +34,6 @@ class Run:
         return f"{self.regime}/{self.name}"
 
 
-def parse_shots(shots: int | str) -> int | None:
-    """``train.shots`` as an image count, or None for ``all``."""
-    if isinstance(shots, str) and shots.strip().lower() == ALL:
-        return None
-    try:
-        count = int(shots)
-    except (TypeError, ValueError):
-        count = 0
-    if count < 1 or str(shots).strip() != str(count):
-        raise InputError(f"params.yaml: train.shots must be a positive integer or 'all', got {shots!r}")
-    return count
-
-
 def draw_subset(ids: list[str], shots: int, subset: int, subset_seed: int) -> tuple[str, ...]:
     """``shots`` ids drawn without replacement from the sorted ``ids``; the same arguments give the same ids."""
     pool = sorted(ids)
@@ -56,22 +46,24 @@ def plan_runs(
     train_ids: list[str],
     shots: int | str,
     subsets: int,
-    seeds: list[int],
+    seeds: list[int] | tuple[int, ...],
     subset_seed: int,
     all_images: bool,
     task: str = "task",
+    key: str = "train.shots",
 ) -> list[Run]:
-    """Every run of a task: ``subsets x seeds`` few-shot runs (unless ``shots`` is all), then ``seeds`` runs on
-    every training image when ``all_images`` is set (or ``shots`` is all)."""
-    count = parse_shots(shots)
+    """Every run of a task: ``subsets x seeds`` few-shot runs of ``shots`` images (unless ``shots`` is ``all``), then
+    ``seeds`` runs on every training image when ``all_images`` is set (or ``shots`` is ``all``). ``key`` names the
+    shots setting in messages."""
+    count = None if shots == ALL else int(shots)
     if not train_ids:
         raise InputError(f"{task}: no training images; check the split in the prepared index")
     runs: list[Run] = []
     if count is not None:
         if count > len(train_ids):
             raise InputError(
-                f"params.yaml: train.shots {count} exceeds the {len(train_ids)} training images of "
-                f"task {task}; lower train.shots or set it to all"
+                f"{key} is {count}, more than the {len(train_ids)} training images of task {task}; lower it or set it "
+                "to all"
             )
         for subset in range(subsets):
             chosen = draw_subset(train_ids, count, subset, subset_seed)
@@ -80,3 +72,17 @@ def plan_runs(
         everything = tuple(sorted(train_ids))
         runs += [Run(ALL, f"seed{seed}", seed, everything) for seed in seeds]
     return runs
+
+
+def fewshot_ids(table: pd.DataFrame, tasks: dict[str, str], min_foreground: int, train: TrainSettings) -> list[str]:
+    """The ids, in index order, of every image that a few-shot run of one of ``tasks`` (task name -> class, the
+    dataset's tasks) trains on, in the prepared index ``table``: the images whose encoded views the recipes draw."""
+    wanted: set[str] = set()
+    for task, class_name in tasks.items():
+        rows = task_table(table, class_name, min_foreground)
+        train_ids = rows.loc[rows["split"] == "train", "id"].tolist()
+        if not train_ids:
+            continue
+        plan = plan_runs(train_ids, train.shots, train.subsets, [0], train.subset_seed, False, task, train.key("shots"))
+        wanted.update(i for r in plan if r.regime == FEWSHOT for i in r.ids)
+    return [i for i in table["id"] if i in wanted]

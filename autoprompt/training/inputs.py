@@ -1,7 +1,9 @@
 """A task's training inputs, read and computed once per train stage: embeddings, boxes, box-prompted masks, and the
-encoded views of the few-shot images."""
+encoded views of the few-shot images; and the backbone checkpoint its embeddings were made with."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -9,10 +11,24 @@ import zarr
 
 from autoprompt.data import views as image_views
 from autoprompt.data.tasks import Task
+from autoprompt.errors import InputError
+from autoprompt.io import file_sha256
+from autoprompt.model import checkpoints
 from autoprompt.model.decoding import PromptDecoder
+from autoprompt.settings import AugmentSettings, EncodeSettings
 from autoprompt.training.augment import Views
 from autoprompt.training.pseudo_labels import box_prompted_masks
 from autoprompt.training.validation import ValidationSet
+
+
+def task_checkpoint(task: Task, encode: EncodeSettings) -> Path:
+    """The backbone checkpoint that ``encode`` configures, refused unless the task's embeddings were made with it."""
+    checkpoint = checkpoints.resolve_checkpoint(encode.backbone, encode.checkpoint, encode.key("checkpoint"))
+    if file_sha256(checkpoint) != task.embeddings.attrs["checkpoint_sha256"]:
+        raise InputError(
+            f"{task.files.embeddings}: encoded with another checkpoint than {checkpoint}; run the encode stage again"
+        )
+    return checkpoint
 
 
 class TaskInputs:
@@ -25,7 +41,7 @@ class TaskInputs:
         device: torch.device,
         batch_size: int,
         views: zarr.Group | None = None,
-        settings: image_views.ViewSettings | None = None,
+        settings: AugmentSettings | None = None,
     ) -> None:
         """``views``: the ``augment`` stage's store, made with ``settings`` (None: no views)."""
         self.task, self.decoder, self.device, self.batch_size = task, decoder, device, batch_size

@@ -18,27 +18,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from autoprompt.errors import InputError
+from autoprompt.geometry import warp, warp_boxes
 from autoprompt.model.decoding import PromptDecoder, head_logits, scale_boxes, to_label_size
 from autoprompt.model.head import PromptHead
 from autoprompt.model.losses import LossWeights, box_loss
-from autoprompt.training.augment import (
-    Augment,
-    Views,
-    consistency_loss,
-    pick_views,
-    random_affine,
-    random_inputs,
-    warp,
-    warp_boxes,
-)
+from autoprompt.settings import Schedule, TrainSettings
+from autoprompt.training.augment import Augment, Views, consistency_loss, pick_views, random_affine, random_inputs
 from autoprompt.training.validation import ValidationSet, score
 
 log = logging.getLogger(__name__)
 
 SATURATED = 1e-4  # a probability closer than this to 0 or 1 gives the box losses almost no gradient
 MIN_LIVE_FRACTION = 0.01  # the share of unsaturated pixels below which a start is refused
-INIT_PROMPTS = ("mean_box", "whole_box", "random")
-SELECT = ("last", "best")
 CONSISTENCY_GRID = 64  # predictions are compared at the embedding's grid, as the follow-up does
 
 
@@ -66,69 +57,33 @@ class TrainConfig:
     validate_every: int = 0
 
     @classmethod
-    def from_params(cls, train: dict, recipe: str, regime: str) -> TrainConfig:
+    def from_settings(cls, train: TrainSettings, recipe: str, regime: str) -> TrainConfig:
         """The config of a ``regime`` (``fewshot`` or ``all``) of ``train.recipes.<recipe>``, with the start,
         selection and validation settings shared by every recipe."""
-        recipes = train["recipes"]
-        if recipe not in recipes:
-            raise InputError(f"params.yaml: train.recipe {recipe!r} is not under train.recipes ({sorted(recipes)})")
-        settings, init = recipes[recipe], train["init"]
-        if init["prompt"] not in INIT_PROMPTS:
-            raise InputError(f"params.yaml: train.init.prompt must be one of {INIT_PROMPTS}, got {init['prompt']!r}")
-        if train["select"] not in SELECT:
-            raise InputError(f"params.yaml: train.select must be one of {SELECT}, got {train['select']!r}")
+        settings = train.recipes[recipe]
         return cls(
             **schedule(settings, regime),
-            loss=LossWeights.from_params(settings["loss"]),
-            clip_grad_norm=float(settings["clip_grad_norm"] or 0.0),
-            augment=Augment.from_params(settings["augment"]),
-            init_prompt=str(init["prompt"]),
-            init_scale=float(init["scale"]),
-            select=str(train["select"]),
-            validate_every=int(train["validate_every"]),
+            loss=LossWeights.from_settings(settings.loss),
+            clip_grad_norm=settings.clip_grad_norm,
+            augment=Augment.from_settings(settings.augment),
+            init_prompt=train.init.prompt,
+            init_scale=train.init.scale,
+            select=train.select,
+            validate_every=train.validate_every,
         )
 
 
-def schedule(settings: dict, regime: str) -> dict:
-    """A params section's epochs, batch size, Adam settings and multi-step schedule for one regime (``fewshot`` or
-    ``all``): what a recipe and a baseline section share."""
+def schedule(section: Schedule, regime: str) -> dict:
+    """A section's epochs, batch size, Adam settings and multi-step schedule for one regime (``fewshot`` or ``all``):
+    what a recipe and a baseline's section share."""
     return {
-        "epochs": int(settings["epochs"][regime]),
-        "batch_size": int(settings["batch_size"]),
-        "lr": float(settings["lr"]),
-        "weight_decay": float(settings["weight_decay"]),
-        "milestones": tuple(int(m) for m in settings["milestones"][regime]),
-        "gamma": float(settings["gamma"]),
+        "epochs": getattr(section.epochs, regime),
+        "batch_size": section.batch_size,
+        "lr": section.lr,
+        "weight_decay": section.weight_decay,
+        "milestones": tuple(getattr(section.milestones, regime)),
+        "gamma": section.gamma,
     }
-
-
-def recipe_names(train: dict) -> list[str]:
-    """``train.recipe``: one recipe name or a list of them, each a key of ``train.recipes``."""
-    names = [train["recipe"]] if isinstance(train["recipe"], str) else list(train["recipe"])
-    unknown = [n for n in names if n not in train["recipes"]]
-    if not names or unknown:
-        raise InputError(f"params.yaml: train.recipe {unknown or names} must name recipes of train.recipes")
-    return names
-
-
-def trains_all_images(train: dict, recipe: str) -> bool:
-    """``train.all_images``: true (every recipe also trains on every training image), false, or a list of
-    recipes that do."""
-    setting = train["all_images"]
-    if isinstance(setting, bool):
-        return setting
-    unknown = [n for n in setting if n not in train["recipes"]]
-    if unknown:
-        raise InputError(f"params.yaml: train.all_images names {unknown}, which are not under train.recipes")
-    return recipe in setting
-
-
-@dataclass(frozen=True)
-class HeadStart:
-    """Where a head starts (``train.init``): the ``init_prompt`` of ``INIT_PROMPTS`` and the output layers' scale."""
-
-    init_prompt: str = "mean_box"
-    init_scale: float = 0.01
 
 
 @dataclass
@@ -141,10 +96,9 @@ class TrainResult:
     history: list[dict[str, float]]
 
 
-def make_head(
-    decoder: PromptDecoder, config: TrainConfig | HeadStart, seed: int, boxes: Tensor | None = None
-) -> PromptHead:
-    """A new head, seeded. Its outputs start at the prompt embedding of one box, whatever the image:
+def make_head(decoder: PromptDecoder, prompt: str, scale: float, seed: int, boxes: Tensor | None = None) -> PromptHead:
+    """A new head, seeded, its output layers scaled by ``scale``. Its outputs start at the ``prompt`` embedding of
+    one box, whatever the image:
 
     ``mean_box``: the mean of the training ``boxes`` (N x 4, in the decoder's input frame), a prior of where the
     structure lies that needs no more than the box labels; ``whole_box``: a box around the whole image;
@@ -152,17 +106,17 @@ def make_head(
     """
     torch.manual_seed(seed)
     head = PromptHead()
-    if config.init_prompt == "random":
+    if prompt == "random":
         return head
     side = decoder.input_size
     box = torch.tensor([[0.0, 0.0, side - 1.0, side - 1.0]])
-    if config.init_prompt == "mean_box":
+    if prompt == "mean_box":
         assert boxes is not None and len(boxes), "mean_box needs the training boxes"
         box = boxes.float().mean(dim=0, keepdim=True).cpu()
     device = next(decoder.parameters()).device
     with torch.no_grad():
         sparse, dense = decoder.box_prompt(box.to(device))
-    head.start_from_prompt(sparse[0].cpu(), dense[0, :, 0, 0].cpu(), config.init_scale)
+    head.start_from_prompt(sparse[0].cpu(), dense[0, :, 0, 0].cpu(), scale)
     return head
 
 
@@ -196,8 +150,7 @@ def train_head(
     assert embeddings.ndim == 4 and boxes.shape == (len(embeddings), 4), (
         f"expected N x 256 x 64 x 64 embeddings and N x 4 boxes, got {tuple(embeddings.shape)}, {tuple(boxes.shape)}"
     )
-    if config.loss.pseudo_label and pseudo is None:
-        raise InputError("params.yaml: the pseudo-label loss is set but no box-prompted masks were given")
+    assert pseudo is not None or not config.loss.pseudo_label, "the pseudo-label loss needs the box-prompted masks"
     if pseudo is not None:
         assert pseudo.shape == (len(embeddings), label_size, label_size), f"pseudo-labels {tuple(pseudo.shape)}"
     if views is not None:
@@ -206,9 +159,10 @@ def train_head(
         )
         assert pseudo is None or views.pseudo is not None, "the pseudo-label loss needs the views' pseudo-labels"
     if config.select == "best" and (validation is None or not config.validate_every):
-        raise InputError("params.yaml: train.select is best, which needs validation images and validate_every > 0")
+        raise InputError("train.select is best, which needs validation images and train.validate_every > 0")
     decoder = decoder.to(device).eval().requires_grad_(False)
-    head = make_head(decoder, config, seed, scale_boxes(boxes, label_size, decoder.input_size)).to(device)
+    boxes_in = scale_boxes(boxes, label_size, decoder.input_size)
+    head = make_head(decoder, config.init_prompt, config.init_scale, seed, boxes_in).to(device)
     optimizer = torch.optim.Adam(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.milestones), config.gamma)
     order = torch.Generator().manual_seed(seed)
@@ -320,20 +274,10 @@ def check_start(head: PromptHead, decoder: PromptDecoder, embeddings: Tensor, la
     log.debug("first predictions: %.1f%% of pixels unsaturated", 100 * live)
     if live < MIN_LIVE_FRACTION:
         raise InputError(
-            f"params.yaml: the head's first predictions are saturated ({100 * live:.2f}% of pixels "
-            "unsaturated), so training cannot move them; set train.init.prompt: whole_box"
+            f"the head's first predictions are saturated ({100 * live:.2f}% of pixels unsaturated), so training "
+            "cannot move them; set train.init.prompt: whole_box"
         )
     return live
 
 
-__all__ = [
-    "HeadStart",
-    "TrainConfig",
-    "TrainResult",
-    "check_start",
-    "live_fraction",
-    "make_head",
-    "recipe_names",
-    "train_head",
-    "trains_all_images",
-]
+__all__ = ["TrainConfig", "TrainResult", "check_start", "live_fraction", "make_head", "schedule", "train_head"]

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from autoprompt.model.decoding import PromptDecoder, predict
+from autoprompt.model.decoding import PromptDecoder, decode
 
 INPUTS = "inputs.npz"
 THRESHOLD = 0.5
@@ -24,7 +24,7 @@ def box_prompted_masks(
     decoder: PromptDecoder, embeddings: Tensor, boxes: Tensor, label_size: int, batch_size: int, device: torch.device
 ) -> Tensor:
     """N x 256 x 64 x 64 embeddings and N x 4 tight boxes (label frame) -> N x S x S boolean masks."""
-    return predict(decoder, embeddings, label_size, batch_size, device, boxes=boxes) > THRESHOLD
+    return decode(decoder, embeddings, label_size, batch_size, device, boxes=boxes) > THRESHOLD
 
 
 def array_sha256(array: np.ndarray | Tensor) -> str:
@@ -42,13 +42,3 @@ def save_inputs(folder: Path, ids: list[str], boxes: Tensor, pseudo: Tensor | No
         arrays["pseudo_labels"] = np.packbits(pseudo.numpy(), axis=-1)
         arrays["pseudo_shape"] = np.asarray(pseudo.shape)
     np.savez_compressed(Path(folder) / INPUTS, **arrays)
-
-
-def load_inputs(folder: Path) -> tuple[list[str], Tensor, Tensor | None]:
-    """The ids, boxes and pseudo-labels (or None) a run was trained on."""
-    with np.load(Path(folder) / INPUTS) as data:
-        pseudo = None
-        if "pseudo_labels" in data:
-            shape = tuple(int(s) for s in data["pseudo_shape"])
-            pseudo = torch.from_numpy(np.unpackbits(data["pseudo_labels"], axis=-1, count=shape[-1]).astype(bool))
-        return data["ids"].tolist(), torch.from_numpy(data["boxes"]), pseudo

@@ -1,10 +1,10 @@
 """Trained runs on disk: ``<out>/<recipe>/<regime>/<run>/head.pt`` beside the run's inputs and dvclive logs.
 
-``head.pt`` holds the head's weights, the run's config and the config's fingerprint; the config includes hashes of
-the run's boxes and pseudo-labels and of every module its result depends on. A run whose saved fingerprint equals
-the planned one is finished and is not trained again, so a killed train stage resumes where it stopped, and a
-change of ``train.shots`` leaves the all-images runs alone. Runs are written to a temporary folder and moved into
-place whole.
+``head.pt`` holds the head's weights, the run's config and the config's fingerprint; the config includes hashes of the
+run's boxes and pseudo-labels and of the code that trained it (``autoprompt.sources``). A run whose saved fingerprint
+equals the planned one is finished and is not trained again, so a killed train stage resumes where it stopped, and a
+change of ``train.shots`` leaves the all-images runs alone. Runs are written to a temporary folder and moved into place
+whole.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
-from types import ModuleType
 
 import torch
 
@@ -22,14 +21,6 @@ from autoprompt.model.head import PromptHead
 
 WEIGHTS = "head.pt"
 MODEL = "model.pt"  # a baseline's run: its weights under the same layout
-
-
-def code_sha256(modules: list[ModuleType]) -> str:
-    """One hash of the source files of ``modules``: a run trained by other code is trained again."""
-    digest = hashlib.sha256()
-    for module in modules:
-        digest.update(Path(module.__file__).read_bytes())
-    return digest.hexdigest()
 
 
 def fingerprint(config: dict) -> str:
@@ -61,7 +52,7 @@ def save_model(folder: Path, state: dict, config: dict) -> None:
     torch.save({"model": state, "config": config, "fingerprint": fingerprint(config)}, Path(folder) / MODEL)
 
 
-def load_model(run_dir: Path) -> tuple[dict, dict]:
+def load_baseline(run_dir: Path) -> tuple[dict, dict]:
     """A baseline run's state dict and config, read weights-only."""
     path = Path(run_dir) / MODEL
     try:

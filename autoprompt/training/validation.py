@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from autoprompt.evaluation.metrics import dice
-from autoprompt.model.decoding import PromptDecoder, predict
+from autoprompt.model.decoding import PromptDecoder, decode
 
 THRESHOLD = 0.5
 
@@ -38,7 +38,7 @@ def score(
 ) -> dict[str, float]:
     """Mean validation Dice (0-1) of the head's thresholded masks against each reference available."""
     was_training = head.training
-    probs = predict(decoder, validation.embeddings, label_size, validation.batch_size, device, head=head)
+    probs = decode(decoder, validation.embeddings, label_size, validation.batch_size, device, head=head)
     head.train(was_training)
     masks = probs > THRESHOLD
     scores = {"dice_box": float(dice(masks, validation.box_masks).mean())}

@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
+from autoprompt.console import run
 from autoprompt.errors import InputError
-from autoprompt.inference.predict import output_name
+from autoprompt.inference.files import output_name
 from autoprompt.io import atomic_path, write_text
-from autoprompt.stage import run
 
 log = logging.getLogger("compare")
 

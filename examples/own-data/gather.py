@@ -18,10 +18,10 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
+from autoprompt.console import run
 from autoprompt.data.hc18 import IMAGE_NAME, fill_ellipse, fit_ellipse
 from autoprompt.errors import InputError
 from autoprompt.io import atomic_path
-from autoprompt.stage import run
 
 log = logging.getLogger("gather")
 

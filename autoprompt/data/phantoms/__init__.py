@@ -8,34 +8,19 @@ from pathlib import Path
 from autoprompt.data.phantoms.acdc import write_acdc_phantoms
 from autoprompt.data.phantoms.camus import write_camus_phantoms
 from autoprompt.data.phantoms.hc18 import write_hc18_phantoms
+from autoprompt.settings import AcdcPhantoms, CamusPhantoms, Hc18Phantoms
 
 
-def _hc18(root: Path, settings: dict) -> None:
-    write_hc18_phantoms(
-        root, int(settings["subjects"]), tuple(settings["size"]), int(settings["seed"]), float(settings["second_image"])
-    )
+def _hc18(root: Path, section: Hc18Phantoms) -> None:
+    write_hc18_phantoms(root, section.subjects, section.size, section.seed, section.second_image)
 
 
-def _camus(root: Path, settings: dict) -> None:
-    write_camus_phantoms(
-        root,
-        int(settings["subjects"]),
-        tuple(settings["size"]),
-        int(settings["seed"]),
-        str(settings.get("layout", "nifti")),
-        bool(settings.get("split_files", False)),
-    )
+def _camus(root: Path, section: CamusPhantoms) -> None:
+    write_camus_phantoms(root, section.subjects, section.size, section.seed, section.layout, section.split_files)
 
 
-def _acdc(root: Path, settings: dict) -> None:
-    write_acdc_phantoms(
-        root,
-        int(settings["training"]),
-        int(settings["testing"]),
-        tuple(settings["size"]),
-        tuple(settings["slices"]),
-        int(settings["seed"]),
-    )
+def _acdc(root: Path, section: AcdcPhantoms) -> None:
+    write_acdc_phantoms(root, section.training, section.testing, section.size, section.slices, section.seed)
 
 
-WRITERS: dict[str, Callable[[Path, dict], None]] = {"hc18": _hc18, "camus": _camus, "acdc": _acdc}
+WRITERS: dict[str, Callable[[Path, object], None]] = {"hc18": _hc18, "camus": _camus, "acdc": _acdc}

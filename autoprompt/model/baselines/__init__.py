@@ -1,4 +1,4 @@
-"""The baselines of Table 1, built by name from their ``baseline.<method>`` params section.
+"""The baselines of Table 1, built by name from their ``baseline.<method>`` section.
 
 Every method maps a batch to low-resolution logits B x 1 x h x w (the pixel models at their input size, the
 prompt-based ones at the decoder's 256 x 256), which are resized to the label size for losses and scores:
@@ -24,6 +24,7 @@ from autoprompt.model.baselines.transunet import TransUNet
 from autoprompt.model.baselines.unet import SegmentationUNet
 from autoprompt.model.decoding import PromptDecoder, head_logits
 from autoprompt.model.head import PromptHead
+from autoprompt.settings import AutoSamSettings, MethodSettings, TransUNetSettings, UNetSettings
 
 
 @dataclass(frozen=True)
@@ -46,43 +47,27 @@ METHODS = {
 }
 
 
-def check_methods(names: list[str], recipes: list[str]) -> list[str]:
-    """``baseline.methods``, each a key of ``METHODS`` and none the name of a training recipe (their metrics share
-    one namespace)."""
-    unknown = [n for n in names if n not in METHODS]
-    if unknown:
-        raise InputError(f"params.yaml: baseline.methods {unknown} are not baselines; pick from {sorted(METHODS)}")
-    clash = sorted(set(names) & set(recipes))
-    if clash:
-        raise InputError(f"params.yaml: train.recipes {clash} share a baseline's name; rename the recipes")
-    return list(names)
-
-
-def title(name: str, settings: dict, pretrained: bool) -> str:
+def title(name: str, section: MethodSettings) -> str:
     """The table's name of a baseline, with the backbone it was built on and whether it was pretrained."""
     base = METHODS[name].title
-    if name in ("transunet", "autosam"):
-        return f"{base} ({settings['encoder']}{'' if pretrained else ', no pretraining'})"
+    if isinstance(section, TransUNetSettings | AutoSamSettings):
+        return f"{base} ({section.encoder}{'' if section.weights else ', no pretraining'})"
     return base
 
 
-def build(name: str, settings: dict, decoder: PromptDecoder) -> nn.Module:
-    """A new baseline model (seed torch first) from its params section."""
-    if name == "unet":
-        return SegmentationUNet(
-            int(settings["input_size"]), settings["channels"], settings["strides"], int(settings["res_units"])
-        )
-    if name == "transunet":
-        return TransUNet(settings["encoder"], int(settings["input_size"]), settings.get("weights"))
-    if name == "autosam":
-        return AutoSamPrompt(
-            settings["encoder"], int(settings["input_size"]), no_mask_embedding(decoder), settings.get("weights")
-        )
+def build(name: str, section: MethodSettings, decoder: PromptDecoder) -> nn.Module:
+    """A new baseline model (seed torch first) from its ``baseline.<name>`` section."""
+    if isinstance(section, UNetSettings):
+        return SegmentationUNet(section.input_size, list(section.channels), list(section.strides), section.res_units)
+    if isinstance(section, TransUNetSettings):
+        return TransUNet(section.encoder, section.input_size, section.weights)
+    if isinstance(section, AutoSamSettings):
+        return AutoSamPrompt(section.encoder, section.input_size, no_mask_embedding(decoder), section.weights)
     if name == "head_masks":
         return PromptHead()
     if name == "persam":
         return PerSamReference()
-    raise InputError(f"params.yaml: no baseline {name!r}; pick from {sorted(METHODS)}")
+    raise InputError(f"no baseline {name!r}; pick from {sorted(METHODS)}")
 
 
 def logits(
@@ -98,7 +83,7 @@ def logits(
         return head_logits(model, decoder, embeddings)
     if name == "persam":
         return segment(decoder, embeddings, model.location, model.semantic)
-    raise InputError(f"params.yaml: no baseline {name!r}; pick from {sorted(METHODS)}")
+    raise InputError(f"no baseline {name!r}; pick from {sorted(METHODS)}")
 
 
 def image_inputs(images: Tensor, size: int) -> Tensor:

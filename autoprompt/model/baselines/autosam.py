@@ -44,7 +44,7 @@ class AutoSamPrompt(nn.Module):
             self.cnn = timm.create_model(encoder, pretrained=False, features_only=True)
         except (RuntimeError, TypeError) as error:
             raise InputError(
-                f"params.yaml: baseline.autosam.encoder {encoder!r} is not a timm CNN with feature maps ({error})"
+                f"baseline.autosam.encoder {encoder!r} is not a timm CNN with feature maps ({error})"
             ) from error
         self.pretrained = weights is not None
         if weights is not None:

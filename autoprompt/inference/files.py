@@ -24,10 +24,10 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from autoprompt.data.images import PICTURES, is_image, read_image, suffix, write_like
+from autoprompt.device import select_device
 from autoprompt.errors import InputError
 from autoprompt.inference.model import Model, load_model
 from autoprompt.inference.predictor import Predictor, Segmentation
-from autoprompt.stage import select_device
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ OVERLAY_SUFFIX = "_overlay.png"
 
 
 @dataclass(frozen=True)
-class Job:
+class Target:
     """One input file and the output it gets."""
 
     source: Path
@@ -63,9 +63,9 @@ def output_name(relative: Path, probabilities: bool) -> Path:
     return relative.with_name(stem + (".tif" if probabilities else ".png"))
 
 
-def plan_jobs(inputs: list[Path | str], output_dir: Path, probabilities: bool) -> list[Job]:
+def plan_targets(inputs: list[Path | str], output_dir: Path, probabilities: bool) -> list[Target]:
     """Every input file with its output path; a folder contributes every image file below it."""
-    jobs: dict[Path, Job] = {}
+    targets: dict[Path, Target] = {}
     for entry in map(Path, inputs):
         if entry.is_dir():
             found = [(p, p.relative_to(entry)) for p in sorted(entry.rglob("*")) if is_image(p)]
@@ -77,13 +77,13 @@ def plan_jobs(inputs: list[Path | str], output_dir: Path, probabilities: bool) -
             raise InputError(f"{entry}: no such file or folder; check the input path")
         for source, relative in found:
             output = output_dir / output_name(relative, probabilities)
-            if output in jobs and jobs[output].source != source:
+            if output in targets and targets[output].source != source:
                 raise InputError(
-                    f"{source}: its output {output} would overwrite that of {jobs[output].source}; predict them "
+                    f"{source}: its output {output} would overwrite that of {targets[output].source}; predict them "
                     "into different output folders"
                 )
-            jobs[output] = Job(source, output)
-    return list(jobs.values())
+            targets[output] = Target(source, output)
+    return list(targets.values())
 
 
 def write_atomic(array: np.ndarray, reference: sitk.Image, path: Path) -> None:
@@ -171,29 +171,29 @@ def predict(
     model = model if isinstance(model, Model) else load_model(model)
     if reprompt_from is not None:
         reprompt_margin = recorded_margin(Path(reprompt_from), model)
-    jobs = plan_jobs(inputs, output_dir, probabilities)[part_id::num_parts]
+    targets = plan_targets(inputs, output_dir, probabilities)[part_id::num_parts]
     summary = Summary()
     todo = []
-    for job in jobs:
-        (summary.existing if job.output.exists() and not overwrite else todo).append(job)
+    for target in targets:
+        (summary.existing if target.output.exists() and not overwrite else todo).append(target)
     log.info(
         "%s: %d inputs, %d already predicted (kept; --overwrite redoes them), %d to predict",
         model.describe(),
-        len(jobs),
+        len(targets),
         len(summary.existing),
         len(todo),
     )
     if not todo:
         return summary
     predictor = Predictor(
-        model, select_device(device), batch_size, checkpoint, runtime, cache_dir, reprompt_margin, threshold
+        model, select_device(device, "--device"), batch_size, checkpoint, runtime, cache_dir, reprompt_margin, threshold
     )
     timings = predictor.timings
     value = model.label_value if label_value == "model" else 1 if label_value is None else int(label_value)
-    for job in tqdm(todo, desc="predict", unit="input"):
+    for target in tqdm(todo, desc="predict", unit="input"):
         start = time.perf_counter()
         try:
-            image = read_image(job.source)
+            image = read_image(target.source)
         except InputError as error:
             if on_error == "stop":
                 raise
@@ -205,12 +205,12 @@ def predict(
         start = time.perf_counter()
         mask = (segmentation.probabilities > threshold).astype(np.uint8) * np.uint8(value)
         result = segmentation.probabilities.astype(np.float32) if probabilities else mask
-        write_atomic(result, image, job.output)
+        write_atomic(result, image, target.output)
         if overlays:
-            stem = job.output.name[: -len(suffix(job.output))]
-            overlay(segmentation, mask, job.output.with_name(stem + OVERLAY_SUFFIX))
+            stem = target.output.name[: -len(suffix(target.output))]
+            overlay(segmentation, mask, target.output.with_name(stem + OVERLAY_SUFFIX))
         timings["write"] += time.perf_counter() - start
-        summary.written.append(job.output)
+        summary.written.append(target.output)
     summary.timings = dict(timings)
     log.info(
         "wrote %d outputs to %s; %d skipped as existing, %d unreadable inputs skipped",
