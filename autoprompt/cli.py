@@ -1,30 +1,148 @@
-"""The ``autoprompt`` command: ``predict`` with a trained model, ``export`` a model to one file.
+"""The autoprompt command: train a model from boxes on a folder of images, segment images with it, score the masks.
 
-autoprompt predict -m MODEL -i INPUT [INPUT ...] -o OUTPUT_DIR [--device auto] [--batch-size N] [--overlay]
-    [--reprompt-margin 0.1 | --reprompt-from metrics/<task>.json]
-autoprompt export -m RUN_OR_TASK_FOLDER -o model.pt
-
-On a CPU the command computes as the stages do (``autoprompt.cpu_paths``, ``device.pin_cpu_numerics``): the same
-masks on any x86 machine with AVX2 for the same ``--threads``.
+On a CPU every command computes as the pipeline's stages do (the same masks on any x86 machine with AVX2 for the
+same --threads: autoprompt/cpu_paths.py, autoprompt/device.py). Heavy libraries are imported only once a command
+runs, so that --help answers at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import time
 from pathlib import Path
 
+from autoprompt import __version__
 from autoprompt.cpu_paths import pin_code_paths
 
-MODEL_HELP = "a run folder, a folder of runs (their ensemble, e.g. models/hc18/augmented/fewshot) or an exported file"
+log = logging.getLogger("autoprompt")
+
+MODEL_HELP = (
+    "a model file (autoprompt train's, or autoprompt export's), a run folder, or a folder of runs (an ensemble)"
+)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a wrong option answered in one line (no usage block), as every other bad input is."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """Help in plain words: the description and example as written, each option's default shown where it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            action.default not in (None, False, argparse.SUPPRESS)
+            and "%(default)" not in text
+            and action.option_strings
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+def command(commands: argparse._SubParsersAction, name: str, summary: str, example: str) -> argparse.ArgumentParser:
+    return commands.add_parser(
+        name, help=summary, description=summary, epilog=f"example:\n  {example}", formatter_class=Formatter
+    )
+
+
+def threads(text: str) -> int:
+    """``--threads N``: a count of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} threads; give 1 or more, or leave --threads out to use all")
+    return value
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}; give 1 or more")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value}; give a fraction >= 0 of the box's side")
+    return value
+
+
+def label_value(text: str) -> int | str:
+    """``--label-value N``: an integer 1-255; bare ``--label-value`` means ``model``."""
+    if text == "model":
+        return text
+    value = int(text)
+    if not 1 <= value <= 255:
+        raise argparse.ArgumentTypeError(f"{value} does not fit a uint8 mask; give 1 to 255")
+    return value
+
+
+# ----------------------------------------------------------------------------------------------------------- train
+def train_command(args: argparse.Namespace) -> None:
+    from autoprompt.device import pin_cpu_numerics, select_device
+    from autoprompt.errors import InputError
+    from autoprompt.own_data import folder_settings, train_folder
+    from autoprompt.settings import load_settings, settings_from
+
+    data = args.data
+    if not (data / "images").is_dir():
+        raise InputError(f"{data / 'images'}: folder not found; put the images to train on in DATA/images/")
+    boxes = args.boxes or data / "boxes.csv"
+    if not boxes.is_file():
+        raise InputError(
+            f"{boxes}: no boxes; draw a box on each training image and give boxes.csv in DATA, or --boxes with a "
+            "COCO or Label Studio JSON export"
+        )
+    from autoprompt.model.runtimes import default_cache_dir
+
+    defaults = {"encode": {"runtime_cache": str(default_cache_dir())}}  # converted encoders, shared with predict
+    settings = load_settings(args.params) if args.params else settings_from(defaults, "autoprompt train")
+    if args.recipe is not None and args.recipe not in settings.train.recipes:
+        raise InputError(f"--recipe {args.recipe}: not a recipe of {settings.source}; give one of " +
+                         ", ".join(settings.train.recipes))  # fmt: skip
+    sections = settings.model_dump(by_alias=True)
+    changes = {
+        "encode": {"backbone": args.backbone, "checkpoint": str(args.checkpoint) if args.checkpoint else None},
+        "train": {"recipe": args.recipe, "seeds": list(range(args.runs)) if args.runs else None},
+    }
+    for section, values in changes.items():
+        sections[section].update({k: v for k, v in values.items() if v is not None})
+    for section in ("encode", "train", "evaluate"):
+        sections[section].update({"device": args.device, "threads": args.threads or sections[section]["threads"]})
+    settings = settings_from(sections, str(args.params) if args.params else "autoprompt train")
+    settings = folder_settings(settings, boxes.resolve(), args.label, args.class_name)
+    if select_device(args.device, "--device").type == "cpu":
+        pin_cpu_numerics(settings.train.threads)
+    out = args.output
+    work = args.work or out.with_name(out.stem + ".work")
+    start = time.perf_counter()
+    summary = train_folder(data, out, work, settings)
+    margin = "none" if summary.margin is None else f"{summary.margin:g}"
+    steps = ", ".join(f"{name} {_duration(s)}" for name, s in summary.seconds.items())
+    log.info(
+        "wrote %s: %d runs (%d trained now) on %d boxed images, re-prompt margin %s; %s (%s); work kept in %s",
+        out, summary.runs, summary.trained, summary.images, margin, _duration(time.perf_counter() - start), steps,
+        work,
+    )  # fmt: skip
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{rest} s"
+
+
+# --------------------------------------------------------------------------------------------------------- predict
 def predict_command(args: argparse.Namespace) -> None:
     from autoprompt.device import pin_cpu_numerics, select_device
-    from autoprompt.inference import predict
+    from autoprompt.inference.files import FROM_MODEL, predict
 
     if select_device(args.device, "--device").type == "cpu":
         pin_cpu_numerics(args.threads)
-
+    margin = None if args.no_reprompt else args.reprompt_margin if args.reprompt_margin is not None else FROM_MODEL
     summary = predict(
         args.model,
         args.input,
@@ -42,13 +160,25 @@ def predict_command(args: argparse.Namespace) -> None:
         cache_dir=args.runtime_cache,
         part_id=args.part_id,
         num_parts=args.num_parts,
-        reprompt_margin=args.reprompt_margin,
+        reprompt_margin=margin,
         reprompt_from=args.reprompt_from,
+        report=args.report,
+        masks=args.masks,
+        boxes=args.boxes,
+        label=args.label,
     )
     if summary.failed:
         raise SystemExit(f"{len(summary.failed)} unreadable inputs were skipped (listed in the warnings above)")
 
 
+# -------------------------------------------------------------------------------------------------------- evaluate
+def evaluate_command(args: argparse.Namespace) -> None:
+    from autoprompt.evaluation.folders import evaluate_folder
+
+    evaluate_folder(args.pred, args.masks, args.output, args.tolerance, args.boxes, args.threshold)
+
+
+# ---------------------------------------------------------------------------------------------------------- export
 def export_command(args: argparse.Namespace) -> None:
     from autoprompt.inference import export_model, load_model
 
@@ -56,15 +186,60 @@ def export_command(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="autoprompt", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="autoprompt", description=__doc__.split("\n\n")[0], formatter_class=Formatter)
+    parser.add_argument("--version", action="version", version=f"autoprompt {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    predict = commands.add_parser("predict", help="segment images and volumes with a trained model")
+    train = command(
+        commands,
+        "train",
+        "train a model from boxes on a folder of images (DATA/images and DATA/boxes.csv; no masks needed)",
+        "autoprompt train my-scans -o my-scans.pt",
+    )
+    train.add_argument(
+        "data", type=Path, metavar="DATA", help="a folder with images/ and boxes.csv (masks/ is not read)"
+    )
+    train.add_argument("-o", "--output", type=Path, required=True, help="the model file to write, e.g. model.pt")
+    train.add_argument(
+        "--boxes", type=Path, help="the boxes: a COCO or Label Studio JSON export (default: DATA/boxes.csv)"
+    )
+    train.add_argument("--label", help="the label to train on, where the boxes file holds several")
+    train.add_argument(
+        "--class", dest="class_name", help="the structure's name, recorded in the model (default: structure)"
+    )
+    train.add_argument(
+        "--work", type=Path, help="folder for the steps' work, reused by later calls (default: OUTPUT.work)"
+    )
+    train.add_argument("--runs", type=positive, default=3, help="runs in the ensemble, one seed each")
+    train.add_argument(
+        "--recipe", help="how to train the head: a recipe of train.recipes (default: augmented, the best measured)"
+    )
+    train.add_argument(
+        "--backbone", choices=("lite_medsam", "medsam_vit_b"), help="the frozen model (default: lite_medsam)"
+    )
+    train.add_argument("--checkpoint", type=Path, help="medsam_vit_b.pth, for --backbone medsam_vit_b")
+    train.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda, cuda:1, ...")
+    train.add_argument(
+        "--threads", type=threads, help="CPU threads (default: all); the same count gives the same model"
+    )
+    train.add_argument("--params", type=Path, help="a params file (params.yaml's sections) for every other setting")
+    train.set_defaults(handler=train_command)
+
+    predict = command(
+        commands,
+        "predict",
+        "segment images and volumes with a trained model; each mask on its input's own grid",
+        "autoprompt predict -m my-scans.pt -i my-scans/images -o masks --report",
+    )
     predict.add_argument("-m", "--model", type=Path, required=True, help=MODEL_HELP)
     predict.add_argument("-i", "--input", type=Path, nargs="+", required=True, help="image files or folders")
     predict.add_argument("-o", "--output", type=Path, required=True, help="folder for the masks")
+    predict.add_argument("--report", action="store_true", help="also write OUTPUT/report.html, worst inputs first")
+    predict.add_argument("--masks", type=Path, help="for the report: a folder of reference masks (Dice per input)")
+    predict.add_argument("--boxes", type=Path, help="for the report: boxes.csv or a JSON export (box agreement)")
+    predict.add_argument("--label", help="the label of --boxes to read, where it holds several")
     predict.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda, cuda:1, ...")
-    predict.add_argument("--batch-size", type=int, default=8, help="slices per encoder call (default 8)")
+    predict.add_argument("--batch-size", type=positive, default=8, help="slices per encoder call")
     predict.add_argument("--threshold", type=float, default=0.5, help="probability threshold of the masks")
     predict.add_argument("--probabilities", action="store_true", help="write float32 probabilities, not masks")
     predict.add_argument(
@@ -82,50 +257,51 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--runtime", default="auto", choices=("auto", "torch", "openvino"), help="encoder (auto: OpenVINO on a CPU)"
     )
-    predict.add_argument("--runtime-cache", type=Path, help="converted encoders (default ~/.cache/autoprompt)")
-    predict.add_argument(
-        "--threads", type=threads, help="CPU threads (default: all); the same count gives the same masks on any machine"
-    )
+    predict.add_argument("--runtime-cache", type=Path, help="converted encoders (default: ~/.cache/autoprompt)")
+    predict.add_argument("--threads", type=threads, help="CPU threads (default: all); the same count, the same masks")
     reprompting = predict.add_mutually_exclusive_group()
     reprompting.add_argument(
+        "--no-reprompt", action="store_true", help="keep the heads' masks (default: re-prompt with the model's margin)"
+    )
+    reprompting.add_argument(
         "--reprompt-margin",
-        type=float,
-        help="prompt the decoder again with the box of each mask, each side moved out by this fraction of the box "
-        "(the pipeline's reprompt.margin; default: off)",
+        type=fraction,
+        help="prompt the decoder again with each mask's box, each side moved out by this fraction of the box",
     )
     reprompting.add_argument(
         "--reprompt-from",
         type=Path,
         metavar="METRICS_JSON",
-        help="the margin that the evaluate stage chose for the model's recipe and regime (reprompt.margin: auto)",
+        help="the margin that the pipeline's evaluate stage chose for the model's recipe (a run folder's model)",
     )
     predict.add_argument("--part-id", type=int, default=0, help="this process's part of the inputs (0-based)")
-    predict.add_argument("--num-parts", type=int, default=1, help="parts the inputs are split into")
+    predict.add_argument("--num-parts", type=positive, default=1, help="parts the inputs are split into")
     predict.set_defaults(handler=predict_command)
 
-    export = commands.add_parser("export", help="write a run or an ensemble of runs to one model file")
+    evaluate = command(
+        commands,
+        "evaluate",
+        "score predicted masks against reference masks: Dice, NSD and HD95 in mm from each file's own spacing",
+        "autoprompt evaluate --pred masks --masks my-scans/masks --boxes my-scans/boxes.csv",
+    )
+    evaluate.add_argument("--pred", type=Path, required=True, help="autoprompt predict's output folder")
+    evaluate.add_argument("--masks", type=Path, required=True, help="the reference masks (non-zero is the structure)")
+    evaluate.add_argument("--boxes", type=Path, help="the training boxes: their images are left out of the scores")
+    evaluate.add_argument("-o", "--output", type=Path, help="per-image CSV to write (default: PRED/evaluation.csv)")
+    evaluate.add_argument("--tolerance", type=float, default=2.0, help="NSD tolerance in mm")
+    evaluate.add_argument("--threshold", type=float, default=0.5, help="where predictions are probabilities")
+    evaluate.set_defaults(handler=evaluate_command)
+
+    export = command(
+        commands,
+        "export",
+        "write a run or a folder of runs (an ensemble) to one model file",
+        "autoprompt export -m models/hc18/augmented/fewshot -o hc18.pt",
+    )
     export.add_argument("-m", "--model", type=Path, required=True, help=MODEL_HELP)
     export.add_argument("-o", "--output", type=Path, required=True, help="model file to write (model.pt)")
     export.set_defaults(handler=export_command)
     return parser
-
-
-def label_value(text: str) -> int | str:
-    """``--label-value N``: an integer 1-255; bare ``--label-value`` means ``model``."""
-    if text == "model":
-        return text
-    value = int(text)
-    if not 1 <= value <= 255:
-        raise argparse.ArgumentTypeError(f"{value} does not fit a uint8 mask; give 1 to 255")
-    return value
-
-
-def threads(text: str) -> int:
-    """``--threads N``: a count of at least 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} threads; give 1 or more, or leave --threads out to use all")
-    return value
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -250,11 +250,14 @@ class AcdcPrepare(DatasetPrepare):
 
 
 class FolderPrepare(DatasetPrepare):
-    """A user's folder: ``images/``, ``boxes.csv`` and optional ``masks/``; ``class``: the structure's name. By default
-    the longest side of each image is scaled to 512 (nothing is cut) and volumes stay on their own grid."""
+    """A user's folder: ``images/``, the boxes (``boxes``: ``boxes.csv``, or a COCO or Label Studio JSON export, of
+    which ``label`` picks one label) and optional ``masks/``; ``class``: the structure's name. By default the longest
+    side of each image is scaled to 512 (nothing is cut) and volumes stay on their own grid."""
 
     reader: Literal["folder"] = "folder"
     class_name: str = Field("structure", alias="class", min_length=1)
+    boxes: str = Field("boxes.csv", min_length=1)
+    label: str | None = None
     crop: Positive = 512
     fit: Literal["crop", "resize"] = "resize"
     spacing: PositiveReal | None = None

@@ -16,7 +16,7 @@ from autoprompt.sources import closure, imported_names
 from tests.helpers import REPO, sources_of
 
 PIPELINES = ("dvc.yaml", "demo/dvc.yaml", "examples/own-data/dvc.yaml")
-MODULE = re.compile(r"python -m (stages\.\w+)")
+MODULE = re.compile(r"python -m (stages\.\w+)|^(autoprompt) \w+")
 
 
 def stage_modules(pipeline: Path) -> dict[str, tuple[str, list[Path]]]:
@@ -27,8 +27,9 @@ def stage_modules(pipeline: Path) -> dict[str, tuple[str, list[Path]]]:
         body = stage.get("do", stage)
         found = MODULE.search(body["cmd"])
         if found:
+            module = found[1] or "autoprompt.cli"  # the autoprompt command
             deps = [next(iter(d)) if isinstance(d, dict) else d for d in body.get("deps", [])]
-            out[name] = (found[1], [(pipeline.parent / d).resolve().relative_to(REPO) for d in deps if "$" not in d])
+            out[name] = (module, [(pipeline.parent / d).resolve().relative_to(REPO) for d in deps if "$" not in d])
     return out
 
 

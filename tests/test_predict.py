@@ -134,7 +134,7 @@ def test_png_mha_and_nifti_through_one_model_and_a_corrupt_file_skipped(trained,
     folder = tmp_path / "in"
     folder.mkdir()
     sitk.WriteImage(source, str(folder / "scan.mha"))
-    sitk.WriteImage(source, str(folder / "scan.nii.gz"))
+    sitk.WriteImage(source, str(folder / "volume.nii.gz"))
     middle = sitk.GetArrayFromImage(source)[1].astype(np.float32)
     picture = np.rint(255 * (middle - middle.min()) / np.ptp(middle)).astype(np.uint8)
     sitk.WriteImage(sitk.GetImageFromArray(picture), str(folder / "slice.png"))
@@ -146,13 +146,18 @@ def test_png_mha_and_nifti_through_one_model_and_a_corrupt_file_skipped(trained,
     with caplog.at_level("WARNING"), pytest.raises(SystemExit, match="1 unreadable inputs were skipped"):
         cli.main([*args, "--on-error", "skip", "--label-value"])
     assert "broken.nii.gz" in caplog.text
-    mha, nii, png = (sitk.ReadImage(str(out / n)) for n in ("scan.mha", "scan.nii.gz", "slice.png"))
+    mha, nii, png = (sitk.ReadImage(str(out / n)) for n in ("scan.mha", "volume.nii.gz", "slice.png"))
     assert mha.GetSize() == nii.GetSize() == source.GetSize() and png.GetSize() == picture.shape[::-1]
     np.testing.assert_allclose(mha.GetDirection(), source.GetDirection(), atol=1e-6)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(mha), sitk.GetArrayFromImage(nii))
     assert set(np.unique(sitk.GetArrayFromImage(mha))) == {0, LV}, "bare --label-value writes the class's value"
     assert sitk.GetArrayFromImage(png).any(), "the PNG slice is segmented too"
-    assert (out / "scan_overlay.png").is_file() and (out / "slice_overlay.png").is_file()
+    assert all((out / f"{n}_overlay.png").is_file() for n in ("scan", "volume", "slice"))
+    sitk.WriteImage(source, str(folder / "scan.nii.gz"))  # scan_overlay.png would be two inputs' overlay
+    with pytest.raises(InputError, match=r"scan\.nii\.gz: its output .*scan_overlay\.png would overwrite one of .*"
+                       r"scan\.mha's; rename one of them"):  # fmt: skip
+        cli.main(args)
+    (folder / "scan.nii.gz").unlink()
     summary = predict(trained, [folder / "scan.mha", folder / "slice.png"], out, device="cpu", cache_dir=RUNTIME_CACHE)
     assert summary.written == [] and len(summary.existing) == 2, "existing outputs are kept"
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from autoprompt.data.images import check_whole
 from autoprompt.errors import InputError
 
 LABEL_VALUES = (0, 1, 2, 3)
@@ -46,11 +47,13 @@ def read_image(path: Path, fix: str, kind: str = "image") -> sitk.Image:
     if not path.is_file():
         raise InputError(f"{path}: {kind} file missing; {fix}")
     try:
-        return sitk.ReadImage(str(path))
+        image = sitk.ReadImage(str(path))
     except RuntimeError:
         raise InputError(
             f"{path}: unreadable by SimpleITK (corrupt, truncated, or its data file is missing); {fix}"
         ) from None
+    check_whole(path, image)
+    return image
 
 
 def _differs(a: tuple[float, ...], b: tuple[float, ...]) -> bool:

@@ -41,9 +41,10 @@ class Identity:
     ids: tuple[str, ...]
     precision: str = "float32"
     runtime: str = "torch"
+    rows_sha256: tuple[str, ...] = ()  # what each row was encoded from (optional): lets a later store reuse rows
 
     def attrs(self) -> dict:
-        return {
+        attrs = {
             "backbone": self.backbone,
             "checkpoint_sha256": self.checkpoint_sha256,
             "source_sha256": self.source_sha256,
@@ -51,6 +52,11 @@ class Identity:
             "precision": self.precision,
             "ids": list(self.ids),
         }
+        return {**attrs, "rows_sha256": list(self.rows_sha256)} if self.rows_sha256 else attrs
+
+    def encoder(self) -> tuple[str, ...]:
+        """What computed the embeddings: backbone, checkpoint, runtime and precision."""
+        return (self.backbone, self.checkpoint_sha256, self.runtime, self.precision)
 
     def mismatch(self, attrs: dict) -> str | None:
         """The first attribute in which a store differs from this identity, described; None if none."""
@@ -162,6 +168,54 @@ def finalize(path: Path, n_shards: int) -> bool:
         return path.exists()
     shutil.rmtree(path / PROGRESS, ignore_errors=True)
     return True
+
+
+def previous_path(path: Path) -> Path:
+    return Path(path).with_name(Path(path).name + ".previous")
+
+
+def set_aside(path: Path, identity: Identity) -> Path | None:
+    """Where a store of ``identity`` is to be written at ``path``, move a complete store of other inputs that stands
+    there aside (``<name>.previous``), for ``Donor`` to reuse its rows; a store set aside earlier is kept. Returns the
+    store set aside, or None. Nothing is deleted here: the caller removes it once the new store is whole."""
+    path, previous = Path(path), previous_path(path)
+    if path.exists() and identity.mismatch(dict(zarr.open_group(path, mode="r").attrs)):
+        shutil.rmtree(partial_path(path), ignore_errors=True)  # a partial store of the old inputs, if any
+        if previous.exists():
+            shutil.rmtree(path)  # an earlier set-aside store is the one of the older inputs
+        else:
+            path.rename(previous)
+    return previous if previous.exists() else None
+
+
+class Donor:
+    """The rows of a complete store that a new store of the same encoder may copy instead of encoding: those whose
+    ``rows_sha256`` (what the row was encoded from) the new store's rows share."""
+
+    def __init__(self, path: Path | None, identity: Identity) -> None:
+        self.rows: dict[str, int] = {}
+        self.array: zarr.Array | None = None
+        if path is None or not Path(path).exists() or not identity.rows_sha256:
+            return
+        group = zarr.open_group(path, mode="r")
+        attrs = dict(group.attrs)
+        old = Identity(
+            attrs["backbone"], attrs["checkpoint_sha256"], attrs["source_sha256"], tuple(attrs["ids"]),
+            attrs.get("precision", "float32"), attrs.get("runtime", "torch"), tuple(attrs.get("rows_sha256", ())),
+        )  # fmt: skip
+        if old.encoder() == identity.encoder() and old.rows_sha256:
+            self.rows = {key: row for row, key in enumerate(old.rows_sha256)}
+            self.array = group["embeddings"]
+
+    def __bool__(self) -> bool:
+        return bool(self.rows)
+
+    def has(self, key: str) -> bool:
+        return key in self.rows
+
+    def embeddings(self, keys: list[str]) -> np.ndarray:
+        """K x 256 x 64 x 64 float16 embeddings of rows this store holds."""
+        return np.stack([self.array[self.rows[key]] for key in keys])
 
 
 def open_embeddings(path: Path) -> zarr.Group:

@@ -3,7 +3,8 @@
 Layout under the dataset root::
 
     images/      2D images or 3D volumes, any format of ``images.SUFFIXES``; hidden files are ignored
-    boxes.csv    image, x_min, y_min, x_max, y_max[, slice]: one box per row, inclusive pixel indices
+    boxes.csv    image, x_min, y_min, x_max, y_max[, slice]: one box per row, inclusive pixel indices; or, named by
+                 ``prepare.<dataset>.boxes``, a COCO or Label Studio JSON export (``autoprompt.data.boxes``)
     masks/       optional: a mask per image under the image's name (or its name with another suffix), on its grid;
                  nonzero is the structure
 
@@ -26,15 +27,13 @@ mask is read and subjects are dealt as for the other datasets.
 
 from __future__ import annotations
 
-import csv
-import functools
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from autoprompt.data.boxes import FORMATS, ROW_FORMAT, Box, read_boxes
 from autoprompt.data.images import (
     SUFFIXES,
     Stack,
@@ -55,90 +54,11 @@ log = logging.getLogger(__name__)
 
 NAME = "folder"
 IMAGES, MASKS, BOXES = "images", "masks", "boxes.csv"
-COLUMNS = ("image", "x_min", "y_min", "x_max", "y_max")
-SLICE = "slice"
-ROW_FORMAT = "image,x_min,y_min,x_max,y_max[,slice] (inclusive pixel indices)"
-
-
-@dataclass(frozen=True)
-class Box:
-    """One row of ``boxes.csv``: its ``line`` in the file, the slice (None where not given) and the inclusive
-    pixel indices (x: column, y: row)."""
-
-    line: int
-    slice: int | None
-    x_min: int
-    y_min: int
-    x_max: int
-    y_max: int
 
 
 def case_name(path: Path) -> str:
     """A file's name without its format suffix (``.nii.gz`` whole)."""
     return path.name[: len(path.name) - len(suffix(path))]
-
-
-def _integer(value: str, column: str, where: str) -> int:
-    """A CSV cell as a non-negative integer (``12`` or ``12.0``)."""
-    try:
-        number = float(value)
-    except ValueError:
-        raise InputError(f"{where}: {column} is {value!r}; give a whole number of pixels") from None
-    if not number.is_integer() or number < 0:
-        raise InputError(f"{where}: {column} is {value!r}; give a whole number of pixels >= 0")
-    return int(number)
-
-
-def _parse_row(row: dict[str, str], line: int, csv_path: Path, images: Path) -> tuple[str, Box]:
-    """One CSV row -> (image name, box), checked against everything but the image's size."""
-    where = f"{csv_path}: line {line}"
-    name = (row.get("image") or "").strip()
-    if not name or Path(name).name != name:
-        raise InputError(f"{where}: image is {name!r}; give the file name of an image in {images}/")
-    if not is_image(images / name):
-        raise InputError(f"{where}: {images / name} not found; fix the name (with its suffix) or add the image")
-    x_min, y_min, x_max, y_max = (_integer((row.get(c) or "").strip(), c, where) for c in COLUMNS[1:])
-    if x_min > x_max or y_min > y_max:
-        raise InputError(f"{where}: box ({x_min}, {y_min}, {x_max}, {y_max}) has min > max; swap the corners")
-    cell = (row.get(SLICE) or "").strip()
-    return name, Box(line, _integer(cell, SLICE, where) if cell else None, x_min, y_min, x_max, y_max)
-
-
-@functools.lru_cache(maxsize=4)
-def _read_boxes(csv_path: Path, _stamp: tuple[int, int]) -> dict[str, tuple[Box, ...]]:
-    """``boxes.csv`` as image name -> its boxes; ``_stamp`` (mtime, size) makes an edited file read again."""
-    images = csv_path.parent / IMAGES
-    try:
-        with csv_path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle, skipinitialspace=True)
-            header = [c.strip() for c in reader.fieldnames or []]
-            reader.fieldnames = header
-            rows = [(reader.line_num, row) for row in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise InputError(f"{csv_path}: unreadable ({error}); write it as {ROW_FORMAT}") from None
-    missing = [c for c in COLUMNS if c not in header]
-    if missing:
-        raise InputError(f"{csv_path}: columns {missing} missing (header {header}); give a header {ROW_FORMAT}")
-    boxes: dict[str, list[Box]] = {}
-    seen: dict[tuple[str, int | None], int] = {}
-    for line, row in rows:
-        name, box = _parse_row(row, line, csv_path, images)
-        key = (name, box.slice)
-        if key in seen:
-            shown = name if box.slice is None else f"{name} slice {box.slice}"
-            raise InputError(
-                f"{csv_path}: line {line}: a second box for {shown} (first on line {seen[key]}); keep one box per "
-                "image, or per slice of a volume"
-            )
-        seen[key] = line
-        boxes.setdefault(name, []).append(box)
-    return {name: tuple(found) for name, found in boxes.items()}
-
-
-def read_boxes(csv_path: Path) -> dict[str, tuple[Box, ...]]:
-    """``boxes.csv`` as image name -> its boxes, checked (columns, values, names); read once per version."""
-    stat = csv_path.stat()
-    return _read_boxes(csv_path, (stat.st_mtime_ns, stat.st_size))
 
 
 def mask_files(masks: Path) -> dict[str, list[Path]]:
@@ -163,14 +83,19 @@ def find_mask(masks: dict[str, list[Path]], image: Path) -> Path | None:
     return candidates[0] if candidates else None
 
 
+def boxes_file(root: Path, section: FolderPrepare) -> Path:
+    """The boxes of a folder: ``section.boxes`` (``boxes.csv`` by default), relative to ``root`` unless absolute."""
+    return Path(root) / section.boxes
+
+
 def find(root: Path, section: FolderPrepare) -> list[CaseFiles]:
-    """Every image under ``root/images``, with ``boxes.csv`` and its mask where it has one (the files are not read;
-    ``boxes.csv`` is, and checked)."""
-    images, csv_path = root / IMAGES, root / BOXES
+    """Every image under ``root/images``, with the boxes file and its mask where it has one (the images are not
+    read; the boxes are, and checked)."""
+    images, csv_path = root / IMAGES, boxes_file(root, section)
     if not images.is_dir():
         raise InputError(f"{images}: folder not found; put your images (2D or 3D, {', '.join(SUFFIXES)}) there")
     if not csv_path.is_file():
-        raise InputError(f"{csv_path}: file not found; write one box per row as {ROW_FORMAT}")
+        raise InputError(f"{csv_path}: file not found; give {FORMATS} (boxes.csv: one box per row as {ROW_FORMAT})")
     files = [p for p in sorted(images.iterdir()) if p.is_file() and not p.name.startswith(".")]
     paths = [p for p in files if is_image(p)]
     if len(paths) < len(files):
@@ -183,7 +108,7 @@ def find(root: Path, section: FolderPrepare) -> list[CaseFiles]:
         if name in by_name:
             raise InputError(f"{path}: same name as {by_name[name].name} but another format; rename one of them")
         by_name[name] = path
-    boxes, masks = read_boxes(csv_path), mask_files(root / MASKS)
+    boxes, masks = read_boxes(csv_path, images, section.label), mask_files(root / MASKS)
     out = []
     for name, path in by_name.items():
         mask = find_mask(masks, path)
@@ -193,7 +118,7 @@ def find(root: Path, section: FolderPrepare) -> list[CaseFiles]:
         root,
         len(out),
         sum(path.name in boxes for path in by_name.values()),
-        BOXES,
+        csv_path.name,
         sum(len(files.paths) > 2 for files in out),
     )
     return out
@@ -224,14 +149,14 @@ def box_slices(boxes: tuple[Box, ...], stack: Stack, csv_path: Path, image_path:
     width, height, depth = stack.stack.GetSize()
     out: dict[int, Box] = {}
     for box in boxes:
-        where = f"{csv_path}: line {box.line}"
+        where = f"{csv_path}: {box.where}"
         if box.slice is None and not stack.is_2d:
             raise InputError(f"{where}: {image_path.name} is a volume of {depth} slices; give the box's slice, from 0")
         k = box.slice or 0
         if k >= depth:
             raise InputError(f"{where}: slice {k} is outside {image_path.name} (slices 0 to {depth - 1}); fix slice")
         if k in out:
-            raise InputError(f"{where}: a second box for {image_path.name} (first on line {out[k].line}); keep one")
+            raise InputError(f"{where}: a second box for {image_path.name} (first on {out[k].where}); keep one")
         if box.x_max >= width or box.y_max >= height:
             raise InputError(
                 f"{where}: box ({box.x_min}, {box.y_min}, {box.x_max}, {box.y_max}) leaves {image_path.name} "
@@ -265,7 +190,8 @@ def load(files: CaseFiles, section: FolderPrepare) -> list[Case]:
     steps = preprocessing(section)
     image = read_image(image_path)
     stack = as_stack(image)
-    boxes = box_slices(read_boxes(csv_path).get(image_path.name, ()), stack, csv_path, image_path)
+    found = read_boxes(csv_path, image_path.parent, section.label).get(image_path.name, ())
+    boxes = box_slices(found, stack, csv_path, image_path)
     shape = sitk.GetArrayViewFromImage(stack.stack).shape
     mask = read_mask(mask_path[0], image, stack) if mask_path else np.zeros(shape, np.uint8)
     slices = to_uint8(intensities(stack.stack, steps))

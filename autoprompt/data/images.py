@@ -13,18 +13,26 @@ the stack resampled back onto the input's voxel grid, and the input's own layout
 
 from __future__ import annotations
 
+import logging
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import SimpleITK as sitk
 
 from autoprompt.data.preprocess import Geometry, Preprocessing, clip_rescale, fit_image, from_frame
 from autoprompt.errors import InputError
 
+log = logging.getLogger(__name__)
+
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")
 PICTURES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # 2D formats without a physical header
+NIFTI = (".nii", ".nii.gz")
+DICOM = (".dcm", ".dicom", ".ima")
 LUMA = (0.299, 0.587, 0.114)  # RGB -> grey, as OpenCV's IMREAD_GRAYSCALE
+DICOM_FIX = "convert the series to one NIfTI volume (dcm2niix, or SimpleITK's ImageSeriesReader) and give that"
 
 
 def suffix(path: Path) -> str:
@@ -33,21 +41,32 @@ def suffix(path: Path) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
 
 
+def unsupported(name: str | Path) -> str:
+    """What to do with a file of a format not read here."""
+    return DICOM_FIX if suffix(Path(name)) in DICOM else f"give one of {', '.join(SUFFIXES)}"
+
+
 def is_image(path: Path) -> bool:
     return Path(path).is_file() and suffix(path) in SUFFIXES and not Path(path).name.startswith(".")
 
 
 def read_image(path: Path) -> sitk.Image:
-    """A 2D or 3D image file as one grey channel (colour converted as OpenCV does); InputError if unreadable."""
+    """A 2D or 3D image file as one grey channel (colour converted as OpenCV does). Refused in one line naming the
+    file: a format it cannot read (DICOM among them: ``DICOM_FIX``), a corrupt or truncated file (NIfTI's data are
+    checked whole, which SimpleITK does not), and voxels that are NaN or infinite."""
     path = Path(path)
-    if suffix(path) not in SUFFIXES:
-        raise InputError(f"{path}: unsupported format; give one of {', '.join(SUFFIXES)}")
+    kind = suffix(path)
+    if kind not in SUFFIXES:
+        raise InputError(f"{path}: unsupported format; {unsupported(path)}")
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError:
-        raise InputError(
-            f"{path}: unreadable (corrupt, truncated, or its data file is missing); replace it or remove it"
-        ) from None
+        image = _read_picture(path) if kind in PICTURES else None
+        if image is None:
+            raise InputError(
+                f"{path}: unreadable (corrupt, truncated, or its data file is missing); replace it or remove it"
+            ) from None
+    check_whole(path, image)
     channels = image.GetNumberOfComponentsPerPixel()
     if channels > 1:
         array = sitk.GetArrayFromImage(image).astype(np.float32)
@@ -57,6 +76,40 @@ def read_image(path: Path) -> sitk.Image:
     if image.GetDimension() not in (2, 3):
         raise InputError(f"{path}: a {image.GetDimension()}D image; give a 2D image or a 3D volume")
     return image
+
+
+def _read_picture(path: Path) -> sitk.Image | None:
+    """A picture that SimpleITK does not read (a grey PNG with an alpha channel), through OpenCV: its grey or colour
+    channels, the alpha channel left out; None where OpenCV cannot read it either."""
+    picture = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if picture is None:
+        return None
+    if picture.ndim == 3:
+        picture = cv2.cvtColor(picture[..., :3], cv2.COLOR_BGR2GRAY)
+    return sitk.GetImageFromArray(picture)
+
+
+def check_whole(path: Path, image: sitk.Image) -> None:
+    """Refuse a NIfTI file whose data stop short (SimpleITK fills the missing voxels with zeros; nibabel reads the
+    data whole and notices), and an image with NaN or infinite voxels (they would turn the percentile clip into NaN);
+    warn about a constant image, which has nothing to segment."""
+    array = sitk.GetArrayViewFromImage(image)
+    if suffix(path) in NIFTI:  # SimpleITK also reads infinite NIfTI voxels as other numbers: nibabel's data are checked
+        import nibabel
+
+        try:
+            array = np.asanyarray(nibabel.load(str(path)).dataobj)
+        except (OSError, EOFError, ValueError, zlib.error) as error:
+            reason = str(error).splitlines()[0][:80]
+            raise InputError(f"{path}: truncated or corrupt NIfTI ({reason}); replace it or remove it") from None
+    if array.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        if bad:
+            raise InputError(
+                f"{path}: {bad} voxels are NaN or infinite; set them to the background value, or remove the file"
+            )
+    if array.size and array.min() == array.max():
+        log.warning("%s: every voxel is %s: nothing to segment, its mask will be empty", path, array.flat[0])
 
 
 @dataclass(frozen=True)

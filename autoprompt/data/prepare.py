@@ -7,6 +7,7 @@ the fit kept of each class, and a subject split (the authors' lists, proportions
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +34,18 @@ SPLIT_BY = {
 }
 
 
-def prepare_dataset(name: str, section: DatasetPrepare, raw: Path, seed: int, on_error: str) -> tuple[Prepared, dict]:
-    """Every case of dataset ``name`` under ``raw``, prepared and split as ``section`` (its ``prepare.<name>``) says,
-    and the store's attributes: the dataset, frame side, classes and preprocessing record."""
+def prepare_dataset(
+    name: str,
+    section: DatasetPrepare,
+    raw: Path,
+    seed: int,
+    on_error: str,
+    keep: Callable[[CaseFiles], bool] | None = None,
+) -> tuple[Prepared, dict]:
+    """Every case of dataset ``name`` under ``raw`` (those ``keep`` keeps), prepared and split as ``section`` (its
+    ``prepare.<name>``) says, and the store's attributes: the dataset, frame side, classes and preprocessing record."""
     reader = get_reader(name, section)
-    files = reader.find(raw, section)
+    files = [f for f in reader.find(raw, section) if keep is None or keep(f)]
     split_settings(name, section)  # bad split settings stop here, before the images are read
     log.info("%s: %d cases found under %s", name, len(files), raw)
     prepared = prepare_cases(reader, files, section, on_error)

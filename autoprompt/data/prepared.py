@@ -15,6 +15,8 @@ The CSV is kept in git, so splits, boxes and what the crop cut are versioned and
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,10 +48,14 @@ def images_sha256(images: np.ndarray, ids: list[str]) -> str:
 
 
 def write_prepared(store: Path, index: Path, prepared: Prepared, attrs: dict) -> None:
-    """Write the Zarr store and the CSV index, each whole or not at all."""
+    """Write the Zarr store and the CSV index, each whole or not at all. Both are written aside first, then moved into
+    place, the index last; the earlier store is kept (``.<store>.old``) until the new index is in place, so a process
+    killed between the moves leaves both versions of the store on disk (``read_index`` names it)."""
     n, size, _ = prepared.images.shape
     ids = prepared.table["id"].tolist()
-    with atomic_path(store) as tmp:
+    store, index = Path(store), Path(index)
+    new_store, old_store, new_index = (store.with_name(f".{store.name}.{k}") for k in ("new", "old", "csv.new"))
+    with atomic_path(new_store) as tmp:
         group = zarr.open_group(tmp, mode="w")
         for name in ("images", "labels"):
             array = group.create_array(name, shape=(n, size, size), chunks=(1, size, size), dtype="uint8")
@@ -62,8 +68,14 @@ def write_prepared(store: Path, index: Path, prepared: Prepared, attrs: dict) ->
                 "source_sha256": images_sha256(prepared.images, ids),
             }
         )
-    with atomic_path(index) as tmp:
+    with atomic_path(new_index) as tmp:
         prepared.table.to_csv(tmp, index=False, float_format="%.6g")
+    shutil.rmtree(old_store, ignore_errors=True)
+    if store.exists():
+        store.rename(old_store)
+    new_store.rename(store)
+    os.replace(new_index, index)
+    shutil.rmtree(old_store, ignore_errors=True)
 
 
 def read_index(store: Path, index: Path) -> tuple[zarr.Group, pd.DataFrame]:
@@ -74,7 +86,9 @@ def read_index(store: Path, index: Path) -> tuple[zarr.Group, pd.DataFrame]:
     group = zarr.open_group(store, mode="r")
     table = pd.read_csv(index, dtype={"id": str, "subject": str})
     if list(group.attrs["ids"]) != table["id"].tolist():
-        raise InputError(f"{index}: rows do not match {store}; run the prepare stage again")
+        old = Path(store).with_name(f".{Path(store).name}.old")
+        kept = f" (the store before it is kept as {old})" if old.exists() else ""
+        raise InputError(f"{index}: rows do not match {store}{kept}; run the prepare stage again")
     return group, table
 
 

@@ -83,6 +83,8 @@ class Geometry:
 def clip_rescale(array: np.ndarray, lower: float = CLIP[0], upper: float = CLIP[1]) -> np.ndarray:
     """Clip to the ``lower``/``upper`` percentiles of the whole array (an image or a volume), rescale to
     [0, 255] and round to uint8. A constant array gives zeros."""
+    if array.size == 0 or array.min() == array.max():
+        return np.zeros(array.shape, np.uint8)
     from monai.transforms import ScaleIntensityRangePercentiles  # here: importing MONAI takes ~1.5 s, and the
     # stages that import this module only for the dataset readers' names (encode, train) never call it
 

@@ -6,6 +6,7 @@ so a store made with other settings is refused by the train stage.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,8 +15,8 @@ import pandas as pd
 import torch
 import zarr
 
-from autoprompt.data import views
-from autoprompt.encode.store import encode_store, identity
+from autoprompt.data import embeddings, views
+from autoprompt.encode.store import encode_store, identity, pixels_sha256
 from autoprompt.settings import AugmentSettings, EncodeSettings
 
 
@@ -46,10 +47,21 @@ def encode_views(
     augment: AugmentSettings,
     label: str,
     part: tuple[int, int],
+    reuse: bool = False,
 ) -> None:
     """``augment.count`` views of each of ``ids`` (images of the prepared store ``group``, indexed by ``table``),
-    encoded into ``out``."""
-    found = identity(
-        encode, views.source_sha256(group.attrs["source_sha256"], augment), views.view_ids(ids, augment.count)
-    )
-    encode_store(out, found, read_views(group["images"], table, ids, augment), encode, label, part)
+    encoded into ``out``. ``reuse``: as ``store.encode_prepared``'s; a view is the same where its image's pixels,
+    its id and the ``augment`` settings are."""
+    view_ids = views.view_ids(ids, augment.count)
+    keys: tuple[str, ...] = ()
+    if reuse:
+        row_of = {image_id: row for row, image_id in enumerate(table["id"])}
+        pixels = {i: pixels_sha256(group["images"][row_of[i]]) for i in ids}
+        settings = views.source_sha256("", augment)
+        keys = tuple(f"{pixels[views.source_id(v)]}:{settings}:{v}" for v in view_ids)
+    found = identity(encode, views.source_sha256(group.attrs["source_sha256"], augment), view_ids, keys)
+    previous = embeddings.set_aside(out, found) if reuse else None
+    read = read_views(group["images"], table, ids, augment)
+    encode_store(out, found, read, encode, label, part, embeddings.Donor(previous, found))
+    if previous is not None and out.exists():
+        shutil.rmtree(previous)

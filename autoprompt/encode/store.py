@@ -7,8 +7,10 @@ same store. ``encode_prepared`` encodes a prepared store's images: the encode st
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import zarr
 from tqdm import tqdm
 
 from autoprompt.data import embeddings
+from autoprompt.data.embeddings import Donor
 from autoprompt.device import select_device
 from autoprompt.io import file_sha256
 from autoprompt.model import checkpoints, runtimes
@@ -50,11 +53,13 @@ def encode_store(
     encode: EncodeSettings,
     label: str,
     part: tuple[int, int] = (0, 1),
+    donor: embeddings.Donor | None = None,
 ) -> None:
     """Encode the images of ``identity.ids`` into the store ``out``, shard by shard, skipping finished shards.
 
     ``read(rows)``: the N x S x S uint8 images of a slice of rows. ``part``: (part id, number of parts) of a job
-    shared by several processes."""
+    shared by several processes. ``donor``: a store of the same encoder whose rows of the same content
+    (``identity.rows_sha256``) are copied, not encoded."""
     device, choice, checkpoint = encoder_choice(encode)
     name, shard_size = identity.backbone, encode.shard_size
     n_images = len(identity.ids)
@@ -73,35 +78,70 @@ def encode_store(
         len(done),
         n_shards,
     )
-    if todo:
+    keys = identity.rows_sha256
+    reused = [i for s in todo for i in _shard_rows(s, shard_size, n_images) if donor and donor.has(keys[i])]
+    if reused:
+        log.info("%s: %d of its images encoded before, copied from %s", label, len(reused), out.name + ".previous")
+    encoder = None
+    if len(reused) < sum(len(_shard_rows(s, shard_size, n_images)) for s in todo):
         cache = Path(encode.runtime_cache)
         encoder = runtimes.build_encoder(name, checkpoint, choice, device, cache, compile=encode.compile)
-        with tqdm(
-            total=sum(min(shard_size, n_images - s * shard_size) for s in todo),
-            unit="image",
-            desc=f"encode {label} ({name}, {choice.runtime} {choice.precision}, {device.type})",
-        ) as progress:
-            for shard in todo:
-                batch = torch.from_numpy(read(slice(shard * shard_size, min((shard + 1) * shard_size, n_images))))
-                result = runtimes.embed(encoder, name, batch, encode.batch_size)
-                embeddings.write_shard(array, out, shard, result.numpy())
-                progress.update(len(batch))
+    with tqdm(
+        total=sum(len(_shard_rows(s, shard_size, n_images)) for s in todo),
+        unit="image",
+        desc=f"encode {label} ({name}, {choice.runtime} {choice.precision}, {device.type})",
+        disable=not todo,
+    ) as progress:
+        for shard in todo:
+            rows = _shard_rows(shard, shard_size, n_images)
+            result = np.empty((len(rows), *embeddings.SHAPE), np.float16)
+            copied = [j for j, i in enumerate(rows) if donor and donor.has(keys[i])]
+            if copied:
+                result[copied] = donor.embeddings([keys[rows[j]] for j in copied])
+            fresh = [j for j in range(len(rows)) if j not in copied]
+            if fresh:
+                batch = torch.from_numpy(read(slice(rows[0], rows[-1] + 1))[fresh])
+                result[fresh] = runtimes.embed(encoder, name, batch, encode.batch_size).numpy()
+            embeddings.write_shard(array, out, shard, result)
+            progress.update(len(rows))
     if embeddings.finalize(out, n_shards):
         log.info("%s complete: %d embeddings", out, n_images)
     else:
         log.info("%s: this part is done; the store completes when every part has finished", out)
 
 
-def identity(encode: EncodeSettings, source_sha256: str, ids: tuple[str, ...]) -> embeddings.Identity:
+def _shard_rows(shard: int, shard_size: int, n_images: int) -> list[int]:
+    return list(range(shard * shard_size, min((shard + 1) * shard_size, n_images)))
+
+
+def identity(
+    encode: EncodeSettings, source_sha256: str, ids: tuple[str, ...], rows_sha256: tuple[str, ...] = ()
+) -> embeddings.Identity:
     """What a store encoded by ``encode`` from images of ``source_sha256`` is (the runtime resolved as it runs)."""
     _, choice, checkpoint = encoder_choice(encode)
     return embeddings.Identity(
-        encode.backbone, file_sha256(checkpoint), source_sha256, ids, choice.precision, choice.runtime
+        encode.backbone, file_sha256(checkpoint), source_sha256, ids, choice.precision, choice.runtime, rows_sha256
     )
 
 
-def encode_prepared(prepared: Path, out: Path, encode: EncodeSettings, label: str, part: tuple[int, int]) -> None:
-    """Every image of the prepared store ``prepared``, encoded into ``out``."""
+def pixels_sha256(image: np.ndarray) -> str:
+    """What an embedding of a prepared image is computed from: its pixels (and their shape)."""
+    digest = hashlib.sha256(repr(image.shape).encode())
+    digest.update(np.ascontiguousarray(image).data)
+    return digest.hexdigest()
+
+
+def encode_prepared(
+    prepared: Path, out: Path, encode: EncodeSettings, label: str, part: tuple[int, int], reuse: bool = False
+) -> None:
+    """Every image of the prepared store ``prepared``, encoded into ``out``. ``reuse``: a store of other images at
+    ``out`` is set aside and its embeddings of unchanged images copied (``autoprompt train``'s work folder; the DVC
+    stage refuses such a store instead)."""
     images = zarr.open_group(prepared, mode="r")
-    found = identity(encode, images.attrs["source_sha256"], tuple(images.attrs["ids"]))
-    encode_store(out, found, lambda rows: images["images"][rows], encode, label, part)
+    ids = tuple(images.attrs["ids"])
+    keys = tuple(pixels_sha256(images["images"][i]) for i in range(len(ids))) if reuse else ()
+    found = identity(encode, images.attrs["source_sha256"], ids, keys)
+    previous = embeddings.set_aside(out, found) if reuse else None
+    encode_store(out, found, lambda rows: images["images"][rows], encode, label, part, Donor(previous, found))
+    if previous is not None and out.exists():
+        shutil.rmtree(previous)

@@ -19,10 +19,12 @@ from torch import Tensor
 
 
 def _check_inputs(pred: Tensor, target: Tensor, spacing: Tensor) -> tuple[Tensor, Tensor]:
-    """Validate B x H x W masks and B x 2 spacings; return the masks as booleans."""
+    """Validate B x H x W masks and B x 2 spacings (or B x D x H x W volumes and B x 3); return the masks as
+    booleans."""
     assert pred.shape == target.shape, f"prediction {tuple(pred.shape)} != target {tuple(target.shape)}"
-    assert pred.ndim == 3, f"masks must be B x H x W, got {tuple(pred.shape)}"
-    assert spacing.shape == (pred.shape[0], 2), f"spacing {tuple(spacing.shape)} is not B x 2, B = {len(pred)}"
+    assert pred.ndim in (3, 4), f"masks must be B x H x W or B x D x H x W, got {tuple(pred.shape)}"
+    dims = pred.ndim - 1
+    assert spacing.shape == (pred.shape[0], dims), f"spacing {tuple(spacing.shape)} is not B x {dims}, B = {len(pred)}"
     assert bool((spacing > 0).all()), "pixel spacings must be positive"
     return pred.bool(), target.bool()
 
@@ -34,12 +36,13 @@ def _both_present(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]
 
 
 def _one_hot(mask: Tensor) -> Tensor:
-    """B x H x W boolean mask -> B x 1 x H x W float, the single foreground channel MONAI expects."""
+    """B x H x W (or B x D x H x W) boolean mask -> B x 1 x H x W float, the single foreground channel MONAI
+    expects."""
     return mask[:, None].float()
 
 
 def _spacing_list(spacing: Tensor) -> list[list[float]]:
-    """B x 2 (row mm, column mm) -> one [row, column] list per batch item, MONAI's per-image spacing layout."""
+    """B x 2 (row mm, column mm), or B x 3 (slice, row, column) -> one list per batch item, MONAI's layout."""
     return spacing.detach().double().cpu().tolist()
 
 
@@ -55,9 +58,9 @@ def hd95(pred: Tensor, target: Tensor, spacing: Tensor) -> Tensor:
     """95th-percentile symmetric Hausdorff distance in mm, per image.
 
     Args:
-        pred: B x H x W masks (any dtype; non-zero is foreground).
-        target: B x H x W reference masks.
-        spacing: B x 2 pixel spacing of each image in mm, (row, column), i.e. along H then W.
+        pred: B x H x W masks (any dtype; non-zero is foreground), or B x D x H x W volumes.
+        target: reference masks of the same shape.
+        spacing: B x 2 pixel spacing of each image in mm, (row, column), i.e. along H then W (B x 3 for volumes).
 
     Returns:
         B float64 values in mm, on ``pred``'s device.
@@ -89,9 +92,9 @@ def nsd(pred: Tensor, target: Tensor, spacing: Tensor, tolerance_mm: float) -> T
     The fraction of both boundaries (edge pixels) lying within ``tolerance_mm`` of the other boundary.
 
     Args:
-        pred: B x H x W masks (any dtype; non-zero is foreground).
-        target: B x H x W reference masks.
-        spacing: B x 2 pixel spacing of each image in mm, (row, column), i.e. along H then W.
+        pred: B x H x W masks (any dtype; non-zero is foreground), or B x D x H x W volumes.
+        target: reference masks of the same shape.
+        spacing: B x 2 pixel spacing of each image in mm, (row, column), i.e. along H then W (B x 3 for volumes).
         tolerance_mm: accepted boundary deviation in mm (a distance equal to it counts as correct).
 
     Returns:

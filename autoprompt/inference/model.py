@@ -1,15 +1,16 @@
 """A model that ``predict`` can use: one trained head or an ensemble, with what its training data and backbone were.
 
-Loaded from a run folder (``models/<task>/<recipe>/<regime>/<run>``), from any folder above runs (every run under it,
-an ensemble: ``models/<task>/augmented/fewshot`` is one recipe's few-shot ensemble), or from a file written by
-``export_model``: one file with the heads' weights, the backbone's name and checkpoint sha256, the preprocessing
-record, the label frame and the training params of each run. Every file is read with ``weights_only=True``.
+Loaded from a run folder (``models/<task>/<recipe>/<regime>/<run>``), from any folder above runs (every run under it, an
+ensemble: ``models/<task>/augmented/fewshot`` is one recipe's few-shot ensemble), or from a file written by
+``export_model``: one file with the heads' weights, the backbone's name and checkpoint sha256, the preprocessing record,
+the label frame, the training params of each run and the re-prompt margin. Every file is read with
+``weights_only=True``.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -24,7 +25,7 @@ from autoprompt.training import runs
 log = logging.getLogger(__name__)
 
 FORMAT = "autoprompt-model"
-VERSION = 1
+VERSION = 2  # 2: the re-prompt margin; version 1 files (without it) still load
 SHARED = (
     "task",
     "class",
@@ -44,7 +45,8 @@ class Model:
     and what they were trained on: the task and class with its label value in the training labels, the label frame
     side ``label_size`` (S), the backbone's name, its checkpoint's sha256 and configured path (None for packaged
     weights), the runtime and precision of the training embeddings' encoder, the preprocessing of the training
-    images, and each run's config (params, inputs' hashes, fingerprint)."""
+    images, and each run's config (params, inputs' hashes, fingerprint); the margin ``predict`` re-prompts with by
+    default (None: not re-prompted) and how it was chosen."""
 
     heads: list[dict[str, Tensor]]
     runs: list[str]
@@ -59,6 +61,8 @@ class Model:
     precision: str
     preprocessing: Preprocessing
     configs: list[dict]
+    reprompt_margin: float | None = None
+    reprompt_how: str = ""
 
     def build_heads(self) -> list[PromptHead]:
         """The heads, built and loaded, in eval mode."""
@@ -87,6 +91,7 @@ class Model:
             "precision": self.precision,
             "preprocessing": self.preprocessing.as_dict(),
             "configs": self.configs,
+            "reprompt": {"margin": self.reprompt_margin, "how": self.reprompt_how},
         }
 
     def group(self) -> str | None:
@@ -97,6 +102,10 @@ class Model:
     def describe(self) -> str:
         kind = f"an ensemble of {len(self.heads)} runs" if len(self.heads) > 1 else f"run {self.runs[0]}"
         return f"{self.task} ({self.class_name}), {kind}, {self.backbone}"
+
+    def with_margin(self, margin: float | None, how: str) -> Model:
+        """This model, re-prompting by default with ``margin`` (None: not at all), chosen as ``how`` says."""
+        return replace(self, reprompt_margin=margin, reprompt_how=how)
 
 
 def run_folders(path: Path) -> list[Path]:
@@ -149,8 +158,12 @@ def from_file(path: Path) -> Model:
         raise InputError(f"{path}: not a readable model file ({error.__class__.__name__}); export it again") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise InputError(f"{path}: not an exported autoprompt model; give a run folder or `autoprompt export` output")
-    if record.get("version") != VERSION:
-        raise InputError(f"{path}: model format version {record.get('version')}, expected {VERSION}; export it again")
+    if record.get("version") not in (1, VERSION):
+        raise InputError(
+            f"{path}: model format version {record.get('version')}, this autoprompt reads 1 to {VERSION}; export it "
+            "again, or update autoprompt"
+        )
+    reprompting = record.get("reprompt") or {}
     return Model(
         heads=list(record["heads"]),
         runs=list(record["runs"]),
@@ -165,6 +178,8 @@ def from_file(path: Path) -> Model:
         precision=record.get("precision", "float32"),
         preprocessing=Preprocessing.from_dict(record["preprocessing"]),
         configs=list(record["configs"]),
+        reprompt_margin=reprompting.get("margin"),
+        reprompt_how=str(reprompting.get("how", "")),
     )
 
 
@@ -182,8 +197,10 @@ def load_model(path: Path | str) -> Model:
 
 
 def export_model(model: Model, out: Path | str) -> Path:
-    """Write ``model`` to one file (whole or not at all)."""
+    """Write ``model`` to one file (whole or not at all); a folder at ``out`` is refused, never replaced."""
     out = Path(out)
+    if out.is_dir():
+        raise InputError(f"{out}: is a folder; give a file name for the model, e.g. {out / 'model.pt'}")
     with atomic_path(out) as tmp:
         torch.save(model.record(), tmp)
     log.info("exported %s to %s", model.describe(), out)

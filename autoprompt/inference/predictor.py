@@ -31,12 +31,14 @@ OPTION = "--{}".format  # names a setting in messages: predict's options
 @dataclass
 class Segmentation:
     """``probabilities``: foreground probabilities on the input's grid (H x W, or the volume's z x y x x);
-    ``frame``: Z x S x S probabilities in the prepared frame; ``framed``: the preprocessed slices and geometry."""
+    ``frame``: Z x S x S probabilities in the prepared frame; ``framed``: the preprocessed slices and geometry;
+    ``agreement``: the mean Dice of each run's mask with the ensemble's (None for one run)."""
 
     probabilities: np.ndarray
     frame: np.ndarray
     framed: Framed
     stack: Stack
+    agreement: float | None = None
 
 
 def checked_checkpoint(model: Model, checkpoint: Path | str | None) -> Path:
@@ -110,16 +112,24 @@ class Predictor:
     def decode(self, embeddings: torch.Tensor) -> np.ndarray:
         """Z x 256 x 64 x 64 embeddings -> Z x S x S float32 probabilities, the mean over the heads (re-prompted
         when the predictor has a ``reprompt_margin``)."""
+        return self._decode(embeddings)[0]
+
+    def _decode(self, embeddings: torch.Tensor) -> tuple[np.ndarray, float | None]:
+        """``decode``'s probabilities, and the mean Dice of each head's mask with the ensemble's (None: one head)."""
         start = time.perf_counter()
         size = self.model.label_size
-        total = sum(decode(self.decoder, embeddings, size, self.batch_size, self.device, head=h) for h in self.heads)
-        probs = total / len(self.heads)
+        each = [decode(self.decoder, embeddings, size, self.batch_size, self.device, head=h) for h in self.heads]
+        probs = sum(each) / len(each)
+        agreement = None
+        if len(each) > 1:
+            ensemble = probs > self.threshold
+            agreement = float(np.mean([_dice(p > self.threshold, ensemble) for p in each]))
         if self.reprompt_margin is not None:
             probs = reprompt(
                 self.decoder, embeddings, probs, self.reprompt_margin, self.threshold, self.batch_size, self.device
             )
         self.timings["decode"] += time.perf_counter() - start
-        return probs.numpy().astype(np.float32)
+        return probs.numpy().astype(np.float32), agreement
 
     def segment(self, image: sitk.Image) -> Segmentation:
         """An image as read (2D or 3D) -> its probabilities on its own grid."""
@@ -127,8 +137,14 @@ class Predictor:
         stack = as_stack(image)
         framed = frame_slices(stack, self.model.preprocessing)
         self.timings["preprocess"] += time.perf_counter() - start
-        frame = self.decode(self.encode(framed.slices))
+        frame, agreement = self._decode(self.encode(framed.slices))
         start = time.perf_counter()
         probabilities = to_input_grid(frame, framed, stack)
         self.timings["postprocess"] += time.perf_counter() - start
-        return Segmentation(probabilities, frame, framed, stack)
+        return Segmentation(probabilities, frame, framed, stack, agreement)
+
+
+def _dice(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Dice of two masks taken whole (every slice together); 1 where both are empty."""
+    total = int(a.sum() + b.sum())
+    return 1.0 if total == 0 else 2 * float((a & b).sum()) / total

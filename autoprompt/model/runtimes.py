@@ -146,8 +146,9 @@ def convert_to_openvino(module: nn.Module, backbone: str, folder: Path) -> Path:
     tmp = folder.with_name(f".{folder.name}.new-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    with warnings.catch_warnings():  # the tracer's notes on shapes it fixes: one image per request, by design
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+    with warnings.catch_warnings():  # the tracer's notes on shapes it fixes (one image per request, by design), and
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # torch's on its own tracing API, which OpenVINO uses
+        warnings.simplefilter("ignore", FutureWarning)
         graph = ov.convert_model(module.eval(), example_input=torch.zeros(1, 3, size, size))
     graph.reshape([1, 3, size, size])  # the traced encoders fix their batch size; one image per request
     ov.save_model(graph, tmp / IR_NAME, compress_to_fp16=False)

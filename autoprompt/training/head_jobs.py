@@ -176,9 +176,10 @@ def train_task(
     augment: AugmentSettings,
     out: Path,
     views_store: Path | None = None,
-) -> list[HeadJob]:
+) -> tuple[list[HeadJob], int]:
     """Train every planned run of ``task`` that ``out`` does not hold already, then remove the run folders of earlier
-    plans; returns the plan. ``views_store``: the augment stage's encoded views (None: no views)."""
+    plans; returns the plan and how many of its runs were trained. ``views_store``: the augment stage's encoded views
+    (None: no views)."""
     if task.preprocessing is None:
         raise InputError(f"{task.files.prepared}: made before stores recorded their preprocessing; prepare it again")
     checkpoint = task_checkpoint(task, encode)
@@ -198,4 +199,4 @@ def train_task(
     removed = runs.remove_stale(out, {job.key for job in jobs})
     if removed:
         log.info("%s: removed runs of earlier params: %s", task.name, ", ".join(removed))
-    return jobs
+    return jobs, len(todo)

@@ -101,7 +101,10 @@ def group_key(key: str) -> str:
 
 def remove_stale(out: Path, keep: set[str]) -> list[str]:
     """Delete the folders under ``out`` that hold no run of ``keep`` (``recipe/regime/run`` keys): runs of earlier
-    params, and recipes or regimes no longer planned. Returns what was removed, relative to ``out``."""
+    params, and recipes or regimes no longer planned. Returns what was removed, relative to ``out``. An empty
+    ``keep`` is refused: a plan of no runs is a mistake, not a reason to delete every run."""
+    if not keep:
+        raise InputError(f"{out}: no runs are planned, so every run here would go; check the train settings")
     prefixes = {"/".join(key.split("/")[:depth]) for key in keep for depth in (1, 2, 3)}
     removed = []
     for pattern in ("*", "*/*", "*/*/*"):

@@ -1,0 +1,184 @@
+"""Ten boxes in, a model out: the pipeline's own steps run on a user's folder (``autoprompt train``).
+
+``train_folder`` prepares the images that have a box (``data.prepare``), encodes them and their augmented views
+(``encode``), trains the head's runs on every box (``training.head_jobs``), chooses the re-prompt margin from boxes
+alone (``inference.reprompt``) and exports one model file. No step is written twice: the DVC stages call the same
+functions. Masks are never read.
+
+Everything is kept in a work folder, so a second call reuses what it can: the prepared images are read again only
+where an image or box file changed; an embedding is copied from the previous store where its image's pixels are
+unchanged; a run is trained again only where its boxes, pseudo-labels or views changed (its fingerprint). Each step
+writes whole or not at all, so a killed call resumes.
+
+The margin: every box trains, so no image is left to choose the margin on as ``evaluate`` does (``reprompt.margin:
+auto`` on the validation split). With ``auto``, ``choose_margin`` runs on the training images themselves: the
+ensemble's masks there, re-prompted at each candidate margin, against their own tight boxes (``how`` in the model
+says so); ``bench/own_data.py`` compares that choice with ``reprompt.fallback`` on real images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from autoprompt.data import folder
+from autoprompt.data.boxes import read_boxes
+from autoprompt.data.prepare import prepare_dataset
+from autoprompt.data.prepared import read_index, write_prepared
+from autoprompt.data.tasks import TaskFiles, load_task
+from autoprompt.device import select_device
+from autoprompt.encode.augmented import encode_views
+from autoprompt.encode.store import encode_prepared
+from autoprompt.errors import InputError
+from autoprompt.inference.model import Model, export_model, from_runs, run_folders
+from autoprompt.inference.reprompt import choose_margin
+from autoprompt.io import write_text
+from autoprompt.model import backbones, checkpoints
+from autoprompt.model.decoding import decode
+from autoprompt.settings import FolderPrepare, Settings, TaskSpec, settings_from
+from autoprompt.training.fewshot import fewshot_ids
+from autoprompt.training.head_jobs import train_task
+from autoprompt.training.inputs import task_checkpoint
+
+log = logging.getLogger(__name__)
+
+DATASET = "data"  # the folder's dataset and task name inside the work folder
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What ``train_folder`` did: the model it wrote, its images and runs, the margin and the seconds per step."""
+
+    model: Path
+    images: int
+    runs: int
+    trained: int
+    margin: float | None
+    how: str
+    seconds: dict[str, float]
+
+
+def folder_settings(settings: Settings, boxes: Path, label: str | None, class_name: str | None) -> Settings:
+    """``settings`` for one folder dataset named ``data``: its ``prepare`` section (the params file's only folder
+    section, or the defaults) reading ``boxes``, split by boxes; the task ``data``; the runs on every boxed image."""
+    sections = [s for s in settings.prepare.datasets.values() if isinstance(s, FolderPrepare)]
+    if len(sections) > 1:
+        raise InputError(f"{settings.source}: prepare has {len(sections)} folder sections; keep the one to use")
+    section = sections[0] if sections else FolderPrepare()
+    changes = {"boxes": str(boxes), "split": "boxes"}
+    if label is not None:
+        changes["label"] = label
+    if class_name is not None:
+        changes["class"] = class_name
+    data = settings.model_dump(by_alias=True, exclude={"prepare", "tasks", "datasets", "simulate"})
+    prepare = settings.prepare.model_dump(by_alias=True, exclude={"datasets"})
+    prepare[DATASET] = {**section.model_dump(by_alias=True), **changes}
+    spec = TaskSpec.model_validate({"dataset": DATASET, "class": prepare[DATASET]["class"], "column": DATASET})
+    data.update(datasets=[DATASET], tasks={DATASET: spec.model_dump(by_alias=True)}, prepare=prepare)
+    return settings_from(data, settings.source)
+
+
+def _inputs_stamp(root: Path, section: FolderPrepare, names: list[str]) -> str:
+    """What the prepared store depends on: the settings, the boxes file and each boxed image file (size, time)."""
+    entries = [section.model_dump_json(), *_stat(Path(section.boxes))]
+    for name in names:
+        entries += _stat(root / folder.IMAGES / name)
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+
+
+def _stat(path: Path) -> list[str]:
+    stat = path.stat()
+    return [str(path), str(stat.st_size), str(stat.st_mtime_ns)]
+
+
+def work_layout(work: Path, data: Path) -> Path:
+    """``work/raw``: the folder's images (a link to them), and no masks: training reads boxes only."""
+    raw = work / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    link = raw / folder.IMAGES
+    if link.is_symlink() and link.resolve() != (data / folder.IMAGES).resolve():
+        link.unlink()
+    if not link.exists():
+        os.symlink((data / folder.IMAGES).resolve(), link, target_is_directory=True)
+    return raw
+
+
+def prepare_boxed(raw: Path, section: FolderPrepare, work: Path, seed: int) -> None:
+    """The prepared store of the boxed images, written again only where an input changed."""
+    boxes = read_boxes(Path(section.boxes), raw / folder.IMAGES, section.label)
+    stamp = _inputs_stamp(raw, section, sorted(boxes))
+    store, index, marker = work / "prepared.zarr", work / "prepared.csv", work / "prepared.stamp"
+    if store.exists() and index.exists() and marker.exists() and marker.read_text() == stamp:
+        log.info("%s: %d boxed images, unchanged since they were prepared", raw, len(boxes))
+        return
+    prepared, attrs = prepare_dataset(DATASET, section, raw, seed, "stop", keep=lambda f: f.paths[0].name in boxes)
+    write_prepared(store, index, prepared, attrs)
+    write_text(marker, stamp)
+
+
+def choose_on_training_boxes(model: Model, settings: Settings, task_files: TaskFiles) -> tuple[float | None, str]:
+    """The re-prompt margin of the ``reprompt`` section, chosen where it says ``auto`` on the training images' own
+    boxes (see the module's docstring); and how it was chosen, in words."""
+    reprompt = settings.reprompt
+    if not reprompt.auto:
+        return reprompt.margin, "reprompt.margin as set"
+    spec = settings.task(DATASET)
+    task = load_task(DATASET, spec, task_files, settings.prepare.min_foreground, settings.encode.backbone)
+    rows = task.rows("train")
+    device = select_device(settings.train.device, settings.train.key("device"))
+    decoder = backbones.build_prompt_decoder(settings.encode.backbone, task_checkpoint(task, settings.encode))
+    embeddings, boxes, batch = task.load_embeddings(rows), task.boxes(rows), settings.train.predict_batch_size
+    heads = model.build_heads()
+    mean = sum(decode(decoder, embeddings, task.label_size, batch, device, head=h) for h in heads) / len(heads)
+    threshold = settings.evaluate.threshold
+    margin, scores = choose_margin(
+        decoder, embeddings, boxes, mean, list(reprompt.candidates), threshold, batch, device
+    )
+    log.info("re-prompt margin %s: mean box IoU on the training boxes by margin %s", margin, scores)
+    return margin, f"auto, on the {len(rows)} training boxes"
+
+
+def train_folder(data: Path, out: Path, work: Path, settings: Settings) -> Summary:
+    """Train a model on the boxed images of the folder ``data`` (``settings``: ``folder_settings``'s) into the file
+    ``out``, keeping every step's work in ``work``."""
+    section = settings.prepare.dataset(DATASET)
+    assert isinstance(section, FolderPrepare), "folder_settings gives a folder section"
+    encode = settings.encode
+    checkpoints.resolve_checkpoint(encode.backbone, encode.checkpoint, "--checkpoint")  # before any long work
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    raw = work_layout(work, data)
+    prepare_boxed(raw, section, work, settings.prepare.seed)
+    seconds["prepare"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    files = TaskFiles(work / "prepared.zarr", work / "prepared.csv", work / "embeddings.zarr")
+    encode_prepared(files.prepared, files.embeddings, settings.encode, DATASET, (0, 1), reuse=True)
+    group, table = read_index(files.prepared, files.index)
+    train_ids = table.loc[table["split"] == "train", "id"].tolist()
+    train = settings.train.model_copy(update={"shots": len(train_ids), "subsets": 1, "all_images": False})
+    ids = fewshot_ids(table, {DATASET: settings.task(DATASET).class_name}, settings.prepare.min_foreground, train)
+    views = work / "views.zarr"
+    if settings.augment.count:
+        encode_views(group, table, ids, views, settings.encode, settings.augment, f"{DATASET} views", (0, 1), True)
+    seconds["encode"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    spec = settings.task(DATASET)
+    task = load_task(DATASET, spec, files, settings.prepare.min_foreground, settings.encode.backbone)
+    jobs, trained = train_task(
+        task, train, settings.encode, settings.augment, work / "models", views if settings.augment.count else None
+    )
+    seconds["train"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    model = from_runs(run_folders(work / "models"))
+    margin, how = choose_on_training_boxes(model, settings, files)
+    export_model(model.with_margin(margin, how), out)
+    seconds["margin"] = time.perf_counter() - start
+    return Summary(out, len(train_ids), len(jobs), trained, margin, how, seconds)

@@ -1,0 +1,310 @@
+"""Hostile inputs and faults, each run as a user would run it, and how the tool answers: a table.
+
+Every case is a command (``autoprompt`` or a stage module) on a small box-only folder and a model trained on it, with
+one thing wrong: a params typo or a value out of range, a corrupt or truncated image, NaN voxels, a boxes file that
+says nothing or the wrong thing, an output path that cannot be written, a device that is not there, and so on. Each
+is expected to end in one line naming the file or key and the fix (exit status 2, no traceback), or to succeed
+where the input is valid but unusual (a grey PNG with an alpha channel). The table counts the answers that were not
+the expected one; ``tests/`` holds one test per class of failure, this script the whole set.
+
+    python bench/hostile.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import common
+import numpy as np
+import SimpleITK as sitk
+import yaml
+
+log = logging.getLogger("bench.hostile")
+
+sys.path.insert(0, str(common.REPO))
+from tests.helpers import RUNTIME_CACHE, demo_recipes, write_pictures  # noqa: E402
+
+ONE_LINE, OK = "one line", "ok"
+
+
+def outcome(run: subprocess.CompletedProcess) -> str:
+    """How a command answered: ok, one line (exit 2, one ERROR line, no traceback), a traceback, or silence."""
+    if "Traceback" in run.stderr:
+        return "traceback"
+    errors = [line for line in run.stderr.splitlines() if " ERROR " in line]
+    said = [line for line in run.stderr.splitlines() if line.strip() and " INFO " not in line and "WARNING" not in line]
+    if run.returncode == 2 and (len(errors) == 1 or len(said) == 1):  # a logged error, or an option's refusal
+        return ONE_LINE
+    if run.returncode == 0:
+        return OK
+    return f"exit {run.returncode}"
+
+
+class Probe:
+    """A folder, a tiny params file and a model trained on them, in a scratch folder; cases run against copies."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.data = write_pictures(root / "data", masked=())
+        self.params = root / "params.yaml"
+        recipe = demo_recipes({"augmented": (1, 1)})["augmented"]
+        self.base = {
+            "prepare": {"mine": {"reader": "folder", "crop": 64}},
+            "encode": {"runtime_cache": str(RUNTIME_CACHE), "batch_size": 4, "shard_size": 8},
+            "augment": {"count": 0},
+            "train": {"recipes": {"augmented": recipe}, "threads": 2},
+        }
+        self.params.write_text(yaml.safe_dump(self.base))
+        self.model = root / "model.pt"
+        self.autoprompt("train", self.data, "-o", self.model, "--params", self.params, "--runs", 1, check=True)
+
+    def autoprompt(self, *argv: object, check: bool = False) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "autoprompt.cli", *map(str, argv)]
+        return subprocess.run(command, capture_output=True, text=True, cwd=self.root, check=check, timeout=900)
+
+    def with_params(self, change: Callable[[dict], None]) -> Path:
+        params = yaml.safe_load(yaml.safe_dump(self.base))
+        change(params)
+        path = self.root / "bad-params.yaml"
+        path.write_text(yaml.safe_dump(params))
+        return path
+
+    def folder(self, name: str) -> Path:
+        """A fresh copy of the box-only folder."""
+        copy = self.root / name
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(self.data, copy)
+        return copy
+
+    def train_with(self, change: Callable[[dict], None]) -> subprocess.CompletedProcess:
+        return self.autoprompt("train", self.data, "-o", self.root / "m.pt", "--params", self.with_params(change))
+
+    def predict(self, inputs: Path, out: Path, *extra: object) -> subprocess.CompletedProcess:
+        return self.autoprompt("predict", "-m", self.model, "-i", inputs, "-o", out, "--device", "cpu", *extra)
+
+
+def volume(path: Path, values: np.ndarray) -> Path:
+    sitk.WriteImage(sitk.GetImageFromArray(values), str(path))
+    return path
+
+
+def cases(probe: Probe) -> list[tuple[str, str, Callable[[], subprocess.CompletedProcess]]]:
+    """(class of failure, case, the command that tries it)."""
+    recipe = ("train", "recipes", "augmented")
+
+    def in_recipe(key: str, value: object) -> Callable[[dict], None]:
+        return lambda p: p[recipe[0]][recipe[1]][recipe[2]].update({key: value})
+
+    def boxes(text: str) -> Callable[[], subprocess.CompletedProcess]:
+        def run() -> subprocess.CompletedProcess:
+            data = probe.folder("boxes-case")
+            (data / "images" / "scan.dcm").write_bytes(b"DICM" * 40)  # a DICOM file among the images
+            (data / "boxes.csv").write_text(text)
+            return probe.autoprompt("train", data, "-o", probe.root / "m.pt", "--params", probe.params)
+
+        return run
+
+    def image(name: str, write: Callable[[Path], None]) -> Callable[[], subprocess.CompletedProcess]:
+        def run() -> subprocess.CompletedProcess:
+            folder = probe.root / "inputs" / name.replace(".", "-")
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            write(folder / name)
+            return probe.predict(folder / name, probe.root / "out" / name.replace(".", "-"))
+
+        return run
+
+    def truncated(path: Path) -> None:
+        volume(path, np.random.default_rng(0).random((8, 32, 32)).astype(np.float32))
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+
+    def with_nan(value: float) -> Callable[[Path], None]:
+        def write(path: Path) -> None:
+            values = np.random.default_rng(0).random((4, 32, 32)).astype(np.float32)
+            values[1, 3, 3] = value
+            volume(path, values)
+
+        return write
+
+    def grey_alpha(path: Path) -> None:
+        from PIL import Image
+
+        pixels = np.zeros((40, 50, 2), np.uint8)
+        pixels[..., 0], pixels[..., 1] = np.random.default_rng(0).integers(0, 255, (40, 50)), 255
+        Image.fromarray(pixels, mode="LA").save(path)
+
+    def dicom_folder() -> subprocess.CompletedProcess:
+        folder = probe.root / "inputs" / "dicom"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        (folder / "slice1.dcm").write_bytes(b"DICM" * 40)
+        return probe.predict(folder, probe.root / "out" / "dicom")
+
+    def output_is_a_file() -> subprocess.CompletedProcess:
+        (probe.root / "a-file").write_text("not a folder")
+        return probe.predict(probe.data / "images", probe.root / "a-file" / "out")
+
+    def export_onto_a_folder() -> subprocess.CompletedProcess:
+        (probe.root / "kept").mkdir(exist_ok=True)
+        (probe.root / "kept" / "precious.txt").write_text("keep me")
+        run = probe.autoprompt("export", "-m", probe.model, "-o", probe.root / "kept")
+        return run if (probe.root / "kept" / "precious.txt").exists() else subprocess.CompletedProcess([], 0, "", "")
+
+    def colliding(names: tuple[str, str]) -> Callable[[], subprocess.CompletedProcess]:
+        def run() -> subprocess.CompletedProcess:
+            folder = probe.root / "inputs" / "collide"
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            for name in names:
+                pixels = np.random.default_rng(0).random((3, 32, 32)) * 200
+                volume(
+                    folder / name, pixels.astype(np.uint8)[0] if name.endswith(".png") else pixels.astype(np.float32)
+                )
+            return probe.predict(folder, probe.root / "out" / "collide", "--overlay")
+
+        return run
+
+    def stage(module: str, *argv: object) -> Callable[[], subprocess.CompletedProcess]:
+        def run() -> subprocess.CompletedProcess:
+            command = [sys.executable, "-m", f"stages.{module}", "--params", probe.params, *map(str, argv)]
+            return subprocess.run(command, capture_output=True, text=True, cwd=probe.root, timeout=600)
+
+        return run
+
+    def misspelt_views(params: dict) -> None:
+        params["train"]["recipes"]["augmented"]["augment"]["inputs"]["veiws"] = 0.8
+
+    def renamed_lr(params: dict) -> None:
+        section = params["train"]["recipes"]["augmented"]
+        section["rate"] = section.pop("lr")
+
+    def no_boxes_file() -> subprocess.CompletedProcess:
+        data = probe.folder("no-boxes")
+        (data / "boxes.csv").unlink()
+        return probe.autoprompt("train", data, "-o", probe.root / "m.pt")
+
+    header = "image,x_min,y_min,x_max,y_max\n"
+    return [
+        ("params", "misspelt views (veiws)", lambda: probe.train_with(misspelt_views)),
+        ("params", "misspelt weight_decay", lambda: probe.train_with(in_recipe("weight_decy", 1.0e-4))),
+        ("params", "misspelt fit (fitt)", lambda: probe.train_with(lambda p: p["prepare"]["mine"].update(fitt="crop"))),
+        ("params", "lr: fast", lambda: probe.train_with(in_recipe("lr", "fast"))),
+        ("params", "batch_size: 0", lambda: probe.train_with(in_recipe("batch_size", 0))),
+        ("params", "epochs: 0", lambda: probe.train_with(in_recipe("epochs", {"fewshot": 0, "all": 0}))),
+        ("params", "epochs: -3", lambda: probe.train_with(in_recipe("epochs", {"fewshot": -3, "all": 1}))),
+        ("params", "seeds: []", lambda: probe.train_with(lambda p: p["train"].update(seeds=[]))),
+        ("params", "subsets: 0", lambda: probe.train_with(lambda p: p["train"].update(subsets=0))),
+        ("params", "a recipe's lr renamed", lambda: probe.train_with(renamed_lr)),
+        (
+            "params",
+            "unknown --dataset of a stage",
+            stage("prepare", "--dataset", "nope", "--raw", "r", "--store", "s.zarr", "--index", "s.csv"),
+        ),
+        (
+            "params",
+            "not YAML",
+            lambda: probe.autoprompt(
+                "train", probe.data, "-o", "m.pt", "--params", _write(probe.root / "x.yaml", "train: [\n")
+            ),
+        ),
+        ("images", "truncated .nii", image("cut.nii", truncated)),
+        ("images", "truncated .nii.gz", image("cut.nii.gz", truncated)),
+        ("images", "NaN voxels in an .mha", image("nan.mha", with_nan(np.nan))),
+        ("images", "an infinite voxel in a .nii.gz", image("inf.nii.gz", with_nan(np.inf))),
+        ("images", "a grey PNG with alpha (valid: segmented)", image("la.png", grey_alpha)),
+        ("images", "not an image, .png suffix", image("fake.png", lambda p: p.write_text("hello"))),
+        ("images", "a folder of DICOM files", dicom_folder),
+        ("images", "a .dcm named in boxes.csv", boxes(header + "scan.dcm,1,1,5,5\n")),
+        ("boxes", "a header and no rows", boxes(header)),
+        ("boxes", "a column missing", boxes("image,x_min,y_min,x_max\nimg0.png,1,1,5\n")),
+        ("boxes", "corners swapped", boxes(header + "img0.png,50,50,10,10\n")),
+        ("boxes", "a box outside the image", boxes(header + "img0.png,10,10,500,60\n")),
+        ("boxes", "two boxes for one image", boxes(header + "img0.png,10,10,50,60\nimg0.png,11,10,50,60\n")),
+        ("boxes", "an image name with ../", boxes(header + "../img0.png,10,10,50,60\n")),
+        ("boxes", "not a number", boxes(header + "img0.png,ten,10,50,60\n")),
+        ("boxes", "no boxes file at all", no_boxes_file),
+        ("outputs", "export onto an existing folder", export_onto_a_folder),
+        ("outputs", "an output folder that is a file", output_is_a_file),
+        ("outputs", "x.png beside x_overlay.png, with overlays", colliding(("x.png", "x_overlay.png"))),
+        ("outputs", "a.nii beside a.mha, with overlays", colliding(("a.nii", "a.mha"))),
+        (
+            "options",
+            "--device cuda without a GPU",
+            lambda: probe.predict(probe.data / "images", probe.root / "o", "--device", "cuda"),
+        ),
+        (
+            "options",
+            "--batch-size 0",
+            lambda: probe.predict(probe.data / "images", probe.root / "o", "--batch-size", 0),
+        ),
+        (
+            "options",
+            "--part-id out of range",
+            lambda: probe.predict(probe.data / "images", probe.root / "o", "--part-id", 3, "--num-parts", 2),
+        ),
+        (
+            "options",
+            "a missing checkpoint",
+            lambda: probe.autoprompt(
+                "train", probe.data, "-o", "m.pt", "--backbone", "medsam_vit_b", "--checkpoint", "none.pth"
+            ),
+        ),
+        (
+            "options",
+            "a model file that is not one",
+            lambda: probe.predict(probe.data / "images", probe.root / "o", "-m", _write(probe.root / "x.pt", "x")),
+        ),
+    ]
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+EXPECTED_OK = {"a grey PNG with alpha (valid: segmented)"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--name", default="hostile", help="results file bench/results/<name>.json")
+    args, machine = common.parse_and_start(parser)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="hostile-") as scratch:
+        probe = Probe(Path(scratch))
+        for kind, name, run in cases(probe):
+            done = run()
+            found = outcome(done)
+            expected = OK if name in EXPECTED_OK else ONE_LINE
+            errors = [line.split(" ERROR ", 1)[1] for line in done.stderr.splitlines() if " ERROR " in line]
+            errors = errors or [line for line in done.stderr.splitlines() if line.startswith("autoprompt")]
+            message = common.relative_paths(errors[0]).replace(f"{scratch}/", "") if errors else ""
+            rows.append({"class": kind, "case": name, "expected": expected, "answer": found, "message": message})
+            log.info("%-8s %-45s %-10s %s", kind, name, found, message[:100])
+    failures = [r for r in rows if r["answer"] != r["expected"]]
+    table = ["| class | case | answer | message |", "|---|---|---|---|"]
+    table += [f"| {r['class']} | {r['case']} | {r['answer']} | {r['message'][:90]} |" for r in rows]
+    print("\n".join(table))
+    common.write_result(
+        args.name,
+        {
+            "what": "hostile inputs and faults run as commands; each expected to answer in one line (exit 2, no "
+            "traceback) or, for the valid ones, to succeed",
+            "cases": len(rows),
+            "not_as_expected": len(failures),
+            "rows": rows,
+            "machine": machine,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""Ten boxes in, masks out, on real images: the own-data commands end to end on the HC18 sample, timed.
+
+The sample is laid out as a user's folder by ``examples/own-data/gather.py`` (each subject's first image, the
+walkthrough's ten boxes, masks from the annotated outlines). Then, as a user would type them, on 2 threads:
+``autoprompt train`` (``examples/own-data/params.yaml``: LiteMedSAM, the augmented recipe, three runs, the margin
+chosen on the training boxes), ``autoprompt predict`` on every image, ``autoprompt evaluate`` on the images that did
+not train (Dice, NSD, HD95 on each image's own grid). Each command's wall time is measured once, from a work folder
+left empty (``--fresh``) or as the last call left it.
+
+Beside the model's own margin, on the same images and the same encoded slices: the heads' masks not re-prompted,
+re-prompted at ``reprompt.fallback`` (0.1), and the backbone prompted with each image's tight box (the box of its
+mask in the prepared frame): what the margin chosen from boxes alone is worth against the fixed fallback.
+
+    python bench/own_data.py [--hc18 ../shared/data/hc18-sample] [--fresh]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import common
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+log = logging.getLogger("bench.own_data")
+
+WALKTHROUGH = common.REPO / "examples" / "own-data"
+THREADS = 2
+
+
+def command(*argv: object) -> float:
+    """Run one ``autoprompt`` command (or a script) as a user would; its wall seconds."""
+    start = time.perf_counter()
+    subprocess.run([str(a) for a in argv], check=True, cwd=common.REPO)
+    return time.perf_counter() - start
+
+
+def dice(mask: np.ndarray, reference: np.ndarray) -> float:
+    total = int(mask.sum() + reference.sum())
+    return 100.0 if total == 0 else 200.0 * float((mask & reference).sum()) / total
+
+
+def variants(model_path: Path, data: Path, names: list[str], fallback: float) -> dict:
+    """Dice (%) on each image's own grid of the model's margin, no re-prompting, the fallback margin and the tight
+    box, all from one encoding of each image."""
+    from autoprompt.data.images import as_stack, frame_slices, read_image, to_input_grid
+    from autoprompt.data.preprocess import fit_label, tight_box
+    from autoprompt.inference import load_model
+    from autoprompt.inference.predictor import Predictor
+    from autoprompt.inference.reprompt import reprompt
+    from autoprompt.model.decoding import decode
+
+    model = load_model(model_path)
+    device = torch.device("cpu")
+    predictor = Predictor(model, device, batch_size=8, cache_dir=common.BENCH / ".work" / "runtimes")
+    size, margins = model.label_size, {"model_margin": model.reprompt_margin, "fallback": fallback}
+    scores: dict[str, list[float]] = {"not_reprompted": [], "model_margin": [], "fallback": [], "tight_box": []}
+    for name in names:
+        image = read_image(data / "images" / name)
+        reference = sitk.GetArrayFromImage(read_image(data / "masks" / name)) > 0
+        stack = as_stack(image)
+        framed = frame_slices(stack, model.preprocessing)
+        embeddings = predictor.encode(framed.slices)
+        heads = sum(decode(predictor.decoder, embeddings, size, 8, device, head=h) for h in predictor.heads)
+        heads = heads / len(predictor.heads)
+        label = fit_label(reference.astype(np.uint8), size, framed.geometries[0])
+        box = torch.tensor([tight_box(label > 0)])
+        frames = {
+            "not_reprompted": heads,
+            "tight_box": decode(predictor.decoder, embeddings, size, 8, device, boxes=box),
+        }
+        for key, margin in margins.items():
+            again = margin is not None
+            frames[key] = reprompt(predictor.decoder, embeddings, heads, margin, 0.5, 8, device) if again else heads
+        for key, frame in frames.items():
+            grid = to_input_grid(frame.numpy().astype(np.float32), framed, stack)
+            scores[key].append(dice(grid > 0.5, reference))
+    return {key: {"mean": round(float(np.mean(v)), 2), "median": round(float(np.median(v)), 2),
+                  "below_50": int((np.array(v) < 50).sum())} for key, v in scores.items()}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hc18", type=Path, default=common.DEFAULT_HC18, help="the HC18 sample (official layout)")
+    parser.add_argument("--work", type=Path, default=common.BENCH / ".work" / "own_data")
+    parser.add_argument("--fresh", action="store_true", help="start from an empty work folder (times a first run)")
+    parser.add_argument("--name", default="own_data", help="results file bench/results/<name>.json")
+    args, machine = common.parse_and_start(parser)
+    if not (args.hc18 / "training_set").is_dir():
+        raise SystemExit(f"{args.hc18}: real HC18 sample not found (no training_set/); pass --hc18 PATH")
+    work = args.work.resolve()
+    if args.fresh:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    data, model, predictions = work / "fetal-head", work / "fetal-head.pt", work / "predictions"
+    if not data.exists():
+        command(sys.executable, WALKTHROUGH / "gather.py", "--hc18", args.hc18.resolve(), "--boxes",
+                WALKTHROUGH / "boxes.csv", "--out", data)  # fmt: skip
+    autoprompt = Path(sys.executable).with_name("autoprompt")
+    train = [autoprompt, "train", data, "-o", model, "--params", WALKTHROUGH / "params.yaml", "--class", "head"]
+    predict = [autoprompt, "predict", "-m", model, "-i", data / "images", "-o", predictions, "--overwrite"]
+    evaluate = [autoprompt, "evaluate", "--pred", predictions, "--masks", data / "masks", "--boxes", data / "boxes.csv"]
+    seconds = {
+        "train": command(*train, "--threads", THREADS),
+        "predict": command(*predict, "--threads", THREADS, "--report", "--masks", data / "masks"),
+        "evaluate": command(*evaluate),
+    }
+    evaluation = json.loads((predictions / "evaluation.json").read_text())
+    table = predictions / "evaluation.csv"
+    names = [line.split(",")[0] for line in table.read_text().splitlines()[1:]]
+    from autoprompt.inference import load_model
+    from autoprompt.settings import load_settings
+
+    torch.set_num_threads(THREADS)
+    trained = load_model(model)
+    fallback = load_settings(WALKTHROUGH / "params.yaml").reprompt.fallback
+    compared = variants(model, data, names, fallback)
+    log.info("own data: %s; seconds %s", compared, seconds)
+    common.write_result(
+        args.name,
+        {
+            "what": "autoprompt train on the walkthrough's ten boxes of the real HC18 sample, predict on every image, "
+            "evaluate on the images that did not train (each image's own grid); Dice (%) of the model's margin "
+            "against no re-prompting, the fixed fallback margin and the tight-box prompt, on the same images",
+            "settings": {"params": "examples/own-data/params.yaml", "threads": THREADS, "fresh": args.fresh},
+            "model": {"runs": len(trained.heads), "margin": trained.reprompt_margin, "how": trained.reprompt_how},
+            "seconds": {k: round(v, 1) for k, v in seconds.items()},
+            "evaluate": evaluation,
+            "dice_by_variant": compared,
+            "machine": machine,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,316 @@
+"""``autoprompt train`` on a folder of images with boxes only (pictures and an anisotropic volume), ``predict`` with
+the model's margin and its report (rendered by a real headless Chromium), ``evaluate`` against masks, boxes from
+annotation tools, a second ``train`` that redoes only what changed, and the command's conventions."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+import yaml
+
+from autoprompt import cli
+from autoprompt.data.boxes import read_boxes
+from autoprompt.data.preprocess import fit_label
+from autoprompt.evaluation.folders import evaluate_folder
+from autoprompt.inference import load_model
+from autoprompt.inference.predictor import Predictor
+from autoprompt.model import runtimes
+from tests.helpers import BOXES, PICTURE, REPO, RUNTIME_CACHE, demo_recipes, write_csv, write_pictures
+
+VOLUME = (5, 37, 29)  # slices, rows, columns
+SPACING = (0.7, 1.3, 5.0)  # x, y, slice (mm): anisotropic in-plane
+VOLUME_BOXES = {1: (5, 8, 20, 30), 3: (2, 12, 27, 35)}  # slice -> x_min, y_min, x_max, y_max
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def params(tmp_path: Path) -> Path:
+    """A tiny params file: LiteMedSAM at a 64 x 64 frame, two views per image, the augmented recipe for 2 epochs."""
+    recipe = demo_recipes({"augmented": (2, 1)})["augmented"]
+    recipe["batch_size"] = 2
+    path = tmp_path / "params.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "prepare": {"mine": {"reader": "folder", "crop": 64}},
+                "encode": {"runtime_cache": str(RUNTIME_CACHE), "batch_size": 4, "shard_size": 8},
+                "augment": {"count": 2},
+                "train": {"recipes": {"augmented": recipe}, "predict_batch_size": 8},
+                "evaluate": {"batch_size": 8},
+            }
+        )
+    )
+    return path
+
+
+def write_volume(path: Path, mask: np.ndarray | None = None) -> np.ndarray:
+    """A 5 x 37 x 29 anisotropic volume whose bright rectangles are the boxes; returns its mask."""
+    if mask is None:
+        mask = np.zeros(VOLUME, np.uint8)
+        for k, (x0, y0, x1, y1) in VOLUME_BOXES.items():
+            mask[k, y0 : y1 + 1, x0 : x1 + 1] = 1
+    image = np.random.default_rng(1).normal(100, 20, VOLUME).astype(np.float32) + 200 * mask
+    volume = sitk.GetImageFromArray(image)
+    volume.SetSpacing(SPACING)
+    sitk.WriteImage(volume, str(path))
+    return mask
+
+
+def box_only_folder(root: Path) -> Path:
+    """Six pictures (three boxed) and one volume (two boxed slices), no masks: a user's folder."""
+    write_pictures(root, masked=())
+    write_volume(root / "images" / "scan.nii.gz")
+    rows = [f"{name},{','.join(map(str, box))}," for name, box in BOXES.items()]
+    rows += [f"scan.nii.gz,{x0},{y0},{x1},{y1},{k}" for k, (x0, y0, x1, y1) in VOLUME_BOXES.items()]
+    write_csv(root, rows, "image,x_min,y_min,x_max,y_max,slice")
+    return root
+
+
+def autoprompt(*argv: object) -> None:
+    cli.main([str(a) for a in argv])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``autoprompt train`` on the box-only folder: two runs; returns the working folder."""
+    root = tmp_path_factory.mktemp("cli")
+    box_only_folder(root / "data")
+    autoprompt("train", root / "data", "-o", root / "model.pt", "--params", params(root), "--runs", 2,
+               "--device", "cpu", "--threads", 2)  # fmt: skip
+    return root
+
+
+def test_a_box_only_folder_trains_a_model_with_its_margin(trained: Path) -> None:
+    model = load_model(trained / "model.pt")
+    assert len(model.heads) == 2 and model.class_name == "structure" and model.backbone == "lite_medsam"
+    assert model.reprompt_how == "auto, on the 5 training boxes", "three pictures and two slices"
+    assert model.reprompt_margin is None or 0 <= model.reprompt_margin <= 0.2
+    assert model.preprocessing.crop == 64 and model.preprocessing.fit == "resize"
+    assert not (trained / "model.work" / "raw" / "masks").exists(), "training reads boxes only"
+
+
+def test_predict_uses_the_models_margin_and_reports_worst_first(trained: Path, caplog) -> None:
+    out = trained / "masks"
+    with caplog.at_level(logging.INFO):
+        autoprompt("predict", "-m", trained / "model.pt", "-i", trained / "data/images", "-o", out, "--report",
+                   "--boxes", trained / "data/boxes.csv", "--device", "cpu", "--threads", 2)  # fmt: skip
+    model = load_model(trained / "model.pt")
+    if model.reprompt_margin is not None:
+        assert f"re-prompting with the model's margin {model.reprompt_margin:g}" in caplog.text
+    for i in range(6):
+        assert sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"img{i}.png"))).shape == PICTURE
+    volume = sitk.ReadImage(str(out / "scan.nii.gz"))
+    assert volume.GetSize() == VOLUME[::-1] and np.allclose(volume.GetSpacing(), SPACING), "the input's own grid"
+    page = (out / "report.html").read_text()
+    assert page.count('<figure class="tile') == 7 and "box IoU with the drawn box" in page
+    scores = [float(s) for s in re.findall(r'data-score="([0-9.]+)"', page)]
+    assert (len(scores) == 7 and scores == sorted(scores)) or 'class="tile empty' in page, "worst first"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (.ci/run installs Debian's chromium)")
+def test_the_report_renders_in_a_headless_browser(trained: Path, tmp_path: Path) -> None:
+    """The page needs no server: Chromium opens the file, runs its script and shows one tile per input."""
+    report = trained / "masks" / "report.html"
+    if not report.exists():
+        pytest.fail("the predict test writes the report first")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]  # fmt: skip
+    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-500:]
+    assert dom.stdout.count('<figure class="tile') == 7
+    assert re.search(r"7 inputs, \d+ to look at first", dom.stdout), "the page's script ran"
+    shot = tmp_path / "report.png"
+    subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1200,900", report.as_uri()],
+                   capture_output=True, timeout=120, check=True)  # fmt: skip
+    picture = cv2.imread(str(shot))
+    assert picture is not None and picture.shape[:2] == (900, 1200) and picture.std() > 10, "a page, not a blank"
+
+
+def test_annotation_tool_exports_give_the_csvs_boxes(tmp_path: Path) -> None:
+    """The same boxes as a COCO file and as Label Studio's JSON and JSON-MIN exports read as boxes.csv does."""
+    root = write_pictures(tmp_path / "data", masked=())
+    images = root / "images"
+    expected = read_boxes(root / "boxes.csv", images)
+    height, width = PICTURE
+    coco = {
+        "images": [
+            {"id": i, "file_name": f"images/{name}", "width": width, "height": height} for i, name in enumerate(BOXES)
+        ],
+        "annotations": [
+            {"id": 10 + i, "image_id": i, "category_id": 1, "bbox": [x0, y0, x1 - x0 + 1, y1 - y0 + 1]}
+            for i, (x0, y0, x1, y1) in enumerate(BOXES.values())
+        ],
+        "categories": [{"id": 1, "name": "lesion"}],
+    }
+    (root / "coco.json").write_text(json.dumps(coco))
+
+    def percent(box: tuple[int, ...]) -> dict:
+        x0, y0, x1, y1 = box
+        return {"x": 100 * x0 / width, "y": 100 * y0 / height, "width": 100 * (x1 - x0 + 1) / width,
+                "height": 100 * (y1 - y0 + 1) / height, "rotation": 0, "rectanglelabels": ["lesion"],
+                "original_width": width, "original_height": height}  # fmt: skip
+
+    studio = [
+        {"id": i, "data": {"image": f"/data/upload/1/{'0a1b2c3d'}-{name}"},
+         "annotations": [{"result": [{"type": "rectanglelabels", "value": percent(box), "original_width": width,
+                                      "original_height": height}]}]}
+        for i, (name, box) in enumerate(BOXES.items())
+    ]  # fmt: skip
+    (root / "studio.json").write_text(json.dumps(studio))
+    minimal = [{"image": f"/data/local-files/?d=scans/{name}", "label": [percent(box)]} for name, box in BOXES.items()]
+    (root / "minimal.json").write_text(json.dumps(minimal))
+    for export in ("coco.json", "studio.json", "minimal.json"):
+        found = read_boxes(root / export, images)
+        assert {n: [b.__dict__ | {"where": ""} for b in v] for n, v in found.items()} == {
+            n: [b.__dict__ | {"where": ""} for b in v] for n, v in expected.items()
+        }, export
+    coco["categories"].append({"id": 2, "name": "other"})
+    coco["annotations"].append({"id": 99, "image_id": 0, "category_id": 2, "bbox": [1, 1, 5, 5]})
+    (root / "two.json").write_text(json.dumps(coco))
+    with pytest.raises(Exception, match=r"boxes of several labels \['lesion', 'other'\]; pick one with --label"):
+        read_boxes(root / "two.json", images)
+    assert read_boxes(root / "two.json", images, "lesion").keys() == expected.keys()
+
+
+def test_a_changed_box_retrains_only_the_runs_and_a_changed_image_only_its_embedding(trained: Path, caplog) -> None:
+    root = trained / "second"
+    shutil.copytree(trained / "data", root / "data")
+    shutil.copytree(trained / "model.work", root / "model.work", symlinks=True)
+    (root / "model.work/raw/images").unlink()  # the link points at the first folder's images: train relinks it
+    text = (root / "data/boxes.csv").read_text().replace("img1.png,10,20,50,60,", "img1.png,12,20,50,60,")
+    (root / "data/boxes.csv").write_text(text)
+    argv = ["train", root / "data", "-o", root / "model.pt", "--params", params(root), "--runs", 2,
+            "--device", "cpu", "--threads", 2]  # fmt: skip
+
+    def no_encoder(*args, **kwargs):
+        raise AssertionError("nothing to encode: no image changed")
+
+    real = runtimes.build_encoder
+    runtimes.build_encoder = no_encoder
+    try:
+        with caplog.at_level(logging.INFO):
+            autoprompt(*argv)
+    finally:
+        runtimes.build_encoder = real
+    assert "2 runs planned, 0 already trained, 2 to train" in caplog.text, "every run trains on img1's box"
+    assert "embeddings.zarr is complete; nothing to do" in caplog.text and "views.zarr is complete" in caplog.text
+
+    image = cv2.imread(str(root / "data/images/img2.png"), cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(str(root / "data/images/img2.png"), 255 - image)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        autoprompt(*argv)
+    assert "data: 4 of its images encoded before, copied" in caplog.text, "four of five rows: img2 is new"
+    assert "data views: 8 of its images encoded before, copied" in caplog.text
+    assert not (root / "model.work/embeddings.zarr.previous").exists(), "the old store goes once the new is whole"
+
+
+def test_evaluate_scores_on_each_files_grid_as_the_frame_does(tmp_path: Path, trained: Path) -> None:
+    """autoprompt evaluate's Dice on the pictures' own grid is the Dice of the same masks in the prepared frame
+    within a point; the boxed images are left out."""
+    root = write_pictures(tmp_path / "data")  # masks for img0, img3, img4
+    model = load_model(trained / "model.pt")
+    out = tmp_path / "masks"
+    autoprompt("predict", "-m", trained / "model.pt", "-i", root / "images", "-o", out, "--device", "cpu")
+    table = evaluate_folder(out, root / "masks", boxes=root / "boxes.csv")
+    assert table["image"].tolist() == ["img3.png", "img4.png"], "img0 has a box: it trained"
+    summary = json.loads((out / "evaluation.json").read_text())
+    assert summary["images"] == 2 and summary["dice"]["mean"] == pytest.approx(table["dice"].mean(), abs=1e-3)
+    predictor = Predictor(model, torch.device("cpu"), cache_dir=RUNTIME_CACHE, reprompt_margin=model.reprompt_margin)
+    for name, dice in zip(table["image"], table["dice"], strict=True):
+        segmentation = predictor.segment(sitk.ReadImage(str(root / "images" / name)))
+        reference = cv2.imread(str(root / "masks" / name), cv2.IMREAD_GRAYSCALE) > 0
+        framed = fit_label(reference.astype(np.uint8), 64, segmentation.framed.geometries[0]) > 0
+        mask = segmentation.frame[0] > 0.5
+        frame_dice = 200 * (mask & framed).sum() / (mask.sum() + framed.sum())
+        assert dice == pytest.approx(frame_dice, abs=1.0), name
+
+
+def test_the_command_follows_the_conventions(tmp_path: Path, trained: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as done:
+        autoprompt("--version")
+    assert done.value.code == 0 and re.fullmatch(r"autoprompt \d+\.\d+\.\d+\n", capsys.readouterr().out)
+    helps = {}
+    for command in ("train", "predict", "evaluate", "export"):
+        with pytest.raises(SystemExit):
+            autoprompt(command, "--help")
+        helps[command] = capsys.readouterr().out
+        assert "example:\n  autoprompt " + command in helps[command] and "``" not in helps[command], command
+    assert "runs in the ensemble, one seed each (default: 3)" in " ".join(helps["train"].split())
+    light = "import sys; from autoprompt.cli import build_parser; build_parser().format_help(); print(sorted(" \
+        "m for m in ('torch', 'numpy', 'SimpleITK', 'zarr') if m in sys.modules))"  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", light], capture_output=True, text=True, cwd=REPO, check=True)
+    assert done.stdout.strip() == "[]", "--help loads no heavy library"
+
+    def refused(*argv: object) -> str:
+        run = subprocess.run([sys.executable, "-m", "autoprompt.cli", *map(str, argv)], capture_output=True,
+                             text=True, cwd=tmp_path)  # fmt: skip
+        lines = [line for line in run.stderr.splitlines() if "ERROR" in line]
+        assert run.returncode == 2 and len(lines) == 1 and "Traceback" not in run.stderr, run.stderr[-800:]
+        return lines[0]
+
+    (tmp_path / "empty" / "images").mkdir(parents=True)
+    assert "no boxes; draw a box on each training image" in refused("train", tmp_path / "empty", "-o", "m.pt")
+    if not torch.cuda.is_available():
+        message = refused("predict", "-m", trained / "model.pt", "-i", trained / "data/images", "-o", "x",
+                          "--device", "cuda")  # fmt: skip
+        assert "--device is cuda, but torch sees no CUDA GPU on this machine; use auto or cpu" in message
+    message = refused("train", trained / "data", "-o", "m.pt", "--backbone", "medsam_vit_b", "--checkpoint", "no.pth")
+    assert "no.pth: MedSAM checkpoint not found" in message
+    (tmp_path / "folder.pt").mkdir()
+    assert "folder.pt: is a folder" in refused("export", "-m", trained / "model.pt", "-o", tmp_path / "folder.pt")
+
+
+def test_a_full_disk_leaves_no_output_that_looks_whole(trained: Path, tmp_path: Path, monkeypatch) -> None:
+    """A writer that reaches the disk empty (SimpleITK on a full disk raises nothing): predict stops in one line,
+    nothing stands under a final name, and the next call does the work."""
+    from autoprompt.data import images
+    from autoprompt.errors import InputError
+    from autoprompt.inference import predict
+
+    real = images.sitk.WriteImage
+
+    def full_disk(image, path, *args, **kwargs):
+        Path(path).write_bytes(b"")
+
+    monkeypatch.setattr(images.sitk, "WriteImage", full_disk)
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match=r"img0\.png: the output did not reach the disk whole \(is it full\?\)"):
+        predict(trained / "model.pt", [trained / "data/images"], out, device="cpu", cache_dir=RUNTIME_CACHE)
+    assert not [p for p in out.rglob("*") if p.is_file()], "no file under a final name, no temporary left"
+    monkeypatch.setattr(images.sitk, "WriteImage", real)
+    summary = predict(trained / "model.pt", [trained / "data/images"], out, device="cpu", cache_dir=RUNTIME_CACHE)
+    assert len(summary.written) == 7 and all(p.stat().st_size > 0 for p in summary.written)
+
+
+def test_an_overlay_lost_to_a_kill_is_written_again(trained: Path, tmp_path: Path) -> None:
+    from autoprompt.inference import predict
+
+    out, inputs = tmp_path / "out", [trained / "data/images/img0.png", trained / "data/images/img1.png"]
+    predict(trained / "model.pt", inputs, out, device="cpu", cache_dir=RUNTIME_CACHE, overlays=True)
+    (out / "img1_overlay.png").unlink()  # killed while the overlay was being written: the mask is there, it is not
+    again = predict(trained / "model.pt", inputs, out, device="cpu", cache_dir=RUNTIME_CACHE, overlays=True)
+    assert again.written == [out / "img1.png"] and again.existing == [out / "img0.png"]
+    assert (out / "img1_overlay.png").is_file()
+
+
+def test_export_onto_a_folder_leaves_the_folder_as_it_was(trained: Path, tmp_path: Path) -> None:
+    from autoprompt.errors import InputError
+    from autoprompt.inference import export_model
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "notes.txt").write_text("keep me")
+    with pytest.raises(InputError, match=r"results: is a folder; give a file name for the model"):
+        export_model(load_model(trained / "model.pt"), tmp_path / "results")
+    assert (tmp_path / "results" / "notes.txt").read_text() == "keep me"
