@@ -4,7 +4,12 @@
 (``autoprompt.inference``); they are imported on first use.
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("autoprompt")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
 
 _INFERENCE = ("predict", "load_model", "export_model")
 

@@ -87,6 +87,34 @@ def variants(model_path: Path, data: Path, names: list[str], fallback: float) ->
                   "below_50": int((np.array(v) < 50).sum())} for key, v in scores.items()}  # fmt: skip
 
 
+FIGURE = common.REPO / "docs" / "figures" / "own-data-hc18.jpg"
+
+
+def figure(data: Path, predictions: Path, table: Path, out: Path = FIGURE) -> Path:
+    """A strip of eight test images, from the worst Dice to the best: the predicted mask's outline in red, the
+    reference's in green."""
+    import cv2
+    import pandas as pd
+
+    scores = pd.read_csv(table).sort_values("dice").reset_index(drop=True)
+    picks = scores.iloc[np.linspace(0, len(scores) - 1, 8).round().astype(int)]
+    tiles = []
+    for _, row in picks.iterrows():
+        image = cv2.imread(str(data / "images" / row["image"]), cv2.IMREAD_GRAYSCALE)
+        picture = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        for path, colour in ((data / "masks" / row["image"], (0, 200, 0)), (predictions / row["image"], (0, 0, 255))):
+            mask = (cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) > 0).astype(np.uint8)
+            contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+            cv2.drawContours(picture, contours, -1, colour, 3)
+        picture = cv2.resize(picture, (320, 216), interpolation=cv2.INTER_AREA)  # HC18's 800 x 540, most of them
+        cv2.putText(picture, f"Dice {row['dice']:.1f}", (8, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (255, 255, 255), 2)
+        tiles.append(picture)
+    strip = np.vstack([np.hstack(tiles[:4]), np.hstack(tiles[4:])])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out), strip, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hc18", type=Path, default=common.DEFAULT_HC18, help="the HC18 sample (official layout)")
@@ -123,6 +151,7 @@ def main() -> None:
     trained = load_model(model)
     fallback = load_settings(WALKTHROUGH / "params.yaml").reprompt.fallback
     compared = variants(model, data, names, fallback)
+    figure(data, predictions, table)
     log.info("own data: %s; seconds %s", compared, seconds)
     common.write_result(
         args.name,

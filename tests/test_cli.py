@@ -31,7 +31,7 @@ from tests.helpers import BOXES, PICTURE, REPO, RUNTIME_CACHE, demo_recipes, wri
 VOLUME = (5, 37, 29)  # slices, rows, columns
 SPACING = (0.7, 1.3, 5.0)  # x, y, slice (mm): anisotropic in-plane
 VOLUME_BOXES = {1: (5, 8, 20, 30), 3: (2, 12, 27, 35)}  # slice -> x_min, y_min, x_max, y_max
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
 def params(tmp_path: Path) -> Path:

@@ -112,7 +112,8 @@ def run_folders(path: Path) -> list[Path]:
     """The run folders at or under ``path``: itself if it holds ``head.pt``, else every folder below that does."""
     if (path / runs.WEIGHTS).is_file():
         return [path]
-    return sorted(p.parent for p in path.rglob(runs.WEIGHTS) if not any(s.startswith(".") for s in p.parts))
+    found = (p for p in path.rglob(runs.WEIGHTS) if not any(s.startswith(".") for s in p.relative_to(path).parts))
+    return sorted(p.parent for p in found)  # below path, hidden folders (a run being written) are left out
 
 
 def from_runs(folders: list[Path]) -> Model:

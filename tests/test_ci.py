@@ -1,0 +1,41 @@
+"""The pull-request comment: two metrics files' changes as a Markdown table, with the drops the check fails on; and
+the workflow that a fork runs calls .ci/run and posts that table."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import yaml
+
+from tests.helpers import REPO
+
+DATA = REPO / "tests" / "data" / "metrics"
+
+
+def test_two_metrics_files_give_the_table_and_the_drops() -> None:
+    run = [sys.executable, str(REPO / ".ci/metrics_table.py"), "--base", "main", "--old", *sorted(DATA.glob("base/*"))]
+    run += ["--new", *sorted(DATA.glob("change/*"))]
+    text = subprocess.run([str(part) for part in run], capture_output=True, text=True, check=True).stdout
+    assert text.startswith("### Demo metrics: this change against main\n")
+    assert "| `dice.workshop.fewshot` | 2 | 89.00 | 87.75 | -1.25 |" in text, "a row: the mean over the tasks"
+    assert "| acdc-lv | `dice.workshop.fewshot` | 88.00 | 82.00 | -6.00 |" in text, "an entry that moved"
+    assert "| hc18 | `dice.workshop.fewshot` | 90.00 | 93.50 | +3.50 |" in text
+    assert "3 rows unchanged." in text and "`dice.tight_box`" not in text.split("rows unchanged")[0]
+    drops = text.split("**Drops past the limits of `.ci/check_metrics.py`:**")[1]
+    assert "acdc-lv.json: dice.workshop.fewshot.mean 88.0 -> 82.0 (one task's entry)" in drops
+    assert "unet" not in drops, "a from-scratch baseline's 1-point move is within its limits"
+    same = [sys.executable, str(REPO / ".ci/metrics_table.py"), "--old", *sorted(DATA.glob("base/*"))]
+    same += ["--new", *sorted(DATA.glob("base/*"))]
+    text = subprocess.run([str(part) for part in same], capture_output=True, text=True, check=True).stdout
+    assert "All 5 rows unchanged." in text and text.rstrip().endswith("none.")
+
+
+def test_the_workflow_runs_ci_and_comments_the_table() -> None:
+    workflow = yaml.safe_load((REPO / ".github/workflows/ci.yml").read_text())
+    steps = workflow["jobs"]["ci"]["steps"]
+    commands = "\n".join(step.get("run", "") for step in steps)
+    assert ".ci/run" in commands and "dvc metrics diff --all --json" in commands
+    assert ".ci/metrics_table.py metrics-diff.json" in commands and "gh pr comment" in commands
+    assert ".ci/check_metrics.py metrics-diff.json" in commands, "a drop against the base fails the check"
+    assert "zizmor --offline .github/workflows/" in (REPO / ".ci/run").read_text(), "CI lints the workflow"
