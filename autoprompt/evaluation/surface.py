@@ -2,7 +2,8 @@
 
 The distances come from MONAI's metric functions, run on one foreground channel (``include_background=True``
 on a B x 1 x H x W one-hot layout) with each image's own pixel spacing. Images where a mask is empty never reach
-MONAI: their values follow the conventions documented on each function.
+MONAI: their values follow the conventions documented on each function. MONAI is imported where it is called:
+its import costs seconds, which every stage that only names these functions (report) would otherwise pay.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
-from monai.metrics import compute_hausdorff_distance, compute_surface_dice
 from torch import Tensor
 
 
@@ -74,6 +74,8 @@ def hd95(pred: Tensor, target: Tensor, spacing: Tensor) -> Tensor:
     out = torch.zeros(pred.shape[0], dtype=torch.float64, device=pred.device)
     out[pred_any ^ target_any] = math.nan
     if bool(both.any()):
+        from monai.metrics import compute_hausdorff_distance
+
         with _quiet_monai():
             distances = compute_hausdorff_distance(
                 _one_hot(pred[both]),
@@ -108,6 +110,8 @@ def nsd(pred: Tensor, target: Tensor, spacing: Tensor, tolerance_mm: float) -> T
     pred_any, target_any, both = _both_present(pred, target)
     out = torch.where(pred_any | target_any, 0.0, 1.0).to(dtype=torch.float64, device=pred.device)
     if bool(both.any()):
+        from monai.metrics import compute_surface_dice
+
         with _quiet_monai():
             scores = compute_surface_dice(
                 _one_hot(pred[both]),
