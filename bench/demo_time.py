@@ -12,6 +12,7 @@ runs each kind trained, to show what a shorter demo would have to give up.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -30,8 +31,10 @@ PLANNED = re.compile(r"(\d+) (?:baseline )?runs planned")
 
 def timed_lines(command: list[str], cwd: Path) -> tuple[list[tuple[float, str]], int]:
     """Run ``command`` in ``cwd``; every line of its output with the seconds since the start, and the exit status."""
+    bin_dir = Path(sys.executable).parent  # the stages' ``python`` is this environment's
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
     start = time.perf_counter()
-    proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     for line in proc.stdout:
         lines.append((time.perf_counter() - start, line.rstrip("\n")))
@@ -80,7 +83,7 @@ def main() -> None:
         log.info("running the demo in %s (this takes a while; progress in the stage logs)", clone)
         lines, status = timed_lines([sys.executable, "-m", "dvc", "repro", "demo/dvc.yaml"], clone)
     if status != 0:
-        sys.exit(f"dvc repro demo/dvc.yaml failed (exit {status}): {lines[-2][1] if len(lines) > 1 else ''}")
+        sys.exit("\n".join(line for _, line in lines[-20:]) + f"\ndvc repro demo/dvc.yaml failed (exit {status})")
     times, runs = stage_times(lines)
     total = round(lines[-1][0], 1)
     log.info("demo: %.0f s in %d stages", total, len(times))
