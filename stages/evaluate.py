@@ -39,6 +39,7 @@ from autoprompt.evaluation.references import (
     references,
     score_rows,
 )
+from autoprompt.evaluation.report import miss_cell
 from autoprompt.evaluation.scoring import ENSEMBLE, REPROMPTED, Scores
 from autoprompt.inference.reprompt import group_margins, reprompt
 from autoprompt.io import atomic_path, write_text
@@ -54,14 +55,18 @@ log = logging.getLogger("evaluate")
 
 
 def log_dice(task: str, scored: list[Scored]) -> None:
-    """One line per reference: each predictor's mean ± std Dice, and what it was measured against."""
+    """One line per reference: each predictor's mean ± std Dice and its misses (``report.miss_cell``), and what it
+    was measured against."""
     for s in scored:
         log.info(
-            "%s: %s (%d images): %s",
+            "%s: %s (%d images; misses: under 50 Dice): %s",
             task,
             REFERENCE_WORDS[s.reference.name],
             len(s.reference.index),
-            ", ".join(f"{k} {v['dice']['mean']:.2f} ± {v['dice']['std']:.2f}" for k, v in s.summaries.items()),
+            ", ".join(
+                f"{k} {v['dice']['mean']:.2f} ± {v['dice']['std']:.2f} ({miss_cell(v['misses'])})"
+                for k, v in s.summaries.items()
+            ),
         )
 
 

@@ -3,6 +3,7 @@ the workflow that a fork runs calls .ci/run and posts that table."""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 
@@ -39,3 +40,28 @@ def test_the_workflow_runs_ci_and_comments_the_table() -> None:
     assert ".ci/metrics_table.py metrics-diff.json" in commands and "gh pr comment" in commands
     assert ".ci/check_metrics.py metrics-diff.json" in commands, "a drop against the base fails the check"
     assert "zizmor --offline .github/workflows/" in (REPO / ".ci/run").read_text(), "CI lints the workflow"
+
+
+def test_a_changed_param_or_image_under_committed_demo_metrics_is_named() -> None:
+    spec = importlib.util.spec_from_file_location("check_demo_lock", REPO / ".ci/check_demo_lock.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    status = {
+        "demo/dvc.yaml:prepare@hc18": [
+            {"changed deps": {"demo/data/raw/hc18": "modified", "demo/params.yaml": {"prepare.hc18": "modified"}}},
+            {"changed outs": {"demo/data/prepared/hc18.zarr": "not in cache"}},
+        ],
+        "demo/dvc.yaml:train@hc18": [
+            {"changed deps": {"autoprompt/training/loop.py": "modified", "demo/embeddings/x.zarr": "deleted"}},
+        ],
+    }
+    outputs = {"demo/data/prepared/hc18.zarr", "demo/embeddings/x.zarr", "demo/models/hc18"}
+    status["demo/dvc.yaml:encode@hc18"] = [{"changed deps": {"demo/data/prepared/hc18.zarr": "modified"}}]
+    assert check.stale_inputs(status, outputs) == [
+        "demo/dvc.yaml:prepare@hc18: demo/data/raw/hc18 modified",
+        "demo/dvc.yaml:prepare@hc18: demo/params.yaml: prepare.hc18 modified",
+    ], "code, and outputs missing or left from an older run, are not stale; a replaced image and a changed param are"
+    assert check.stale_inputs(check.demo_status(REPO), check.demo_outputs(REPO)) == [], (
+        "demo/metrics were computed from other params or data: rerun `dvc repro demo/dvc.yaml` and commit "
+        "demo/metrics and demo/dvc.lock"
+    )

@@ -314,3 +314,17 @@ def test_export_onto_a_folder_leaves_the_folder_as_it_was(trained: Path, tmp_pat
     with pytest.raises(InputError, match=r"results: is a folder; give a file name for the model"):
         export_model(load_model(trained / "model.pt"), tmp_path / "results")
     assert (tmp_path / "results" / "notes.txt").read_text() == "keep me"
+
+
+def test_evaluate_counts_an_empty_mask_as_a_miss_only_where_the_reference_is_not_empty(tmp_path: Path) -> None:
+    square = np.zeros((32, 32), np.uint8)
+    square[8:24, 8:24] = 255
+    blank = np.zeros_like(square)
+    for name, prediction, reference in (("a.png", blank, blank), ("b.png", blank, square), ("c.png", square, square)):
+        for folder, array in (("pred", prediction), ("masks", reference)):
+            (tmp_path / folder).mkdir(exist_ok=True)
+            cv2.imwrite(str(tmp_path / folder / name), array)
+    table = evaluate_folder(tmp_path / "pred", tmp_path / "masks")
+    assert table["dice"].tolist() == [100.0, 0.0, 100.0], "an empty mask of an empty reference is right"
+    summary = json.loads((tmp_path / "pred/evaluation.json").read_text())
+    assert summary["misses"] == {"below_50_dice": 1, "empty": 1}

@@ -319,7 +319,7 @@ def test_without_any_mask_the_metrics_live_under_agreement_only() -> None:
     blocks = references.metric_blocks(_scores(refs, RUNS))
     assert blocks["reference"] == {"masks": 0, "box_prompted": 6}
     assert set(blocks) == {"reference", "agreement"}
-    assert set(blocks["agreement"]) == {"dice", "nsd", "hd95_mm", "dice_3d"}, "3D Dice per subject too"
+    assert set(blocks["agreement"]) == {"dice", "nsd", "hd95_mm", "dice_3d", "misses"}, "3D Dice and misses too"
 
 
 def test_with_every_mask_the_scores_are_as_before() -> None:

@@ -221,6 +221,7 @@ def test_outputs_are_complete(pipeline):
     assert "85.23 ± 0.55" in table, "the paper's number beside ours"
     surface = (pipeline / "metrics/table_surface.md").read_text()
     assert "HC NSD" in surface and "HC HD95 (mm)" in surface and "at a tolerance of 2 mm" in surface
+    assert "| HC misses |" in surface, "each row counts its misses"
     logs = pipeline / "models/followup/fewshot/subset0-seed0/plots/metrics/val"
     assert (logs / "dice_box.tsv").is_file() and (logs / "dice_mask.tsv").is_file(), "validation Dice is logged"
 

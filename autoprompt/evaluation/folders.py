@@ -23,12 +23,11 @@ from autoprompt.data.boxes import read_boxes
 from autoprompt.data.folder import case_name, find_mask, mask_files
 from autoprompt.data.images import read_image
 from autoprompt.errors import InputError
+from autoprompt.evaluation.metrics import MISS
 from autoprompt.evaluation.surface import hd95, nsd, summarize_finite
 from autoprompt.io import atomic_path, write_text
 
 log = logging.getLogger(__name__)
-
-MISS = 50.0  # Dice (%) under which an image counts as missed
 
 
 def _mask(path: Path, threshold: float) -> tuple[np.ndarray, tuple[float, ...]]:
@@ -110,7 +109,10 @@ def evaluate_folder(
         },
         "nsd": {"mean": round(float(table["nsd"].mean()), 4)},
         "hd95_mm": summarize_finite(table["hd95_mm"].to_numpy()),
-        "misses": {"below_50_dice": int((dice < MISS).sum()), "empty": int((table["predicted_voxels"] == 0).sum())},
+        "misses": {
+            "below_50_dice": int((dice < MISS).sum()),
+            "empty": int(((table["predicted_voxels"] == 0) & (table["reference_voxels"] > 0)).sum()),
+        },
     }
     write_text(output.with_suffix(".json"), json.dumps(summary, indent=2) + "\n")
     log.info(

@@ -1,10 +1,12 @@
-"""Segmentation metrics at label resolution."""
+"""Segmentation metrics at label resolution, and what counts as a miss."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 from torch import Tensor
+
+MISS = 50.0  # Dice (%) under which an image counts as missed: a mask a user would redraw by hand
 
 
 def dice(pred: Tensor, target: Tensor) -> Tensor:
@@ -23,3 +25,8 @@ def summarize(values: list[float] | np.ndarray) -> dict[str, float]:
     """Mean and (population) standard deviation, in Dice percent, as Table 1 reports them."""
     array = 100.0 * np.asarray(values, dtype=np.float64)
     return {"mean": round(float(array.mean()), 4), "std": round(float(array.std()), 4), "n": int(array.size)}
+
+
+def empty_misses(pred: Tensor, target: Tensor) -> Tensor:
+    """B x H x W binary masks -> B booleans: the prediction is empty where the target is not."""
+    return ~pred.bool().flatten(1).any(dim=1) & target.bool().flatten(1).any(dim=1)

@@ -40,6 +40,15 @@ def cell(summary: dict | None, scale: float = 1.0, digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if summary.get("n", 1) > 1 else f"{mean:.{digits}f}"
 
 
+def miss_cell(summary: dict | None) -> str:
+    """A row's misses: images under 50 Dice, with how many of them are empty masks (``2 (1 empty)``), or ``–``;
+    a row of runs gives the mean count per run."""
+    if summary is None or summary.get("n", 1) == 0:
+        return "–"
+    under, empty = summary["below_50_dice"], summary["empty"]
+    return f"{under:g} ({empty:g} empty)" if empty else f"{under:g}"
+
+
 def lookup(tree: dict, key: str) -> dict | None:
     """``tree["a"]["b"]`` for ``key`` ``a/b``, or None."""
     for part in key.split("/"):
@@ -111,8 +120,8 @@ def baseline_keys() -> list[tuple[str, str]]:
 def surface_table(
     metrics: dict[str, dict], columns: dict[str, str], recipes: list[str], backbone: str, shots: int | str
 ) -> pd.DataFrame:
-    """Our rows only (the paper reports no surface metrics): per task NSD (%), HD95 (mm) and, for slices of
-    volumes, per-patient 3D Dice (%)."""
+    """Our rows only (the paper reports no surface metrics): per task NSD (%), HD95 (mm), for slices of volumes
+    per-patient 3D Dice (%), and the misses (``miss_cell``)."""
     samples = {TIGHT_BOX: "-", "fewshot": str(shots), "all": "All"}
     keys = [(samples[regime], *k) for regime in samples for k in our_rows(regime, recipes, backbone)]
     titles = baseline_titles(metrics)
@@ -128,6 +137,7 @@ def surface_table(
             row[f"{column} HD95 (mm)"] = cell(lookup(data.get("hd95_mm", {}), key), scale=1.0, digits=1)
             if "dice_3d" in data:
                 row[f"{column} Dice 3D"] = cell(lookup(data["dice_3d"], key))
+            row[f"{column} misses"] = miss_cell(lookup(data.get("misses", {}), key))
         if any(v != "–" for k, v in row.items() if k not in ("method", "samples")):
             rows.append(row | {"source": "ours"})
     return pd.DataFrame(rows)

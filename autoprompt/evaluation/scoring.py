@@ -3,6 +3,9 @@
 A *group* is the runs of one recipe and regime (``workshop/fewshot``, say). Its row reports the mean ± std over
 runs of each run's mean over test images, as Table 1 does; its ensemble (the mean of the runs' probabilities,
 thresholded once) and the tight-box prompt are single predictors, whose ± is over test images.
+
+Each row also counts its misses, the images a user would have to find and draw by hand: those under ``MISS`` Dice,
+and among them those whose mask is empty where the reference is not (a group: the mean count over its runs).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from autoprompt.evaluation.metrics import dice, summarize
+from autoprompt.evaluation.metrics import MISS, dice, empty_misses, summarize
 from autoprompt.evaluation.surface import dice_per_subject, hd95, nsd, summarize_finite
 
 ENSEMBLE = "ensemble"
@@ -26,12 +29,18 @@ OVER_RUNS, OVER_IMAGES = "runs", "test images"
 @dataclass
 class Scores:
     """Per-image values of one predictor: ``dice`` and ``nsd`` in [0, 1], ``hd95`` in mm (NaN where undefined),
-    and ``dice_3d`` per subject (only for slices of volumes)."""
+    ``empty`` (the mask is empty where the reference is not), and ``dice_3d`` per subject (only for slices of
+    volumes)."""
 
     dice: Tensor
     hd95: Tensor
     nsd: Tensor
+    empty: Tensor
     dice_3d: dict[str, float] = field(default_factory=dict)
+
+    def misses(self) -> tuple[int, int]:
+        """(images under ``MISS`` Dice, images with an empty mask where the reference is not)."""
+        return int((self.dice < MISS / 100).sum()), int(self.empty.sum())
 
 
 def score(pred: Tensor, truth: Tensor, spacing: Tensor, subjects: list[str] | None, tolerance_mm: float) -> Scores:
@@ -41,6 +50,7 @@ def score(pred: Tensor, truth: Tensor, spacing: Tensor, subjects: list[str] | No
         dice=dice(pred, truth),
         hd95=hd95(pred, truth, spacing),
         nsd=nsd(pred, truth, spacing, tolerance_mm),
+        empty=empty_misses(pred, truth),
         dice_3d=dice_per_subject(pred, truth, subjects) if subjects is not None else {},
     )
 
@@ -65,6 +75,9 @@ def over_runs(runs: list[Scores]) -> dict[str, dict]:
         values = [m[metric] for m in means]
         out[metric] = summarize_finite(values) if metric == "hd95_mm" else summarize(values)
         out[metric]["over"] = OVER_RUNS
+    under, empty = np.array([s.misses() for s in runs], dtype=np.float64).mean(axis=0)
+    out["misses"] = {"below_50_dice": round(float(under), 4), "empty": round(float(empty), 4), "n": len(runs)}
+    out["misses"]["over"] = OVER_RUNS
     return out
 
 
@@ -77,6 +90,8 @@ def over_images(scores: Scores) -> dict[str, dict]:
     }
     if scores.dice_3d:
         out["dice_3d"] = summarize(list(scores.dice_3d.values()))
+    under, empty = scores.misses()
+    out["misses"] = {"below_50_dice": under, "empty": empty, "n": len(scores.dice)}
     for value in out.values():
         value["over"] = OVER_IMAGES
     return out
