@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 
@@ -13,7 +14,7 @@ from autoprompt.model.decoding import decode
 from autoprompt.model.head import PromptHead
 from autoprompt.sources import sources_sha256
 from autoprompt.training import runs
-from autoprompt.training.fewshot import ALL, FEWSHOT, draw_subset, plan_runs
+from autoprompt.training.fewshot import ALL, FEWSHOT, box_areas, draw_subset, plan_runs
 from autoprompt.training.loop import check_start, live_fraction, make_head, train_head
 from autoprompt.training.validation import ValidationSet, score
 from tests.helpers import TRAIN, prepare_section, sources_of, train_config
@@ -43,6 +44,21 @@ def test_subsets_are_reproducible_and_seeded():
     assert draw_subset(IDS, 10, 1, 0) != draw_subset(IDS, 10, 1, 7)
     with pytest.raises(InputError, match=r"train\.shots is 31, more than the 30 training images"):
         plan_runs(IDS, 31, 3, [0], 0, False)
+
+
+def test_a_box_area_draw_takes_one_shot_from_each_stratum_of_sizes():
+    areas = {i: float(n) for n, i in enumerate(reversed(IDS))}  # 30 areas, largest first by id
+    strata = [set(sorted(IDS, key=areas.get)[k : k + 3]) for k in range(0, 30, 3)]  # 10 strata of 3 by area
+    for subset in range(5):
+        drawn = draw_subset(IDS, 10, subset, 0, areas)
+        assert sorted(len(stratum & set(drawn)) for stratum in strata) == [1] * 10, drawn
+    assert len({draw_subset(IDS, 10, s, 0, areas) for s in range(5)}) == 5, "subsets differ within the strata"
+    uniform = [draw_subset(IDS, 10, s, 0) for s in range(50)]
+    assert any(sum(bool(stratum & set(d)) for stratum in strata) < 10 for d in uniform), "uniform leaves gaps"
+    plan = plan_runs(IDS, 10, 2, [0], 0, False, areas=areas)
+    assert [r.ids for r in plan] == [draw_subset(IDS, 10, s, 0, areas) for s in range(2)]
+    rows = pd.DataFrame({"id": ["a", "b"], "x0": [0, 10], "y0": [0, 10], "x1": [4, 30], "y1": [2, 20]})
+    assert box_areas(rows) == {"a": 8.0, "b": 200.0}
 
 
 def test_training_is_deterministic_and_moves_the_head(lite_decoder):

@@ -2,11 +2,14 @@
 
 A run is named by its regime and number: ``fewshot/subset1-seed2`` trains on subset 1 of ``shots`` images with
 seed 2; ``all/seed0`` trains on every training image. Subsets are drawn from the training split with their own
-seed, so the same params give the same images on every machine.
+seed, so the same params give the same images on every machine: uniformly (``train.draw: uniform``), or one image
+from each of ``shots`` strata of tight-box area (``box_area``), so that the few shots cover the structure's sizes,
+small apex cavities and large basal ones alike, from boxes alone.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,12 +37,32 @@ class Run:
         return f"{self.regime}/{self.name}"
 
 
-def draw_subset(ids: list[str], shots: int, subset: int, subset_seed: int) -> tuple[str, ...]:
-    """``shots`` ids drawn without replacement from the sorted ``ids``; the same arguments give the same ids."""
+def draw_subset(
+    ids: list[str], shots: int, subset: int, subset_seed: int, areas: Mapping[str, float] | None = None
+) -> tuple[str, ...]:
+    """``shots`` ids drawn without replacement from the sorted ``ids``; the same arguments give the same ids.
+
+    With ``areas`` (id -> tight-box area), the pool sorted by area is cut into ``shots`` strata of (nearly) equal
+    size and one id is drawn from each."""
     pool = sorted(ids)
     rng = np.random.default_rng([subset_seed, subset])
-    picked = rng.choice(len(pool), size=shots, replace=False)
+    if areas is None:
+        picked = rng.choice(len(pool), size=shots, replace=False)
+    else:
+        by_area = sorted(range(len(pool)), key=lambda i: (areas[pool[i]], pool[i]))
+        picked = [int(rng.choice(stratum)) for stratum in np.array_split(np.array(by_area), shots)]
     return tuple(pool[i] for i in sorted(picked))
+
+
+def box_areas(rows: pd.DataFrame) -> dict[str, float]:
+    """Id -> area of its tight box (pixels) for a task's rows (``task_table``'s ``x0, y0, x1, y1``)."""
+    areas = (rows["x1"] - rows["x0"]) * (rows["y1"] - rows["y0"])
+    return dict(zip(rows["id"], areas.astype(float), strict=True))
+
+
+def draw_areas(rows: pd.DataFrame, train: TrainSettings) -> dict[str, float] | None:
+    """The box areas that ``train.draw`` stratifies by, or None for a uniform draw."""
+    return box_areas(rows) if train.draw == "box_area" else None
 
 
 def plan_runs(
@@ -51,10 +74,11 @@ def plan_runs(
     all_images: bool,
     task: str = "task",
     key: str = "train.shots",
+    areas: Mapping[str, float] | None = None,
 ) -> list[Run]:
     """Every run of a task: ``subsets x seeds`` few-shot runs of ``shots`` images (unless ``shots`` is ``all``), then
     ``seeds`` runs on every training image when ``all_images`` is set (or ``shots`` is ``all``). ``key`` names the
-    shots setting in messages."""
+    shots setting in messages; ``areas`` (id -> box area) stratifies the draw (``draw_subset``)."""
     count = None if shots == ALL else int(shots)
     if not train_ids:
         raise InputError(f"{task}: no training images; check the split in the prepared index")
@@ -66,7 +90,7 @@ def plan_runs(
                 "to all"
             )
         for subset in range(subsets):
-            chosen = draw_subset(train_ids, count, subset, subset_seed)
+            chosen = draw_subset(train_ids, count, subset, subset_seed, areas)
             runs += [Run(FEWSHOT, f"subset{subset}-seed{seed}", seed, chosen) for seed in seeds]
     if all_images or count is None:
         everything = tuple(sorted(train_ids))
@@ -80,9 +104,13 @@ def fewshot_ids(table: pd.DataFrame, tasks: dict[str, str], min_foreground: int,
     wanted: set[str] = set()
     for task, class_name in tasks.items():
         rows = task_table(table, class_name, min_foreground)
-        train_ids = rows.loc[rows["split"] == "train", "id"].tolist()
+        rows = rows[rows["split"] == "train"]
+        train_ids = rows["id"].tolist()
         if not train_ids:
             continue
-        plan = plan_runs(train_ids, train.shots, train.subsets, [0], train.subset_seed, False, task, train.key("shots"))
+        shots = train.key("shots")
+        plan = plan_runs(
+            train_ids, train.shots, train.subsets, [0], train.subset_seed, False, task, shots, draw_areas(rows, train)
+        )
         wanted.update(i for r in plan if r.regime == FEWSHOT for i in r.ids)
     return [i for i in table["id"] if i in wanted]

@@ -29,7 +29,7 @@ from autoprompt.model import backbones, checkpoints
 from autoprompt.settings import AugmentSettings, EncodeSettings, TrainSettings
 from autoprompt.sources import sources_sha256
 from autoprompt.training import fewshot, runs
-from autoprompt.training.fewshot import Run, plan_runs
+from autoprompt.training.fewshot import Run, draw_areas, plan_runs
 from autoprompt.training.inputs import TaskInputs, task_checkpoint
 from autoprompt.training.loop import TrainConfig, train_head
 from autoprompt.training.pseudo_labels import array_sha256, save_inputs
@@ -90,8 +90,9 @@ def plan_head_jobs(task: Task, train: TrainSettings, data: TaskInputs) -> list[H
         )
     jobs = []
     for recipe in train.recipe:
+        rows = task.rows("train")
         plan = plan_runs(
-            task.rows("train")["id"].tolist(),
+            rows["id"].tolist(),
             train.shots,
             train.subsets,
             train.seeds,
@@ -99,6 +100,7 @@ def plan_head_jobs(task: Task, train: TrainSettings, data: TaskInputs) -> list[H
             train.trains_all_images(recipe),
             task.name,
             train.key("shots"),
+            draw_areas(rows, train),
         )
         for run in plan:
             config = TrainConfig.from_settings(train, recipe, run.regime)
