@@ -20,8 +20,17 @@ from pathlib import Path
 
 import yaml
 
-CODE = ("autoprompt/", "stages/")  # the package's code: checked by the metric comparison, not here
-STALE = {"modified", "new"}  # an input changed since the lock, or one the lock never saw
+CODE = ("autoprompt/", "stages/")  # the package's Python code: checked by the metric comparison, not here
+STALE = {"modified", "new", "deleted"}  # an input changed or removed since the lock, or one the lock never saw
+
+
+def is_code(path: str) -> bool:
+    """A Python file (or package folder) of the project's code; its data (``autoprompt/reference``) is not code."""
+    return (
+        path.startswith(CODE)
+        and not path.startswith("autoprompt/reference")
+        and (path.endswith(".py") or "." not in path.rsplit("/", 1)[-1])
+    )
 
 
 def stale_inputs(status: dict, outputs: set[str]) -> list[str]:
@@ -38,7 +47,7 @@ def stale_inputs(status: dict, outputs: set[str]) -> list[str]:
             for path, state in change.get("changed deps", {}).items():
                 if isinstance(state, dict):  # a params file: {section: "modified" | "new" | "deleted"}
                     lines += [f"{stage}: {path}: {key} {value}" for key, value in state.items()]
-                elif state in STALE and not path.startswith(CODE) and path not in outputs:
+                elif state in STALE and not is_code(path) and path not in outputs:
                     lines.append(f"{stage}: {path} {state}")
     return lines
 

@@ -39,7 +39,7 @@ from autoprompt.inference.reprompt import choose_margin, loosen, reprompt
 from autoprompt.model import backbones, checkpoints
 from autoprompt.model.decoding import PromptDecoder, decode
 from autoprompt.settings import load_settings, settings_from
-from autoprompt.training.fewshot import Run, plan_runs
+from autoprompt.training.fewshot import Run, draw_areas, plan_runs
 from autoprompt.training.head_jobs import open_views
 from autoprompt.training.inputs import TaskInputs
 from autoprompt.training.loop import TrainConfig, train_head
@@ -79,7 +79,7 @@ def workspace(work: Path, hc18: Path, params: dict, shots: int, subsets: int) ->
 
 
 @functools.cache
-def _loaded(work: Path) -> tuple[Task, PromptDecoder, ValidationSet, TaskInputs]:
+def load_workspace(work: Path) -> tuple[Task, PromptDecoder, ValidationSet, TaskInputs]:
     """The task, the frozen decoder, the validation set and the training inputs (views included), once per
     process."""
     settings = load_settings(work / "params.yaml")
@@ -98,7 +98,7 @@ def train_one(work: Path, config: TrainConfig, recipe: str, run: Run) -> dict:
     """One run of a recipe (in a worker process): its test probabilities with the last and the best head."""
     common.setup_logging()
     pin_cpu_numerics(1)  # the pipeline's CPU numerics, one thread per worker
-    task, decoder, validation, inputs = _loaded(work)
+    task, decoder, validation, inputs = load_workspace(work)
     rows = task.rows(ids=run.ids)
     embeddings, boxes = task.load_embeddings(rows), task.boxes(rows)
     pseudo = None
@@ -204,7 +204,7 @@ def main() -> None:
         raise SystemExit(f"{args.hc18}: real HC18 sample not found (no training_set/); pass --hc18 PATH")
     params = yaml.safe_load(args.params.read_text())
     work = workspace(args.work.resolve(), args.hc18, params, args.shots, args.subsets)
-    task, decoder, _, _ = _loaded(work)
+    task, decoder, _, _ = load_workspace(work)
     test = task.rows("test")
     masks = task.load_masks(test)
     tight = decode(decoder, task.load_embeddings(test), task.label_size, 8, CPU, boxes=task.boxes(test))
@@ -216,7 +216,9 @@ def main() -> None:
         {"train": {**params["train"], "select": "best", "validate_every": args.validate_every}}, str(args.params)
     ).train
     configs = {recipe: TrainConfig.from_settings(train, recipe, "fewshot") for recipe in recipes}
-    plan = plan_runs(task.rows("train")["id"].tolist(), args.shots, args.subsets, [0], 0, False, "hc18")
+    train_rows = task.rows("train")
+    areas = draw_areas(train_rows, train)  # as the workspace's augment stage drew the shots whose views it encoded
+    plan = plan_runs(train_rows["id"].tolist(), args.shots, args.subsets, [0], 0, False, "hc18", areas=areas)
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(train_one, work, configs[recipe], recipe, run) for recipe in recipes for run in plan]
         outcomes = [future.result() for future in futures]

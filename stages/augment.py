@@ -1,8 +1,8 @@
 """augment@<dataset>: encode augmented views of the images the few-shot runs train on (README: Augmented views).
 
-The few-shot subsets of every task of the dataset (``train.shots``, ``subsets``, ``subset_seed``) are drawn as the
-train stage draws them, and each of their images gets ``augment.count`` views, flipped, zoomed, shifted and changed
-in intensity (``autoprompt.data.views``), encoded like ``encode`` (same runtime, resumable shards). The store's
+The few-shot subsets of every task of the dataset (``train.shots``, ``subsets``, ``subset_seed``, ``draw``) are drawn
+as the train stage draws them, and each of their images gets ``augment.count`` views, flipped, zoomed, shifted and
+changed in intensity (``autoprompt.data.views``), encoded like ``encode`` (same runtime, resumable shards). The store's
 ``source_sha256`` covers the prepared images and the ``augment`` settings, so a store made with other settings is
 refused by the train stage.
 """

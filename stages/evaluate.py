@@ -39,8 +39,7 @@ from autoprompt.evaluation.references import (
     references,
     score_rows,
 )
-from autoprompt.evaluation.report import miss_cell
-from autoprompt.evaluation.scoring import ENSEMBLE, REPROMPTED, Scores
+from autoprompt.evaluation.scoring import ENSEMBLE, REPROMPTED, Scores, miss_cell
 from autoprompt.inference.reprompt import group_margins, reprompt
 from autoprompt.io import atomic_path, write_text
 from autoprompt.model import backbones, checkpoints
@@ -55,7 +54,7 @@ log = logging.getLogger("evaluate")
 
 
 def log_dice(task: str, scored: list[Scored]) -> None:
-    """One line per reference: each predictor's mean ± std Dice and its misses (``report.miss_cell``), and what it
+    """One line per reference: each predictor's mean ± std Dice and its misses (``scoring.miss_cell``), and what it
     was measured against."""
     for s in scored:
         log.info(
@@ -64,7 +63,7 @@ def log_dice(task: str, scored: list[Scored]) -> None:
             REFERENCE_WORDS[s.reference.name],
             len(s.reference.index),
             ", ".join(
-                f"{k} {v['dice']['mean']:.2f} ± {v['dice']['std']:.2f} ({miss_cell(v['misses'])})"
+                f"{k} {v['dice']['mean']:.2f} ± {v['dice']['std']:.2f}, misses {miss_cell(v['misses'])}"
                 for k, v in s.summaries.items()
             ),
         )

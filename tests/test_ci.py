@@ -54,12 +54,16 @@ def test_a_changed_param_or_image_under_committed_demo_metrics_is_named() -> Non
         "demo/dvc.yaml:train@hc18": [
             {"changed deps": {"autoprompt/training/loop.py": "modified", "demo/embeddings/x.zarr": "deleted"}},
         ],
+        "demo/dvc.yaml:prepare@camus": [
+            {"changed deps": {"autoprompt/reference/splits": "modified", "demo/data/raw/camus": "deleted"}},
+        ],
     }
-    outputs = {"demo/data/prepared/hc18.zarr", "demo/embeddings/x.zarr", "demo/models/hc18"}
+    outputs = {"demo/data/prepared/hc18.zarr", "demo/embeddings/x.zarr", "demo/models/hc18", "demo/data/raw/camus"}
     status["demo/dvc.yaml:encode@hc18"] = [{"changed deps": {"demo/data/prepared/hc18.zarr": "modified"}}]
     assert check.stale_inputs(status, outputs) == [
         "demo/dvc.yaml:prepare@hc18: demo/data/raw/hc18 modified",
         "demo/dvc.yaml:prepare@hc18: demo/params.yaml: prepare.hc18 modified",
+        "demo/dvc.yaml:prepare@camus: autoprompt/reference/splits modified",
     ], "code, and outputs missing or left from an older run, are not stale; a replaced image and a changed param are"
     assert check.stale_inputs(check.demo_status(REPO), check.demo_outputs(REPO)) == [], (
         "demo/metrics were computed from other params or data: rerun `dvc repro demo/dvc.yaml` and commit "

@@ -41,7 +41,9 @@ def test_misses_are_images_under_50_dice_and_empty_masks_of_non_empty_references
     perfect = scoring.score(truth, truth, spacing, None, 1.0)
     over_runs = scoring.over_runs([scores, perfect])["misses"]
     assert over_runs == {"below_50_dice": 1.0, "empty": 0.5, "n": 2, "over": "runs"}, "the mean count per run"
-    assert scoring.metrics_json({"workshop/fewshot": {"misses": over_runs}})["misses"]["workshop"]["fewshot"]
+    assert scoring.metrics_json({"workshop/fewshot": {"misses": over_runs}}) == {
+        "misses": {"workshop": {"fewshot": over_runs}}
+    }, "dvc metrics name it misses.workshop.fewshot.below_50_dice"
 
 
 def test_the_surface_table_counts_each_rows_misses():
@@ -59,4 +61,4 @@ def test_the_surface_table_counts_each_rows_misses():
     assert table.loc["-", "HC misses"] == "0"
     fewshot = table[table["method"].str.startswith("Prompt module — ours")]
     assert fewshot["HC misses"].tolist() == ["1.5 (0.5 empty)"]
-    assert report.miss_cell(None) == "–"
+    assert scoring.miss_cell(None) == "–"

@@ -7,14 +7,16 @@ import pytest
 import torch
 
 from autoprompt.data import hc18
+from autoprompt.data.prepared import task_table
 from autoprompt.data.preprocess import crop_or_pad
 from autoprompt.errors import InputError
 from autoprompt.model import backbones, runtimes
 from autoprompt.model.decoding import decode
 from autoprompt.model.head import PromptHead
+from autoprompt.settings import TrainSettings
 from autoprompt.sources import sources_sha256
 from autoprompt.training import runs
-from autoprompt.training.fewshot import ALL, FEWSHOT, box_areas, draw_subset, plan_runs
+from autoprompt.training.fewshot import ALL, FEWSHOT, box_areas, draw_areas, draw_subset, fewshot_ids, plan_runs
 from autoprompt.training.loop import check_start, live_fraction, make_head, train_head
 from autoprompt.training.validation import ValidationSet, score
 from tests.helpers import TRAIN, prepare_section, sources_of, train_config
@@ -58,7 +60,22 @@ def test_a_box_area_draw_takes_one_shot_from_each_stratum_of_sizes():
     plan = plan_runs(IDS, 10, 2, [0], 0, False, areas=areas)
     assert [r.ids for r in plan] == [draw_subset(IDS, 10, s, 0, areas) for s in range(2)]
     rows = pd.DataFrame({"id": ["a", "b"], "x0": [0, 10], "y0": [0, 10], "x1": [4, 30], "y1": [2, 20]})
-    assert box_areas(rows) == {"a": 8.0, "b": 200.0}
+    assert box_areas(rows) == {"a": 15.0, "b": 231.0}, "inclusive pixel corners"
+
+
+def test_the_views_are_encoded_for_the_shots_that_each_draw_trains_on():
+    """augment encodes the views of ``fewshot_ids``; the train stage's runs must draw from exactly those."""
+    sizes = [10 + 3 * n for n in range(30)]
+    table = pd.DataFrame({"id": IDS, "subject": IDS, "split": ["train"] * 24 + ["test"] * 6, "head_area": 500})
+    table = table.assign(head_x0=0, head_y0=0, head_x1=sizes, head_y1=sizes)
+    rows = task_table(table, "head", 10)
+    rows = rows[rows["split"] == "train"]
+    for draw in ("uniform", "box_area"):
+        train = TrainSettings(shots=4, subsets=3, draw=draw)
+        plan = plan_runs(rows["id"].tolist(), 4, 3, [0], 0, False, areas=draw_areas(rows, train))
+        drawn = sorted({i for run in plan for i in run.ids})
+        assert fewshot_ids(table, {"hc18": "head"}, 10, train) == drawn, draw
+    assert draw_areas(rows, TrainSettings(draw="uniform")) is None
 
 
 def test_training_is_deterministic_and_moves_the_head(lite_decoder):

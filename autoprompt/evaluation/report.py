@@ -13,7 +13,7 @@ from importlib import resources
 
 import pandas as pd
 
-from autoprompt.evaluation.scoring import ENSEMBLE, REPROMPTED
+from autoprompt.evaluation.scoring import ENSEMBLE, REPROMPTED, miss_cell
 
 BACKBONE_NAMES = {"medsam_vit_b": "MedSAM ViT-B", "lite_medsam": "LiteMedSAM"}
 RECIPE_NAMES = {
@@ -38,15 +38,6 @@ def cell(summary: dict | None, scale: float = 1.0, digits: int = 2) -> str:
         return "–"
     mean, std = summary["mean"] * scale, summary["std"] * scale
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if summary.get("n", 1) > 1 else f"{mean:.{digits}f}"
-
-
-def miss_cell(summary: dict | None) -> str:
-    """A row's misses: images under 50 Dice, with how many of them are empty masks (``2 (1 empty)``), or ``–``;
-    a row of runs gives the mean count per run."""
-    if summary is None or summary.get("n", 1) == 0:
-        return "–"
-    under, empty = summary["below_50_dice"], summary["empty"]
-    return f"{under:g} ({empty:g} empty)" if empty else f"{under:g}"
 
 
 def lookup(tree: dict, key: str) -> dict | None:

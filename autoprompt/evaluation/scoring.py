@@ -97,6 +97,15 @@ def over_images(scores: Scores) -> dict[str, dict]:
     return out
 
 
+def miss_cell(summary: dict | None) -> str:
+    """A row's misses as tables show them: images under 50 Dice, with how many of them are empty masks
+    (``2 (1 empty)``), or ``–``; a row of runs gives the mean count per run."""
+    if summary is None or summary.get("n", 1) == 0:
+        return "–"
+    under, empty = summary["below_50_dice"], summary["empty"]
+    return f"{under:g} ({empty:g} empty)" if empty else f"{under:g}"
+
+
 def metrics_json(rows: dict[str, dict[str, dict]]) -> dict[str, dict]:
     """``row -> metric -> summary`` turned into ``metric -> row -> summary``, the layout of ``metrics/<task>.json``
     (``dice.workshop.fewshot.mean`` in ``dvc metrics``), rows nested by recipe and regime; NaN (no defined value)

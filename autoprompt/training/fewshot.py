@@ -55,8 +55,8 @@ def draw_subset(
 
 
 def box_areas(rows: pd.DataFrame) -> dict[str, float]:
-    """Id -> area of its tight box (pixels) for a task's rows (``task_table``'s ``x0, y0, x1, y1``)."""
-    areas = (rows["x1"] - rows["x0"]) * (rows["y1"] - rows["y0"])
+    """Id -> area of its tight box (pixels) for a task's rows (``task_table``'s ``x0, y0, x1, y1``, inclusive)."""
+    areas = (rows["x1"] - rows["x0"] + 1) * (rows["y1"] - rows["y0"] + 1)
     return dict(zip(rows["id"], areas.astype(float), strict=True))
 
 
@@ -108,9 +108,9 @@ def fewshot_ids(table: pd.DataFrame, tasks: dict[str, str], min_foreground: int,
         train_ids = rows["id"].tolist()
         if not train_ids:
             continue
-        shots = train.key("shots")
+        key = train.key("shots")
         plan = plan_runs(
-            train_ids, train.shots, train.subsets, [0], train.subset_seed, False, task, shots, draw_areas(rows, train)
+            train_ids, train.shots, train.subsets, [0], train.subset_seed, False, task, key, draw_areas(rows, train)
         )
         wanted.update(i for r in plan if r.regime == FEWSHOT for i in r.ids)
     return [i for i in table["id"] if i in wanted]
