@@ -85,6 +85,8 @@ PARAMS = {
     },
 }
 PARAMS["train"]["recipes"]["followup"]["augment"]["inputs"]["views"] = 0.5  # the workshop recipe draws no views
+for _recipe in PARAMS["train"]["recipes"].values():  # epochs sized for one step per epoch on 4 shots
+    _recipe["batch_size"] = 4
 
 
 @pytest.fixture(scope="module")
