@@ -188,20 +188,42 @@ def reprompt_study(outcomes: list[dict], task: Task, decoder: PromptDecoder) -> 
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def workspace_parser(description: str, name: str, subsets: int, subsets_help: str) -> argparse.ArgumentParser:
+    """The options of a bench that trains heads on the real HC18 sample in a kept work folder (``workspace``): this
+    script's and ``bench/draw.py``'s."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hc18", type=Path, default=common.DEFAULT_HC18, help="real HC18 in the official layout")
     parser.add_argument("--params", type=Path, default=common.REPO / "params.yaml")
-    parser.add_argument("--work", type=Path, default=common.BENCH / ".work" / "accuracy", help="kept between runs")
+    parser.add_argument("--work", type=Path, default=common.BENCH / ".work" / name, help="kept between runs")
     parser.add_argument("--shots", type=int, default=10)
-    parser.add_argument("--subsets", type=int, default=3)
-    parser.add_argument("--validate-every", type=int, default=5, help="epochs between validations")
-    parser.add_argument("--recipes", nargs="*", help="recipes to run (default: train.recipe of --params)")
+    parser.add_argument("--subsets", type=int, default=subsets, help=subsets_help)
     parser.add_argument("--jobs", type=int, default=2, help="worker processes, one torch thread each")
-    parser.add_argument("--name", default="accuracy", help="results file bench/results/<name>.json")
+    return parser
+
+
+def start(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, dict]:
+    """Parse, log the machine, and refuse a missing HC18 sample in one line."""
     args, machine = common.parse_and_start(parser)
     if not (args.hc18 / "training_set").is_dir():
         raise SystemExit(f"{args.hc18}: real HC18 sample not found (no training_set/); pass --hc18 PATH")
+    return args, machine
+
+
+def data_record(task: Task) -> dict:
+    """What a result says of the data: the sample, its split and the images of each part."""
+    return {
+        "source": "real HC18 sample (../shared/data/hc18-sample), first image of each subject",
+        "split": "the authors' lists (autoprompt/reference/splits)",
+        "images": {s: len(task.rows(s)) for s in ("train", "val", "test")},
+    }
+
+
+def main() -> None:
+    parser = workspace_parser(__doc__, "accuracy", 3, "few-shot subsets, seed 0 each")
+    parser.add_argument("--validate-every", type=int, default=5, help="epochs between validations")
+    parser.add_argument("--recipes", nargs="*", help="recipes to run (default: train.recipe of --params)")
+    parser.add_argument("--name", default="accuracy", help="results file bench/results/<name>.json")
+    args, machine = start(parser)
     params = yaml.safe_load(args.params.read_text())
     work = workspace(args.work.resolve(), args.hc18, params, args.shots, args.subsets)
     task, decoder, _, _ = load_workspace(work)
@@ -269,11 +291,7 @@ def main() -> None:
         args.name,
         {
             "machine": machine,
-            "data": {
-                "source": "real HC18 sample (../shared/data/hc18-sample), first image of each subject",
-                "split": "the authors' lists (autoprompt/reference/splits)",
-                "images": {s: int((task.table["split"] == s).sum()) for s in ("train", "val", "test")},
-            },
+            "data": data_record(task),
             "settings": {
                 "backbone": BACKBONE,
                 "encoder": " ".join(str(task.embeddings.attrs.get(k)) for k in ("runtime", "precision")),

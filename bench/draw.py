@@ -25,7 +25,7 @@ import common
 import numpy as np
 import torch
 import yaml
-from accuracy import CPU, THRESHOLD, load_workspace, train_one, workspace
+from accuracy import CPU, THRESHOLD, data_record, load_workspace, start, train_one, workspace, workspace_parser
 
 from autoprompt.evaluation.metrics import MISS, dice, empty_misses, summarize
 from autoprompt.inference.reprompt import choose_margin, reprompt
@@ -112,17 +112,9 @@ def run_draw(args: argparse.Namespace, params: dict, draw: str, recipe: str) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hc18", type=Path, default=common.DEFAULT_HC18, help="real HC18 in the official layout")
-    parser.add_argument("--params", type=Path, default=common.REPO / "params.yaml")
-    parser.add_argument("--work", type=Path, default=common.BENCH / ".work" / "draw", help="kept between runs")
-    parser.add_argument("--shots", type=int, default=10)
-    parser.add_argument("--subsets", type=int, default=4, help="subsets of each draw (seed 0 each)")
+    parser = workspace_parser(__doc__, "draw", 4, "subsets of each draw, seed 0 each")
     parser.add_argument("--recipe", default="augmented", help="the recipe trained (train.recipes of --params)")
-    parser.add_argument("--jobs", type=int, default=2, help="worker processes, one torch thread each")
-    args, machine = common.parse_and_start(parser)
-    if not (args.hc18 / "training_set").is_dir():
-        raise SystemExit(f"{args.hc18}: real HC18 sample not found (no training_set/); pass --hc18 PATH")
+    args, machine = start(parser)
     params = yaml.safe_load(args.params.read_text())
     draws: dict[str, dict] = {}
     for draw in DRAWS:  # the result is written after each draw: a stopped run keeps what it measured
@@ -139,11 +131,7 @@ def write(args: argparse.Namespace, machine: dict, draws: dict[str, dict]) -> No
         "draw",
         {
             "machine": machine,
-            "data": {
-                "source": "real HC18 sample (../shared/data/hc18-sample), first image of each subject",
-                "split": "the authors' lists (autoprompt/reference/splits)",
-                "images": {s: len(task.rows(s)) for s in ("train", "val", "test")},
-            },
+            "data": data_record(task),
             "settings": {
                 "backbone": "lite_medsam",
                 "recipe": args.recipe,
