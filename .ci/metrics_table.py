@@ -17,6 +17,8 @@ import json
 from pathlib import Path
 from statistics import mean
 
+from dvc.utils.flatten import flatten
+
 CHECKS = Path(__file__).with_name("check_metrics.py")
 ENTRIES_SHOWN = 15
 
@@ -28,24 +30,17 @@ def _check_metrics():  # check_metrics.py beside this file: its rows and limits
     return module
 
 
-def flatten(tree: dict, prefix: str = "") -> dict[str, float]:
-    """A metrics JSON as DVC names its values: ``dice.workshop.fewshot.mean`` -> number."""
-    out: dict[str, float] = {}
-    for key, value in tree.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict):
-            out.update(flatten(value, name))
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            out[name] = value
-    return out
+def numbers(tree: dict) -> dict[str, float]:
+    """A metrics JSON's numbers as DVC names them (its own ``flatten``): ``dice.workshop.fewshot.mean`` -> number."""
+    return {k: v for k, v in flatten(tree).items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
 def diff_files(old: dict[str, Path], new: dict[str, Path]) -> dict:
     """``dvc metrics diff --all --json``'s layout for metrics files given by task: ``{path: {name: {old, new}}}``."""
     out = {}
     for task in sorted(set(old) | set(new)):
-        before = flatten(json.loads(old[task].read_text())) if task in old else {}
-        after = flatten(json.loads(new[task].read_text())) if task in new else {}
+        before = numbers(json.loads(old[task].read_text())) if task in old else {}
+        after = numbers(json.loads(new[task].read_text())) if task in new else {}
         out[f"metrics/{task}.json"] = {
             name: {"old": before.get(name), "new": after.get(name)} for name in sorted(set(before) | set(after))
         }
