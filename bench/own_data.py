@@ -43,9 +43,11 @@ def command(*argv: object) -> float:
     return time.perf_counter() - start
 
 
-def dice(mask: np.ndarray, reference: np.ndarray) -> float:
-    total = int(mask.sum() + reference.sum())
-    return 100.0 if total == 0 else 200.0 * float((mask & reference).sum()) / total
+def dice_percent(mask: np.ndarray, reference: np.ndarray) -> float:
+    """Dice (%) of one mask against its reference, on its own grid (``autoprompt.evaluation.metrics.dice``)."""
+    from autoprompt.evaluation.metrics import dice
+
+    return 100.0 * float(dice(torch.from_numpy(mask)[None], torch.from_numpy(reference)[None])[0])
 
 
 def variants(model_path: Path, data: Path, names: list[str], fallback: float) -> dict:
@@ -82,7 +84,7 @@ def variants(model_path: Path, data: Path, names: list[str], fallback: float) ->
             frames[key] = reprompt(predictor.decoder, embeddings, heads, margin, 0.5, 8, device) if again else heads
         for key, frame in frames.items():
             grid = to_input_grid(frame.numpy().astype(np.float32), framed, stack)
-            scores[key].append(dice(grid > 0.5, reference))
+            scores[key].append(dice_percent(grid > 0.5, reference))
     return {key: {"mean": round(float(np.mean(v)), 2), "median": round(float(np.median(v)), 2),
                   "below_50": int((np.array(v) < 50).sum())} for key, v in scores.items()}  # fmt: skip
 
