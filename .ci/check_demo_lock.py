@@ -66,7 +66,7 @@ def demo_status(repo: Path) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo", type=Path, default=Path("."), help="repository root (default: .)")
     args = parser.parse_args()
     lines = stale_inputs(demo_status(args.repo), demo_outputs(args.repo))
@@ -78,6 +78,8 @@ def main() -> int:
             "`dvc repro demo/dvc.yaml` and commit demo/metrics and demo/dvc.lock",
             file=sys.stderr,
         )
+    else:
+        print("demo/metrics and demo/dvc.lock match the demo's params and data")
     return 1 if lines else 0
 
 

@@ -22,6 +22,7 @@ import yaml
 from autoprompt import cli
 from autoprompt.data.boxes import read_boxes
 from autoprompt.data.preprocess import fit_label
+from autoprompt.errors import InputError
 from autoprompt.evaluation.folders import evaluate_folder
 from autoprompt.inference import load_model
 from autoprompt.inference.predictor import Predictor
@@ -328,3 +329,7 @@ def test_evaluate_counts_an_empty_mask_as_a_miss_only_where_the_reference_is_not
     assert table["dice"].tolist() == [100.0, 0.0, 100.0], "an empty mask of an empty reference is right"
     summary = json.loads((tmp_path / "pred/evaluation.json").read_text())
     assert summary["misses"] == {"below_50_dice": 1, "empty": 1}
+    with pytest.raises(InputError, match=r"nope: folder not found; give --pred: the folder autoprompt predict wrote"):
+        evaluate_folder(tmp_path / "nope", tmp_path / "masks")
+    with pytest.raises(InputError, match=r"a\.png: not a folder; give --masks: the folder of reference masks"):
+        evaluate_folder(tmp_path / "pred", tmp_path / "masks/a.png")

@@ -62,9 +62,11 @@ def evaluate_folder(
     """Score every reference mask in ``masks`` that trained nothing (see the module's docstring); returns the
     per-image table, written to ``output`` (default ``predictions/evaluation.csv``) with a JSON summary beside it."""
     predictions, masks = Path(predictions), Path(masks)
-    for folder in (predictions, masks):
+    for folder, what in ((predictions, "--pred: the folder autoprompt predict wrote"),
+                         (masks, "--masks: the folder of reference masks")):  # fmt: skip
         if not folder.is_dir():
-            raise InputError(f"{folder}: folder not found")
+            state = "not a folder" if folder.exists() else "folder not found"
+            raise InputError(f"{folder}: {state}; give {what}")
     references = mask_files(masks)
     if not references:
         raise InputError(f"{masks}: no mask files in this folder; give the folder of reference masks")
