@@ -71,6 +71,13 @@ def fraction(text: str) -> float:
     return value
 
 
+def unit(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{value}; give a box IoU from 0 to 1")
+    return value
+
+
 def label_value(text: str) -> int | str:
     """``--label-value N``: an integer 1-255; bare ``--label-value`` means ``model``."""
     if text == "model":
@@ -162,6 +169,7 @@ def predict_command(args: argparse.Namespace) -> None:
         num_parts=args.num_parts,
         reprompt_margin=margin,
         reprompt_from=args.reprompt_from,
+        volume_min_iou=None if args.no_volume_fit else args.volume_min_iou,
         report=args.report,
         masks=args.masks,
         boxes=args.boxes,
@@ -273,6 +281,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="METRICS_JSON",
         help="the margin that the pipeline's evaluate stage chose for the model's recipe (a run folder's model)",
+    )
+    fitting = predict.add_mutually_exclusive_group()
+    fitting.add_argument(
+        "--volume-min-iou",
+        type=unit,
+        default=0.5,  # settings.VolumeFit's default (tests/test_cli.py checks that they agree)
+        help="volumes: a slice whose mask's box overlaps neither neighbour's by this (box IoU), or whose mask is "
+        "empty between two found ones, is prompted again with the box between theirs (default %(default)s)",
+    )
+    fitting.add_argument(
+        "--no-volume-fit", action="store_true", help="volumes: leave each slice's re-prompted mask as it is"
     )
     predict.add_argument("--part-id", type=int, default=0, help="this process's part of the inputs (0-based)")
     predict.add_argument("--num-parts", type=positive, default=1, help="parts the inputs are split into")

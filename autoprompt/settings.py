@@ -626,14 +626,24 @@ def _margin(value: Any) -> Any:
     )  # fmt: skip
 
 
+class VolumeFit(Section):
+    """Slices of volumes, after re-prompting: the boxes fitted across each volume's slices; a slice whose box
+    overlaps neither neighbour's by ``min_iou`` (box IoU), or whose mask is empty between two found ones, is prompted
+    again with the box interpolated between its neighbours' (``autoprompt.inference.volume``)."""
+
+    min_iou: Annotated[float, BeforeValidator(_number), Field(ge=0, le=1)] = 0.5
+
+
 class RepromptSettings(Section):
     """The ensemble's masks -> their boxes, each side moved out by ``margin`` x the box's side -> the decoder prompted
     again. ``margin``: null (off), a fraction, or ``auto``: per task and recipe, the one of ``candidates`` (or none)
-    whose masks' boxes best match the validation images' tight boxes; ``fallback`` where there are none."""
+    whose masks' boxes best match the validation images' tight boxes; ``fallback`` where there are none. ``volume``:
+    the boxes fitted across each volume's slices (``VolumeFit``; null: off)."""
 
     margin: Annotated[Literal["auto"] | float | None, BeforeValidator(_margin)] = AUTO
     candidates: tuple[Fraction, ...] = Field((0.0, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2), min_length=1)
     fallback: Fraction | None = 0.1
+    volume: VolumeFit | None = VolumeFit()
 
     @property
     def auto(self) -> bool:

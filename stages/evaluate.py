@@ -6,6 +6,11 @@ prompted again with the boxes of its masks, loosened by that margin (``autopromp
 only, no masks), and may be none: the group's re-prompted row is then its plain one; a task without validation images
 takes ``reprompt.fallback``. The metrics JSON records each group's margin.
 
+For slices of volumes, with ``reprompt.volume`` set, each re-prompted row has a ``volume`` twin: the boxes fitted
+across each test volume's slices, the missing and off-sequence slices prompted again (``autoprompt.inference.volume``;
+every test slice holds the structure, so an empty slice at a volume's end is prompted with its neighbour's box). The
+metrics JSON counts those slices per group and reason.
+
 Writes ``metrics/<task>.json`` (Dice, NSD and HD95, and per-patient 3D Dice for slices of volumes: mean ± std over
 runs per recipe and regime, and over test images for the ensembles and the tight box), a per-image CSV
 (``dvc plots``) and a figure of test images with the ground truth and the predictions.
@@ -39,8 +44,9 @@ from autoprompt.evaluation.references import (
     references,
     score_rows,
 )
-from autoprompt.evaluation.scoring import ENSEMBLE, REPROMPTED, Scores, miss_cell
+from autoprompt.evaluation.scoring import ENSEMBLE, REPROMPTED, VOLUME, Scores, miss_cell
 from autoprompt.inference.reprompt import group_margins, reprompt
+from autoprompt.inference.volume import REASONS, refine_volumes, volume_runs
 from autoprompt.io import atomic_path, write_text
 from autoprompt.model import backbones, checkpoints
 from autoprompt.model import baselines as methods
@@ -167,6 +173,19 @@ def main(argv: list[str] | None = None) -> None:
         else means[group]
         for group in head_groups
     }
+    fit = reprompting.volume if task.volumes else None
+    fitted: dict[str, dict[str, int]] = {}
+    if fit is not None and head_groups:
+        positions = torch.tensor(rows["slice"].to_numpy(), dtype=torch.float64)
+        volumes = volume_runs(subjects, positions)
+        for group in head_groups:  # every test slice holds the structure: an empty end slice is a miss too
+            probs, counts = refine_volumes(
+                decoder, embeddings, reprompted[f"{group}_{REPROMPTED}"], volumes, positions,
+                margins[group]["margin"] or 0.0, fit.min_iou, True, threshold, batch, device,
+            )  # fmt: skip
+            reprompted[f"{group}_{VOLUME}"] = probs
+            fitted[group] = {reason: counts[reason] for reason in REASONS}
+            log.info("%s: %s fitted across volumes, slices prompted again: %s", args.task, group, fitted[group])
     for group, choice in margins.items():
         log.info(
             "%s: %s re-prompted with margin %s",
@@ -194,6 +213,8 @@ def main(argv: list[str] | None = None) -> None:
         result["methods"] = dict(sorted(titles.items()))  # the baselines' names in the table
     if margins:
         result["reprompt"] = {"margin": reprompting.margin, "groups": margins}
+    if fitted:
+        result["reprompt"]["volume"] = {"min_iou": fit.min_iou, "slices_prompted_again": fitted}
     if everything.train.select == "best":
         result["selected_epochs"] = selected_epochs
     write_text(args.metrics, json.dumps(result, indent=2) + "\n")

@@ -27,6 +27,7 @@ from autoprompt.evaluation.folders import evaluate_folder
 from autoprompt.inference import load_model
 from autoprompt.inference.predictor import Predictor
 from autoprompt.model import runtimes
+from autoprompt.settings import VolumeFit
 from tests.helpers import BOXES, PICTURE, REPO, RUNTIME_CACHE, demo_recipes, write_csv, write_pictures
 
 VOLUME = (5, 37, 29)  # slices, rows, columns
@@ -333,3 +334,17 @@ def test_evaluate_counts_an_empty_mask_as_a_miss_only_where_the_reference_is_not
         evaluate_folder(tmp_path / "nope", tmp_path / "masks")
     with pytest.raises(InputError, match=r"a\.png: not a folder; give --masks: the folder of reference masks"):
         evaluate_folder(tmp_path / "pred", tmp_path / "masks/a.png")
+
+
+def test_predicts_volume_fit_defaults_to_the_settings_and_can_be_turned_off() -> None:
+    """``--volume-min-iou`` defaults to ``reprompt.volume.min_iou``'s default, takes an IoU from 0 to 1, and
+    ``--no-volume-fit`` turns the fit off."""
+    parser = cli.build_parser()
+    base = ["predict", "-m", "m.pt", "-i", "in", "-o", "out"]
+    assert parser.parse_args(base).volume_min_iou == VolumeFit().min_iou
+    assert parser.parse_args([*base, "--volume-min-iou", "0.3"]).volume_min_iou == 0.3
+    assert parser.parse_args([*base, "--no-volume-fit"]).no_volume_fit
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--volume-min-iou", "1.5"])
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--volume-min-iou", "0.3", "--no-volume-fit"])

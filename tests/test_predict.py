@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import SimpleITK as sitk
 import torch
@@ -27,7 +28,8 @@ from autoprompt.inference import export_model, load_model, predict
 from autoprompt.inference.files import recorded_margin
 from autoprompt.inference.predictor import Predictor
 from autoprompt.inference.reprompt import reprompt
-from stages import encode, prepare, simulate, train
+from autoprompt.inference.volume import refine_volumes
+from stages import encode, evaluate, prepare, simulate, train
 from tests.helpers import RUNTIME_CACHE, encode_section, train_section
 
 PARAMS = {
@@ -189,6 +191,26 @@ def test_reprompt_margin_replaces_the_ensembles_probabilities_by_its_boxes_answe
         Predictor(load_model(trained), device, cache_dir=RUNTIME_CACHE, reprompt_margin=-0.1)
 
 
+def test_volume_fit_follows_re_prompting_and_leaves_the_volumes_ends_alone(trained, volume):
+    """``volume_min_iou`` refits the re-prompted masks' boxes across the volume's slices in order, never carrying a
+    box past the volume's ends; without re-prompting it does nothing."""
+    path, _ = volume
+    device = torch.device("cpu")
+    plain = Predictor(load_model(trained), device, cache_dir=RUNTIME_CACHE, reprompt_margin=0.1)
+    fitted = Predictor(load_model(trained), device, cache_dir=RUNTIME_CACHE, reprompt_margin=0.1, volume_min_iou=0.9)
+    embeddings = plain.encode(frame_slices(as_stack(sitk.ReadImage(str(path))), plain.model.preprocessing).slices)
+    reprompted = torch.from_numpy(plain.decode(embeddings))
+    slices = torch.arange(len(reprompted))
+    expected, _ = refine_volumes(plain.decoder, embeddings, reprompted, [slices], slices.double(), 0.1, 0.9, False,
+                                 0.5, plain.batch_size, device)  # fmt: skip
+    np.testing.assert_allclose(fitted.decode(embeddings), expected.numpy(), atol=1e-6)
+    off = Predictor(load_model(trained), device, cache_dir=RUNTIME_CACHE, volume_min_iou=0.9)
+    np.testing.assert_array_equal(off.decode(embeddings), Predictor(load_model(trained), device,
+                                  cache_dir=RUNTIME_CACHE).decode(embeddings))  # fmt: skip
+    with pytest.raises(InputError, match=r"volume min IoU is 1\.5"):
+        Predictor(load_model(trained), device, cache_dir=RUNTIME_CACHE, volume_min_iou=1.5)
+
+
 def test_reprompt_from_reads_the_margin_evaluate_chose_for_the_models_recipe(trained, tmp_path):
     model = load_model(trained)
     group, other = model.group(), "other/fewshot"
@@ -261,3 +283,30 @@ def test_a_thread_count_below_one_is_refused(tmp_path, capsys):
         cli.main(["predict", "-m", str(tmp_path), "-i", str(tmp_path), "-o", str(tmp_path / "out"), "--threads", "0"])
     assert "--threads: 0 threads; give 1 or more" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("fit", [{"min_iou": 0.5}, None])
+def test_evaluate_on_volumes_scores_each_re_prompted_row_fitted_across_the_slices(trained, tmp_path, fit):
+    """Slices of volumes: each re-prompted row has a ``volume`` twin, and the metrics count the slices prompted
+    again; ``reprompt.volume: null`` leaves it out."""
+    root = trained.parent
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({**PARAMS, "reprompt": {"margin": 0.1, "volume": fit}}))
+    data = ["--prepared", str(root / "acdc.zarr"), "--index", str(root / "acdc.csv"), "--embeddings",
+            str(root / "emb.zarr")]  # fmt: skip
+    outputs = ["--metrics", str(tmp_path / "m.json"), "--per-image", str(tmp_path / "m.csv"), "--figure",
+               str(tmp_path / "m.png")]  # fmt: skip
+    evaluate.main(["--params", str(params), "--task", "acdc-lv", *data, "--models", str(trained), *outputs])
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    rows = metrics["dice"]["augmented"]
+    columns = pd.read_csv(tmp_path / "m.csv").columns
+    if fit is None:
+        assert "fewshot_volume" not in rows and "volume" not in metrics["reprompt"]
+        assert "dice:augmented/fewshot_volume" not in columns
+        return
+    counts = metrics["reprompt"]["volume"]["slices_prompted_again"]["augmented/fewshot"]
+    assert set(counts) == {"gap", "off", "end"} and metrics["reprompt"]["volume"]["min_iou"] == 0.5
+    assert "dice:augmented/fewshot_volume" in columns
+    assert set(metrics["misses"]["augmented"]["fewshot_volume"]) >= {"below_50_dice", "empty", "n"}
+    if not any(counts.values()):
+        assert rows["fewshot_volume"] == rows["fewshot_reprompted"], "no slice prompted again: the same masks"

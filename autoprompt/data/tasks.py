@@ -31,8 +31,9 @@ class TaskFiles:
 
 @dataclass
 class Task:
-    """``table``: one row per image of the task (id, subject, split, row in the stores, x0, y0, x1, y1, has_mask, and
-    the prepared frame's pixel spacing in mm, spacing_row and spacing_col); ``files``: where its stores lie.
+    """``table``: one row per image of the task (id, subject, split, row in the stores, x0, y0, x1, y1, has_mask,
+    the prepared frame's pixel spacing in mm, spacing_row and spacing_col, and for volumes the slice's index in its
+    volume, slice); ``files``: where its stores lie.
     ``volumes``: the images are slices of volumes (the index has a ``slice`` column), so a subject's slices stack into
     one volume."""
 
@@ -119,7 +120,8 @@ def load_task(name: str, spec: TaskSpec, files: TaskFiles, min_foreground: int, 
             f"{spec.key('class')}: {spec.class_name!r} is not a class of {files.prepared} ({sorted(classes)})"
         )
     rows = task_table(table, spec.class_name, min_foreground)
-    rows = rows.assign(**{k: table.loc[rows["row"], k].to_numpy() for k in SPACING})
+    carried = SPACING + (("slice",) if "slice" in table else ())  # a slice's position in its volume, for volumes
+    rows = rows.assign(**{k: table.loc[rows["row"], k].to_numpy() for k in carried})
     encoded = store.open_embeddings(files.embeddings)
     store.check_source(encoded, files.embeddings, backbone, group.attrs["source_sha256"])
     return Task(

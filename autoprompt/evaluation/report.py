@@ -2,7 +2,8 @@
 
 Our rows come from ``metrics/<task>.json``: under each paper row that we compute (``ours`` in the reference table:
 ``tight_box``; a regime, ``fewshot`` / ``all``: one row per recipe trained, then its ensemble where it has one, then
-the ensemble re-prompted with its masks' loosened boxes where ``reprompt.margin`` is set; or a baseline's
+the ensemble re-prompted with its masks' loosened boxes where ``reprompt.margin`` is set, and for slices of volumes
+that row with the boxes fitted across each volume's slices where ``reprompt.volume`` is set; or a baseline's
 ``method/regime``: its row, named as the metrics' ``methods`` name it). A reference row without any paper value (a
 baseline the paper does not have) shows only our row.
 """
@@ -13,7 +14,7 @@ from importlib import resources
 
 import pandas as pd
 
-from autoprompt.evaluation.scoring import ENSEMBLE, REPROMPTED, miss_cell
+from autoprompt.evaluation.scoring import ENSEMBLE, REPROMPTED, VOLUME, miss_cell
 
 BACKBONE_NAMES = {"medsam_vit_b": "MedSAM ViT-B", "lite_medsam": "LiteMedSAM"}
 RECIPE_NAMES = {
@@ -66,6 +67,12 @@ def our_rows(regime: str, recipes: list[str], backbone: str, titles: dict | None
             (
                 f"{recipe}/{regime}_{REPROMPTED}",
                 f"Prompt module{label}, re-prompted with its mask's box — ours, {name}",
+            )
+        )
+        rows.append(
+            (
+                f"{recipe}/{regime}_{VOLUME}",
+                f"Prompt module{label}, re-prompted, boxes fitted across each volume — ours, {name}",
             )
         )
     return rows

@@ -212,6 +212,7 @@ def predict(
     num_parts: int = 1,
     reprompt_margin: float | str | None = FROM_MODEL,
     reprompt_from: Path | str | None = None,
+    volume_min_iou: float | None = 0.5,
     report: bool = False,
     masks: Path | str | None = None,
     boxes: Path | str | None = None,
@@ -226,7 +227,9 @@ def predict(
     ``cache_dir``: where converted encoders are kept (``runtimes.default_cache_dir()`` when None).
     ``reprompt_margin``: re-prompt the decoder with the masks' boxes loosened by this margin (None: off;
     ``FROM_MODEL``: the model's own, if it holds one); ``reprompt_from``: instead, the margin that the evaluate
-    stage's metrics JSON at that path records for the model's recipe and regime.
+    stage's metrics JSON at that path records for the model's recipe and regime. ``volume_min_iou``: with
+    re-prompting, a volume's slices whose masks' boxes are missing between found ones or off the sequence of boxes
+    fitted across its slices are prompted again with the fitted box (``autoprompt.inference.volume``; None: not).
     ``report``: write ``output_dir/report.html``, each input scored against its mask in ``masks`` or its box in
     ``boxes`` (``label``: the boxes' label, where the file holds several), else by the runs' agreement."""
     if on_error not in ON_ERROR:
@@ -252,8 +255,9 @@ def predict(
     entries = [_entry_of_existing(t, threshold, references) for t in existing] if report else []
     if todo:
         predictor = Predictor(
-            model, select_device(device, "--device"), batch_size, checkpoint, runtime, cache_dir, margin, threshold
-        )
+            model, select_device(device, "--device"), batch_size, checkpoint, runtime, cache_dir, margin, threshold,
+            volume_min_iou,
+        )  # fmt: skip
         _predict_targets(todo, predictor, summary, threshold, probabilities, label_value, overlays, on_error,
                          references if report else None, entries)  # fmt: skip
     if report:
@@ -299,6 +303,12 @@ def _predict_targets(
             continue
         timings["read"] += time.perf_counter() - start
         segmentation = predictor.segment(image)
+        if segmentation.refitted:
+            log.info(
+                "%s: slices prompted again with their neighbours' boxes: %s",
+                target.source.name,
+                ", ".join(f"{n} {reason}" for reason, n in sorted(segmentation.refitted.items())),
+            )
         start = time.perf_counter()
         mask = (segmentation.probabilities > threshold).astype(np.uint8) * np.uint8(value)
         result = segmentation.probabilities.astype(np.float32) if probabilities else mask

@@ -9,8 +9,8 @@ each slice, prompts the decoder with each head's prompt, averages the heads' pro
 from __future__ import annotations
 
 import time
-from collections import defaultdict
-from dataclasses import dataclass
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ from autoprompt.data.images import Framed, Stack, as_stack, frame_slices, to_inp
 from autoprompt.errors import InputError
 from autoprompt.inference.model import Model
 from autoprompt.inference.reprompt import reprompt
+from autoprompt.inference.volume import refine_volumes
 from autoprompt.io import file_sha256
 from autoprompt.model import backbones, checkpoints, runtimes
 from autoprompt.model.decoding import decode
@@ -32,13 +33,16 @@ OPTION = "--{}".format  # names a setting in messages: predict's options
 class Segmentation:
     """``probabilities``: foreground probabilities on the input's grid (H x W, or the volume's z x y x x);
     ``frame``: Z x S x S probabilities in the prepared frame; ``framed``: the preprocessed slices and geometry;
-    ``agreement``: the mean Dice of each run's mask with the ensemble's (None for one run)."""
+    ``agreement``: the mean Dice of each run's mask with the ensemble's (None for one run); ``refitted``: how many
+    slices of a volume were prompted again from their neighbours' boxes, per reason (``autoprompt.inference.volume``).
+    """
 
     probabilities: np.ndarray
     frame: np.ndarray
     framed: Framed
     stack: Stack
     agreement: float | None = None
+    refitted: Counter = field(default_factory=Counter)
 
 
 def checked_checkpoint(model: Model, checkpoint: Path | str | None) -> Path:
@@ -74,7 +78,10 @@ class Predictor:
     """Everything one model needs to segment inputs on ``device``; ``batch_size`` slices per encoder call;
     ``runtime`` and ``cache_dir`` as in ``encoder_choice`` and ``runtimes.build_encoder``; ``reprompt_margin``: when
     set, the heads' mean probabilities are replaced by the decoder's answer to the boxes of their masks
-    (``> threshold``) loosened by that margin (``autoprompt.inference.reprompt``)."""
+    (``> threshold``) loosened by that margin (``autoprompt.inference.reprompt``); ``volume_min_iou``: then, for a
+    volume, the boxes are fitted across its slices and the slices missing between found ones or off the sequence are
+    prompted again (``autoprompt.inference.volume``; None: not; the volume's end slices are left alone, since slices
+    beyond a structure are rightly empty)."""
 
     def __init__(
         self,
@@ -86,10 +93,13 @@ class Predictor:
         cache_dir: Path | str | None = None,
         reprompt_margin: float | None = None,
         threshold: float = 0.5,
+        volume_min_iou: float | None = None,
     ) -> None:
         if reprompt_margin is not None and reprompt_margin < 0:
             raise InputError(f"reprompt margin is {reprompt_margin}; give a fraction >= 0 of the box's side")
-        self.reprompt_margin, self.threshold = reprompt_margin, threshold
+        if volume_min_iou is not None and not 0 <= volume_min_iou <= 1:
+            raise InputError(f"volume min IoU is {volume_min_iou}; give a box IoU in [0, 1]")
+        self.reprompt_margin, self.threshold, self.volume_min_iou = reprompt_margin, threshold, volume_min_iou
         path = checked_checkpoint(model, checkpoint)
         state = backbones.load_state_dict(path)
         self.model, self.device, self.batch_size = model, device, batch_size
@@ -114,8 +124,9 @@ class Predictor:
         when the predictor has a ``reprompt_margin``)."""
         return self._decode(embeddings)[0]
 
-    def _decode(self, embeddings: torch.Tensor) -> tuple[np.ndarray, float | None]:
-        """``decode``'s probabilities, and the mean Dice of each head's mask with the ensemble's (None: one head)."""
+    def _decode(self, embeddings: torch.Tensor) -> tuple[np.ndarray, float | None, Counter]:
+        """``decode``'s probabilities, the mean Dice of each head's mask with the ensemble's (None: one head), and
+        the slices prompted again from their neighbours' boxes, per reason."""
         start = time.perf_counter()
         size = self.model.label_size
         each = [decode(self.decoder, embeddings, size, self.batch_size, self.device, head=h) for h in self.heads]
@@ -128,8 +139,15 @@ class Predictor:
             probs = reprompt(
                 self.decoder, embeddings, probs, self.reprompt_margin, self.threshold, self.batch_size, self.device
             )
+        refitted = Counter()
+        if self.reprompt_margin is not None and self.volume_min_iou is not None and len(probs) > 1:
+            slices = torch.arange(len(probs))
+            probs, refitted = refine_volumes(
+                self.decoder, embeddings, probs, [slices], slices.double(), self.reprompt_margin,
+                self.volume_min_iou, False, self.threshold, self.batch_size, self.device,
+            )  # fmt: skip
         self.timings["decode"] += time.perf_counter() - start
-        return probs.numpy().astype(np.float32), agreement
+        return probs.numpy().astype(np.float32), agreement, refitted
 
     def segment(self, image: sitk.Image) -> Segmentation:
         """An image as read (2D or 3D) -> its probabilities on its own grid."""
@@ -137,11 +155,11 @@ class Predictor:
         stack = as_stack(image)
         framed = frame_slices(stack, self.model.preprocessing)
         self.timings["preprocess"] += time.perf_counter() - start
-        frame, agreement = self._decode(self.encode(framed.slices))
+        frame, agreement, refitted = self._decode(self.encode(framed.slices))
         start = time.perf_counter()
         probabilities = to_input_grid(frame, framed, stack)
         self.timings["postprocess"] += time.perf_counter() - start
-        return Segmentation(probabilities, frame, framed, stack, agreement)
+        return Segmentation(probabilities, frame, framed, stack, agreement, refitted)
 
 
 def _dice(a: torch.Tensor, b: torch.Tensor) -> float:

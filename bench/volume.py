@@ -1,0 +1,128 @@
+"""Boxes fitted across a volume's slices (``reprompt.volume``): test Dice and misses on cardiac phantoms, per slice
+position.
+
+The committed code is cloned into a scratch folder and its demo pipeline runs there on ACDC phantoms only, larger
+than the demo's (``--training`` / ``--testing`` patients of ``--slices`` slices, ``simulate.acdc.anatomy``: ``tail``
+by default, with apex slices whose LV covers a few dozen pixels and basal slices whose RV is a thin crescent), every
+head recipe few-shot, no baselines. For each task and recipe it reads the evaluate stage's rows: the ensemble, the
+ensemble re-prompted, and that row with the boxes fitted across each test volume (the slices prompted again, by
+reason), each with its Dice and misses (under 50 Dice; empty masks), and the mean Dice of the basal, middle and apical
+third of each test volume's slices, as a cardiac reader looks at them.
+
+    python bench/volume.py              # writes bench/results/volume.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import common
+import pandas as pd
+import yaml
+from demo_time import timed_lines
+
+log = common.log.getChild("volume")
+
+TASKS = ("acdc-rv", "acdc-lv")
+ROWS = {"ensemble": "fewshot_ensemble", "reprompted": "fewshot_reprompted", "volume": "fewshot_volume"}
+THIRDS = ("basal", "middle", "apical")
+
+
+def configure(params: Path, args: argparse.Namespace) -> dict:
+    """The demo's params, cut to the ACDC tasks and phantoms of the asked size, few-shot heads only."""
+    data = yaml.safe_load(params.read_text())
+    data["datasets"] = ["acdc"]
+    data["tasks"] = {k: v for k, v in data["tasks"].items() if k in TASKS}
+    acdc = data["simulate"]["acdc"]
+    acdc.update(training=args.training, testing=args.testing, slices=list(args.slices), anatomy=args.anatomy)
+    data["simulate"] = {"acdc": acdc}
+    data["baseline"]["methods"] = []
+    data["train"]["all_images"] = False
+    params.write_text(yaml.safe_dump(data, sort_keys=False))
+    return {"simulate.acdc": acdc, "train": {k: data["train"][k] for k in ("shots", "subsets", "seeds", "recipe")}}
+
+
+def thirds(per_image: pd.DataFrame, column: str) -> dict[str, float]:
+    """Mean Dice (%) of the basal, middle and apical third of each test volume's slices (slice 0 is basal in the
+    phantoms; a volume's slices are cut into thirds by their rank)."""
+    table = per_image.assign(position=per_image["id"].str.extract(r"slice(\d+)$")[0].astype(int))
+    rank = table.groupby("subject")["position"].rank(method="first") - 1
+    size = table.groupby("subject")["position"].transform("count")
+    table["third"] = [THIRDS[min(int(3 * r / n), 2)] for r, n in zip(rank, size, strict=True)]
+    return {t: round(100 * float(table.loc[table["third"] == t, column].mean()), 2) for t in THIRDS}
+
+
+def summarize_task(metrics: dict, per_image: pd.DataFrame, recipes: list[str]) -> dict:
+    """One task's tight box and, per recipe, its rows' Dice, misses and Dice by third of the volume."""
+    out = {
+        "test_slices": metrics["test_images"],
+        "tight_box": {
+            "dice": round(100 * metrics["dice"]["tight_box"]["mean"], 2),
+            "misses": metrics["misses"]["tight_box"],
+            "thirds": thirds(per_image, "dice:tight_box"),
+        },
+    }
+    fitted = metrics.get("reprompt", {}).get("volume", {}).get("slices_prompted_again", {})
+    for recipe in recipes:
+        rows = {}
+        for name, row in ROWS.items():
+            summary = metrics["dice"][recipe].get(row)
+            if summary is None:
+                continue
+            rows[name] = {
+                "dice": round(100 * summary["mean"], 2),
+                "std": round(100 * summary["std"], 2),
+                "misses": {k: metrics["misses"][recipe][row][k] for k in ("below_50_dice", "empty")},
+                "thirds": thirds(per_image, f"dice:{recipe}/{row}"),
+            }
+        rows["slices_prompted_again"] = fitted.get(f"{recipe}/fewshot")
+        rows["margin"] = metrics["reprompt"]["groups"][f"{recipe}/fewshot"]["margin"]
+        out[recipe] = rows
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--training", type=int, default=12, help="training patients (default 12)")
+    parser.add_argument("--testing", type=int, default=8, help="test patients (default 8)")
+    parser.add_argument("--slices", type=int, nargs=2, default=(6, 9), help="slices per volume, min max (6 9)")
+    parser.add_argument("--anatomy", default="tail", choices=("tail", "classic"), help="simulate.acdc.anatomy")
+    parser.add_argument("--keep", type=Path, help="clone into this folder and keep it (default: a scratch folder)")
+    args, machine = common.parse_and_start(parser)
+    with tempfile.TemporaryDirectory() as scratch:
+        clone = args.keep or Path(scratch) / "clone"
+        subprocess.run(["git", "clone", "-q", str(common.REPO), str(clone)], check=True)
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True).stdout
+        setup = configure(clone / "demo" / "params.yaml", args)
+        log.info("running the ACDC phantom pipeline in %s (several minutes)", clone)
+        lines, status = timed_lines([sys.executable, "-m", "dvc", "repro", "demo/dvc.yaml"], clone)
+        if status != 0:
+            sys.exit("\n".join(line for _, line in lines[-20:]) + f"\ndvc repro failed (exit {status})")
+        results = {}
+        for task in TASKS:
+            metrics = json.loads((clone / "demo" / "metrics" / f"{task}.json").read_text())
+            per_image = pd.read_csv(clone / "demo" / "metrics" / task / "per_image.csv")
+            results[task] = summarize_task(metrics, per_image, setup["train"]["recipe"])
+            log.info("%s: %s", task, json.dumps(results[task]))
+    common.write_result(
+        "volume",
+        {
+            "what": "ACDC phantoms through the demo pipeline (few-shot heads, no baselines): test Dice (%) and misses "
+            "of each recipe's ensemble, re-prompted, and with boxes fitted across each volume; thirds: mean Dice of "
+            "the basal / middle / apical third of each test volume's slices",
+            "commit": commit.strip(),
+            "setup": setup,
+            "seconds": round(lines[-1][0], 1),
+            "tasks": results,
+            "machine": machine,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
