@@ -135,11 +135,16 @@ class CamusPhantoms(Section):
 
 
 class AcdcPhantoms(Section):
+    """``anatomy``: ``classic``, the cavity and the RV shrink smoothly from base to apex (the phantoms of earlier
+    releases, file for file); ``tail``, the most apical slice's LV covers a few dozen pixels and the most basal
+    slice's RV is a thin crescent along the septum, where real scans' misses gather (docs/volumes.md)."""
+
     training: Positive
     testing: Count
     size: tuple[Positive, Positive]
     slices: tuple[Positive, Positive]
     seed: Int = 0
+    anatomy: Literal["classic", "tail"] = "classic"
 
 
 class SimulateSettings(Section):

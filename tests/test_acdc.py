@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -286,3 +287,23 @@ def test_on_error_skip_goes_on(tmp_path: Path) -> None:
     prepared = prepare_cases(get_reader("acdc", ACDC), acdc.find(tmp_path, ACDC), ACDC, on_error="skip")
     assert set(prepared.table["subject"]) == {"patient001"} and len(prepared.skipped) == 1
     assert "patient002/Info.cfg" in prepared.skipped[0]
+
+
+def _ends(anatomy: str, root: Path) -> list[tuple[int, float]]:
+    """Each patient's (LV pixels of its most apical slice, RV thickness in mm of its most basal), prepared at 1 mm."""
+    phantoms = {"training": 3, "testing": 1, "size": [120, 110], "slices": [4, 5], "seed": 2, "anatomy": anatomy}
+    WRITERS["acdc"](root, settings(simulate={"acdc": phantoms}).simulate.acdc)
+    out = []
+    for files in acdc.find(root, ACDC):
+        cases = acdc.load(files, ACDC)
+        rv = (cases[0].label == 1).astype(np.uint8)
+        out.append((int((cases[-1].label == 3).sum()), 2 * float(cv2.distanceTransform(rv, cv2.DIST_L2, 5).max())))
+    return out
+
+
+def test_tail_phantoms_have_a_tiny_apex_and_a_thin_basal_rv(tmp_path: Path) -> None:
+    """anatomy: tail draws the cases real scans miss: an apical LV of a few dozen pixels, a basal RV crescent a few
+    millimetres thick; classic keeps the smooth shrink."""
+    tail, classic = _ends("tail", tmp_path / "tail"), _ends("classic", tmp_path / "classic")
+    assert all(10 <= lv <= 80 and rv <= 7 for lv, rv in tail), tail
+    assert all(lv > 200 and rv > 15 for lv, rv in classic), classic

@@ -20,7 +20,9 @@ def _camus(root: Path, section: CamusPhantoms) -> None:
 
 
 def _acdc(root: Path, section: AcdcPhantoms) -> None:
-    write_acdc_phantoms(root, section.training, section.testing, section.size, section.slices, section.seed)
+    write_acdc_phantoms(
+        root, section.training, section.testing, section.size, section.slices, section.seed, section.anatomy
+    )
 
 
 WRITERS: dict[str, Callable[[Path, object], None]] = {"hc18": _hc18, "camus": _camus, "acdc": _acdc}

@@ -5,6 +5,10 @@ dark myocardial ring, and a bright RV crescent wrapped around the ring's left si
 (the RV ends before it), with dark lungs, bright fat, Rician-like noise and a smooth multiplicative bias field.
 Anatomy is drawn in millimetres on a grid of anisotropic spacing (in-plane 1.25-1.75 mm, slices 8-10 mm) with an
 oblique direction matrix, as scanner volumes have. Labels: 1 RV, 2 myocardium, 3 LV.
+
+``anatomy: tail`` draws the two ends of the stack as real scans' misses gather there: the most apical slice's LV is a
+cavity of a few dozen square millimetres inside a thick wall, and the most basal slice's RV a thin crescent along
+the septum. ``classic`` (the default) keeps the smooth shrink of earlier releases, file for file.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from autoprompt.io import atomic_path
 
 GROUPS = ("NOR", "DCM", "HCM", "MINF", "RV")
 FRAMES = 30
+ANATOMIES = ("classic", "tail")
+APEX_RADIUS_MM = (2.5, 4.5)  # tail: the apical LV cavity's radius, from the smallest heart to the largest
+BASAL_RV_WIDTH_MM = 6.0  # tail: how far the basal RV reaches beyond the ring: a crescent about 5 mm thick
 
 
 @dataclass(frozen=True)
@@ -42,10 +49,18 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float
     return field / (field.std() + 1e-6)
 
 
-def draw_slice(heart: Heart, y: np.ndarray, x: np.ndarray, depth: float) -> np.ndarray:
-    """The label map (0-3) of the slice at ``depth`` (0 at the base, 1 at the apex) on the mm grid ``y``, ``x``."""
+def draw_slice(heart: Heart, y: np.ndarray, x: np.ndarray, depth: float, anatomy: str = "classic") -> np.ndarray:
+    """The label map (0-3) of the slice at ``depth`` (0 at the base, 1 at the apex) on the mm grid ``y``, ``x``;
+    ``anatomy``: ``classic`` or ``tail`` (the module's docstring)."""
+    assert anatomy in ANATOMIES, f"anatomy must be one of {ANATOMIES}, got {anatomy!r}"
     shrink = math.sqrt(max(1 - (0.88 * depth) ** 2, 0.0))
     radius, wall = max(heart.radius * shrink, 4.0), heart.wall * (1 + 0.2 * depth)
+    tail = anatomy == "tail"
+    if tail and depth >= 1.0:  # the apex: a cavity of a few dozen mm², its wall as thick as the ring around it
+        low, high = APEX_RADIUS_MM
+        size = min(max((heart.radius - 20) / 8, 0.0), 1.0)  # where the heart lies in random_heart's range
+        cavity = low + (high - low) * size
+        radius, wall = cavity, wall + radius - cavity
     dy, dx = y - heart.centre[0], x - heart.centre[1]
     distance = np.hypot(dy, dx)
     label = np.zeros(y.shape, np.uint8)
@@ -54,6 +69,8 @@ def draw_slice(heart: Heart, y: np.ndarray, x: np.ndarray, depth: float) -> np.n
         along, across = dx * math.cos(t) + dy * math.sin(t), -dx * math.sin(t) + dy * math.cos(t)
         outer = radius + wall
         rv_width = heart.rv_width * (1 - 0.6 * depth / max(heart.rv_extent, 1e-6))
+        if tail and depth <= 0.0:  # the base: a thin crescent hugging the septum
+            rv_width = BASAL_RV_WIDTH_MM
         # a crescent: an ellipse reaching ``rv_width`` beyond the ring on the RV's side, less the ring and a gap
         semi_axis = 0.85 * (outer + rv_width)
         ellipse = ((along - (outer + rv_width - semi_axis)) / semi_axis) ** 2 + (across / (1.15 * outer)) ** 2 <= 1
@@ -117,8 +134,10 @@ def _write(
     sitk.WriteImage(image, str(path), useCompression=True)
 
 
-def write_patient(rng: np.random.Generator, folder: Path, size: tuple[int, int], slices: tuple[int, int]) -> None:
-    """One patient: ``Info.cfg`` and the ED and ES frames with their ``_gt`` labels."""
+def write_patient(
+    rng: np.random.Generator, folder: Path, size: tuple[int, int], slices: tuple[int, int], anatomy: str = "classic"
+) -> None:
+    """One patient: ``Info.cfg`` and the ED and ES frames with their ``_gt`` labels (``anatomy``: ``draw_slice``)."""
     width, height = size
     pixel_mm, slice_mm = rng.uniform(1.25, 1.75), rng.uniform(8.0, 10.0)
     count = int(rng.integers(slices[0], slices[1] + 1))
@@ -138,7 +157,7 @@ def write_patient(rng: np.random.Generator, folder: Path, size: tuple[int, int],
     origin = tuple(rng.uniform(-150, 150, 3).tolist())
     bias = [np.exp(0.25 * _smooth_noise(rng, (height, width), 30)) for _ in range(count)]
     for frame, heart in ((ed, ed_heart), (es, es_heart)):
-        labels = np.stack([draw_slice(heart, y, x, k / (count - 1)) for k in range(count)])
+        labels = np.stack([draw_slice(heart, y, x, k / (count - 1), anatomy) for k in range(count)])
         images = np.stack([render(rng, labels[k], y, x, bias[k]) for k in range(count)])
         stem = f"{folder.name}_frame{frame:02d}"
         geometry = ((pixel_mm, pixel_mm, slice_mm), origin, direction)
@@ -152,10 +171,17 @@ def write_patient(rng: np.random.Generator, folder: Path, size: tuple[int, int],
 
 
 def write_acdc_phantoms(
-    root: Path, training: int, testing: int, size: tuple[int, int], slices: tuple[int, int], seed: int
+    root: Path,
+    training: int,
+    testing: int,
+    size: tuple[int, int],
+    slices: tuple[int, int],
+    seed: int,
+    anatomy: str = "classic",
 ) -> None:
     """Write ``root/training/patientNNN/`` (patients 1 to ``training``) and ``root/testing/patientNNN/`` (the next
-    ``testing`` numbers). ``size`` is (width, height) in pixels; ``slices`` the (min, max) slices per volume."""
+    ``testing`` numbers). ``size`` is (width, height) in pixels; ``slices`` the (min, max) slices per volume;
+    ``anatomy``: ``classic`` or ``tail`` (the module's docstring)."""
     assert training > 0 and testing >= 0 and training + testing <= 999, "ACDC patient numbers have three digits"
     assert 2 <= slices[0] <= slices[1], f"slices must be (min, max) with min >= 2, got {slices}"
     rng = np.random.default_rng(seed)
@@ -163,4 +189,4 @@ def write_acdc_phantoms(
         for number in range(1, training + testing + 1):
             folder = tmp / ("training" if number <= training else "testing") / f"patient{number:03d}"
             folder.mkdir(parents=True)
-            write_patient(rng, folder, tuple(size), tuple(slices))
+            write_patient(rng, folder, tuple(size), tuple(slices), anatomy)
