@@ -65,7 +65,7 @@ def summarize_task(metrics: dict, per_image: pd.DataFrame, recipes: list[str]) -
     out = {
         "test_slices": metrics["test_images"],
         "tight_box": {
-            "dice": round(100 * metrics["dice"]["tight_box"]["mean"], 2),
+            "dice": round(metrics["dice"]["tight_box"]["mean"], 2),
             "misses": metrics["misses"]["tight_box"],
             "thirds": thirds(per_image, "dice:tight_box"),
         },
@@ -78,8 +78,8 @@ def summarize_task(metrics: dict, per_image: pd.DataFrame, recipes: list[str]) -
             if summary is None:
                 continue
             rows[name] = {
-                "dice": round(100 * summary["mean"], 2),
-                "std": round(100 * summary["std"], 2),
+                "dice": round(summary["mean"], 2),
+                "std": round(summary["std"], 2),
                 "misses": {k: metrics["misses"][recipe][row][k] for k in ("below_50_dice", "empty")},
                 "thirds": thirds(per_image, f"dice:{recipe}/{row}"),
             }
