@@ -179,12 +179,12 @@ def main(argv: list[str] | None = None) -> None:
         positions = torch.tensor(rows["slice"].to_numpy(), dtype=torch.float64)
         volumes = volume_runs(subjects, positions)
         for group in head_groups:  # every test slice holds the structure: an empty end slice is a miss too
-            probs, counts = refine_volumes(
+            probs, why = refine_volumes(
                 decoder, embeddings, reprompted[f"{group}_{REPROMPTED}"], volumes, positions,
                 margins[group]["margin"] or 0.0, fit.min_iou, True, threshold, batch, device,
             )  # fmt: skip
             reprompted[f"{group}_{VOLUME}"] = probs
-            fitted[group] = {reason: counts[reason] for reason in REASONS}
+            fitted[group] = {reason: why[reason] for reason in REASONS}
             log.info("%s: %s fitted across volumes, slices prompted again: %s", args.task, group, fitted[group])
     for group, choice in margins.items():
         log.info(

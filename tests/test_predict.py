@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -285,28 +286,29 @@ def test_a_thread_count_below_one_is_refused(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("fit", [{"min_iou": 0.5}, None])
-def test_evaluate_on_volumes_scores_each_re_prompted_row_fitted_across_the_slices(trained, tmp_path, fit):
+def test_evaluate_on_volumes_scores_each_re_prompted_row_fitted_across_the_slices(trained, tmp_path):
     """Slices of volumes: each re-prompted row has a ``volume`` twin, and the metrics count the slices prompted
-    again; ``reprompt.volume: null`` leaves it out."""
+    again; ``reprompt.volume: null`` leaves it out; the example figure shows the same rows either way."""
     root = trained.parent
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({**PARAMS, "reprompt": {"margin": 0.1, "volume": fit}}))
     data = ["--prepared", str(root / "acdc.zarr"), "--index", str(root / "acdc.csv"), "--embeddings",
             str(root / "emb.zarr")]  # fmt: skip
-    outputs = ["--metrics", str(tmp_path / "m.json"), "--per-image", str(tmp_path / "m.csv"), "--figure",
-               str(tmp_path / "m.png")]  # fmt: skip
-    evaluate.main(["--params", str(params), "--task", "acdc-lv", *data, "--models", str(trained), *outputs])
-    metrics = json.loads((tmp_path / "m.json").read_text())
-    rows = metrics["dice"]["augmented"]
-    columns = pd.read_csv(tmp_path / "m.csv").columns
-    if fit is None:
-        assert "fewshot_volume" not in rows and "volume" not in metrics["reprompt"]
-        assert "dice:augmented/fewshot_volume" not in columns
-        return
+    out = {}
+    for name, fit in (("on", {"min_iou": 0.5}), ("off", None)):
+        params, folder = tmp_path / f"{name}.yaml", tmp_path / name
+        params.write_text(yaml.safe_dump({**PARAMS, "reprompt": {"margin": 0.1, "volume": fit}}))
+        outputs = ["--metrics", str(folder / "m.json"), "--per-image", str(folder / "m.csv"), "--figure",
+                   str(folder / "m.png")]  # fmt: skip
+        evaluate.main(["--params", str(params), "--task", "acdc-lv", *data, "--models", str(trained), *outputs])
+        out[name] = (json.loads((folder / "m.json").read_text()), pd.read_csv(folder / "m.csv").columns)
+        assert cv2.imread(str(folder / "m.png")).shape == cv2.imread(str(tmp_path / "on/m.png")).shape
+    (metrics, columns), (plain, plain_columns) = out["on"], out["off"]
+    assert "fewshot_volume" not in plain["dice"]["augmented"] and "volume" not in plain["reprompt"]
+    assert "dice:augmented/fewshot_volume" not in plain_columns
     counts = metrics["reprompt"]["volume"]["slices_prompted_again"]["augmented/fewshot"]
     assert set(counts) == {"gap", "off", "end"} and metrics["reprompt"]["volume"]["min_iou"] == 0.5
     assert "dice:augmented/fewshot_volume" in columns
     assert set(metrics["misses"]["augmented"]["fewshot_volume"]) >= {"below_50_dice", "empty", "n"}
+    rows = metrics["dice"]["augmented"]
+    assert rows["fewshot_reprompted"] == plain["dice"]["augmented"]["fewshot_reprompted"]
     if not any(counts.values()):
         assert rows["fewshot_volume"] == rows["fewshot_reprompted"], "no slice prompted again: the same masks"
