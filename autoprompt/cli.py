@@ -150,6 +150,7 @@ def predict_command(args: argparse.Namespace) -> None:
     if select_device(args.device, "--device").type == "cpu":
         pin_cpu_numerics(args.threads)
     margin = None if args.no_reprompt else args.reprompt_margin if args.reprompt_margin is not None else FROM_MODEL
+    fit = None if args.no_volume_fit else args.volume_min_iou if args.volume_min_iou is not None else FROM_MODEL
     summary = predict(
         args.model,
         args.input,
@@ -169,7 +170,7 @@ def predict_command(args: argparse.Namespace) -> None:
         num_parts=args.num_parts,
         reprompt_margin=margin,
         reprompt_from=args.reprompt_from,
-        volume_min_iou=None if args.no_volume_fit else args.volume_min_iou,
+        volume_min_iou=fit,
         report=args.report,
         masks=args.masks,
         boxes=args.boxes,
@@ -286,9 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     fitting.add_argument(
         "--volume-min-iou",
         type=unit,
-        default=0.5,  # settings.VolumeFit's default (tests/test_cli.py checks that they agree)
         help="volumes: a slice whose mask's box overlaps neither neighbour's by this (box IoU), or whose mask is "
-        "empty between two found ones, is prompted again with the box between theirs (default %(default)s)",
+        "empty between two found ones, is prompted again with the box between theirs (default: the model's, "
+        "from reprompt.volume when it was trained; 0.5 for a model that holds none)",
     )
     fitting.add_argument(
         "--no-volume-fit", action="store_true", help="volumes: leave each slice's re-prompted mask as it is"

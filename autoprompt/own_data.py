@@ -179,6 +179,7 @@ def train_folder(data: Path, out: Path, work: Path, settings: Settings) -> Summa
     start = time.perf_counter()
     model = from_runs(run_folders(work / "models"))
     margin, how = choose_on_training_boxes(model, settings, files)
-    export_model(model.with_margin(margin, how), out)
+    fit = settings.reprompt.volume
+    export_model(model.with_reprompt(margin, how, fit.min_iou if fit is not None else None), out)
     seconds["margin"] = time.perf_counter() - start
     return Summary(out, len(train_ids), len(jobs), trained, margin, how, seconds)

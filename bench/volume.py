@@ -70,7 +70,7 @@ def summarize_task(metrics: dict, per_image: pd.DataFrame, recipes: list[str]) -
             "thirds": thirds(per_image, "dice:tight_box"),
         },
     }
-    fitted = metrics.get("reprompt", {}).get("volume", {}).get("slices_prompted_again", {})
+    fitted = (metrics.get("reprompt", {}).get("volume") or {}).get("slices_prompted_again", {})
     for recipe in recipes:
         rows = {}
         for name, row in ROWS.items():

@@ -46,7 +46,7 @@ from autoprompt.evaluation.references import (
 )
 from autoprompt.evaluation.scoring import ENSEMBLE, REPROMPTED, VOLUME, Scores, miss_cell
 from autoprompt.inference.reprompt import group_margins, reprompt
-from autoprompt.inference.volume import REASONS, refine_volumes, volume_runs
+from autoprompt.inference.volume import REASONS, refine_volumes, volume_slices
 from autoprompt.io import atomic_path, write_text
 from autoprompt.model import backbones, checkpoints
 from autoprompt.model import baselines as methods
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     fitted: dict[str, dict[str, int]] = {}
     if fit is not None and head_groups:
         positions = torch.tensor(rows["slice"].to_numpy(), dtype=torch.float64)
-        volumes = volume_runs(subjects, positions)
+        volumes = volume_slices(subjects, positions)
         for group in head_groups:  # every test slice holds the structure: an empty end slice is a miss too
             probs, why = refine_volumes(
                 decoder, embeddings, reprompted[f"{group}_{REPROMPTED}"], volumes, positions,
@@ -215,6 +215,8 @@ def main(argv: list[str] | None = None) -> None:
         result["reprompt"] = {"margin": reprompting.margin, "groups": margins}
     if fitted:
         result["reprompt"]["volume"] = {"min_iou": fit.min_iou, "slices_prompted_again": fitted}
+    elif margins and task.volumes:  # off: predict --reprompt-from follows it
+        result["reprompt"]["volume"] = None
     if everything.train.select == "best":
         result["selected_epochs"] = selected_epochs
     write_text(args.metrics, json.dumps(result, indent=2) + "\n")

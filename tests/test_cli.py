@@ -4,6 +4,7 @@ annotation tools, a second ``train`` that redoes only what changed, and the comm
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -25,6 +26,8 @@ from autoprompt.data.preprocess import fit_label
 from autoprompt.errors import InputError
 from autoprompt.evaluation.folders import evaluate_folder
 from autoprompt.inference import load_model
+from autoprompt.inference.files import predict
+from autoprompt.inference.model import export_model
 from autoprompt.inference.predictor import Predictor
 from autoprompt.model import runtimes
 from autoprompt.settings import VolumeFit
@@ -98,6 +101,7 @@ def test_a_box_only_folder_trains_a_model_with_its_margin(trained: Path) -> None
     assert model.reprompt_how == "auto, on the 5 training boxes", "three pictures and two slices"
     assert model.reprompt_margin is None or 0 <= model.reprompt_margin <= 0.2
     assert model.preprocessing.crop == 64 and model.preprocessing.fit == "resize"
+    assert model.volume_min_iou == VolumeFit().min_iou, "reprompt.volume's default, recorded for predict"
     assert not (trained / "model.work" / "raw" / "masks").exists(), "training reads boxes only"
 
 
@@ -336,15 +340,38 @@ def test_evaluate_counts_an_empty_mask_as_a_miss_only_where_the_reference_is_not
         evaluate_folder(tmp_path / "pred", tmp_path / "masks/a.png")
 
 
-def test_predicts_volume_fit_defaults_to_the_settings_and_can_be_turned_off() -> None:
-    """``--volume-min-iou`` defaults to ``reprompt.volume.min_iou``'s default, takes an IoU from 0 to 1, and
-    ``--no-volume-fit`` turns the fit off."""
+def test_predicts_volume_fit_defaults_to_the_models_and_can_be_turned_off() -> None:
+    """``--volume-min-iou`` defaults to the model's (None here: ``predict`` reads it from the model), takes an IoU
+    from 0 to 1, and ``--no-volume-fit`` turns the fit off."""
     parser = cli.build_parser()
     base = ["predict", "-m", "m.pt", "-i", "in", "-o", "out"]
-    assert parser.parse_args(base).volume_min_iou == VolumeFit().min_iou
+    assert parser.parse_args(base).volume_min_iou is None
     assert parser.parse_args([*base, "--volume-min-iou", "0.3"]).volume_min_iou == 0.3
     assert parser.parse_args([*base, "--no-volume-fit"]).no_volume_fit
     with pytest.raises(SystemExit):
         parser.parse_args([*base, "--volume-min-iou", "1.5"])
     with pytest.raises(SystemExit):
         parser.parse_args([*base, "--volume-min-iou", "0.3", "--no-volume-fit"])
+
+
+def test_the_model_carries_reprompt_volume_to_predict(trained: Path, tmp_path: Path, caplog) -> None:
+    """``reprompt.volume: null`` at training turns predict's volume fit off unless asked for; a model file that
+    records no threshold (older files) refits with the default; an out-of-range threshold is refused."""
+    model = load_model(trained / "model.pt")
+    off = dataclasses.replace(model, volume_min_iou=None)
+    export_model(off, tmp_path / "off.pt")
+    assert load_model(tmp_path / "off.pt").volume_min_iou is None
+    record = torch.load(tmp_path / "off.pt", weights_only=True)
+    del record["reprompt"]["volume_min_iou"]
+    torch.save(record, tmp_path / "old.pt")
+    assert load_model(tmp_path / "old.pt").volume_min_iou == VolumeFit().min_iou
+    argv = ["predict", "-i", trained / "data/images/scan.nii.gz", "--reprompt-margin", 0.1, "--device", "cpu"]
+    with caplog.at_level(logging.INFO):
+        autoprompt(*argv, "-m", tmp_path / "off.pt", "-o", tmp_path / "a")
+    assert "refitted across each volume" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        autoprompt(*argv, "-m", tmp_path / "off.pt", "-o", tmp_path / "b", "--volume-min-iou", 0.3)
+    assert "refitted across each volume below box IoU 0.3" in caplog.text
+    with pytest.raises(InputError, match=r"volume min IoU is 1\.5; give a box IoU in \[0, 1\]"):
+        predict(off, [trained / "data/images"], tmp_path / "c", volume_min_iou=1.5)

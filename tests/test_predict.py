@@ -26,7 +26,7 @@ from autoprompt.data.images import as_stack, frame_slices, resample_in_plane
 from autoprompt.data.preprocess import fit_label
 from autoprompt.errors import InputError
 from autoprompt.inference import export_model, load_model, predict
-from autoprompt.inference.files import recorded_margin
+from autoprompt.inference.files import recorded_margin, recorded_volume_fit
 from autoprompt.inference.predictor import Predictor
 from autoprompt.inference.reprompt import reprompt
 from autoprompt.inference.volume import refine_volumes
@@ -212,6 +212,31 @@ def test_volume_fit_follows_re_prompting_and_leaves_the_volumes_ends_alone(train
         Predictor(load_model(trained), device, cache_dir=RUNTIME_CACHE, volume_min_iou=1.5)
 
 
+def test_predictor_fills_a_slice_missed_between_found_ones(trained, volume, monkeypatch):
+    """A re-prompted middle slice lost (empty between two found ones) is prompted again from its neighbours' boxes
+    when the fit is on, and counted; with the fit off it stays empty."""
+    import autoprompt.inference.predictor as predictor_module
+
+    path, _ = volume
+    device = torch.device("cpu")
+
+    def losing_the_middle_slice(*args, **kwargs):
+        probs = reprompt(*args, **kwargs)
+        probs[1] = 0.0
+        return probs
+
+    monkeypatch.setattr(predictor_module, "reprompt", losing_the_middle_slice)
+    fitted = Predictor(load_model(trained), device, cache_dir=RUNTIME_CACHE, reprompt_margin=0.1, volume_min_iou=0.0)
+    plain = Predictor(load_model(trained), device, cache_dir=RUNTIME_CACHE, reprompt_margin=0.1)
+    embeddings = plain.encode(frame_slices(as_stack(sitk.ReadImage(str(path))), plain.model.preprocessing).slices)
+    kept, _, none = plain._decode(embeddings)
+    assert len(kept) == 3 and (kept[[0, 2]] > 0.5).reshape(2, -1).any(axis=1).all(), "both neighbours are found"
+    assert not (kept[1] > 0.5).any() and not none
+    filled, _, refitted = fitted._decode(embeddings)
+    assert refitted == {"gap": 1} and (filled[1] > 0.5).any(), "the lost slice is segmented again"
+    np.testing.assert_array_equal(filled[[0, 2]], kept[[0, 2]])
+
+
 def test_reprompt_from_reads_the_margin_evaluate_chose_for_the_models_recipe(trained, tmp_path):
     model = load_model(trained)
     group, other = model.group(), "other/fewshot"
@@ -232,6 +257,11 @@ def test_reprompt_from_reads_the_margin_evaluate_chose_for_the_models_recipe(tra
     mixed = dataclasses.replace(model, runs=[*model.runs, f"{other}/subset0-seed0"])
     with pytest.raises(InputError, match=r"margins are per recipe and regime; give a model of one"):
         recorded_margin(metrics, mixed)
+    for volume, expected in (({"min_iou": 0.3}, 0.3), (None, None)):
+        metrics.write_text(json.dumps({"reprompt": {"margin": 0.1, "groups": {}, "volume": volume}}))
+        assert recorded_volume_fit(metrics, model) == expected, "the volume fit evaluate ran with"
+    metrics.write_text(json.dumps({"reprompt": {"margin": 0.1, "groups": {}}}))
+    assert recorded_volume_fit(metrics, model) == model.volume_min_iou, "none recorded (2D images): the model's"
 
 
 def test_exported_model_predicts_the_same_masks_and_checks_its_backbone(trained, volume, tmp_path):
@@ -302,7 +332,7 @@ def test_evaluate_on_volumes_scores_each_re_prompted_row_fitted_across_the_slice
         out[name] = (json.loads((folder / "m.json").read_text()), pd.read_csv(folder / "m.csv").columns)
         assert cv2.imread(str(folder / "m.png")).shape == cv2.imread(str(tmp_path / "on/m.png")).shape
     (metrics, columns), (plain, plain_columns) = out["on"], out["off"]
-    assert "fewshot_volume" not in plain["dice"]["augmented"] and "volume" not in plain["reprompt"]
+    assert "fewshot_volume" not in plain["dice"]["augmented"] and plain["reprompt"]["volume"] is None
     assert "dice:augmented/fewshot_volume" not in plain_columns
     counts = metrics["reprompt"]["volume"]["slices_prompted_again"]["augmented/fewshot"]
     assert set(counts) == {"gap", "off", "end"} and metrics["reprompt"]["volume"]["min_iou"] == 0.5

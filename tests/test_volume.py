@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from autoprompt.inference.reprompt import mask_boxes
-from autoprompt.inference.volume import END, GAP, OFF, fit_sequence, refine_volumes, volume_runs
+from autoprompt.inference.volume import END, GAP, OFF, fit_sequence, refine_volumes, volume_slices
 from tests.test_reprompt import BoxPainter
 
 CPU = torch.device("cpu")
@@ -75,8 +75,8 @@ def test_positions_must_increase():
         fit_sequence(shrinking(3), torch.ones(3, dtype=torch.bool), torch.tensor([0.0, 2.0, 1.0]), 0.5, ends=False)
 
 
-def test_volume_runs_group_rows_by_subject_in_slice_order():
-    runs = volume_runs(["a", "b", "a", "a", "b"], torch.tensor([2.0, 1.0, 0.0, 1.0, 0.0]))
+def test_volume_slices_group_rows_by_subject_in_slice_order():
+    runs = volume_slices(["a", "b", "a", "a", "b"], torch.tensor([2.0, 1.0, 0.0, 1.0, 0.0]))
     assert [r.tolist() for r in runs] == [[2, 3, 0], [4, 1]]
 
 
@@ -91,7 +91,7 @@ def test_refine_volumes_prompts_the_missing_and_off_slices_with_the_fitted_boxes
     probs[3, 200:230, 200:230] = 0.9  # a slice gone off the sequence
     probs[5:8, 10:30, 10:30] = 0.8  # a second volume, consistent
     positions = torch.tensor([0.0, 1, 2, 3, 4, 0, 1, 2])
-    volumes = volume_runs(["p1"] * 5 + ["p2"] * 3, positions)
+    volumes = volume_slices(["p1"] * 5 + ["p2"] * 3, positions)
     out, counts = refine_volumes(BoxPainter(), torch.zeros(8, 256, 64, 64), probs, volumes, positions,
                                  0.0, 0.5, False, 0.5, 4, CPU)  # fmt: skip
     assert counts == {GAP: 1, OFF: 1}
@@ -100,3 +100,27 @@ def test_refine_volumes_prompts_the_missing_and_off_slices_with_the_fitted_boxes
     torch.testing.assert_close(boxes[2:4], shrinking(5)[2:4])
     untouched = [0, 1, 4, 5, 6, 7]
     assert torch.equal(out[untouched], probs[untouched])
+
+
+def test_empty_slices_between_boxes_apart_are_left_empty():
+    """A mask found on something else past the structure's end is no anchor: the empty slices between it and the
+    structure stay empty rather than take boxes drawn across the image."""
+    boxes, found = shrinking(6), torch.tensor([True, False, False, True, True, True])
+    boxes[0] = torch.tensor([200.0, 200.0, 230.0, 230.0])
+    fitted = fit_sequence(boxes, found, torch.arange(6.0), 0.5, ends=False)
+    assert fitted.reasons == [""] * 6 and not fitted.redo.any()
+
+
+def test_refine_volumes_carries_empty_end_slices_with_ends():
+    probs = torch.zeros(4, 256, 256)
+    for k, (x0, y0, x1, y1) in enumerate(shrinking(4).long().tolist()[:3]):
+        probs[k, y0 : y1 + 1, x0 : x1 + 1] = 0.9  # the last slice (the apex) is empty
+    slices = torch.arange(4)
+    kept, counts = refine_volumes(BoxPainter(), torch.zeros(4, 256, 64, 64), probs, [slices], slices.double(),
+                                  0.0, 0.5, False, 0.5, 4, CPU)  # fmt: skip
+    assert not counts and torch.equal(kept, probs)
+    out, counts = refine_volumes(BoxPainter(), torch.zeros(4, 256, 64, 64), probs, [slices], slices.double(),
+                                 0.0, 0.5, True, 0.5, 4, CPU)  # fmt: skip
+    assert counts == {END: 1}
+    boxes, found = mask_boxes(out > 0.5, 0.0)
+    assert found.all() and torch.equal(boxes[3], boxes[2]), "the apex takes its neighbour's box"

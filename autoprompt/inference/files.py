@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 ON_ERROR = ("stop", "skip")
 OVERLAY_SUFFIX = "_overlay.png"
 REPORT = "report.html"
-FROM_MODEL = "model"  # reprompt_margin: the margin the model holds
+FROM_MODEL = "model"  # reprompt_margin, volume_min_iou: the value the model holds
 
 
 @dataclass(frozen=True)
@@ -164,6 +164,30 @@ def recorded_margin(metrics: Path, model: Model) -> float | None:
     return margin
 
 
+def recorded_volume_fit(metrics: Path, model: Model) -> float | None:
+    """The volume fit's box IoU that evaluate's metrics JSON records (None: off there), or the model's own where the
+    JSON records none (a task of 2D images)."""
+    try:
+        recorded = json.loads(metrics.read_text())["reprompt"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return model.volume_min_iou
+    if "volume" not in recorded:
+        return model.volume_min_iou
+    fit = recorded["volume"]
+    return fit["min_iou"] if isinstance(fit, dict) else None
+
+
+def _volume_min_iou(model: Model, volume_min_iou: float | str | None, reprompt_from: Path | str | None) -> float | None:
+    """The volume fit's box IoU to use: the one asked for, the metrics JSON's, or (``FROM_MODEL``) the model's."""
+    if volume_min_iou != FROM_MODEL:
+        if volume_min_iou is not None and not 0 <= volume_min_iou <= 1:
+            raise InputError(f"volume min IoU is {volume_min_iou}; give a box IoU in [0, 1]")
+        return volume_min_iou
+    if reprompt_from is not None:
+        return recorded_volume_fit(Path(reprompt_from), model)
+    return model.volume_min_iou
+
+
 def _margin(model: Model, reprompt_margin: float | str | None, reprompt_from: Path | str | None) -> float | None:
     """The re-prompt margin to use: the metrics JSON's, the one asked for, or (``FROM_MODEL``) the model's own."""
     if reprompt_from is not None:
@@ -212,7 +236,7 @@ def predict(
     num_parts: int = 1,
     reprompt_margin: float | str | None = FROM_MODEL,
     reprompt_from: Path | str | None = None,
-    volume_min_iou: float | None = 0.5,
+    volume_min_iou: float | str | None = FROM_MODEL,
     report: bool = False,
     masks: Path | str | None = None,
     boxes: Path | str | None = None,
@@ -229,7 +253,8 @@ def predict(
     ``FROM_MODEL``: the model's own, if it holds one); ``reprompt_from``: instead, the margin that the evaluate
     stage's metrics JSON at that path records for the model's recipe and regime. ``volume_min_iou``: with
     re-prompting, a volume's slices whose masks' boxes are missing between found ones or off the sequence of boxes
-    fitted across its slices are prompted again with the fitted box (``autoprompt.inference.volume``; None: not).
+    fitted across its slices are prompted again with the fitted box (``autoprompt.inference.volume``; None: not;
+    ``FROM_MODEL``: the model's own, or with ``reprompt_from`` the metrics JSON's).
     ``report``: write ``output_dir/report.html``, each input scored against its mask in ``masks`` or its box in
     ``boxes`` (``label``: the boxes' label, where the file holds several), else by the runs' agreement."""
     if on_error not in ON_ERROR:
@@ -239,6 +264,9 @@ def predict(
     output_dir = Path(output_dir)
     model = model if isinstance(model, Model) else load_model(model)
     margin = _margin(model, reprompt_margin, reprompt_from)
+    volume_min_iou = _volume_min_iou(model, volume_min_iou, reprompt_from)
+    if margin is not None and volume_min_iou is not None:
+        log.info("volumes: slices refitted across each volume below box IoU %g", volume_min_iou)
     targets = plan_targets(inputs, output_dir, probabilities, overlays)[part_id::num_parts]
     references = _references(targets, masks, boxes, label) if report else {}
     summary, todo, existing = Summary(), [], []

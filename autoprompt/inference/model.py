@@ -3,8 +3,8 @@
 Loaded from a run folder (``models/<task>/<recipe>/<regime>/<run>``), from any folder above runs (every run under it, an
 ensemble: ``models/<task>/augmented/fewshot`` is one recipe's few-shot ensemble), or from a file written by
 ``export_model``: one file with the heads' weights, the backbone's name and checkpoint sha256, the preprocessing record,
-the label frame, the training params of each run and the re-prompt margin. Every file is read with
-``weights_only=True``.
+the label frame, the training params of each run, the re-prompt margin and the volume fit's threshold. Every file is
+read with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from autoprompt.data.preprocess import Preprocessing
 from autoprompt.errors import InputError
 from autoprompt.io import atomic_path
 from autoprompt.model.head import PromptHead
+from autoprompt.settings import VolumeFit
 from autoprompt.training import runs
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,9 @@ class Model:
     side ``label_size`` (S), the backbone's name, its checkpoint's sha256 and configured path (None for packaged
     weights), the runtime and precision of the training embeddings' encoder, the preprocessing of the training
     images, and each run's config (params, inputs' hashes, fingerprint); the margin ``predict`` re-prompts with by
-    default (None: not re-prompted) and how it was chosen."""
+    default (None: not re-prompted) and how it was chosen, and the box IoU under which it refits a volume's slices
+    (``volume_min_iou``, ``autoprompt.inference.volume``; None: not refitted). A file that records no threshold
+    (written before it was recorded) refits with ``VolumeFit``'s default, as ``predict`` did then."""
 
     heads: list[dict[str, Tensor]]
     runs: list[str]
@@ -63,6 +66,7 @@ class Model:
     configs: list[dict]
     reprompt_margin: float | None = None
     reprompt_how: str = ""
+    volume_min_iou: float | None = VolumeFit().min_iou
 
     def build_heads(self) -> list[PromptHead]:
         """The heads, built and loaded, in eval mode."""
@@ -91,7 +95,11 @@ class Model:
             "precision": self.precision,
             "preprocessing": self.preprocessing.as_dict(),
             "configs": self.configs,
-            "reprompt": {"margin": self.reprompt_margin, "how": self.reprompt_how},
+            "reprompt": {
+                "margin": self.reprompt_margin,
+                "how": self.reprompt_how,
+                "volume_min_iou": self.volume_min_iou,
+            },
         }
 
     def group(self) -> str | None:
@@ -103,9 +111,10 @@ class Model:
         kind = f"an ensemble of {len(self.heads)} runs" if len(self.heads) > 1 else f"run {self.runs[0]}"
         return f"{self.task} ({self.class_name}), {kind}, {self.backbone}"
 
-    def with_margin(self, margin: float | None, how: str) -> Model:
-        """This model, re-prompting by default with ``margin`` (None: not at all), chosen as ``how`` says."""
-        return replace(self, reprompt_margin=margin, reprompt_how=how)
+    def with_reprompt(self, margin: float | None, how: str, volume_min_iou: float | None) -> Model:
+        """This model, re-prompting by default with ``margin`` (None: not at all), chosen as ``how`` says, and
+        refitting volumes with ``volume_min_iou`` (None: not)."""
+        return replace(self, reprompt_margin=margin, reprompt_how=how, volume_min_iou=volume_min_iou)
 
 
 def run_folders(path: Path) -> list[Path]:
@@ -181,6 +190,7 @@ def from_file(path: Path) -> Model:
         configs=list(record["configs"]),
         reprompt_margin=reprompting.get("margin"),
         reprompt_how=str(reprompting.get("how", "")),
+        volume_min_iou=reprompting.get("volume_min_iou", VolumeFit().min_iou),
     )
 
 

@@ -121,7 +121,8 @@ class Predictor:
 
     def decode(self, embeddings: torch.Tensor) -> np.ndarray:
         """Z x 256 x 64 x 64 embeddings -> Z x S x S float32 probabilities, the mean over the heads (re-prompted
-        when the predictor has a ``reprompt_margin``)."""
+        when the predictor has a ``reprompt_margin``). With a ``volume_min_iou`` too, the Z slices are one volume's,
+        in slice order, and are refitted across it (``autoprompt.inference.volume``)."""
         return self._decode(embeddings)[0]
 
     def _decode(self, embeddings: torch.Tensor) -> tuple[np.ndarray, float | None, Counter]:

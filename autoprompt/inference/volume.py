@@ -4,7 +4,9 @@ A structure's box changes smoothly from one slice of a volume to the next, so a 
 should be. ``fit_sequence`` takes the boxes of a volume's masks in slice order and fits that sequence: it drops, one
 at a time, the slice whose box overlaps (IoU) its nearest kept neighbours least, until every interior slice left
 overlaps at least one of its two neighbours by ``min_iou``; each dropped slice (``off``) and each empty slice between
-kept ones (``gap``) gets the box interpolated between its kept neighbours'. One good neighbour is enough to stay: a
+kept ones (``gap``) gets the box interpolated between its kept neighbours', where their boxes overlap at all (two
+boxes apart are not one structure's sequence: a mask found on something else beyond the structure's end would
+otherwise pull boxes across the empty slices between). One good neighbour is enough to stay: a
 structure may change fast towards one end (the apex), so the slice next to it matches its other neighbour, while a
 mask that leaked onto something else matches neither. A slice at either end of the sequence has a neighbour on one
 side only, so an end slice is never called off; an empty end slice gets its neighbour's box only with ``ends``
@@ -92,7 +94,10 @@ def fit_sequence(boxes: Tensor, found: Tensor, positions: Tensor, min_iou: float
             continue
         j, k = _neighbours(kept, i)
         if j is not None and k is not None:
-            out[i] = _between(boxes, positions, i, j, k)
+            if _iou(boxes[j], boxes[k]) > 0:
+                out[i] = _between(boxes, positions, i, j, k)
+            else:  # neighbours that do not overlap are not one structure's sequence: nothing to carry between
+                reasons[i] = ""
         elif ends and (j is not None or k is not None):
             out[i], reasons[i] = boxes[j if j is not None else k], END
         else:
@@ -100,8 +105,8 @@ def fit_sequence(boxes: Tensor, found: Tensor, positions: Tensor, min_iou: float
     return Fitted(out, reasons)
 
 
-def volume_runs(subjects: list[str], positions: Tensor) -> list[Tensor]:
-    """Each subject's row positions (a volume's slices), ordered by their N slice ``positions``."""
+def volume_slices(subjects: list[str], positions: Tensor) -> list[Tensor]:
+    """Each subject's rows (a volume's slices) among N, ordered by their N slice ``positions``."""
     runs: dict[str, list[int]] = {}
     for i, subject in enumerate(subjects):
         runs.setdefault(subject, []).append(i)
