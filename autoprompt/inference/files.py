@@ -145,18 +145,25 @@ def write_overlay(image: sitk.Image, mask: np.ndarray, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _recorded_reprompt(metrics: Path) -> dict:
+    """The ``reprompt`` block of evaluate's metrics JSON: the margin chosen per group, and the volume fit."""
+    try:
+        recorded = json.loads(metrics.read_text())["reprompt"]
+        recorded["groups"].items()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise InputError(
+            f"{metrics}: no re-prompt margins in it ({error.__class__.__name__}); give evaluate's metrics JSON "
+            "of a run with reprompt.margin set, or --reprompt-margin"
+        ) from error
+    return recorded
+
+
 def recorded_margin(metrics: Path, model: Model) -> float | None:
     """The re-prompt margin that evaluate's metrics JSON records for the model's group (None: not re-prompted)."""
     group = model.group()
     if group is None:
         raise InputError(f"{metrics}: its margins are per recipe and regime; give a model of one (e.g. one folder)")
-    try:
-        recorded = json.loads(metrics.read_text())["reprompt"]["groups"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise InputError(
-            f"{metrics}: no re-prompt margins in it ({error.__class__.__name__}); give evaluate's metrics JSON "
-            "of a run with reprompt.margin set, or --reprompt-margin"
-        ) from error
+    recorded = _recorded_reprompt(metrics)["groups"]
     if group not in recorded:
         raise InputError(f"{metrics}: no margin recorded for {group}; evaluate the model's task with it first")
     margin = recorded[group]["margin"]
@@ -167,22 +174,16 @@ def recorded_margin(metrics: Path, model: Model) -> float | None:
 def recorded_volume_fit(metrics: Path, model: Model) -> float | None:
     """The volume fit's box IoU that evaluate's metrics JSON records (None: off there), or the model's own where the
     JSON records none (a task of 2D images)."""
-    try:
-        recorded = json.loads(metrics.read_text())["reprompt"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return model.volume_min_iou
+    recorded = _recorded_reprompt(metrics)
     if "volume" not in recorded:
         return model.volume_min_iou
-    fit = recorded["volume"]
-    return fit["min_iou"] if isinstance(fit, dict) else None
+    return (recorded["volume"] or {}).get("min_iou")
 
 
 def _volume_min_iou(model: Model, volume_min_iou: float | str | None, reprompt_from: Path | str | None) -> float | None:
     """The volume fit's box IoU to use: the one asked for, the metrics JSON's, or (``FROM_MODEL``) the model's."""
     if volume_min_iou != FROM_MODEL:
-        if volume_min_iou is not None and not 0 <= volume_min_iou <= 1:
-            raise InputError(f"volume min IoU is {volume_min_iou}; give a box IoU in [0, 1]")
-        return volume_min_iou
+        return volume_min_iou  # checked where it is used (``Predictor``)
     if reprompt_from is not None:
         return recorded_volume_fit(Path(reprompt_from), model)
     return model.volume_min_iou
