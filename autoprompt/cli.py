@@ -72,7 +72,10 @@ def fraction(text: str) -> float:
 
 
 def unit(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a box IoU from 0 to 1") from None
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"{value}; give a box IoU from 0 to 1")
     return value
@@ -288,11 +291,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--volume-min-iou",
         type=unit,
         help="volumes: a slice whose mask's box overlaps neither neighbour's by this (box IoU), or whose mask is "
-        "empty between two found ones, is prompted again with the box between theirs (default: the model's, "
-        "from reprompt.volume when it was trained; 0.5 for a model that holds none)",
+        "empty between two found ones, is prompted again with the box between theirs; 0 fills gaps only. Needs "
+        "re-prompting (default: the value recorded at training; 0.5 for a model that holds none)",
     )
     fitting.add_argument(
-        "--no-volume-fit", action="store_true", help="volumes: leave each slice's re-prompted mask as it is"
+        "--no-volume-fit",
+        action="store_true",
+        help="volumes: leave each slice's re-prompted mask as it is (without re-prompting, nothing is fitted)",
     )
     predict.add_argument("--part-id", type=int, default=0, help="this process's part of the inputs (0-based)")
     predict.add_argument("--num-parts", type=positive, default=1, help="parts the inputs are split into")

@@ -4,6 +4,7 @@ annotation tools, a second ``train`` that redoes only what changed, and the comm
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import logging
@@ -350,6 +351,8 @@ def test_predicts_volume_fit_defaults_to_the_models_and_can_be_turned_off() -> N
     assert parser.parse_args([*base, "--no-volume-fit"]).no_volume_fit
     with pytest.raises(SystemExit):
         parser.parse_args([*base, "--volume-min-iou", "1.5"])
+    with pytest.raises(argparse.ArgumentTypeError, match="'abc' is not a number; give a box IoU from 0 to 1"):
+        cli.unit("abc")
     with pytest.raises(SystemExit):
         parser.parse_args([*base, "--volume-min-iou", "0.3", "--no-volume-fit"])
 
@@ -368,10 +371,15 @@ def test_the_model_carries_reprompt_volume_to_predict(trained: Path, tmp_path: P
     argv = ["predict", "-i", trained / "data/images/scan.nii.gz", "--reprompt-margin", 0.1, "--device", "cpu"]
     with caplog.at_level(logging.INFO):
         autoprompt(*argv, "-m", tmp_path / "off.pt", "-o", tmp_path / "a")
-    assert "refitted across each volume" not in caplog.text
+    assert "volume fit: off (the model's)" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.INFO):
         autoprompt(*argv, "-m", tmp_path / "off.pt", "-o", tmp_path / "b", "--volume-min-iou", 0.3)
-    assert "refitted across each volume below box IoU 0.3" in caplog.text
+    assert "volume fit: volumes' slices prompted again below box IoU 0.3 (as asked)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        autoprompt("predict", "-i", trained / "data/images/scan.nii.gz", "--no-reprompt", "--device", "cpu",
+                   "-m", tmp_path / "off.pt", "-o", tmp_path / "d", "--volume-min-iou", 0.3)  # fmt: skip
+    assert "volume fit: off, it needs re-prompting" in caplog.text, "an IoU asked for without a margin is named"
     with pytest.raises(InputError, match=r"volume min IoU is 1\.5; give a box IoU in \[0, 1\]"):
         predict(off, [trained / "data/images"], tmp_path / "c", volume_min_iou=1.5)

@@ -180,13 +180,16 @@ def recorded_volume_fit(metrics: Path, model: Model) -> float | None:
     return (recorded["volume"] or {}).get("min_iou")
 
 
-def _volume_min_iou(model: Model, volume_min_iou: float | str | None, reprompt_from: Path | str | None) -> float | None:
-    """The volume fit's box IoU to use: the one asked for, the metrics JSON's, or (``FROM_MODEL``) the model's."""
+def _volume_min_iou(
+    model: Model, volume_min_iou: float | str | None, reprompt_from: Path | str | None
+) -> tuple[float | None, str]:
+    """The volume fit's box IoU to use (checked where it is used, in ``Predictor``) and where it comes from: the one
+    asked for, the metrics JSON's, or (``FROM_MODEL``) the model's."""
     if volume_min_iou != FROM_MODEL:
-        return volume_min_iou  # checked where it is used (``Predictor``)
+        return volume_min_iou, "as asked"
     if reprompt_from is not None:
-        return recorded_volume_fit(Path(reprompt_from), model)
-    return model.volume_min_iou
+        return recorded_volume_fit(Path(reprompt_from), model), f"as {reprompt_from} records"
+    return model.volume_min_iou, "the model's"
 
 
 def _margin(model: Model, reprompt_margin: float | str | None, reprompt_from: Path | str | None) -> float | None:
@@ -265,9 +268,13 @@ def predict(
     output_dir = Path(output_dir)
     model = model if isinstance(model, Model) else load_model(model)
     margin = _margin(model, reprompt_margin, reprompt_from)
-    volume_min_iou = _volume_min_iou(model, volume_min_iou, reprompt_from)
-    if margin is not None and volume_min_iou is not None:
-        log.info("volumes: slices refitted across each volume below box IoU %g", volume_min_iou)
+    volume_min_iou, source = _volume_min_iou(model, volume_min_iou, reprompt_from)
+    if volume_min_iou is None:
+        log.info("volume fit: off (%s)", source)
+    elif margin is None:
+        log.info("volume fit: off, it needs re-prompting (--reprompt-margin M turns both on)")
+    else:
+        log.info("volume fit: volumes' slices prompted again below box IoU %g (%s)", volume_min_iou, source)
     targets = plan_targets(inputs, output_dir, probabilities, overlays)[part_id::num_parts]
     references = _references(targets, masks, boxes, label) if report else {}
     summary, todo, existing = Summary(), [], []
