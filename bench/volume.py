@@ -41,8 +41,7 @@ def configure(params: Path, args: argparse.Namespace) -> dict:
     data["tasks"] = {k: v for k, v in data["tasks"].items() if k in TASKS}
     acdc = data["simulate"]["acdc"]
     acdc.update(training=args.training, testing=args.testing, slices=list(args.slices))
-    if args.anatomy != "classic":  # classic is the default, and the only anatomy of earlier code
-        acdc["anatomy"] = args.anatomy
+    acdc["anatomy"] = args.anatomy  # always: the demo's own default is not the earlier phantoms
     data["simulate"] = {"acdc": acdc}
     data["baseline"]["methods"] = ["head_masks"]  # the cheapest; the stage refuses a plan of no runs
     data["train"]["all_images"] = False
