@@ -81,6 +81,28 @@ def unit(text: str) -> float:
     return value
 
 
+def probability(text: str) -> float:
+    """``--threshold P``: a probability from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a probability from 0 to 1") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{value}; give a probability from 0 to 1")
+    return value
+
+
+def millimetres(text: str) -> float:
+    """``--tolerance MM``: a distance above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a distance in mm above 0") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{value}; give a distance in mm above 0")
+    return value
+
+
 def label_value(text: str) -> int | str:
     """``--label-value N``: an integer 1-255; bare ``--label-value`` means ``model``."""
     if text == "model":
@@ -107,7 +129,10 @@ def train_command(args: argparse.Namespace) -> None:
             f"{boxes}: no boxes; draw a box on each training image and give boxes.csv in DATA, or --boxes with a "
             "COCO or Label Studio JSON export"
         )
+    from autoprompt.inference.model import is_model_file
+    from autoprompt.model.checkpoints import is_packaged
     from autoprompt.model.runtimes import default_cache_dir
+    from autoprompt.outputs import refuse_foreign, refuse_overlap
 
     defaults = {"encode": {"runtime_cache": str(default_cache_dir())}}  # converted encoders, shared with predict
     settings = load_settings(args.params) if args.params else settings_from(defaults, "autoprompt train")
@@ -127,8 +152,19 @@ def train_command(args: argparse.Namespace) -> None:
     settings = folder_settings(settings, boxes.resolve(), args.label, args.class_name)
     if select_device(args.device, "--device").type == "cpu":
         pin_cpu_numerics(settings.train.threads)
+    if args.checkpoint is not None and is_packaged(settings.encode.backbone):
+        raise InputError(
+            f"--checkpoint {args.checkpoint}: the backbone {settings.encode.backbone} uses its packaged weights; "
+            "leave --checkpoint out, or add --backbone medsam_vit_b"
+        )
     out = args.output
     work = args.work or out.with_name(out.stem + ".work")
+    refuse_overlap(
+        {"-o": out, "--work": work},
+        {"DATA/images": data / "images", "the boxes": boxes},
+        "write the model and its work folder beside the data, e.g. -o model.pt",
+    )
+    refuse_foreign(out, is_model_file, "model file", "give a new file name (model.pt), or move that file away")
     start = time.perf_counter()
     summary = train_folder(data, out, work, settings)
     margin = "none" if summary.margin is None else f"{summary.margin:g}"
@@ -193,7 +229,9 @@ def evaluate_command(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------------------------------- export
 def export_command(args: argparse.Namespace) -> None:
     from autoprompt.inference import export_model, load_model
+    from autoprompt.outputs import refuse_overlap
 
+    refuse_overlap({"-o": args.output}, {"-m": args.model}, "give a new file name beside the model, e.g. model.pt")
     export_model(load_model(args.model), args.output)
 
 
@@ -252,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--label", help="the label of --boxes to read, where it holds several")
     predict.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda, cuda:1, ...")
     predict.add_argument("--batch-size", type=positive, default=8, help="slices per encoder call")
-    predict.add_argument("--threshold", type=float, default=0.5, help="probability threshold of the masks")
+    predict.add_argument("--threshold", type=probability, default=0.5, help="probability threshold of the masks")
     predict.add_argument("--probabilities", action="store_true", help="write float32 probabilities, not masks")
     predict.add_argument(
         "--label-value",
@@ -313,8 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--masks", type=Path, required=True, help="the reference masks (non-zero is the structure)")
     evaluate.add_argument("--boxes", type=Path, help="the training boxes: their images are left out of the scores")
     evaluate.add_argument("-o", "--output", type=Path, help="per-image CSV to write (default: PRED/evaluation.csv)")
-    evaluate.add_argument("--tolerance", type=float, default=2.0, help="NSD tolerance in mm")
-    evaluate.add_argument("--threshold", type=float, default=0.5, help="where predictions are probabilities")
+    evaluate.add_argument("--tolerance", type=millimetres, default=2.0, help="NSD tolerance in mm")
+    evaluate.add_argument(
+        "--threshold", type=probability, default=0.5, help="where predictions are probabilities: the cut"
+    )
     evaluate.set_defaults(handler=evaluate_command)
 
     export = command(

@@ -1,5 +1,5 @@
 """How every command and stage meets its user: log lines with times, and a bad input, or a file system that refuses
-a write, as one line with exit status 2."""
+a write, as one line with exit status 2; Ctrl-C as one line with status 130."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ FIXES = {  # what to do about a file system's refusal
     errno.ENOTDIR: "a file stands where a folder is needed: move it, or write somewhere else",
     errno.EISDIR: "a folder stands where a file is needed: move it, or give a file name",
     errno.ENOENT: "not found: check the path",
+    errno.EIO: "free some space (or check the disk) and run again; the file that stood there is kept",
 }
 
 
@@ -32,7 +33,8 @@ def describe(error: OSError) -> str:
 
 
 def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
-    """Run ``main``; an ``InputError`` or an ``OSError`` ends it with one line and exit status 2."""
+    """Run ``main``; an ``InputError`` or an ``OSError`` ends it with one line and exit status 2, Ctrl-C with one
+    line and status 130 (every output is whole or absent, so the same command resumes)."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
@@ -44,3 +46,6 @@ def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None)
     except OSError as error:
         log.error("%s", describe(error))
         sys.exit(2)
+    except KeyboardInterrupt:
+        log.error("interrupted; what was finished is kept, and the same command goes on from there")
+        sys.exit(130)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import os
@@ -32,6 +33,21 @@ def atomic_path(path: Path) -> Iterator[Path]:
             _remove(previous)
     finally:
         _remove(tmp)
+
+
+def save_torch(record: object, path: Path) -> None:
+    """``torch.save`` of ``record`` to ``path``, whole or not at all, read back before it takes its name. A write
+    that fails (a full disk: torch's writer says so as a RuntimeError, or it leaves a short file) is an ``OSError``
+    naming ``path``; whatever stood there is kept."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        try:
+            torch.save(record, tmp)
+            torch.load(tmp, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError) as error:
+            reason = str(error).splitlines()[0][:80] if str(error) else error.__class__.__name__
+            raise OSError(errno.EIO, f"not written whole ({reason}; is the disk full?)", str(path)) from None
 
 
 def write_text(path: Path, text: str) -> None:

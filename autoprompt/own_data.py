@@ -40,6 +40,7 @@ from autoprompt.inference.reprompt import choose_margin
 from autoprompt.io import write_text
 from autoprompt.model import backbones, checkpoints
 from autoprompt.model.decoding import decode
+from autoprompt.outputs import clear_stale, hold
 from autoprompt.settings import FolderPrepare, Settings, TaskSpec, settings_from
 from autoprompt.training.fewshot import fewshot_ids
 from autoprompt.training.head_jobs import train_task
@@ -150,6 +151,13 @@ def train_folder(data: Path, out: Path, work: Path, settings: Settings) -> Summa
     assert isinstance(section, FolderPrepare), "folder_settings gives a folder section"
     encode = settings.encode
     checkpoints.resolve_checkpoint(encode.backbone, encode.checkpoint, "--checkpoint")  # before any long work
+    with hold(work, f"autoprompt train {data}", "autoprompt-train"):
+        clear_stale(work)
+        return _train_held(data, out, work, settings, section)
+
+
+def _train_held(data: Path, out: Path, work: Path, settings: Settings, section: FolderPrepare) -> Summary:
+    """``train_folder``'s steps, once the work folder is held."""
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     raw = work_layout(work, data)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -40,8 +41,10 @@ def outcome(run: subprocess.CompletedProcess) -> str:
         return "traceback"
     errors = [line for line in run.stderr.splitlines() if " ERROR " in line]
     said = [line for line in run.stderr.splitlines() if line.strip() and " INFO " not in line and "WARNING" not in line]
-    if run.returncode == 2 and (len(errors) == 1 or len(said) == 1):  # a logged error, or an option's refusal
-        return ONE_LINE
+    if run.returncode in (2, 130) and (len(errors) == 1 or len(said) == 1):  # a logged error, an option's refusal
+        return ONE_LINE  # (130: Ctrl-C)
+    if run.returncode == 99:
+        return "changed a user's file"
     if run.returncode == 0:
         return OK
     return f"exit {run.returncode}"
@@ -191,6 +194,113 @@ def cases(probe: Probe) -> list[tuple[str, str, Callable[[], subprocess.Complete
         (data / "boxes.csv").unlink()
         return probe.autoprompt("train", data, "-o", probe.root / "m.pt")
 
+    def kept(paths: list[Path], run: Callable[[], subprocess.CompletedProcess]) -> subprocess.CompletedProcess:
+        """``run``, answered as "changed a user's file" when any of ``paths`` differs afterwards."""
+        before = {p: p.read_bytes() if p.is_file() else None for p in paths}
+        done = run()
+        changed = [p for p in paths if (p.read_bytes() if p.is_file() else None) != before[p]]
+        return subprocess.CompletedProcess(done.args, 99, done.stdout, done.stderr) if changed else done
+
+    def predict_into_its_input(where: str) -> Callable[[], subprocess.CompletedProcess]:
+        def run() -> subprocess.CompletedProcess:
+            data = probe.folder("into-input")
+            images = data / "images"
+            out = {"same": images, "inside": images / "masks", "around": data}[where]
+            files = sorted(images.iterdir())
+            return kept(files, lambda: probe.predict(images, out, "--overwrite", "--overlay"))
+
+        return run
+
+    def overwrite_a_users_file() -> subprocess.CompletedProcess:
+        out = probe.root / "out" / "users"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "img0.png").write_bytes(b"a user's own picture")
+        return kept([out / "img0.png"], lambda: probe.predict(probe.data / "images" / "img0.png", out, "--overwrite"))
+
+    def train_onto(name: str) -> Callable[[], subprocess.CompletedProcess]:
+        def run() -> subprocess.CompletedProcess:
+            data = probe.folder("train-onto")
+            target = data / name
+            return kept([target], lambda: probe.autoprompt("train", data, "-o", target, "--params", probe.params))
+
+        return run
+
+    def export_into_a_run() -> subprocess.CompletedProcess:
+        head = next((probe.root / "model.work" / "models").rglob("head.pt"))
+        return kept([head], lambda: probe.autoprompt("export", "-m", head.parent, "-o", head))
+
+    def scored(prediction_spacing: float = 1.0) -> tuple[Path, Path]:
+        pred, masks = probe.root / "eval" / "pred", probe.root / "eval" / "masks"
+        values = np.zeros((4, 16, 16), np.uint8)
+        values[1:3, 4:12, 4:12] = 1
+        for folder, spacing in ((masks, 1.0), (pred, prediction_spacing)):
+            folder.mkdir(parents=True, exist_ok=True)
+            image = sitk.GetImageFromArray(values)
+            image.SetSpacing((spacing, spacing, 2.0))
+            sitk.WriteImage(image, str(folder / "a.nii.gz"))
+        return pred, masks
+
+    def evaluate_onto(which: str) -> Callable[[], subprocess.CompletedProcess]:
+        def run() -> subprocess.CompletedProcess:
+            pred, masks = scored()
+            target = masks / "a.nii.gz" if which == "mask" else _write(probe.root / "notes.csv", "subject,age\n1,40\n")
+            return kept([target], lambda: probe.autoprompt("evaluate", "--pred", pred, "--masks", masks, "-o", target))
+
+        return run
+
+    def evaluate_another_spacing() -> subprocess.CompletedProcess:
+        pred, masks = scored(prediction_spacing=0.5)
+        return probe.autoprompt("evaluate", "--pred", pred, "--masks", masks)
+
+    def train_in_a_git_repository() -> subprocess.CompletedProcess:
+        repo = probe.root / "analysis"
+        shutil.rmtree(repo, ignore_errors=True)
+        repo.mkdir()
+        subprocess.run(["git", "init", "-q", str(repo)], check=True)
+        data = probe.folder("analysis/data")
+        done = subprocess.run(
+            [sys.executable, "-m", "autoprompt.cli", "train", str(data), "-o", "m.pt", "--params", str(probe.params),
+             "--runs", "1"], capture_output=True, text=True, cwd=repo, timeout=900,
+        )  # fmt: skip
+        touched = (repo / ".dvc").exists() or (repo / ".dvcignore").exists()
+        return subprocess.CompletedProcess(done.args, 99, done.stdout, done.stderr) if touched else done
+
+    def interrupted(argv: list[object]) -> Callable[[], subprocess.CompletedProcess]:
+        """``autoprompt`` with ``argv``, sent SIGINT (Ctrl-C) once it has started its work."""
+
+        def run() -> subprocess.CompletedProcess:
+            command = [sys.executable, "-m", "autoprompt.cli", *map(str, argv)]
+            started = subprocess.Popen(
+                command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=probe.root
+            )
+            lines = []
+            for line in started.stderr:
+                lines.append(line)
+                if " INFO " in line:  # its work has begun
+                    started.send_signal(signal.SIGINT)
+                    break
+            rest_out, rest_err = started.communicate(timeout=300)
+            return subprocess.CompletedProcess(command, started.returncode, rest_out, "".join(lines) + rest_err)
+
+        return run
+
+    def two_trains_on_one_work_folder() -> subprocess.CompletedProcess:
+        data = probe.folder("twice")
+        command = [sys.executable, "-m", "autoprompt.cli", "train", str(data), "-o", "twice.pt", "--params",
+                   str(probe.params), "--runs", "1"]  # fmt: skip
+        first = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=probe.root)
+        for line in first.stderr:
+            if " INFO " in line:  # the first holds the work folder
+                break
+        second = subprocess.run(command, capture_output=True, text=True, cwd=probe.root, timeout=900)
+        first.kill()
+        first.communicate()
+        return second
+
+    def not_gzip(path: Path) -> None:
+        volume(path.with_name("plain.nii"), np.random.default_rng(0).random((4, 32, 32)).astype(np.float32))
+        path.with_name("plain.nii").rename(path)
+
     header = "image,x_min,y_min,x_max,y_max\n"
     return [
         ("params", "misspelt views (veiws)", lambda: probe.train_with(misspelt_views)),
@@ -231,6 +341,16 @@ def cases(probe: Probe) -> list[tuple[str, str, Callable[[], subprocess.Complete
         ("boxes", "an image name with ../", boxes(header + "../img0.png,10,10,50,60\n")),
         ("boxes", "not a number", boxes(header + "img0.png,ten,10,50,60\n")),
         ("boxes", "no boxes file at all", no_boxes_file),
+        ("outputs", "predict -o equal to -i, --overwrite", predict_into_its_input("same")),
+        ("outputs", "predict -o inside -i", predict_into_its_input("inside")),
+        ("outputs", "predict -o around -i", predict_into_its_input("around")),
+        ("outputs", "predict --overwrite onto a user's file", overwrite_a_users_file),
+        ("outputs", "train -o boxes.csv", train_onto("boxes.csv")),
+        ("outputs", "train -o an image", train_onto("images/img0.png")),
+        ("outputs", "export -o a run's head.pt", export_into_a_run),
+        ("outputs", "evaluate -o a reference mask", evaluate_onto("mask")),
+        ("outputs", "evaluate -o a user's CSV", evaluate_onto("csv")),
+        ("outputs", "train from inside a Git repository (valid: no .dvc)", train_in_a_git_repository),
         ("outputs", "export onto an existing folder", export_onto_a_folder),
         ("outputs", "an output folder that is a file", output_is_a_file),
         ("outputs", "x.png beside x_overlay.png, with overlays", colliding(("x.png", "x_overlay.png"))),
@@ -259,6 +379,51 @@ def cases(probe: Probe) -> list[tuple[str, str, Callable[[], subprocess.Complete
         ),
         (
             "options",
+            "predict --threshold 1.5",
+            lambda: probe.predict(probe.data / "images", probe.root / "o", "--threshold", 1.5),
+        ),
+        (
+            "options",
+            "evaluate --tolerance -1",
+            lambda: probe.autoprompt("evaluate", "--pred", scored()[0], "--masks", scored()[1], "--tolerance", -1),
+        ),
+        (
+            "options",
+            "--checkpoint for a LiteMedSAM model",
+            lambda: probe.predict(probe.data / "images", probe.root / "o", "--checkpoint", "none.pth"),
+        ),
+        (
+            "options",
+            "train --checkpoint without --backbone medsam_vit_b",
+            lambda: probe.autoprompt("train", probe.data, "-o", "m.pt", "--checkpoint", "none.pth"),
+        ),
+        ("scores", "evaluate a prediction of another spacing", evaluate_another_spacing),
+        (
+            "faults",
+            "Ctrl-C during predict",
+            interrupted(
+                [
+                    "predict",
+                    "-m",
+                    probe.model,
+                    "-i",
+                    probe.data / "images",
+                    "-o",
+                    probe.root / "out" / "ctrl-c",
+                    "--device",
+                    "cpu",
+                ]
+            ),
+        ),
+        (
+            "faults",
+            "Ctrl-C during train",
+            interrupted(["train", probe.data, "-o", probe.root / "ctrl-c.pt", "--params", probe.params, "--runs", 1]),
+        ),
+        ("faults", "two trains on one work folder", two_trains_on_one_work_folder),
+        ("images", "not gzip data named .nii.gz", image("plain.nii.gz", not_gzip)),
+        (
+            "options",
             "a model file that is not one",
             lambda: probe.predict(probe.data / "images", probe.root / "o", "-m", _write(probe.root / "x.pt", "x")),
         ),
@@ -270,7 +435,7 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-EXPECTED_OK = {"a grey PNG with alpha (valid: segmented)"}
+EXPECTED_OK = {"a grey PNG with alpha (valid: segmented)", "train from inside a Git repository (valid: no .dvc)"}
 
 
 def main() -> None:
@@ -290,6 +455,7 @@ def main() -> None:
             rows.append({"class": kind, "case": name, "expected": expected, "answer": found, "message": message})
             log.info("%-8s %-45s %-10s %s", kind, name, found, message[:100])
     failures = [r for r in rows if r["answer"] != r["expected"]]
+    log.info("%d cases, %d answered as expected, %d not", len(rows), len(rows) - len(failures), len(failures))
     table = ["| class | case | answer | message |", "|---|---|---|---|"]
     table += [f"| {r['class']} | {r['case']} | {r['answer']} | {r['message'][:90]} |" for r in rows]
     print("\n".join(table))

@@ -295,7 +295,8 @@ def test_a_full_disk_leaves_no_output_that_looks_whole(trained: Path, tmp_path: 
     out = tmp_path / "out"
     with pytest.raises(InputError, match=r"img0\.png: the output did not reach the disk whole \(is it full\?\)"):
         predict(trained / "model.pt", [trained / "data/images"], out, device="cpu", cache_dir=RUNTIME_CACHE)
-    assert not [p for p in out.rglob("*") if p.is_file()], "no file under a final name, no temporary left"
+    left = [p.name for p in out.rglob("*") if p.is_file()]
+    assert sorted(left) == [".autoprompt-predict.lock", ".autoprompt-predict.txt"], "no output, no temporary left"
     monkeypatch.setattr(images.sitk, "WriteImage", real)
     summary = predict(trained / "model.pt", [trained / "data/images"], out, device="cpu", cache_dir=RUNTIME_CACHE)
     assert len(summary.written) == 7 and all(p.stat().st_size > 0 for p in summary.written)
@@ -383,3 +384,80 @@ def test_the_model_carries_reprompt_volume_to_predict(trained: Path, tmp_path: P
     assert "volume fit: off, it needs re-prompting" in caplog.text, "an IoU asked for without a margin is named"
     with pytest.raises(InputError, match=r"volume min IoU is 1\.5; give a box IoU in \[0, 1\]"):
         predict(off, [trained / "data/images"], tmp_path / "c", volume_min_iou=1.5)
+
+
+def test_predict_never_writes_into_or_over_its_inputs(trained: Path, tmp_path: Path) -> None:
+    """-o equal to -i, inside it, or around a file input is refused before any work; so is a user's file that stands
+    where an output would go, --overwrite or not; predict's own outputs are redone with --overwrite."""
+    images = tmp_path / "images"
+    shutil.copytree(trained / "data/images", images)
+    before = {p.name: p.read_bytes() for p in images.iterdir()}
+    for output in (images, images / "masks", tmp_path):
+        with pytest.raises(InputError, match=r"^-o .* (is|lies inside|contains) the input -i .*; give an output"):
+            predict(trained / "model.pt", [images], output, device="cpu", overwrite=True, cache_dir=RUNTIME_CACHE)
+    assert {p.name: p.read_bytes() for p in images.iterdir()} == before and not (images / "masks").exists()
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    (out / "img0.png").write_bytes(before["img0.png"])  # a user's own file, named like an output
+    for overwrite in (False, True):
+        with pytest.raises(InputError, match=r"img0\.png: exists and autoprompt predict did not write it"):
+            predict(trained / "model.pt", [images / "img0.png"], out, device="cpu", overwrite=overwrite,
+                    cache_dir=RUNTIME_CACHE)  # fmt: skip
+    assert (out / "img0.png").read_bytes() == before["img0.png"]
+    first = predict(trained / "model.pt", [images / "img1.png"], out, device="cpu", cache_dir=RUNTIME_CACHE)
+    again = predict(trained / "model.pt", [images / "img1.png"], out, device="cpu", cache_dir=RUNTIME_CACHE,
+                    overwrite=True)  # fmt: skip
+    assert first.written == again.written == [out / "img1.png"]
+
+
+def test_train_and_export_write_only_model_files_outside_their_inputs(trained: Path, tmp_path: Path) -> None:
+    data = box_only_folder(tmp_path / "data")
+    boxes, image = (data / "boxes.csv").read_bytes(), (data / "images/img0.png").read_bytes()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a user's notes")
+    for output, message in (
+        (data / "boxes.csv", r"-o .*boxes\.csv is the input the boxes"),
+        (data / "images/img0.png", r"-o .*img0\.png lies inside the input DATA/images"),
+        (notes, r"notes\.txt: exists and is not a model file, so it is not replaced"),
+    ):
+        with pytest.raises(InputError, match=message):
+            autoprompt("train", data, "-o", output, "--params", params(tmp_path), "--runs", 1, "--device", "cpu")
+    assert (data / "boxes.csv").read_bytes() == boxes and (data / "images/img0.png").read_bytes() == image
+    assert notes.read_text() == "a user's notes" and not (tmp_path / "notes.work").exists(), "refused before any work"
+    run = next((trained / "model.work" / "models").rglob("head.pt")).parent
+    weights = (run / "head.pt").read_bytes()
+    with pytest.raises(InputError, match=r"-o .*head\.pt lies inside the input -m"):
+        autoprompt("export", "-m", run, "-o", run / "head.pt")
+    with pytest.raises(InputError, match=r"exists and is not a model file"):
+        autoprompt("export", "-m", run, "-o", notes)
+    assert (run / "head.pt").read_bytes() == weights and notes.read_text() == "a user's notes"
+    autoprompt("export", "-m", run, "-o", tmp_path / "one.pt")
+    autoprompt("export", "-m", trained / "model.pt", "-o", tmp_path / "one.pt")  # a model file over a model file
+    assert len(load_model(tmp_path / "one.pt").heads) == 2
+
+
+def test_a_checkpoint_the_model_does_not_use_is_refused(trained: Path, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"--checkpoint nowhere\.pth: the model's backbone lite_medsam uses its"):
+        predict(trained / "model.pt", [trained / "data/images/img0.png"], tmp_path / "o", checkpoint="nowhere.pth")
+    with pytest.raises(InputError, match=r"--checkpoint nowhere\.pth: the backbone lite_medsam uses its packaged"):
+        autoprompt("train", trained / "data", "-o", tmp_path / "m.pt", "--checkpoint", "nowhere.pth")
+
+
+def test_a_second_train_on_a_work_folder_says_who_holds_it(trained: Path, tmp_path: Path) -> None:
+    from autoprompt.outputs import hold
+
+    with (
+        hold(tmp_path / "m.work", "autoprompt train elsewhere", "autoprompt-train"),
+        pytest.raises(InputError, match=r"m\.work: in use by autoprompt train elsewhere \(pid \d+ on "),
+    ):
+        autoprompt("train", trained / "data", "-o", tmp_path / "m.pt", "--params", params(tmp_path), "--runs", 1)
+
+
+def test_a_reports_mask_of_another_size_is_refused_before_any_work(trained: Path, tmp_path: Path) -> None:
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    cv2.imwrite(str(masks / "img0.png"), np.zeros((7, 9), np.uint8))
+    with pytest.raises(InputError, match=r"masks/img0\.png: \(9, 7\) voxels, its image .*img0\.png \(\d+, \d+\)"):
+        predict(trained / "model.pt", [trained / "data/images"], tmp_path / "o", report=True, masks=masks,
+                device="cpu", cache_dir=RUNTIME_CACHE)  # fmt: skip
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").glob("*.png"))

@@ -99,6 +99,10 @@ def check_whole(path: Path, image: sitk.Image) -> None:
 
         try:
             array = np.asanyarray(nibabel.load(str(path)).dataobj)
+        except nibabel.filebasedimages.ImageFileError as error:  # not gzip data under a .nii.gz name, say
+            reason = str(error).splitlines()[0][:80]
+            fix = "rename it .nii" if suffix(path) == ".nii.gz" else "replace it or remove it"
+            raise InputError(f"{path}: not a NIfTI file as its name says ({reason}); {fix}") from None
         except (OSError, EOFError, ValueError, zlib.error) as error:
             reason = str(error).splitlines()[0][:80]
             raise InputError(f"{path}: truncated or corrupt NIfTI ({reason}); replace it or remove it") from None

@@ -5,7 +5,9 @@ pictures as PNG: ``img.jpg``'s mask is ``img.png``); images whose box trained th
 Per image: Dice, the normalised surface Dice at ``tolerance`` mm and the 95th-percentile Hausdorff distance in mm,
 from the file's own spacing (a volume is scored whole, in 3D; pictures carry no spacing: 1 pixel is 1 mm). A
 prediction of probabilities is cut at ``threshold``. Writes a CSV (one row per image) and a JSON summary beside it,
-and logs one summary line; a reference without a prediction, or on another grid, is refused in one line.
+and logs one summary line. Refused in one line: a reference without a prediction, a prediction on another grid
+(size, spacing, origin or direction: ``check_same_grid``), and an output that would replace a mask, the boxes, or a
+file that evaluate did not write.
 """
 
 from __future__ import annotations
@@ -26,16 +28,62 @@ from autoprompt.errors import InputError
 from autoprompt.evaluation.metrics import MISS
 from autoprompt.evaluation.surface import hd95, nsd, summarize_finite
 from autoprompt.io import atomic_path, write_text
+from autoprompt.outputs import refuse_foreign, refuse_overlap
 
 log = logging.getLogger(__name__)
 
 
-def _mask(path: Path, threshold: float) -> tuple[np.ndarray, tuple[float, ...]]:
-    """A mask file as booleans in numpy's layout ((z,) y, x), and its spacing in the same order (mm)."""
+GRID_TOLERANCE = 1e-3  # of a voxel's side (spacing, origin) and of a direction cosine: files' rounding, not a shift
+COLUMNS = ("image", "dice", "nsd", "hd95_mm")  # the first columns of the CSV it writes
+
+
+def _mask(path: Path, threshold: float) -> tuple[np.ndarray, sitk.Image]:
+    """A mask file as booleans in numpy's layout ((z,) y, x), and the image it was read as (its grid)."""
     image = read_image(path)
     array = sitk.GetArrayFromImage(image)
     mask = array > threshold if array.dtype.kind == "f" else array != 0
-    return mask, tuple(float(s) for s in reversed(image.GetSpacing()))
+    return mask, image
+
+
+def check_same_grid(prediction: sitk.Image, reference: sitk.Image, predicted: Path, reference_path: Path) -> None:
+    """Refuse a prediction whose voxels are not the reference's: another size, spacing, origin or direction (beyond
+    ``GRID_TOLERANCE``). Scored as if aligned, such a pair gives distances in the wrong millimetres."""
+    if prediction.GetSize() != reference.GetSize():
+        raise InputError(
+            f"{predicted}: size {prediction.GetSize()} differs from its reference {reference_path.name}'s "
+            f"{reference.GetSize()}; predict the image the mask was drawn on"
+        )
+    side = np.asarray(reference.GetSpacing(), float)
+    checks = (
+        ("spacing", prediction.GetSpacing(), reference.GetSpacing(), GRID_TOLERANCE * side),
+        ("origin", prediction.GetOrigin(), reference.GetOrigin(), GRID_TOLERANCE * side.min()),
+        ("direction", prediction.GetDirection(), reference.GetDirection(), GRID_TOLERANCE),
+    )
+    for what, found, expected, tolerance in checks:
+        if not np.all(np.abs(np.subtract(found, expected)) <= tolerance):
+            shown = ", ".join(f"{v:g}" for v in found), ", ".join(f"{v:g}" for v in expected)
+            raise InputError(
+                f"{predicted}: its {what} ({shown[0]}) differs from its reference {reference_path.name}'s "
+                f"({shown[1]}); predict the image the reference was drawn on, which writes each mask on its grid"
+            )
+
+
+def _is_own_csv(path: Path) -> bool:
+    """Whether ``path`` is a table that ``evaluate_folder`` wrote (its header's first columns)."""
+    try:
+        with Path(path).open(encoding="utf-8") as handle:
+            return tuple(handle.readline().strip().split(",")[: len(COLUMNS)]) == COLUMNS
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _is_own_summary(path: Path) -> bool:
+    """Whether ``path`` is a summary that ``evaluate_folder`` wrote."""
+    try:
+        summary = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(summary, dict) and {"images", "grid", "dice"} <= summary.keys()
 
 
 def score_pair(prediction: np.ndarray, reference: np.ndarray, spacing: tuple[float, ...], tolerance: float) -> dict:
@@ -51,6 +99,17 @@ def score_pair(prediction: np.ndarray, reference: np.ndarray, spacing: tuple[flo
     }
 
 
+def _check_outputs(output: Path, pairs: list[tuple[Path, Path]], boxes: Path | None) -> None:
+    """The CSV and its JSON summary may replace only their own earlier versions, never a mask or the boxes."""
+    inputs: dict[str, Path | list[Path]] = {"reference": [r for r, _ in pairs], "prediction": [p for _, p in pairs]}
+    if boxes is not None:
+        inputs["--boxes"] = Path(boxes)
+    fix = "give a new file name, e.g. -o evaluation.csv"
+    refuse_overlap({"-o": output, "its summary": output.with_suffix(".json")}, inputs, fix)
+    refuse_foreign(output, _is_own_csv, "table of autoprompt evaluate", fix)
+    refuse_foreign(output.with_suffix(".json"), _is_own_summary, "summary of autoprompt evaluate", fix)
+
+
 def evaluate_folder(
     predictions: Path,
     masks: Path,
@@ -62,6 +121,10 @@ def evaluate_folder(
     """Score every reference mask in ``masks`` that trained nothing (see the module's docstring); returns the
     per-image table, written to ``output`` (default ``predictions/evaluation.csv``) with a JSON summary beside it."""
     predictions, masks = Path(predictions), Path(masks)
+    if not tolerance > 0:
+        raise InputError(f"--tolerance {tolerance}: give the NSD tolerance in mm, above 0")
+    if not 0 <= threshold <= 1:
+        raise InputError(f"--threshold {threshold}: give a probability from 0 to 1")
     for folder, what in ((predictions, "--pred: the folder autoprompt predict wrote"),
                          (masks, "--masks: the folder of reference masks")):  # fmt: skip
         if not folder.is_dir():
@@ -75,28 +138,28 @@ def evaluate_folder(
         images = masks.parent / "images" if (masks.parent / "images").is_dir() else Path(boxes).parent / "images"
         trained = {case_name(Path(name)) for name in read_boxes(Path(boxes), images)}
     found = {stem: paths for stem, paths in mask_files(predictions).items() if not stem.endswith("_overlay")}
-    rows = []
+    pairs = []
     for stem, paths in sorted(references.items()):
         if stem in trained:
             continue
-        reference_path = paths[0]
-        predicted = find_mask(found, reference_path)
+        predicted = find_mask(found, paths[0])
         if predicted is None:
-            raise InputError(f"{predictions}: no prediction for {reference_path.name}; run autoprompt predict on it")
-        reference, spacing = _mask(reference_path, 0.5)
-        prediction, _ = _mask(predicted, threshold)
-        if prediction.shape != reference.shape:
-            raise InputError(
-                f"{predicted}: shape {prediction.shape} differs from its reference's {reference.shape}; predict the "
-                "image the mask was drawn on"
-            )
+            raise InputError(f"{predictions}: no prediction for {paths[0].name}; run autoprompt predict on it")
+        pairs.append((paths[0], predicted))
+    output = Path(output) if output is not None else predictions / "evaluation.csv"
+    _check_outputs(output, pairs, boxes)
+    rows = []
+    for reference_path, predicted in pairs:
+        reference, reference_image = _mask(reference_path, 0.5)
+        prediction, prediction_image = _mask(predicted, threshold)
+        check_same_grid(prediction_image, reference_image, predicted, reference_path)
+        spacing = tuple(float(s) for s in reversed(reference_image.GetSpacing()))
         scores = score_pair(prediction, reference, spacing, tolerance)
         rows.append({"image": reference_path.name, **scores, "reference_voxels": int(reference.sum()),
                      "predicted_voxels": int(prediction.sum())})  # fmt: skip
     if not rows:
         raise InputError(f"{masks}: every mask's image trained the model ({boxes}); nothing left to score")
     table = pd.DataFrame(rows)
-    output = Path(output) if output is not None else predictions / "evaluation.csv"
     with atomic_path(output) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
     dice = table["dice"].to_numpy()

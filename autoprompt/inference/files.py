@@ -5,7 +5,12 @@ its input's name (relative to the folder it was found in), under ``output_dir``:
 origin and direction; 2D pictures are written as PNG (JPEG would blur a mask). Masks are uint8, 1 (or
 ``label_value``) inside; ``probabilities=True`` writes float32 probabilities instead (TIFF for pictures).
 Existing outputs (with their overlay, where overlays are asked for) are skipped unless ``overwrite``, so a killed run
-resumes; ``part_id`` / ``num_parts`` take every ``num_parts``-th input, so several processes can share one job. The
+resumes; ``part_id`` / ``num_parts`` take every ``num_parts``-th input, so several processes can share one job.
+
+Nothing but predict's own outputs is ever replaced (``autoprompt.outputs``): the output folder may not be, contain or
+lie inside an input (the model, the images, the report's masks and boxes); each output is recorded in
+``output_dir/.autoprompt-predict.txt`` before it takes its name, and a file there that predict did not write is
+refused, ``overwrite`` or not. One process at a time holds the folder (one per part). The
 masks are re-prompted by default with the margin the model holds (``autoprompt train`` chooses it); ``report`` writes
 ``output_dir/report.html`` (``autoprompt.inference.report``).
 """
@@ -15,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -33,12 +39,18 @@ from autoprompt.inference.model import Model, load_model
 from autoprompt.inference.predictor import Predictor
 from autoprompt.inference.report import Entry, write_report
 from autoprompt.inference.report import entry as report_entry
+from autoprompt.model.checkpoints import is_packaged
+from autoprompt.outputs import HOST, clear_stale, hold, refuse_overlap
 
 log = logging.getLogger(__name__)
 
 ON_ERROR = ("stop", "skip")
 OVERLAY_SUFFIX = "_overlay.png"
 REPORT = "report.html"
+MANIFEST = ".autoprompt-predict.txt"  # every output predict wrote into a folder, relative to it, one per line
+TEMPORARY = re.compile(
+    rf"^\.predict-{re.escape(HOST)}-(\d+)-"
+)  # write_atomic's folders; the overlays' are outputs.STALE's
 FROM_MODEL = "model"  # reprompt_margin, volume_min_iou: the value the model holds
 
 
@@ -111,12 +123,57 @@ def plan_targets(
     return list(dict.fromkeys(targets.values()))
 
 
+def written_before(output_dir: Path) -> set[str]:
+    """The outputs that predict recorded in ``output_dir`` (relative, POSIX)."""
+    path = Path(output_dir) / MANIFEST
+    return set(path.read_text().splitlines()) if path.is_file() else set()
+
+
+def record_output(output_dir: Path, path: Path) -> None:
+    """Add ``path`` to ``output_dir``'s record before it takes its name: a kill in between leaves a recorded name
+    without a file, which the next call writes. Appends are whole lines: parts sharing a folder may record at once."""
+    line = Path(path).relative_to(output_dir).as_posix() + "\n"
+    handle = os.open(Path(output_dir) / MANIFEST, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(handle, line.encode())
+    finally:
+        os.close(handle)
+
+
+def refuse_foreign_outputs(targets: list[Target], output_dir: Path, overlays: bool, report: bool) -> None:
+    """Refuse to write where a file stands that predict did not write (``written_before``)."""
+    ours = written_before(output_dir)
+    paths = [p for t in targets for p in ((t.output, t.overlay) if overlays else (t.output,))]
+    for path in [*paths, output_dir / REPORT] if report else paths:
+        if path.exists() and path.relative_to(output_dir).as_posix() not in ours:
+            raise InputError(
+                f"{path}: exists and autoprompt predict did not write it, so it is not replaced (--overwrite "
+                "neither); move it away, or give another output folder"
+            )
+
+
+def check_overlap(
+    model: Model | Path | str,
+    inputs: list[Path | str],
+    output_dir: Path,
+    masks: Path | str | None,
+    boxes: Path | str | None,
+) -> None:
+    """Refuse an output folder that is, contains or lies inside an input: the next call would read the masks as
+    images, or the masks would replace them."""
+    named: dict[str, Path | list[Path]] = {"-i": [Path(p) for p in inputs]}
+    if not isinstance(model, Model):
+        named["-m"] = Path(model)
+    named.update({k: Path(v) for k, v in (("--masks", masks), ("--boxes", boxes)) if v is not None})
+    refuse_overlap({"-o": output_dir}, named, "give an output folder of its own, beside the inputs")
+
+
 def write_atomic(array: np.ndarray, reference: sitk.Image, path: Path) -> None:
     """Write ``array`` like ``reference`` to ``path`` (and a ``.raw`` beside a ``.mhd``) whole or not at all: the
     files are read back before they take their final names (a full disk can leave SimpleITK's files empty without an
     error)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".predict-") as tmp:
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".predict-{HOST}-{os.getpid()}-") as tmp:
         written = Path(tmp) / path.name
         write_like(array, reference, written)
         _check_written(written, array.shape, path)
@@ -217,7 +274,25 @@ def _references(targets: list[Target], masks: Path | None, boxes: Path | None, l
     if boxes is not None:
         sources = {t.source.parent for t in targets}
         drawn = {name: b for folder in sources for name, b in read_boxes(Path(boxes), folder, label).items()}
-    return {t.source: (find_mask(found_masks, t.source), drawn.get(t.source.name, ())) for t in targets}
+    found = {t.source: (find_mask(found_masks, t.source), drawn.get(t.source.name, ())) for t in targets}
+    for source, (mask, _) in found.items():  # before any work, not after the last input
+        if mask is not None and _size(mask) != _size(source):
+            raise InputError(
+                f"{mask}: {_size(mask)} voxels, its image {source} {_size(source)}; give the mask drawn on that image "
+                "(--masks), or rename it"
+            )
+    return found
+
+
+def _size(path: Path) -> tuple[int, ...]:
+    """An image file's size (x, y[, z]) from its header; the whole file where SimpleITK reads no header."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+        return tuple(reader.GetSize())
+    except RuntimeError:
+        return tuple(read_image(path).GetSize())
 
 
 def predict(
@@ -265,8 +340,16 @@ def predict(
         raise InputError(f"on_error is {on_error!r}; use stop or skip")
     if not 0 <= part_id < num_parts:
         raise InputError(f"part {part_id} of {num_parts}: give 0 <= --part-id < --num-parts")
+    if not 0 <= threshold <= 1:
+        raise InputError(f"--threshold {threshold}: give a probability from 0 to 1")
     output_dir = Path(output_dir)
+    check_overlap(model, inputs, output_dir, masks, boxes)
     model = model if isinstance(model, Model) else load_model(model)
+    if checkpoint is not None and is_packaged(model.backbone):
+        raise InputError(
+            f"--checkpoint {checkpoint}: the model's backbone {model.backbone} uses its packaged weights, not a "
+            "checkpoint file; leave --checkpoint out"
+        )
     margin = _margin(model, reprompt_margin, reprompt_from)
     volume_min_iou, source = _volume_min_iou(model, volume_min_iou, reprompt_from)
     if volume_min_iou is None:
@@ -277,38 +360,44 @@ def predict(
         log.info("volume fit: volumes' slices prompted again below box IoU %g (%s)", volume_min_iou, source)
     targets = plan_targets(inputs, output_dir, probabilities, overlays)[part_id::num_parts]
     references = _references(targets, masks, boxes, label) if report else {}
-    summary, todo, existing = Summary(), [], []
-    for target in targets:
-        (existing if target.done(overlays) and not overwrite else todo).append(target)
-    summary.existing = [target.output for target in existing]
-    log.info(
-        "%s: %d inputs, %d already predicted (kept; --overwrite redoes them), %d to predict",
-        model.describe(),
-        len(targets),
-        len(summary.existing),
-        len(todo),
-    )
-    entries = [_entry_of_existing(t, threshold, references) for t in existing] if report else []
-    if todo:
-        predictor = Predictor(
-            model, select_device(device, "--device"), batch_size, checkpoint, runtime, cache_dir, margin, threshold,
-            volume_min_iou,
-        )  # fmt: skip
-        _predict_targets(todo, predictor, summary, threshold, probabilities, label_value, overlays, on_error,
-                         references if report else None, entries)  # fmt: skip
-    if report:
-        title = f"autoprompt predict: {model.describe()}, {len(entries)} inputs"
-        report_path = output_dir / REPORT
-        write_report(entries, report_path, title)
-        log.info("wrote %s (worst first)", report_path)
-    log.info(
-        "wrote %d outputs to %s; %d skipped as existing, %d unreadable inputs skipped",
-        len(summary.written),
-        output_dir,
-        len(summary.existing),
-        len(summary.failed),
-    )
-    return summary
+    part = "" if num_parts == 1 else f"-part{part_id}of{num_parts}"
+    with hold(output_dir, f"autoprompt predict{part.replace('-', ' ')}", f"autoprompt-predict{part}"):
+        clear_stale(output_dir, TEMPORARY, own_host_only=True)
+        clear_stale(output_dir)
+        refuse_foreign_outputs(targets, output_dir, overlays, report)
+        summary, todo, existing = Summary(), [], []
+        for target in targets:
+            (existing if target.done(overlays) and not overwrite else todo).append(target)
+        summary.existing = [target.output for target in existing]
+        log.info(
+            "%s: %d inputs, %d already predicted (kept; --overwrite redoes them), %d to predict",
+            model.describe(),
+            len(targets),
+            len(summary.existing),
+            len(todo),
+        )
+        entries = [_entry_of_existing(t, threshold, references) for t in existing] if report else []
+        if todo:
+            predictor = Predictor(
+                model, select_device(device, "--device"), batch_size, checkpoint, runtime, cache_dir, margin, threshold,
+                volume_min_iou,
+            )  # fmt: skip
+            _predict_targets(todo, predictor, summary, threshold, probabilities, label_value, overlays, on_error,
+                             references if report else None, entries, output_dir)  # fmt: skip
+        if report:
+            title = f"autoprompt predict: {model.describe()}, {len(entries)} inputs"
+            report_path = output_dir / REPORT
+            record_output(output_dir, report_path)
+            write_report(entries, report_path, title)
+            log.info("wrote %s (worst first)", report_path)
+        log.info(
+            "wrote %d outputs to %s; %d skipped as existing, %d unreadable inputs skipped",
+            len(summary.written),
+            output_dir,
+            len(summary.existing),
+            len(summary.failed),
+        )
+        return summary
 
 
 def _predict_targets(
@@ -322,8 +411,10 @@ def _predict_targets(
     on_error: str,
     references: dict | None,
     entries: list[Entry],
+    output_dir: Path,
 ) -> None:
-    """Segment and write each target of ``todo``; where ``references`` is given, add its report entry."""
+    """Segment and write each target of ``todo`` (each recorded in ``output_dir``'s record first); where
+    ``references`` is given, add its report entry."""
     timings = predictor.timings
     model = predictor.model
     value = model.label_value if label_value == "model" else 1 if label_value is None else int(label_value)
@@ -348,8 +439,10 @@ def _predict_targets(
         start = time.perf_counter()
         mask = (segmentation.probabilities > threshold).astype(np.uint8) * np.uint8(value)
         result = segmentation.probabilities.astype(np.float32) if probabilities else mask
+        record_output(output_dir, target.output)
         write_atomic(result, image, target.output)
         if overlays:
+            record_output(output_dir, target.overlay)
             write_overlay(image, mask, target.overlay)
         if references is not None:
             entries.append(_entry(target, image, mask, references, segmentation.agreement))

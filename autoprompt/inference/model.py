@@ -18,8 +18,9 @@ from torch import Tensor
 
 from autoprompt.data.preprocess import Preprocessing
 from autoprompt.errors import InputError
-from autoprompt.io import atomic_path
+from autoprompt.io import save_torch
 from autoprompt.model.head import PromptHead
+from autoprompt.outputs import refuse_foreign
 from autoprompt.settings import VolumeFit
 from autoprompt.training import runs
 
@@ -207,12 +208,20 @@ def load_model(path: Path | str) -> Model:
     return from_runs(folders)
 
 
+def is_model_file(path: Path) -> bool:
+    """Whether ``path`` is a file that ``export_model`` wrote (of any version)."""
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # anything else: an image, a CSV, a damaged file
+        return False
+    return isinstance(record, dict) and record.get("format") == FORMAT
+
+
 def export_model(model: Model, out: Path | str) -> Path:
-    """Write ``model`` to one file (whole or not at all); a folder at ``out`` is refused, never replaced."""
+    """Write ``model`` to one file (whole or not at all, read back first); only a model file is replaced, never a
+    folder or another file (``outputs.refuse_foreign``), and a failed write keeps what stood there."""
     out = Path(out)
-    if out.is_dir():
-        raise InputError(f"{out}: is a folder; give a file name for the model, e.g. {out / 'model.pt'}")
-    with atomic_path(out) as tmp:
-        torch.save(model.record(), tmp)
+    refuse_foreign(out, is_model_file, "model file", "give a new file name (model.pt), or move that file away")
+    save_torch(model.record(), out)
     log.info("exported %s to %s", model.describe(), out)
     return out

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from dvclive import Live
 from tqdm import tqdm
 
 from autoprompt.data.tasks import Task
@@ -128,7 +127,7 @@ def train_baseline_job(
         tqdm(total=config.epochs if config else 1, desc=f"{job.method} {task.name} {job.run.key}", unit="epoch") as bar,
     ):
         folder.mkdir()
-        live = Live(dir=str(folder), dvcyaml=None, save_dvc_exp=False, report=None)
+        live = runs.open_log(folder)
         live.log_params({"method": job.method, "run": job.run.key, "seed": job.run.seed, "images": len(rows)})
 
         def on_epoch(epoch: int, terms: dict[str, float]) -> None:

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import zarr
-from dvclive import Live
 from tqdm import tqdm
 
 from autoprompt.data import embeddings, views
@@ -128,7 +127,7 @@ def train_head_job(
         tqdm(total=job.config.epochs, desc=f"train {task.name} {job.key}", unit="epoch") as bar,
     ):
         folder.mkdir()
-        live = Live(dir=str(folder), dvcyaml=None, save_dvc_exp=False, report=None)
+        live = runs.open_log(folder)
         live.log_params({"run": job.key, "seed": job.run.seed, "images": len(job.run.ids)})
 
         def on_epoch(epoch: int, terms: dict[str, float]) -> None:

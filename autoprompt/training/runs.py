@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from autoprompt.errors import InputError
+from autoprompt.io import save_torch
 from autoprompt.model.head import PromptHead
 
 WEIGHTS = "head.pt"
@@ -38,10 +39,23 @@ def is_done(run_dir: Path, config: dict, weights: str = WEIGHTS) -> bool:
     return saved.get("fingerprint") == fingerprint(config)
 
 
+def open_log(folder: Path):
+    """dvclive's log of one run in ``folder``: params, per-epoch metrics and plots. It never looks for a DVC
+    repository: dvclive would otherwise run ``dvc init`` at the root of any Git repository that ``autoprompt train``
+    is called from (a user's analysis repository) and stage ``.dvc/`` there."""
+    from dvclive import Live
+
+    class RunLog(Live):
+        def _init_dvc(self) -> None:  # no repository lookup, no ``dvc init``
+            return None
+
+    return RunLog(dir=str(folder), dvcyaml=None, save_dvc_exp=False, report=None)
+
+
 def save_head(folder: Path, head: PromptHead, config: dict, **record: object) -> None:
     """``head.pt``: the weights, the run's config and its fingerprint, and a ``record`` of how it went (the
     selected epoch, say), which is not part of the fingerprint."""
-    torch.save(
+    save_torch(
         {"head": head.state_dict(), "config": config, "fingerprint": fingerprint(config), "record": record},
         Path(folder) / WEIGHTS,
     )
@@ -49,7 +63,7 @@ def save_head(folder: Path, head: PromptHead, config: dict, **record: object) ->
 
 def save_model(folder: Path, state: dict, config: dict) -> None:
     """A baseline's ``model.pt``: its state dict, the run's config and its fingerprint."""
-    torch.save({"model": state, "config": config, "fingerprint": fingerprint(config)}, Path(folder) / MODEL)
+    save_torch({"model": state, "config": config, "fingerprint": fingerprint(config)}, Path(folder) / MODEL)
 
 
 def load_baseline(run_dir: Path) -> tuple[dict, dict]:
