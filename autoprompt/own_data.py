@@ -40,7 +40,7 @@ from autoprompt.inference.reprompt import choose_margin
 from autoprompt.io import write_text
 from autoprompt.model import backbones, checkpoints
 from autoprompt.model.decoding import decode
-from autoprompt.settings import FolderPrepare, Settings, TaskSpec, settings_from
+from autoprompt.settings import FolderPrepare, Settings, TaskSpec, same_place, settings_from
 from autoprompt.training.fewshot import fewshot_ids
 from autoprompt.training.head_jobs import train_task
 from autoprompt.training.inputs import task_checkpoint
@@ -119,7 +119,10 @@ def folder_settings(settings: Settings, boxes: Path, label: str | None, class_na
     prepare[DATASET] = {**section.model_dump(by_alias=True), **changes}
     spec = TaskSpec.model_validate({"dataset": DATASET, "class": prepare[DATASET]["class"], "column": DATASET})
     data.update(datasets=[DATASET], tasks={DATASET: spec.model_dump(by_alias=True)}, prepare=prepare)
-    return settings_from(data, settings.source)
+    out = settings_from(data, settings.source)
+    if any(section is s for s in settings.prepare.datasets.values()):  # messages name the file's keys: prepare.mine
+        same_place(out.prepare.datasets[DATASET], section)
+    return out
 
 
 def _inputs_stamp(root: Path, section: FolderPrepare, names: list[str]) -> str:

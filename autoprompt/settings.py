@@ -259,8 +259,9 @@ class AcdcPrepare(DatasetPrepare):
 
 class FolderPrepare(DatasetPrepare):
     """A user's folder: ``images/``, the boxes (``boxes``: ``boxes.csv``, or a COCO or Label Studio JSON export, of
-    which ``label`` picks one label) and optional ``masks/``; ``class``: the structure's name. By default the longest
-    side of each image is scaled to 512 (nothing is cut) and volumes stay on their own grid."""
+    which ``label`` picks one label; relative to the dataset's folder, or to ``autoprompt train``'s DATA; a label
+    with a ``boxes.csv`` is refused, it having none) and optional ``masks/``; ``class``: the structure's name. By
+    default the longest side of each image is scaled to 512 (nothing is cut) and volumes stay on their own grid."""
 
     reader: Literal["folder"] = "folder"
     class_name: str = Field("structure", alias="class", min_length=1)
@@ -718,6 +719,12 @@ class Settings(Section):
                 f"{self._source}: task {name!r} is not under tasks; add it or pick one of {sorted(self.tasks)}"
             )
         return self.tasks[name]
+
+
+def same_place(section: Section, like: Section) -> None:
+    """Let ``section``'s messages name the keys of ``like``'s place in its file: a section copied under another name
+    (``autoprompt train``'s folder section, renamed ``data``) still names the user's keys."""
+    _place(section, like._where)
 
 
 def _place(section: BaseModel, where: str) -> None:

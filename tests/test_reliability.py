@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
+import torch
 import zarr
 from PIL import Image
 
@@ -150,9 +151,11 @@ def test_a_plan_of_no_runs_deletes_nothing(tmp_path: Path) -> None:
     assert (tmp_path / "augmented/fewshot/subset0-seed0/head.pt").read_bytes() == b"weights"
 
 
-def test_a_baseline_stage_of_no_methods_succeeds_with_an_empty_output(tmp_path: Path) -> None:
-    """baseline.methods: [] on a fresh output (dvc repro's first baseline stage): no run, no checkpoint read, the
-    output folder made and left empty (evaluate finds no baseline run in it)."""
+def test_a_baseline_stage_of_no_methods_succeeds_with_an_empty_output(tmp_path: Path, monkeypatch) -> None:
+    """baseline.methods: [] on a fresh output (dvc repro's first baseline stage): no run, the output folder made and
+    left empty (evaluate finds no baseline run in it). Before, the guard refused it: "no runs are planned"."""
+    monkeypatch.setattr(baseline_jobs, "task_checkpoint", lambda task, encode: tmp_path / "no.pth")
+    monkeypatch.setattr(baseline_jobs.backbones, "build_prompt_decoder", lambda backbone, path: torch.nn.Identity())
     task = SimpleNamespace(name="own", table=pd.DataFrame({"id": ["a"], "has_mask": [1]}))
     params = settings(baseline={"methods": []})
     out = tmp_path / "models/baselines/own"
@@ -268,6 +271,7 @@ def test_train_reads_the_params_boxes_path_unless_boxes_is_given(
 
     def train_folder(data: Path, out: Path, work: Path, chosen: object) -> own_data.Summary:
         read.append(chosen.prepare.datasets["data"].boxes)
+        assert chosen.prepare.datasets["data"].key("crop").endswith("prepare.mine.crop"), "the user's own key"
         return own_data.Summary(out, 1, 1, 0, None, "as set", {})
 
     monkeypatch.setattr(own_data, "train_folder", train_folder)
