@@ -124,7 +124,7 @@ def validate(
 
     Image sizes come from the files' headers (``images.stack_size``), not their voxels.
     """
-    stated = stated or {}
+    stated, sizes = stated or {}, {}
     for name, box in rows:
         where = f"{source}: {box.where}"
         path = Path(images) / name
@@ -135,7 +135,9 @@ def validate(
         corners = f"({box.x_min}, {box.y_min}, {box.x_max}, {box.y_max})"
         if box.x_min > box.x_max or box.y_min > box.y_max:
             raise InputError(f"{where}: box {corners} has min > max; swap the corners")
-        width, height, depth = stack_size(path)
+        if name not in sizes:  # one header read per image, however many of its slices have a box
+            sizes[name] = stack_size(path)
+        width, height, depth = sizes[name]
         if box.where in stated:
             said_width, said_height = stated[box.where]
             if abs(said_width - width) > SIZE_TOLERANCE or abs(said_height - height) > SIZE_TOLERANCE:
