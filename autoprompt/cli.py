@@ -117,22 +117,16 @@ def label_value(text: str) -> int | str:
 def train_command(args: argparse.Namespace) -> None:
     from autoprompt.device import pin_cpu_numerics, select_device
     from autoprompt.errors import InputError
-    from autoprompt.own_data import folder_settings, train_folder
+    from autoprompt.inference.model import is_model_file
+    from autoprompt.model.checkpoints import is_packaged
+    from autoprompt.model.runtimes import default_cache_dir
+    from autoprompt.outputs import refuse_foreign, refuse_overlap
+    from autoprompt.own_data import boxes_source, folder_settings, train_folder
     from autoprompt.settings import load_settings, settings_from
 
     data = args.data
     if not (data / "images").is_dir():
         raise InputError(f"{data / 'images'}: folder not found; put the images to train on in DATA/images/")
-    boxes = args.boxes or data / "boxes.csv"
-    if not boxes.is_file():
-        raise InputError(
-            f"{boxes}: no boxes; draw a box on each training image and give boxes.csv in DATA, or --boxes with a "
-            "COCO or Label Studio JSON export"
-        )
-    from autoprompt.inference.model import is_model_file
-    from autoprompt.model.checkpoints import is_packaged
-    from autoprompt.model.runtimes import default_cache_dir
-    from autoprompt.outputs import refuse_foreign, refuse_overlap
 
     defaults = {"encode": {"runtime_cache": str(default_cache_dir())}}  # converted encoders, shared with predict
     settings = load_settings(args.params) if args.params else settings_from(defaults, "autoprompt train")
@@ -149,6 +143,7 @@ def train_command(args: argparse.Namespace) -> None:
     for section in ("encode", "train", "evaluate"):
         sections[section].update({"device": args.device, "threads": args.threads or sections[section]["threads"]})
     settings = settings_from(sections, str(args.params) if args.params else "autoprompt train")
+    boxes = boxes_source(settings, data, args.boxes, args.label)  # --boxes, else the params', else DATA/boxes.csv
     settings = folder_settings(settings, boxes.resolve(), args.label, args.class_name)
     if select_device(args.device, "--device").type == "cpu":
         pin_cpu_numerics(settings.train.threads)
@@ -251,9 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("-o", "--output", type=Path, required=True, help="the model file to write, e.g. model.pt")
     train.add_argument(
-        "--boxes", type=Path, help="the boxes: a COCO or Label Studio JSON export (default: DATA/boxes.csv)"
+        "--boxes",
+        type=Path,
+        help="the boxes: boxes.csv, or a COCO or Label Studio JSON export (default: --params' prepare.<folder>.boxes, "
+        "relative to DATA, else DATA/boxes.csv)",
     )
-    train.add_argument("--label", help="the label to train on, where the boxes file holds several")
+    train.add_argument(
+        "--label", help="the label to train on, where a COCO or Label Studio export holds several (boxes.csv has none)"
+    )
     train.add_argument(
         "--class", dest="class_name", help="the structure's name, recorded in the model (default: structure)"
     )
@@ -287,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--report", action="store_true", help="also write OUTPUT/report.html, worst inputs first")
     predict.add_argument("--masks", type=Path, help="for the report: a folder of reference masks (Dice per input)")
     predict.add_argument("--boxes", type=Path, help="for the report: boxes.csv or a JSON export (box agreement)")
-    predict.add_argument("--label", help="the label of --boxes to read, where it holds several")
+    predict.add_argument("--label", help="the label of --boxes to read, where a JSON export holds several")
     predict.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda, cuda:1, ...")
     predict.add_argument("--batch-size", type=positive, default=8, help="slices per encoder call")
     predict.add_argument("--threshold", type=probability, default=0.5, help="probability threshold of the masks")

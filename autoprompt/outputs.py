@@ -103,8 +103,10 @@ def clear_stale(folder: Path, pattern: re.Pattern[str] = STALE, own_host_only: b
 def hold(folder: Path, command: str, name: str = "autoprompt") -> Iterator[Path]:
     """Hold ``folder`` for ``command`` while the block runs: a second holder is refused in one line naming the
     first (its command, process id, machine and start time). The lock file ``folder/.NAME.lock`` stays; its lock
-    goes with the process, so a killed holder never blocks the next call."""
+    goes with the process, so a killed holder never blocks the next call. A folder that the block made and left
+    empty, failing, is removed again."""
     folder = Path(folder)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f".{name}.lock"
     try:
@@ -132,6 +134,12 @@ def hold(folder: Path, command: str, name: str = "autoprompt") -> Iterator[Path]
         since = time.strftime("%Y-%m-%d %H:%M:%S")
         handle.write(json.dumps({"command": command, "pid": os.getpid(), "host": socket.gethostname(), "since": since}))
         handle.flush()
-        yield path
+        try:
+            yield path
+        except BaseException:
+            if created and [p.name for p in folder.iterdir()] == [path.name]:  # refused before writing anything
+                path.unlink()
+                folder.rmdir()
+            raise
     finally:
         handle.close()

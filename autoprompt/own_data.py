@@ -41,7 +41,7 @@ from autoprompt.io import write_text
 from autoprompt.model import backbones, checkpoints
 from autoprompt.model.decoding import decode
 from autoprompt.outputs import clear_stale, hold
-from autoprompt.settings import FolderPrepare, Settings, TaskSpec, settings_from
+from autoprompt.settings import FolderPrepare, Settings, TaskSpec, same_place, settings_from
 from autoprompt.training.fewshot import fewshot_ids
 from autoprompt.training.head_jobs import train_task
 from autoprompt.training.inputs import task_checkpoint
@@ -64,13 +64,52 @@ class Summary:
     seconds: dict[str, float]
 
 
-def folder_settings(settings: Settings, boxes: Path, label: str | None, class_name: str | None) -> Settings:
-    """``settings`` for one folder dataset named ``data``: its ``prepare`` section (the params file's only folder
-    section, or the defaults) reading ``boxes``, split by boxes; the task ``data``; the runs on every boxed image."""
+def folder_section(settings: Settings) -> FolderPrepare:
+    """The params file's only folder section (``reader: folder``), or the defaults where it has none; several are
+    refused, there being no way to tell which is meant."""
     sections = [s for s in settings.prepare.datasets.values() if isinstance(s, FolderPrepare)]
     if len(sections) > 1:
         raise InputError(f"{settings.source}: prepare has {len(sections)} folder sections; keep the one to use")
-    section = sections[0] if sections else FolderPrepare()
+    return sections[0] if sections else FolderPrepare()
+
+
+def boxes_source(settings: Settings, data: Path, boxes: Path | None, label: str | None) -> Path:
+    """The boxes file that ``autoprompt train`` reads, logged with where it was named: ``boxes`` (``--boxes``)
+    where given; else the folder section's ``boxes`` (``prepare.<folder>.boxes``, ``boxes.csv`` by default),
+    relative to ``data`` unless absolute, as the pipeline reads it relative to the dataset's folder, so that one
+    params file names the same file in both. Refused: a missing file, and a label (``label``, ``--label``, else the
+    section's) with a ``boxes.csv``, which has no labels."""
+    section = folder_section(settings)
+    if boxes is not None:
+        path, named = Path(boxes), "--boxes"
+    else:
+        path = folder.boxes_file(data, section)
+        default = section.boxes == FolderPrepare.model_fields["boxes"].default
+        named = "the default, DATA/boxes.csv" if default else section.key("boxes")
+    if not path.is_file():
+        raise InputError(
+            f"{path}: no boxes; draw a box on each training image and give boxes.csv in DATA, or a COCO or Label "
+            f"Studio JSON export by --boxes or prepare.<folder>.boxes (this path: {named})"
+        )
+    if path.suffix.lower() == ".csv":
+        if label is not None:
+            raise InputError(
+                f"--label {label}: {path.name} has no labels; leave --label out, or give a COCO or Label Studio export"
+            )
+        if section.label is not None:
+            raise InputError(
+                f"{section.key('label')}: {path.name} has no labels; remove label, or give a COCO or Label Studio "
+                "export"
+            )
+    log.info("boxes: %s (%s)", path, named)
+    return path
+
+
+def folder_settings(settings: Settings, boxes: Path, label: str | None, class_name: str | None) -> Settings:
+    """``settings`` for one folder dataset named ``data``: its ``prepare`` section (the params file's only folder
+    section, or the defaults) reading ``boxes`` (``boxes_source`` chooses it), split by boxes; the task ``data``;
+    the runs on every boxed image."""
+    section = folder_section(settings)
     changes = {"boxes": str(boxes), "split": "boxes"}
     if label is not None:
         changes["label"] = label
@@ -81,7 +120,10 @@ def folder_settings(settings: Settings, boxes: Path, label: str | None, class_na
     prepare[DATASET] = {**section.model_dump(by_alias=True), **changes}
     spec = TaskSpec.model_validate({"dataset": DATASET, "class": prepare[DATASET]["class"], "column": DATASET})
     data.update(datasets=[DATASET], tasks={DATASET: spec.model_dump(by_alias=True)}, prepare=prepare)
-    return settings_from(data, settings.source)
+    out = settings_from(data, settings.source)
+    if any(section is s for s in settings.prepare.datasets.values()):  # messages name the file's keys: prepare.mine
+        same_place(out.prepare.datasets[DATASET], section)
+    return out
 
 
 def _inputs_stamp(root: Path, section: FolderPrepare, names: list[str]) -> str:

@@ -61,6 +61,9 @@ Positive = Annotated[int, BeforeValidator(_number), Field(gt=0)]
 Real = Annotated[float, BeforeValidator(_number)]
 Fraction = Annotated[float, BeforeValidator(_number), Field(ge=0)]
 PositiveReal = Annotated[float, BeforeValidator(_number), Field(gt=0)]
+MIN_CROP = 32  # pixels: the smallest prepared frame; a frame of a few pixels (crop: 3) holds no box worth prompting,
+# and used to surface much later as saturated first predictions (a train.init refusal)
+Crop = Annotated[int, BeforeValidator(_number), Field(ge=MIN_CROP)]
 Probability = Annotated[float, BeforeValidator(_number), Field(ge=0, le=1)]
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -199,10 +202,10 @@ class DatasetPrepare(Section):
     """``prepare.<dataset>``: how its images reach the ``crop`` x ``crop`` frame (``fit``: ``crop`` centre-crops or
     pads, ``resize`` scales the longest side to ``crop``), and how its subjects are split (the authors' lists, the
     boxes of a user's folder, or proportions; ``proportions`` deals the subjects the lists do not name). The official
-    datasets default to the paper's frame sides and the authors' lists."""
+    datasets default to the paper's frame sides and the authors' lists. ``crop`` is at least ``MIN_CROP``."""
 
     reader: str
-    crop: Positive
+    crop: Crop
     fit: Literal["crop", "resize"] = "crop"
     split: Split = "authors"
     proportions: Proportions | None = None
@@ -228,13 +231,13 @@ class DatasetPrepare(Section):
 
 class Hc18Prepare(DatasetPrepare):
     reader: Literal["hc18"] = "hc18"
-    crop: Positive = 640
+    crop: Crop = 640
     images: Literal["first", "all"] = "all"
 
 
 class CamusPrepare(DatasetPrepare):
     reader: Literal["camus"] = "camus"
-    crop: Positive = 512
+    crop: Crop = 512
     view: Literal["2CH", "4CH"] | tuple[Literal["2CH", "4CH"], ...] = "4CH"
     official_split: bool = True
 
@@ -245,7 +248,7 @@ class CamusPrepare(DatasetPrepare):
 
 class AcdcPrepare(DatasetPrepare):
     reader: Literal["acdc"] = "acdc"
-    crop: Positive = 256
+    crop: Crop = 256
     spacing: PositiveReal = 1.0
     drop_empty: bool = True
 
@@ -256,17 +259,27 @@ class AcdcPrepare(DatasetPrepare):
 
 class FolderPrepare(DatasetPrepare):
     """A user's folder: ``images/``, the boxes (``boxes``: ``boxes.csv``, or a COCO or Label Studio JSON export, of
-    which ``label`` picks one label) and optional ``masks/``; ``class``: the structure's name. By default the longest
-    side of each image is scaled to 512 (nothing is cut) and volumes stay on their own grid."""
+    which ``label`` picks one label; relative to the dataset's folder, or to ``autoprompt train``'s DATA; a label
+    with a ``boxes.csv`` is refused, it having none) and optional ``masks/``; ``class``: the structure's name. By
+    default the longest side of each image is scaled to 512 (nothing is cut) and volumes stay on their own grid."""
 
     reader: Literal["folder"] = "folder"
     class_name: str = Field("structure", alias="class", min_length=1)
     boxes: str = Field("boxes.csv", min_length=1)
     label: str | None = None
-    crop: Positive = 512
+    crop: Crop = 512
     fit: Literal["crop", "resize"] = "resize"
     spacing: PositiveReal | None = None
     split: Split = "boxes"
+
+    @model_validator(mode="after")
+    def _label_needs_an_export(self) -> FolderPrepare:
+        if self.label is not None and self.boxes.lower().endswith(".csv"):
+            raise PydanticCustomError(
+                "label", "{boxes} has no labels; remove label, or give a COCO or Label Studio export as boxes",
+                {"boxes": self.boxes},
+            )  # fmt: skip
+        return self
 
     @property
     def spacing_mm(self) -> float | None:
@@ -706,6 +719,12 @@ class Settings(Section):
                 f"{self._source}: task {name!r} is not under tasks; add it or pick one of {sorted(self.tasks)}"
             )
         return self.tasks[name]
+
+
+def same_place(section: Section, like: Section) -> None:
+    """Let ``section``'s messages name the keys of ``like``'s place in its file: a section copied under another name
+    (``autoprompt train``'s folder section, renamed ``data``) still names the user's keys."""
+    _place(section, like._where)
 
 
 def _place(section: BaseModel, where: str) -> None:

@@ -13,6 +13,7 @@ the expected one; ``tests/`` holds one test per class of failure, this script th
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 import signal
@@ -113,6 +114,30 @@ def cases(probe: Probe) -> list[tuple[str, str, Callable[[], subprocess.Complete
             return probe.autoprompt("train", data, "-o", probe.root / "m.pt", "--params", probe.params)
 
         return run
+
+    def export(text: str) -> Callable[[], subprocess.CompletedProcess]:
+        """``autoprompt train --boxes export.json`` with ``text`` as the export."""
+
+        def run() -> subprocess.CompletedProcess:
+            data = probe.folder("export-case")
+            (data / "export.json").write_text(text)
+            return probe.autoprompt(
+                "train", data, "-o", probe.root / "m.pt", "--params", probe.params, "--boxes", data / "export.json"
+            )
+
+        return run
+
+    def coco(bbox: list[float], size: tuple[int, int] = (120, 90)) -> str:
+        image = {"id": 1, "file_name": "img0.png", "width": size[0], "height": size[1]}
+        return json.dumps({"images": [image], "annotations": [{"id": 7, "image_id": 1, "category_id": 1,
+                           "bbox": bbox}], "categories": [{"id": 1, "name": "lesion"}]})  # fmt: skip
+
+    def studio(width: int, height: int) -> str:
+        value = {"x": 20, "y": 20, "width": 40, "height": 40, "rectanglelabels": ["lesion"]}
+        result = {"type": "rectanglelabels", "value": value, "original_width": width, "original_height": height}
+        return json.dumps(
+            [{"id": 5, "data": {"image": "/data/upload/1/img0.png"}, "annotations": [{"result": [result]}]}]
+        )
 
     def image(name: str, write: Callable[[Path], None]) -> Callable[[], subprocess.CompletedProcess]:
         def run() -> subprocess.CompletedProcess:
@@ -341,6 +366,31 @@ def cases(probe: Probe) -> list[tuple[str, str, Callable[[], subprocess.Complete
         ("boxes", "an image name with ../", boxes(header + "../img0.png,10,10,50,60\n")),
         ("boxes", "not a number", boxes(header + "img0.png,ten,10,50,60\n")),
         ("boxes", "no boxes file at all", no_boxes_file),
+        ("boxes", "a COCO box of zero width", export(coco([10, 10, 0, 20]))),
+        ("boxes", "a COCO box of negative height", export(coco([10, 10, 20, -5]))),
+        ("boxes", "a COCO box starting off the image", export(coco([-8, 10, 30, 30]))),
+        ("boxes", "a COCO export of another image size", export(coco([10, 10, 30, 30], (240, 180)))),
+        ("boxes", "a Label Studio export of another image size", export(studio(240, 180))),
+        ("boxes", "a one-pixel box", boxes(header + "img0.png,10,10,10,10\n")),
+        ("boxes", "a box that vanishes in the fit (crop 64)", boxes(header + "img0.png,10,10,11,11\n")),
+        ("params", "crop: 3", lambda: probe.train_with(lambda p: p["prepare"]["mine"].update(crop=3))),
+        (
+            "params",
+            "--label with a boxes.csv",
+            lambda: probe.autoprompt(
+                "train", probe.data, "-o", probe.root / "m.pt", "--params", probe.params, "--label", "lesion"
+            ),
+        ),
+        (
+            "params",
+            "prepare's label with a boxes.csv",
+            lambda: probe.train_with(lambda p: p["prepare"]["mine"].update(label="lesion")),
+        ),
+        (
+            "params",
+            "prepare's boxes naming a missing export (read, not ignored)",
+            lambda: probe.train_with(lambda p: p["prepare"]["mine"].update(boxes="missing.json")),
+        ),
         ("outputs", "predict -o equal to -i, --overwrite", predict_into_its_input("same")),
         ("outputs", "predict -o inside -i", predict_into_its_input("inside")),
         ("outputs", "predict -o around -i", predict_into_its_input("around")),

@@ -90,6 +90,7 @@ def test_misspelt_keys_are_refused_with_the_known_keys(tmp_path: Path) -> None:
         (lambda p: p["train"].update(recipe=["agumented"]), "train: recipe 'agumented' is not under train.recipes"),
         (lambda p: p["train"].update(subsets=True), "train.subsets: give a number, not true"),
         (lambda p: p["prepare"]["hc18"].update(fit="stretch"), "fit is 'stretch'; it should be 'crop' or 'resize'"),
+        (lambda p: p["prepare"]["hc18"].update(crop=3), "prepare.hc18.crop is 3; it should be greater than or equal"),
         (lambda p: p["encode"].update(device="gpu"), "encode.device: 'gpu' is not a device; give auto"),
         (lambda p: p["encode"].update(backbone="vit_h"), "encode.backbone is 'vit_h'; it should be 'medsam_vit_b'"),
         (lambda p: p["reprompt"].update(margin="big"), "reprompt.margin: 'big' is not a margin"),

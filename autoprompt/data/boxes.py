@@ -13,7 +13,16 @@ y: row). One box per image, or per slice of a volume; the image must be in the f
   holds the name without it. Rotated rectangles are refused; of several annotations of a task, the first that was not
   cancelled is read.
 
-Where an export holds boxes of several labels, ``label`` picks one (``prepare.<dataset>.label``, ``--label``).
+Where an export holds boxes of several labels, ``label`` picks one (``prepare.<dataset>.label``, ``--label``);
+``boxes.csv`` has no labels, so a label with it is refused.
+
+Every format's boxes go through ``validate``, which refuses, in one line naming the boxes file, the entry and the fix:
+an image that is not there or not read here; a box whose corners are swapped, or under ``MIN_SIDE`` pixels wide or
+high; a box starting or reaching outside its image (read from the image's header, not its voxels); a volume's box
+without a slice, or with a slice outside it; an export whose stated image size (COCO ``width``/``height``, Label
+Studio ``original_width``/``original_height``) differs from the file's by more than ``SIZE_TOLERANCE``. The COCO
+and Label Studio readers refuse a zero or negative width or height first. Nothing is clamped: a box the tool cannot
+place as drawn is the user's to fix. (The minimum size after the fit to the frame: ``prepare.check_fitted_box``.)
 """
 
 from __future__ import annotations
@@ -23,11 +32,12 @@ import functools
 import json
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
-from autoprompt.data.images import is_image, unsupported
+from autoprompt.data.images import is_image, stack_size, unsupported
 from autoprompt.errors import InputError
 
 COLUMNS = ("image", "x_min", "y_min", "x_max", "y_max")
@@ -35,6 +45,8 @@ SLICE = "slice"
 ROW_FORMAT = "image,x_min,y_min,x_max,y_max[,slice] (inclusive pixel indices)"
 FORMATS = "boxes.csv, a COCO JSON or a Label Studio JSON export"
 UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-")  # Label Studio renames uploads to <8 hex digits>-<name>
+MIN_SIDE = 2  # pixels: a narrower or lower box is a click, not a box around a structure
+SIZE_TOLERANCE = 1.0  # pixels: an export's stated image size may differ from the file's by its rounding
 
 
 @dataclass(frozen=True)
@@ -62,12 +74,19 @@ def read_boxes(path: Path, images: Path, label: str | None = None) -> dict[str, 
 
 @functools.lru_cache(maxsize=8)
 def _read(path: Path, images: Path, label: str | None, _stamp: tuple[int, int]) -> dict[str, tuple[Box, ...]]:
+    stated: dict[str, tuple[float, float]] = {}
     if path.suffix.lower() == ".csv":
+        if label is not None:
+            raise InputError(
+                f"{path}: {path.name} has no labels, so label {label!r} picks nothing; leave --label (or prepare's "
+                "label) out, or give a COCO or Label Studio export"
+            )
         rows = _csv_rows(path, images)
     elif path.suffix.lower() == ".json":
-        rows = _json_rows(path, images, label)
+        rows = _json_rows(path, images, label, stated)
     else:
         raise InputError(f"{path}: unknown boxes format; give {FORMATS}")
+    rows = validate(path, rows, images, stated)
     boxes: dict[str, list[Box]] = {}
     seen: dict[tuple[str, int | None], str] = {}
     for name, box in rows:
@@ -85,18 +104,69 @@ def _read(path: Path, images: Path, label: str | None, _stamp: tuple[int, int]) 
     return {name: tuple(found) for name, found in boxes.items()}
 
 
-def _checked(
-    path: Path, where: str, name: str, images: Path, corners: tuple[int, ...], k: int | None
-) -> tuple[str, Box]:
-    """(name, Box) after checking the image exists and the corners are ordered."""
-    x_min, y_min, x_max, y_max = corners
-    if not is_image(images / name):
-        if (images / name).is_file():
-            raise InputError(f"{path}: {where}: {images / name} is not in a format read here; {unsupported(name)}")
-        raise InputError(f"{path}: {where}: {images / name} not found; fix the name (with its suffix) or add the image")
-    if x_min > x_max or y_min > y_max:
-        raise InputError(f"{path}: {where}: box ({x_min}, {y_min}, {x_max}, {y_max}) has min > max; swap the corners")
-    return name, Box(where, k, x_min, y_min, x_max, y_max)
+def validate(
+    source: Path,
+    rows: Sequence[tuple[str, Box]],
+    images: Path,
+    stated: Mapping[str, tuple[float, float]] | None = None,
+) -> list[tuple[str, Box]]:
+    """``rows`` (image file name in ``images``, its ``Box``), read from the boxes file ``source``, checked against
+    their images; returned as given. Every box format's reader ends here, so that a box means the same whatever
+    drew it. Refused, in one line naming ``source``, the box's ``where`` and the fix:
+
+    - an image not in ``images``, or of a format not read here;
+    - corners swapped (``x_min > x_max`` or ``y_min > y_max``);
+    - a side under ``MIN_SIDE`` pixels (a 1-pixel box trains nothing: it is a click, not a box);
+    - a box starting before pixel 0 or reaching past the image's last column or row;
+    - a volume's box without a slice, or with a slice past its last; a 2D image's box with a slice other than 0;
+    - ``stated`` (``where`` -> the image's width and height as the export states them): a stated size more than
+      ``SIZE_TOLERANCE`` pixels off the file's.
+
+    Image sizes come from the files' headers (``images.stack_size``), not their voxels.
+    """
+    stated, sizes = stated or {}, {}
+    for name, box in rows:
+        where = f"{source}: {box.where}"
+        path = Path(images) / name
+        if not is_image(path):
+            if path.is_file():
+                raise InputError(f"{where}: {path} is not in a format read here; {unsupported(name)}")
+            raise InputError(f"{where}: {path} not found; fix the name (with its suffix) or add the image")
+        corners = f"({box.x_min}, {box.y_min}, {box.x_max}, {box.y_max})"
+        if box.x_min > box.x_max or box.y_min > box.y_max:
+            raise InputError(f"{where}: box {corners} has min > max; swap the corners")
+        if name not in sizes:  # one header read per image, however many of its slices have a box
+            sizes[name] = stack_size(path)
+        width, height, depth = sizes[name]
+        if box.where in stated:
+            said_width, said_height = stated[box.where]
+            if abs(said_width - width) > SIZE_TOLERANCE or abs(said_height - height) > SIZE_TOLERANCE:
+                raise InputError(
+                    f"{where}: the export says {name} is {said_width:g} x {said_height:g} pixels, but the file is "
+                    f"{width} x {height}; export the boxes again from this image (boxes drawn on another size "
+                    "would be misplaced)"
+                )
+        if box.x_min < 0 or box.y_min < 0:
+            raise InputError(
+                f"{where}: box {corners} starts outside {name} (x_min and y_min are at least 0); draw it inside the "
+                "image"
+            )
+        if box.x_max >= width or box.y_max >= height:
+            raise InputError(
+                f"{where}: box {corners} leaves {name} ({width} columns x {height} rows); x_max <= {width - 1} and "
+                f"y_max <= {height - 1}"
+            )
+        box_width, box_height = box.x_max - box.x_min + 1, box.y_max - box.y_min + 1
+        if min(box_width, box_height) < MIN_SIDE:
+            raise InputError(
+                f"{where}: box {corners} of {name} is {box_width} x {box_height} pixels; draw a box around the whole "
+                f"structure, at least {MIN_SIDE} pixels wide and high"
+            )
+        if box.slice is None and depth > 1:
+            raise InputError(f"{where}: {name} is a volume of {depth} slices; give the box's slice, from 0")
+        if box.slice is not None and box.slice >= depth:
+            raise InputError(f"{where}: slice {box.slice} is outside {name} (slices 0 to {depth - 1}); fix slice")
+    return list(rows)
 
 
 # ---------------------------------------------------------------------------------------------------------- CSV
@@ -132,27 +202,36 @@ def _csv_rows(path: Path, images: Path) -> list[tuple[str, Box]]:
         corners = tuple(_integer((row.get(c) or "").strip(), c, f"{path}: {where}") for c in COLUMNS[1:])
         cell = (row.get(SLICE) or "").strip()
         k = _integer(cell, SLICE, f"{path}: {where}") if cell else None
-        out.append(_checked(path, where, name, images, corners, k))
+        out.append((name, Box(where, k, *corners)))
     return out
 
 
 # --------------------------------------------------------------------------------------------------------- JSON
-def _pixels(left: float, top: float, width: float, height: float) -> tuple[int, int, int, int]:
-    """A continuous box (pixel ``i`` spans ``[i, i + 1)``) -> the inclusive indices of the pixels it covers."""
+def _pixels(where: str, left: float, top: float, width: float, height: float) -> tuple[int, int, int, int]:
+    """A continuous box (pixel ``i`` spans ``[i, i + 1)``) -> the inclusive indices of the pixels it covers, not
+    clamped (``validate`` refuses what leaves the image). A zero or negative width or height is refused here: it is
+    no box at all, and its indices would read as swapped corners."""
+    if not width > 0 or not height > 0:
+        raise InputError(
+            f"{where}: box of width {width:g} and height {height:g}; draw a box with a positive width and height"
+        )
     x_min, y_min = math.floor(left + 1e-6), math.floor(top + 1e-6)
     x_max, y_max = math.ceil(left + width - 1e-6) - 1, math.ceil(top + height - 1e-6) - 1
-    return max(x_min, 0), max(y_min, 0), max(x_max, x_min), max(y_max, y_min)
+    return x_min, y_min, max(x_max, x_min), max(y_max, y_min)
 
 
-def _json_rows(path: Path, images: Path, label: str | None) -> list[tuple[str, Box]]:
+def _json_rows(
+    path: Path, images: Path, label: str | None, stated: dict[str, tuple[float, float]]
+) -> list[tuple[str, Box]]:
+    """The rows of a COCO or Label Studio export; ``stated`` gets each box's image size as the export states it."""
     try:
         data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, ValueError) as error:
         raise InputError(f"{path}: unreadable JSON ({error.__class__.__name__}: {error}); export it again") from None
     if isinstance(data, dict) and "annotations" in data and "images" in data:
-        return _coco_rows(path, data, images, label)
+        return _coco_rows(path, data, images, label, stated)
     if isinstance(data, list):
-        return _label_studio_rows(path, data, images, label)
+        return _label_studio_rows(path, data, images, label, stated)
     raise InputError(f"{path}: neither a COCO file (images, annotations) nor a Label Studio export (a list of tasks)")
 
 
@@ -167,9 +246,16 @@ def _one_label(path: Path, found: set[str], label: str | None) -> str | None:
     return None
 
 
-def _coco_rows(path: Path, data: dict, images: Path, label: str | None) -> list[tuple[str, Box]]:
+def _coco_rows(
+    path: Path, data: dict, images: Path, label: str | None, stated: dict[str, tuple[float, float]]
+) -> list[tuple[str, Box]]:
     try:
         files = {int(image["id"]): Path(str(image["file_name"])).name for image in data["images"]}
+        sizes = {
+            int(image["id"]): (float(image["width"]), float(image["height"]))
+            for image in data["images"]
+            if image.get("width") is not None and image.get("height") is not None
+        }
         names = {int(c["id"]): str(c["name"]) for c in data.get("categories", [])}
         annotations = [(int(a["id"]) if "id" in a else i, a) for i, a in enumerate(data["annotations"])]
     except (KeyError, TypeError, ValueError) as error:
@@ -181,13 +267,16 @@ def _coco_rows(path: Path, data: dict, images: Path, label: str | None) -> list[
             continue
         where = f"annotation {number}"
         try:
-            name = files[int(annotation["image_id"])]
+            image_id = int(annotation["image_id"])
+            name = files[image_id]
             left, top, width, height = (float(v) for v in annotation["bbox"])
         except (KeyError, TypeError, ValueError):
             raise InputError(
                 f"{path}: {where}: no image_id of the images list, or no bbox [x, y, width, height]"
             ) from None
-        out.append(_checked(path, where, name, images, _pixels(left, top, width, height), None))
+        if image_id in sizes:
+            stated[where] = sizes[image_id]
+        out.append((name, Box(where, None, *_pixels(f"{path}: {where}", left, top, width, height))))
     return out
 
 
@@ -214,7 +303,11 @@ def _rectangles(task: dict) -> list[dict]:
     return [item for value in task.values() if isinstance(value, list) for item in value if "rectanglelabels" in item]
 
 
-def _label_studio_rows(path: Path, tasks: list, images: Path, label: str | None) -> list[tuple[str, Box]]:
+def _label_studio_rows(
+    path: Path, tasks: list, images: Path, label: str | None, stated: dict[str, tuple[float, float]]
+) -> list[tuple[str, Box]]:
+    """Each rectangle's percentages scaled by its image file's size (its ``original_width`` and
+    ``original_height`` checked against it by ``validate``)."""
     parsed: list[tuple[int, str, dict]] = []
     for number, task in enumerate(tasks, 1):
         if not isinstance(task, dict):
@@ -239,8 +332,11 @@ def _label_studio_rows(path: Path, tasks: list, images: Path, label: str | None)
             raise InputError(
                 f"{path}: {where}: a rectangle without x, y, width, height and the original size"
             ) from None
-        corners = _pixels(x / 100 * width, y / 100 * height, w / 100 * width, h / 100 * height)
-        out.append(_checked(path, where, name, images, corners, None))
+        stated[where] = (width, height)
+        if is_image(images / name):  # the file's own size: a stated size within SIZE_TOLERANCE is its rounding
+            width, height, _ = stack_size(images / name)
+        corners = _pixels(f"{path}: {where}", x / 100 * width, y / 100 * height, w / 100 * width, h / 100 * height)
+        out.append((name, Box(where, None, *corners)))
     return out
 
 

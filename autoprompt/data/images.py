@@ -148,6 +148,27 @@ def as_stack(image: sitk.Image) -> Stack:
     return Stack(image, stack, order)
 
 
+def stack_size(path: Path) -> tuple[int, int, int]:
+    """(columns, rows, slices) of an image file as ``as_stack`` cuts it, from its header alone where SimpleITK can
+    read one (boxes are checked against every image of a folder without reading their voxels); otherwise from the
+    whole image, whose reading refuses a bad file in one line (``read_image``)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+        size = tuple(int(v) for v in reader.GetSize())
+    except RuntimeError:
+        size = ()
+    if len(size) == 2:
+        return size[0], size[1], 1
+    if len(size) != 3:  # unreadable header (a grey PNG with alpha, a bad file), or not 2D or 3D
+        return as_stack(read_image(path)).stack.GetSize()
+    if size[2] != 1 and 1 in size[:2]:  # as_stack moves a singleton axis last
+        singleton = size.index(1)
+        return (*(size[a] for a in range(3) if a != singleton), 1)
+    return size
+
+
 def resample_in_plane(image: sitk.Image, spacing: float, interpolator: int) -> sitk.Image:
     """A 3D ``image`` resampled to ``spacing`` mm along its first two axes, on its own grid: same direction, same
     third axis, same field of view (the first voxel edge stays put; the far edge moves by under half a new pixel)."""

@@ -14,11 +14,12 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from autoprompt.data.boxes import MIN_SIDE
 from autoprompt.data.folder import BOXES
 from autoprompt.data.prepared import BOX, Prepared
-from autoprompt.data.preprocess import fit_label, fit_to_frame, kept_fraction, tight_box
+from autoprompt.data.preprocess import Geometry, fit_label, fit_to_frame, kept_fraction, tight_box
 from autoprompt.data.readers import get_reader
-from autoprompt.data.records import CaseFiles, Reader, preprocessing
+from autoprompt.data.records import Case, CaseFiles, Reader, preprocessing
 from autoprompt.data.splits import SPLITS, SplitLists, assign_splits, authors_lists, listed_subjects
 from autoprompt.errors import InputError
 from autoprompt.settings import DatasetPrepare, Proportions
@@ -26,6 +27,7 @@ from autoprompt.settings import DatasetPrepare, Proportions
 log = logging.getLogger(__name__)
 
 LOST = 0.01  # an image "lost" a class when the prepared frame keeps less than 1 - LOST of its area
+SMALL_SIDE = 4  # pixels: a box drawn by hand this narrow or low in the frame is warned about (under MIN_SIDE: refused)
 SPLIT_BY = {
     "lists": "from the lists",
     "data": "fixed by the data",
@@ -67,6 +69,9 @@ def prepare_cases(reader: Reader, files: list[CaseFiles], section: DatasetPrepar
     A case's boxes drawn by hand (``Case.box_label``) are fitted with its label and give its tight boxes instead of
     the label; the folder reader's rows say where their boxes came from in ``box_from`` (``boxes.csv`` or ``mask``).
 
+    A box drawn by hand that the fit shrinks under ``boxes.MIN_SIDE`` pixels, or cuts away, is refused (a bad case);
+    one under ``SMALL_SIDE`` pixels is warned about (``check_fitted_box``).
+
     ``on_error``: ``stop`` raises the first bad case's InputError; ``skip`` logs it, counts it and goes on.
     """
     assert on_error in ("stop", "skip"), f"on_error must be stop or skip, got {on_error!r}"
@@ -98,6 +103,15 @@ def prepare_cases(reader: Reader, files: list[CaseFiles], section: DatasetPrepar
                 **case.extra,
             }
             boxes = None if case.box_label is None else fit_label(case.box_label, crop, geometry)
+            if boxes is not None:
+                try:
+                    check_fitted_box(case, boxes, geometry, section)
+                except InputError as error:
+                    if on_error == "stop":
+                        raise
+                    log.warning("skipped: %s", error)
+                    skipped.append(str(error))
+                    continue
             for name, value in reader.classes.items():
                 mask = label == value
                 area, area_raw = int(mask.sum()), int((case.label == value).sum())
@@ -118,6 +132,34 @@ def prepare_cases(reader: Reader, files: list[CaseFiles], section: DatasetPrepar
     assert not duplicates, f"{reader.name}: duplicate case ids {duplicates[:5]}"
     log_losses(table, reader.name, list(reader.classes), fit, crop)
     return Prepared(np.stack(images), np.stack(labels), table, skipped)
+
+
+def check_fitted_box(case: Case, fitted: np.ndarray, geometry: Geometry, section: DatasetPrepare) -> None:
+    """Refuse a case whose box drawn by hand (``case.box_label``) keeps under ``boxes.MIN_SIDE`` pixels of width or
+    height in the frame (``fitted``: the box label fitted by ``geometry``), or none at all (shrunk by ``fit:
+    resize``, cut by ``fit: crop``, or lost to the in-plane resampling): the run would train on no box, and the
+    image would go missing from the training set further on. Warn where it keeps fewer than ``SMALL_SIDE``."""
+    drawn, kept = tight_box(case.box_label), tight_box(fitted)
+    size = (0, 0) if kept is None else (kept[2] - kept[0] + 1, kept[3] - kept[1] + 1)
+    if drawn is None:
+        raise InputError(
+            f"{case.source} ({case.id}): its box has no pixel left after the resampling to {section.spacing_mm} mm; "
+            f"draw a larger box, set a finer spacing ({section.key('spacing')}), or leave the image out"
+        )
+    x0, y0, x1, y1 = drawn
+    fit = f"{section.fit} to {section.crop}"
+    shown = f"its box ({x0}, {y0}, {x1}, {y1}) is {size[0]} x {size[1]} pixels after the {fit}"
+    if min(size) < MIN_SIDE:
+        other = " (or fit: resize)" if section.fit == "crop" else ""
+        raise InputError(
+            f"{case.source} ({case.id}): {shown}, under {MIN_SIDE}; set a larger crop ({section.key('crop')}){other}, "
+            "or leave the image out (remove its box)"
+        )
+    if min(size) < SMALL_SIDE:
+        log.warning(
+            "%s (%s): %s; so small a box prompts little: a larger crop (%s) would keep more of it",
+            case.source, case.id, shown, section.key("crop"),
+        )  # fmt: skip
 
 
 def log_losses(table: pd.DataFrame, dataset: str, classes: list[str], fit: str, crop: int) -> None:

@@ -150,10 +150,9 @@ def train_task(
     task: Task, baseline: BaselineSettings, train: TrainSettings, encode: EncodeSettings, out: Path
 ) -> list[BaselineJob]:
     """Train every planned baseline run of ``task`` that ``out`` does not hold already, then remove the run folders
-    of earlier plans; returns the plan."""
-    checkpoint = task_checkpoint(task, encode)
-    device = select_device(baseline.device, baseline.key("device"))
-    decoder = backbones.build_prompt_decoder(encode.backbone, checkpoint).to(device)
+    of earlier plans; returns the plan. ``out`` is made even for a plan of no runs (``baseline.methods: []``, or no
+    run with masks), which leaves it empty and deletes nothing (``runs.remove_stale``): the stage's output exists,
+    and ``evaluate`` scores no baseline."""
     jobs = plan_baseline_jobs(task, baseline, train)
     out.mkdir(parents=True, exist_ok=True)
     todo = [job for job in jobs if not runs.is_done(out / job.key, job.record, runs.MODEL)]
@@ -161,9 +160,14 @@ def train_task(
         "%s: %d baseline runs planned, %d already trained, %d to train", task.name, len(jobs), len(jobs) - len(todo),
         len(todo),
     )  # fmt: skip
-    for job in todo:
-        train_baseline_job(job, task, baseline, train, decoder, device, out)
-    removed = runs.remove_stale(out, {job.key for job in jobs})
+    if todo:
+        checkpoint = task_checkpoint(task, encode)
+        device = select_device(baseline.device, baseline.key("device"))
+        decoder = backbones.build_prompt_decoder(encode.backbone, checkpoint).to(device)
+        for job in todo:
+            train_baseline_job(job, task, baseline, train, decoder, device, out)
+    why = f"{baseline.key('methods')} is empty" if not baseline.methods else "no run of baseline.methods has masks"
+    removed = runs.remove_stale(out, {job.key for job in jobs}, why)
     if removed:
         log.info("%s: removed runs of earlier params: %s", task.name, ", ".join(removed))
     return jobs

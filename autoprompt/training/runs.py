@@ -113,12 +113,29 @@ def group_key(key: str) -> str:
     return key.rsplit("/", 1)[0]
 
 
-def remove_stale(out: Path, keep: set[str]) -> list[str]:
+def holds_files(out: Path) -> bool:
+    """Whether ``out`` holds any file outside hidden folders (a run, a log, anything a user could lose)."""
+    return any(
+        path.is_file() and not any(part.startswith(".") for part in path.relative_to(out).parts)
+        for path in Path(out).rglob("*")
+    )
+
+
+def remove_stale(out: Path, keep: set[str], why: str = "check the train settings") -> list[str]:
     """Delete the folders under ``out`` that hold no run of ``keep`` (``recipe/regime/run`` keys): runs of earlier
-    params, and recipes or regimes no longer planned. Returns what was removed, relative to ``out``. An empty
-    ``keep`` is refused: a plan of no runs is a mistake, not a reason to delete every run."""
+    params, and recipes or regimes no longer planned. Returns what was removed, relative to ``out``.
+
+    An empty ``keep`` (a plan of no runs) deletes nothing. Where ``out`` holds no file (a fresh stage output, as
+    ``dvc repro`` gives a stage with ``baseline.methods: []``), that is all: it succeeds, the output left empty.
+    Where ``out`` holds files, it is refused (``why``: what planned no runs, and what to check): a plan of no runs is
+    more often a mistake than a wish to lose every run, and the user, who knows which, deletes the folder if meant."""
     if not keep:
-        raise InputError(f"{out}: no runs are planned, so every run here would go; check the train settings")
+        if holds_files(out):
+            raise InputError(
+                f"{out}: no runs are planned ({why}), so every run here would go; nothing was deleted: delete the "
+                "folder yourself if that is meant"
+            )
+        return []
     prefixes = {"/".join(key.split("/")[:depth]) for key in keep for depth in (1, 2, 3)}
     removed = []
     for pattern in ("*", "*/*", "*/*/*"):
