@@ -22,6 +22,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import IO
 
 from autoprompt.errors import InputError
 
@@ -102,9 +103,9 @@ def clear_stale(folder: Path, pattern: re.Pattern[str] = STALE, own_host_only: b
 @contextlib.contextmanager
 def hold(folder: Path, command: str, name: str = "autoprompt") -> Iterator[Path]:
     """Hold ``folder`` for ``command`` while the block runs: a second holder is refused in one line naming the
-    first (its command, process id, machine and start time). The lock file ``folder/.NAME.lock`` stays; its lock
-    goes with the process, so a killed holder never blocks the next call. A folder that the block made and left
-    empty, failing, is removed again."""
+    first (its command, process id, machine and start time). The lock is the kernel's, on ``folder/.NAME.lock``:
+    a killed holder never blocks the next call. The file is removed when the block ends (what DVC tracks in the
+    folder stays the outputs alone), and so is a folder that the block made and left empty, failing."""
     folder = Path(folder)
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
@@ -114,8 +115,24 @@ def hold(folder: Path, command: str, name: str = "autoprompt") -> Iterator[Path]
     except ImportError:  # no flock (Windows): nothing is held
         yield path
         return
-    handle = path.open("a+")
+    handle = _locked(path, fcntl)
     try:
+        since = time.strftime("%Y-%m-%d %H:%M:%S")
+        handle.write(json.dumps({"command": command, "pid": os.getpid(), "host": socket.gethostname(), "since": since}))
+        handle.flush()
+        yield path
+    finally:
+        path.unlink(missing_ok=True)  # while still held: a caller that opened it before retries (_locked)
+        handle.close()
+        if created and not any(folder.iterdir()):  # refused before anything was written
+            folder.rmdir()
+
+
+def _locked(path: Path, fcntl) -> IO[str]:
+    """``path`` opened and locked for this process, emptied; a locked one refused with its holder's record. A file
+    that its holder removed between this process's open and lock is opened again."""
+    while True:
+        handle = path.open("a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -124,22 +141,18 @@ def hold(folder: Path, command: str, name: str = "autoprompt") -> Iterator[Path]
                 holder = json.loads(handle.read() or "{}")
             except ValueError:
                 holder = {}
+            handle.close()
             raise InputError(
-                f"{folder}: in use by {holder.get('command', 'another autoprompt process')} (pid "
+                f"{path.parent}: in use by {holder.get('command', 'another autoprompt process')} (pid "
                 f"{holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('since', '?')}); wait for "
                 "it to end, or give another folder"
             ) from None
-        handle.seek(0)
-        handle.truncate()
-        since = time.strftime("%Y-%m-%d %H:%M:%S")
-        handle.write(json.dumps({"command": command, "pid": os.getpid(), "host": socket.gethostname(), "since": since}))
-        handle.flush()
         try:
-            yield path
-        except BaseException:
-            if created and [p.name for p in folder.iterdir()] == [path.name]:  # refused before writing anything
-                path.unlink()
-                folder.rmdir()
-            raise
-    finally:
+            same = os.fstat(handle.fileno()).st_ino == path.stat().st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            handle.seek(0)
+            handle.truncate()
+            return handle
         handle.close()
