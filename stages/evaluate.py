@@ -155,7 +155,9 @@ def main(argv: list[str] | None = None) -> None:
                 decoder, val_embeddings, task.label_size, batch, device, head=head
             )
     titles = {}
+    planned = set(everything.baseline.methods)  # runs of methods no longer planned may be kept there: left out
     baseline_dirs = runs.finished_runs(args.baselines, runs.MODEL) if args.baselines else []
+    baseline_dirs = [d for d in baseline_dirs if runs.run_key(d).split("/")[0] in planned]
     images = task.load_images(rows) if baseline_dirs else None
     for run_dir in tqdm(baseline_dirs, desc=f"evaluate {args.task} baselines", unit="run"):
         name, probs, title = predict_run(run_dir, decoder, images, embeddings, task.label_size, batch, device)

@@ -140,15 +140,15 @@ def test_a_kill_between_the_store_and_its_index_keeps_the_earlier_store(tmp_path
     assert read_index(path, index)[1]["id"].tolist() == ["i0", "i1", "i2"] and not kept.exists()
 
 
-def test_a_plan_of_no_runs_deletes_nothing(tmp_path: Path) -> None:
-    """Nothing to lose (folders, no file): it succeeds, deleting nothing; runs there: refused, every file kept."""
-    (tmp_path / "augmented/fewshot/subset0-seed0").mkdir(parents=True)
+def test_a_plan_of_no_runs_deletes_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Nothing to lose (folders, no file): it succeeds, deleting nothing; runs there: kept, with a warning."""
+    (tmp_path / "unet/fewshot/subset0-seed0").mkdir(parents=True)
     assert runs.remove_stale(tmp_path, set()) == []
-    assert (tmp_path / "augmented/fewshot/subset0-seed0").is_dir()
-    (tmp_path / "augmented/fewshot/subset0-seed0/head.pt").write_bytes(b"weights")
-    with pytest.raises(InputError, match=r"no runs are planned \(baseline\.methods is empty\), so every run here"):
-        runs.remove_stale(tmp_path, set(), "baseline.methods is empty")
-    assert (tmp_path / "augmented/fewshot/subset0-seed0/head.pt").read_bytes() == b"weights"
+    assert (tmp_path / "unet/fewshot/subset0-seed0").is_dir() and not caplog.records
+    (tmp_path / "unet/fewshot/subset0-seed0/model.pt").write_bytes(b"weights")
+    assert runs.remove_stale(tmp_path, set(), "baseline.methods is empty") == []
+    assert (tmp_path / "unet/fewshot/subset0-seed0/model.pt").read_bytes() == b"weights"
+    assert "no runs are planned (baseline.methods is empty); the runs already here are kept" in caplog.text
 
 
 def test_a_baseline_stage_of_no_methods_succeeds_with_an_empty_output(tmp_path: Path, monkeypatch) -> None:

@@ -151,8 +151,8 @@ def train_task(
 ) -> list[BaselineJob]:
     """Train every planned baseline run of ``task`` that ``out`` does not hold already, then remove the run folders
     of earlier plans; returns the plan. ``out`` is made even for a plan of no runs (``baseline.methods: []``, or no
-    run with masks), which leaves it empty and deletes nothing (``runs.remove_stale``): the stage's output exists,
-    and ``evaluate`` scores no baseline."""
+    run with masks), which deletes nothing (``runs.remove_stale``): the stage's output exists, and ``evaluate``
+    scores no baseline (it scores the planned methods only)."""
     jobs = plan_baseline_jobs(task, baseline, train)
     out.mkdir(parents=True, exist_ok=True)
     todo = [job for job in jobs if not runs.is_done(out / job.key, job.record, runs.MODEL)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -19,6 +20,8 @@ import torch
 from autoprompt.errors import InputError
 from autoprompt.io import save_torch
 from autoprompt.model.head import PromptHead
+
+log = logging.getLogger(__name__)
 
 WEIGHTS = "head.pt"
 MODEL = "model.pt"  # a baseline's run: its weights under the same layout
@@ -125,15 +128,16 @@ def remove_stale(out: Path, keep: set[str], why: str = "check the train settings
     """Delete the folders under ``out`` that hold no run of ``keep`` (``recipe/regime/run`` keys): runs of earlier
     params, and recipes or regimes no longer planned. Returns what was removed, relative to ``out``.
 
-    An empty ``keep`` (a plan of no runs) deletes nothing. Where ``out`` holds no file (a fresh stage output, as
-    ``dvc repro`` gives a stage with ``baseline.methods: []``), that is all: it succeeds, the output left empty.
-    Where ``out`` holds files, it is refused (``why``: what planned no runs, and what to check): a plan of no runs is
-    more often a mistake than a wish to lose every run, and the user, who knows which, deletes the folder if meant."""
+    An empty ``keep`` (a plan of no runs: ``why`` says what planned none) deletes nothing and succeeds: a fresh
+    output stays empty; runs already there are kept, with a warning, since a plan of no runs is as often a mistake as
+    a wish to lose every run (``evaluate`` scores only the methods its params plan)."""
     if not keep:
         if holds_files(out):
-            raise InputError(
-                f"{out}: no runs are planned ({why}), so every run here would go; nothing was deleted: delete the "
-                "folder yourself if that is meant"
+            log.warning(
+                "%s: no runs are planned (%s); the runs already here are kept, not deleted, and evaluate leaves "
+                "them out: delete the folder yourself if they should go",
+                out,
+                why,
             )
         return []
     prefixes = {"/".join(key.split("/")[:depth]) for key in keep for depth in (1, 2, 3)}
