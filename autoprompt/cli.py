@@ -65,8 +65,11 @@ def positive(text: str) -> int:
 
 
 def fraction(text: str) -> float:
-    value = float(text)
-    if value < 0:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a fraction >= 0 of the box's side") from None
+    if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"{value}; give a fraction >= 0 of the box's side")
     return value
 

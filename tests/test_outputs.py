@@ -101,14 +101,16 @@ def test_a_grid_within_the_files_rounding_is_the_same_grid(tmp_path: Path) -> No
         ["evaluate", "--pred", "p", "--masks", "m", "--tolerance", "-1"],
         ["evaluate", "--pred", "p", "--masks", "m", "--tolerance", "0"],
         ["evaluate", "--pred", "p", "--masks", "m", "--tolerance", "nan"],
+        ["predict", "-m", "m.pt", "-i", "x", "-o", "o", "--reprompt-margin", "nan"],
     ],
-    ids=["threshold>1", "threshold<0", "evaluate-threshold", "tolerance<0", "tolerance=0", "tolerance-nan"],
+    ids=["threshold>1", "threshold<0", "evaluate-threshold", "tolerance<0", "tolerance=0", "tolerance-nan", "margin"],
 )
 def test_option_values_out_of_range_are_refused_in_one_line(argv: list[str], capsys) -> None:
     with pytest.raises(SystemExit) as stopped:
         cli.main(argv)
     err = capsys.readouterr().err.strip().splitlines()
-    assert stopped.value.code == 2 and len(err) == 1 and ("probability from 0 to 1" in err[0] or "mm above 0" in err[0])
+    assert stopped.value.code == 2 and len(err) == 1
+    assert any(fix in err[0] for fix in ("probability from 0 to 1", "mm above 0", "fraction >= 0")), err[0]
 
 
 def test_a_second_holder_is_told_who_holds_the_folder(tmp_path: Path) -> None:

@@ -184,6 +184,8 @@ def _coco(root: Path, bbox: list[float], size: tuple[int, int] | None = None) ->
         ([-4, 10, 20, 20], r"annotation 17: box \(-4, 10, 15, 29\) starts outside img0\.png .*; draw it inside"),
         ([110, 10, 20, 20], r"annotation 17: box \(110, 10, 129, 29\) leaves img0\.png \(120 columns x 90 rows\)"),
         ([10, 10, 1, 1], r"annotation 17: box \(10, 10, 10, 10\) of img0\.png is 1 x 1 pixels; .* at least 2 pixels"),
+        ([float("nan"), 10, 5, 5], r"annotation 17: box \(nan, 10, 5, 5\) is not a number everywhere; export it again"),
+        ([1, 1, float("inf"), 5], r"annotation 17: box \(1, 1, inf, 5\) is not a number everywhere"),
     ],
 )
 def test_boxes_of_no_size_or_off_the_image_are_refused_not_clamped(tmp_path: Path, bbox: list, match: str) -> None:

@@ -211,6 +211,10 @@ def _pixels(where: str, left: float, top: float, width: float, height: float) ->
     """A continuous box (pixel ``i`` spans ``[i, i + 1)``) -> the inclusive indices of the pixels it covers, not
     clamped (``validate`` refuses what leaves the image). A zero or negative width or height is refused here: it is
     no box at all, and its indices would read as swapped corners."""
+    if not all(math.isfinite(v) for v in (left, top, width, height)):
+        raise InputError(
+            f"{where}: box ({left:g}, {top:g}, {width:g}, {height:g}) is not a number everywhere; export it again"
+        )
     if not width > 0 or not height > 0:
         raise InputError(
             f"{where}: box of width {width:g} and height {height:g}; draw a box with a positive width and height"
