@@ -178,6 +178,7 @@ def predict_command(args: argparse.Namespace) -> None:
         masks=args.masks,
         boxes=args.boxes,
         label=args.label,
+        output_format=args.output_format,
     )
     if summary.failed:
         raise SystemExit(f"{len(summary.failed)} unreadable inputs were skipped (listed in the warnings above)")
@@ -254,6 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=positive, default=8, help="slices per encoder call")
     predict.add_argument("--threshold", type=float, default=0.5, help="probability threshold of the masks")
     predict.add_argument("--probabilities", action="store_true", help="write float32 probabilities, not masks")
+    predict.add_argument(
+        "--output-format",
+        choices=("auto", "dicom-seg", "nifti"),
+        default="auto",
+        help="a DICOM series' mask: a DICOM SEG of the series (auto, dicom-seg; fractional with --probabilities) or "
+        "NIfTI; other inputs keep their format",
+    )
     predict.add_argument(
         "--label-value",
         type=label_value,

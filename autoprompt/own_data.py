@@ -92,6 +92,8 @@ def _inputs_stamp(root: Path, section: FolderPrepare, names: list[str]) -> str:
 
 
 def _stat(path: Path) -> list[str]:
+    if path.is_dir():  # a DICOM series folder: each of its files
+        return [entry for part in sorted(path.iterdir()) for entry in _stat(part)]
     stat = path.stat()
     return [str(path), str(stat.st_size), str(stat.st_mtime_ns)]
 

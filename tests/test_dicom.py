@@ -4,6 +4,7 @@ geometry and voxels; the refusals of series that cannot be one volume; SEG writt
 from __future__ import annotations
 
 import shutil
+import subprocess
 
 import numpy as np
 import pydicom
@@ -11,8 +12,10 @@ import pytest
 import SimpleITK as sitk
 from pydicom.data import get_testdata_file
 
+from autoprompt.data import dicom
 from autoprompt.data.images import as_stack, is_image, read_image
 from autoprompt.errors import InputError
+from autoprompt.evaluation.folders import evaluate_folder
 from tests.dicom_series import oblique_volume, series_datasets, write_series
 
 
@@ -122,3 +125,70 @@ def test_pydicom_test_files(tmp_path):
     (tmp_path / "jpeg").mkdir()
     jpeg.save_as(tmp_path / "jpeg" / "a.dcm")
     _refused(tmp_path / "jpeg", "compressed as JPEG Extended", "decoder")
+
+
+def dciodvfy(path) -> str:
+    """dciodvfy's report on ``path`` (skipped where dicom3tools is not installed); its error lines are returned."""
+    tool = shutil.which("dciodvfy")
+    if tool is None:
+        pytest.skip("dciodvfy not found: apt-get install dicom3tools (as root; .ci/run does)")
+    run = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=120)
+    return "\n".join(line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error"))
+
+
+@pytest.mark.parametrize("fractional", [False, True])
+def test_seg_round_trip_and_validator(series, tmp_path, fractional):
+    """A SEG of the series: valid for dciodvfy, referencing the series' study, frame of reference and every
+    instance, and read back onto the series' own grid with the values written."""
+    folder, _, mask = series
+    values = mask.astype(np.float32) * 0.8 if fractional else mask
+    path = tmp_path / "out" / "sax.dcm"
+    dicom.write_seg(values, folder, path, "lv", ("autoprompt", "9.9"), fractional=fractional)
+    assert dciodvfy(path) == ""
+    assert dciodvfy(sorted(folder.iterdir())[0]) == ""  # the synthetic source is valid MR too
+    seg = pydicom.dcmread(path)
+    source = [pydicom.dcmread(p) for p in sorted(folder.iterdir())]
+    assert seg.StudyInstanceUID == source[0].StudyInstanceUID
+    assert seg.FrameOfReferenceUID == source[0].FrameOfReferenceUID
+    assert seg.SegmentationType == ("FRACTIONAL" if fractional else "BINARY")
+    segment = seg.SegmentSequence[0]
+    assert segment.SegmentLabel == "lv"
+    assert segment.SegmentationAlgorithmIdentificationSequence[0].AlgorithmName == "autoprompt"
+    assert segment.SegmentationAlgorithmIdentificationSequence[0].AlgorithmVersion == "9.9"
+    referenced = {r.ReferencedSOPInstanceUID for r in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert referenced == {d.SOPInstanceUID for d in source}
+    back, image = read_image(path), read_image(folder)
+    assert back.GetSize() == image.GetSize()
+    np.testing.assert_allclose(back.GetOrigin(), image.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(back.GetSpacing(), image.GetSpacing(), atol=1e-5)
+    np.testing.assert_allclose(back.GetDirection(), image.GetDirection(), atol=1e-5)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(back), values, atol=1 / 255)
+
+
+def test_evaluate_reads_seg_as_its_nifti_twin(series, tmp_path):
+    """evaluate scores a SEG prediction (or a SEG reference) as the same mask written as NIfTI: the same Dice,
+    NSD and HD95."""
+    folder, _, mask = series
+    image = read_image(folder)
+    predicted = np.roll(mask, 2, axis=2)  # off by two columns: a score that is neither 0 nor 100
+    for name, kind in (("nifti", ".nii.gz"), ("seg", ".dcm")):
+        (tmp_path / name).mkdir()
+        if kind == ".dcm":
+            dicom.write_seg(predicted, folder, tmp_path / name / "sax.dcm", "lv", ("autoprompt", "0"))
+        else:
+            written = sitk.GetImageFromArray(predicted)
+            written.CopyInformation(image)
+            sitk.WriteImage(written, str(tmp_path / name / "sax.nii.gz"))
+    (tmp_path / "masks").mkdir()
+    reference = sitk.GetImageFromArray(mask)
+    reference.CopyInformation(image)
+    sitk.WriteImage(reference, str(tmp_path / "masks" / "sax.nii.gz"))
+    (tmp_path / "seg-masks").mkdir()
+    dicom.write_seg(mask, folder, tmp_path / "seg-masks" / "sax.dcm", "lv", ("reader", "1"))
+    nifti = evaluate_folder(tmp_path / "nifti", tmp_path / "masks")
+    seg = evaluate_folder(tmp_path / "seg", tmp_path / "masks")
+    both = evaluate_folder(tmp_path / "seg", tmp_path / "seg-masks", tmp_path / "both.csv")
+    assert 20 < nifti["dice"][0] < 95
+    for table in (seg, both):
+        for column in ("dice", "nsd", "hd95_mm", "reference_voxels", "predicted_voxels"):
+            assert table[column][0] == pytest.approx(nifti[column][0], abs=1e-6), column
