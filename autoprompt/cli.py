@@ -102,10 +102,10 @@ def train_command(args: argparse.Namespace) -> None:
     if not (data / "images").is_dir():
         raise InputError(f"{data / 'images'}: folder not found; put the images to train on in DATA/images/")
     boxes = args.boxes or data / "boxes.csv"
-    if not boxes.is_file():
+    if not boxes.exists():
         raise InputError(
             f"{boxes}: no boxes; draw a box on each training image and give boxes.csv in DATA, or --boxes with a "
-            "COCO or Label Studio JSON export"
+            "COCO or Label Studio JSON export, 3D Slicer ROIs (.mrk.json, or a folder of them) or a napari Shapes CSV"
         )
     from autoprompt.model.runtimes import default_cache_dir
 
@@ -214,8 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("-o", "--output", type=Path, required=True, help="the model file to write, e.g. model.pt")
     train.add_argument(
-        "--boxes", type=Path, help="the boxes: a COCO or Label Studio JSON export (default: DATA/boxes.csv)"
+        "--boxes",
+        type=Path,
+        help="the boxes: a COCO or Label Studio JSON export, 3D Slicer ROIs (.mrk.json, or a folder of them), a "
+        "napari Shapes CSV (default: DATA/boxes.csv)",
     )
+
     train.add_argument("--label", help="the label to train on, where the boxes file holds several")
     train.add_argument(
         "--class", dest="class_name", help="the structure's name, recorded in the model (default: structure)"

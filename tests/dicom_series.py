@@ -93,3 +93,38 @@ def write_series(folder: Path, datasets: list[Dataset], names=None) -> list[Path
 
 def read_back(path: Path) -> Dataset:
     return pydicom.dcmread(str(path))
+
+
+def slicer_roi(image: sitk.Image, box: tuple[int, int, int, int], k: int, system: str = "RAS") -> dict:
+    """A 3D Slicer markups file's JSON of one ROI drawn on slice ``k`` of ``image`` around pixels ``box`` (x_min,
+    y_min, x_max, y_max): its axes along the volume's, thin across the slices, in ``system`` mm."""
+    x0, y0, x1, y1 = box
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    spacing = np.array(image.GetSpacing())
+    centre = np.array(image.TransformContinuousIndexToPhysicalPoint(((x0 + x1) / 2, (y0 + y1) / 2, float(k))))
+    size = [(x1 - x0 + 1) * spacing[0], (y1 - y0 + 1) * spacing[1], 0.0]
+    if system == "RAS":
+        flip = np.diag([-1.0, -1.0, 1.0])
+        centre, direction = flip @ centre, flip @ direction
+    roi = {
+        "type": "ROI",
+        "coordinateSystem": system,
+        "coordinateUnits": "mm",
+        "roiType": "Box",
+        "center": centre.tolist(),
+        "orientation": direction.ravel().tolist(),
+        "size": size,
+        "controlPoints": [{"id": "1", "label": "R", "position": centre.tolist(), "positionStatus": "defined"}],
+    }
+    schema = "https://raw.githubusercontent.com/slicer/slicer/main/Modules/Loadable/Markups/Resources/Schema/"
+    return {"@schema": schema + "markups-schema-v1.0.3.json#", "markups": [roi]}
+
+
+def napari_csv(boxes: dict[int, tuple[int, int, int, int]]) -> str:
+    """A napari Shapes layer's CSV of one rectangle per slice, around the pixels of each box (pixel edges at
+    half indices, as napari draws them)."""
+    lines = ["index,shape-type,vertex-index,axis-0,axis-1,axis-2"]
+    for n, (k, (x0, y0, x1, y1)) in enumerate(sorted(boxes.items())):
+        corners = [(y0 - 0.5, x0 - 0.5), (y0 - 0.5, x1 + 0.5), (y1 + 0.5, x1 + 0.5), (y1 + 0.5, x0 - 0.5)]
+        lines += [f"{n},rectangle,{v},{k}.0,{y},{x}" for v, (y, x) in enumerate(corners)]
+    return "\n".join(lines) + "\n"

@@ -14,6 +14,7 @@ y: row). One box per image, or per slice of a volume; the image must be in the f
   cancelled is read.
 
 Where an export holds boxes of several labels, ``label`` picks one (``prepare.<dataset>.label``, ``--label``).
+Boxes drawn on volumes in 3D Slicer (ROI markups) or napari (Shapes CSV) are read by ``viewer_boxes``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ from autoprompt.errors import InputError
 COLUMNS = ("image", "x_min", "y_min", "x_max", "y_max")
 SLICE = "slice"
 ROW_FORMAT = "image,x_min,y_min,x_max,y_max[,slice] (inclusive pixel indices)"
-FORMATS = "boxes.csv, a COCO JSON or a Label Studio JSON export"
+FORMATS = (
+    "boxes.csv, a COCO JSON or a Label Studio JSON export, 3D Slicer ROIs (.mrk.json, or a folder of them) or a "
+    "napari Shapes CSV"
+)
 UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-")  # Label Studio renames uploads to <8 hex digits>-<name>
 
 
@@ -54,15 +58,22 @@ def read_boxes(path: Path, images: Path, label: str | None = None) -> dict[str, 
     """The boxes of ``path`` (any format of the module's docstring) as image name -> its boxes, checked against the
     images in ``images``; read once per version of the file."""
     path = Path(path)
-    if not path.is_file():
+    if not path.is_file() and not path.is_dir():
         raise InputError(f"{path}: boxes file not found; give {FORMATS}")
-    stat = path.stat()
-    return _read(path.resolve(), Path(images).resolve(), label, (stat.st_mtime_ns, stat.st_size))
+    parts = sorted(path.iterdir()) if path.is_dir() else [path]  # a folder of viewer exports: each file's version
+    stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in parts if p.is_file())
+    if Path(images).is_dir():  # an image added or removed: names are checked again, viewer boxes mapped again
+        stamp += (Path(images).stat().st_mtime_ns,)
+    return _read(path.resolve(), Path(images).resolve(), label, stamp)
 
 
 @functools.lru_cache(maxsize=8)
-def _read(path: Path, images: Path, label: str | None, _stamp: tuple[int, int]) -> dict[str, tuple[Box, ...]]:
-    if path.suffix.lower() == ".csv":
+def _read(path: Path, images: Path, label: str | None, _stamp: tuple) -> dict[str, tuple[Box, ...]]:
+    from autoprompt.data.viewer_boxes import is_viewer_export, viewer_rows
+
+    if is_viewer_export(path):  # 3D Slicer ROIs, napari Shapes CSV (autoprompt.data.viewer_boxes)
+        rows = viewer_rows(path, images)
+    elif path.suffix.lower() == ".csv":
         rows = _csv_rows(path, images)
     elif path.suffix.lower() == ".json":
         rows = _json_rows(path, images, label)

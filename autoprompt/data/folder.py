@@ -100,7 +100,7 @@ def find(root: Path, section: FolderPrepare) -> list[CaseFiles]:
     images, csv_path = root / IMAGES, boxes_file(root, section)
     if not images.is_dir():
         raise InputError(f"{images}: folder not found; put your images (2D or 3D, {', '.join(SUFFIXES)}) there")
-    if not csv_path.is_file():
+    if not csv_path.exists():
         raise InputError(f"{csv_path}: file not found; give {FORMATS} (boxes.csv: one box per row as {ROW_FORMAT})")
     files = [p for p in sorted(images.iterdir()) if (p.is_file() or is_image(p)) and not p.name.startswith(".")]
     paths = [p for p in files if is_image(p)]  # files, and folders of one DICOM series
