@@ -65,10 +65,16 @@ def dicom_files(folder: Path) -> list[Path]:
     return [p for p in sorted(Path(folder).iterdir()) if is_dicom_file(p)]
 
 
-def is_series_folder(path: Path) -> bool:
-    """A folder that directly holds DICOM files: one input, read as one volume."""
+def is_series_folder(path: Path, others: tuple[str, ...] = ()) -> bool:
+    """A folder that directly holds DICOM files and no file whose name ends in one of ``others`` (the other image
+    formats: a folder of pictures with a stray DICOM file is a folder of pictures): one input, read as one volume."""
     path = Path(path)
-    return path.is_dir() and not path.name.startswith(".") and any(is_dicom_file(p) for p in path.iterdir())
+    if not path.is_dir() or path.name.startswith("."):
+        return False
+    files = [p for p in path.iterdir() if p.is_file()]
+    if any(p.name.lower().endswith(others) for p in files if others):
+        return False
+    return any(is_dicom_file(p) for p in files)
 
 
 def _header(path: Path):

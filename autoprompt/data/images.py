@@ -51,7 +51,7 @@ def is_image(path: Path) -> bool:
     """An image file of ``SUFFIXES``, or a folder of one DICOM series (``dicom.is_series_folder``)."""
     path = Path(path)
     if path.is_dir():
-        return dicom.is_series_folder(path)
+        return dicom.is_series_folder(path, SUFFIXES)
     return path.is_file() and suffix(path) in SUFFIXES and not path.name.startswith(".")
 
 

@@ -28,7 +28,7 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from autoprompt import __version__
-from autoprompt.data.dicom import is_series_folder, write_seg
+from autoprompt.data.dicom import write_seg
 from autoprompt.data.images import DICOM, DICOM_FIX, PICTURES, is_image, read_image, suffix, write_like
 from autoprompt.device import select_device
 from autoprompt.errors import InputError
@@ -97,11 +97,15 @@ def plan_targets(
     for entry in map(Path, inputs):
         series = None
         if entry.is_dir():
-            folders = [p for p in [entry, *sorted(entry.rglob("*"))] if p.is_dir() and is_series_folder(p)]
+            folders = [p for p in [entry, *sorted(entry.rglob("*"))] if p.is_dir() and is_image(p)]  # DICOM series
             files = [p for p in sorted(entry.rglob("*")) if p.is_file() and not p.name.startswith(".")]
             found = [(p, p.relative_to(entry)) for p in files if is_image(p)]
             found += [(p, p.relative_to(entry) if p != entry else Path(p.name)) for p in folders]
             series = set(folders)
+            stray = [p for p in files if suffix(p) in DICOM and p.parent not in series]
+            if stray:
+                log.warning("%s: %d DICOM files among other images left out (%s); %s", entry, len(stray),
+                            stray[0].name, DICOM_FIX)  # fmt: skip
             if not found:
                 raise InputError(
                     f"{entry}: no image files in this folder; give PNG, JPEG, NIfTI, MHA/MHD, NRRD or DICOM series"
