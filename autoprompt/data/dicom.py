@@ -224,18 +224,22 @@ def _pixels(path: Path, folder: Path) -> np.ndarray:
 
     dataset = pydicom.dcmread(str(path), force=True)
     syntax = dataset.file_meta.TransferSyntaxUID
+    quiet = logging.getLogger("pydicom")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # pydicom logs each failed decoder with a traceback
     try:
         array = dataset.pixel_array
     except (NotImplementedError, RuntimeError, ValueError, AttributeError) as error:
+        reason = (str(error).strip().splitlines() or [""])[-1].strip()[:100]
         if not getattr(syntax, "is_compressed", False):
-            raise InputError(
-                f"{folder}: {path.name}: pixel data unreadable ({str(error)[:60]}); export it again"
-            ) from None
+            raise InputError(f"{folder}: {path.name}: pixel data unreadable ({reason}); export it again") from None
         name = getattr(syntax, "name", str(syntax))
         raise InputError(
-            f"{folder}: {path.name} is compressed as {name}, which no installed decoder reads ({str(error)[:60]}); "
+            f"{folder}: {path.name} is compressed as {name}, which no installed decoder reads ({reason}); "
             "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg, or decompress the series (gdcmconv --raw)"
         ) from None
+    finally:
+        quiet.setLevel(level)
     if array.ndim != 2:
         raise InputError(f"{folder}: {path.name} is not one grey slice (shape {array.shape}); give a grey series")
     slope, intercept = float(dataset.get("RescaleSlope", 1) or 1), float(dataset.get("RescaleIntercept", 0) or 0)
