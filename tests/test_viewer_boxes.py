@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 
@@ -114,3 +115,14 @@ def test_napari_shapes_csv(folder, tmp_path):
     (root / "sax.csv").write_text(polygon)
     with pytest.raises(InputError, match="not a rectangle"):
         read_boxes(root / "sax.csv", root / "images")
+
+
+def test_boxes_csv_names_a_series_by_its_folder_or_its_uid(folder):
+    """A row of boxes.csv names a series by its folder's name, or by its SeriesInstanceUID."""
+    root, _ = folder
+    uid = str(pydicom.dcmread(next((root / "images" / "sax").iterdir())).SeriesInstanceUID)
+    (root / "boxes.csv").write_text(f"image,x_min,y_min,x_max,y_max,slice\nsax,1,2,10,12,3\n{uid},2,3,11,13,4\n")
+    assert corners(read_boxes(root / "boxes.csv", root / "images")["sax"]) == {3: (1, 2, 10, 12), 4: (2, 3, 11, 13)}
+    (root / "boxes.csv").write_text("image,x_min,y_min,x_max,y_max,slice\n1.2.3.4,1,2,10,12,3\n")
+    with pytest.raises(InputError, match=r"1\.2\.3\.4 not found"):
+        read_boxes(root / "boxes.csv", root / "images")

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
+from autoprompt.data.dicom import folder_of_series
 from autoprompt.data.images import is_image, unsupported
 from autoprompt.errors import InputError
 
@@ -101,6 +102,7 @@ def _checked(
 ) -> tuple[str, Box]:
     """(name, Box) after checking the image exists and the corners are ordered."""
     x_min, y_min, x_max, y_max = corners
+    name = folder_of_series(images, name) or name  # a DICOM series named by its SeriesInstanceUID
     if not is_image(images / name):
         if (images / name).is_file():
             raise InputError(f"{path}: {where}: {images / name} is not in a format read here; {unsupported(name)}")

@@ -77,6 +77,18 @@ def is_series_folder(path: Path, others: tuple[str, ...] = ()) -> bool:
     return any(is_dicom_file(p) for p in files)
 
 
+def folder_of_series(images: Path, uid: str) -> str | None:
+    """The name of the folder in ``images`` that holds the series ``uid`` (a SeriesInstanceUID: digits and dots);
+    None where ``uid`` is not one or no folder holds it. Boxes may name a series so."""
+    if not uid or not set(uid) <= set("0123456789.") or not Path(images).is_dir():
+        return None
+    for folder in sorted(Path(images).iterdir()):
+        first = next((p for p in dicom_files(folder) if p.is_file()), None) if folder.is_dir() else None
+        if first is not None and str(_header(first).get("SeriesInstanceUID", "")) == uid:
+            return folder.name
+    return None
+
+
 def _header(path: Path):
     import pydicom
     from pydicom.errors import InvalidDicomError
