@@ -334,6 +334,7 @@ def write_seg(
     import pydicom
     from pydicom.sr.codedict import codes
 
+    logging.getLogger("highdicom").setLevel(logging.WARNING)  # it logs each module it copies at INFO
     series = scan_series(folder)
     sources = [pydicom.dcmread(str(p)) for p in series.files]
     if values.shape != (len(sources), int(sources[0].Rows), int(sources[0].Columns)):
