@@ -128,3 +128,25 @@ def napari_csv(boxes: dict[int, tuple[int, int, int, int]]) -> str:
         corners = [(y0 - 0.5, x0 - 0.5), (y0 - 0.5, x1 + 0.5), (y1 + 0.5, x1 + 0.5), (y1 + 0.5, x0 - 0.5)]
         lines += [f"{n},rectangle,{v},{k}.0,{y},{x}" for v, (y, x) in enumerate(corners)]
     return "\n".join(lines) + "\n"
+
+
+def sparse_seg(folder: Path, mask: np.ndarray, path: Path) -> None:
+    """``mask`` as a SEG of the series in ``folder`` that leaves out its empty frames (highdicom's default, and what
+    other tools write), sources in slice order."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    sources = sorted((pydicom.dcmread(p) for p in folder.iterdir()), key=lambda d: float(d.SliceLocation))
+    description = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label="lv",
+        segmented_property_category=codes.SCT.AnatomicalStructure,
+        segmented_property_type=codes.SCT.Tissue,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+    )
+    seg = hd.seg.Segmentation(
+        source_images=sources, pixel_array=mask, segmentation_type="BINARY", segment_descriptions=[description],
+        series_instance_uid=hd.UID(), series_number=2, sop_instance_uid=hd.UID(), instance_number=1,
+        manufacturer="reader", manufacturer_model_name="hand", software_versions="1", device_serial_number="1",
+    )  # fmt: skip
+    seg.save_as(path)

@@ -16,7 +16,7 @@ from autoprompt.data import dicom
 from autoprompt.data.images import as_stack, is_image, read_image
 from autoprompt.errors import InputError
 from autoprompt.evaluation.folders import evaluate_folder
-from tests.dicom_series import oblique_volume, series_datasets, write_series
+from tests.dicom_series import oblique_volume, series_datasets, sparse_seg, write_series
 
 
 @pytest.fixture
@@ -192,3 +192,33 @@ def test_evaluate_reads_seg_as_its_nifti_twin(series, tmp_path):
     for table in (seg, both):
         for column in ("dice", "nsd", "hd95_mm", "reference_voxels", "predicted_voxels"):
             assert table[column][0] == pytest.approx(nifti[column][0], abs=1e-6), column
+
+
+def test_a_seg_without_its_empty_frames_is_scored_on_the_grid_it_is_paired_with(series, tmp_path):
+    """A reference SEG that leaves out its empty frames (as highdicom and other tools write them) does not say
+    where its volume ends: alone it is refused, paired with a prediction it lies on the prediction's grid."""
+    folder, _, mask = series
+    sparse = mask.copy()
+    sparse[:2] = 0  # the first two slices empty: their frames are left out
+    (tmp_path / "refs").mkdir()
+    sparse_seg(folder, sparse, tmp_path / "refs" / "sax.dcm")
+    assert pydicom.dcmread(tmp_path / "refs" / "sax.dcm").NumberOfFrames == int(sparse.any(axis=(1, 2)).sum())
+    with pytest.raises(InputError, match="do not cover the volume"):
+        sitk.GetArrayFromImage(read_image(tmp_path / "refs" / "sax.dcm"))
+    image = read_image(folder)
+    for name in ("nifti", "seg"):
+        (tmp_path / name).mkdir()
+    written = sitk.GetImageFromArray(mask)
+    written.CopyInformation(image)
+    sitk.WriteImage(written, str(tmp_path / "nifti" / "sax.nii.gz"))
+    dicom.write_seg(mask, folder, tmp_path / "seg" / "sax.dcm", "lv", ("autoprompt", "0"))
+    (tmp_path / "nifti-refs").mkdir()
+    reference = sitk.GetImageFromArray(sparse)
+    reference.CopyInformation(image)
+    sitk.WriteImage(reference, str(tmp_path / "nifti-refs" / "sax.nii.gz"))
+    expected = evaluate_folder(tmp_path / "nifti", tmp_path / "nifti-refs")
+    assert 0 < expected["dice"][0] < 100
+    for predictions in ("nifti", "seg"):
+        table = evaluate_folder(tmp_path / predictions, tmp_path / "refs", tmp_path / f"{predictions}.csv")
+        assert table["dice"][0] == pytest.approx(expected["dice"][0], abs=1e-6)
+        assert table["reference_voxels"][0] == int(sparse.sum())

@@ -271,9 +271,11 @@ def read_series(folder: Path) -> sitk.Image:
     return image
 
 
-def read_seg(path: Path) -> sitk.Image:
-    """A DICOM SEG file's one segment on the grid of its frames: uint8 0/1 (binary) or float32 probabilities in
-    [0, 1] (fractional)."""
+def read_seg(path: Path, grid: sitk.Image | None = None) -> sitk.Image:
+    """A DICOM SEG file's one segment: uint8 0/1 (binary) or float32 probabilities in [0, 1] (fractional). On the
+    grid of its frames, which must then cover the volume slice by slice; or, given ``grid`` (the image it is
+    compared with), each frame on the slice of ``grid`` it lies on and 0 on the others, as a SEG that leaves out its
+    empty frames needs."""
     import pydicom
 
     path = Path(path)
@@ -285,6 +287,10 @@ def read_seg(path: Path) -> sitk.Image:
         raise InputError(f"{path}: {len(segments)} segments; give a SEG of one segment (split it in 3D Slicer)")
     frames = dataset.pixel_array
     frames = frames[None] if frames.ndim == 2 else frames
+    if str(dataset.SegmentationType) == "FRACTIONAL":
+        frames = frames.astype(np.float32) / np.float32(dataset.MaximumFractionalValue)
+    else:
+        frames = (frames != 0).astype(np.uint8)
     shared = dataset.SharedFunctionalGroupsSequence[0]
     orientation = np.array(shared.PlaneOrientationSequence[0].ImageOrientationPatient, float)
     pixel = np.array(shared.PixelMeasuresSequence[0].PixelSpacing, float)
@@ -295,26 +301,46 @@ def read_seg(path: Path) -> sitk.Image:
             for f in dataset.PerFrameFunctionalGroupsSequence
         ]
     )
+    if grid is not None:
+        return _on_grid(path, frames, positions, grid)
     along = positions @ normal
     order = np.argsort(along, kind="stable")
     steps = np.diff(along[order])
-    if len(order) > 1 and (np.any(steps < 1e-3) or np.abs(steps - np.median(steps)).max() > GAP * np.median(steps)):
+    sources = sum(len(s.get("ReferencedInstanceSequence", [])) for s in dataset.get("ReferencedSeriesSequence", []))
+    irregular = len(order) > 1 and (
+        np.any(steps < 1e-3) or np.abs(steps - np.median(steps)).max() > GAP * np.median(steps)
+    )
+    if irregular or sources > len(order):  # fewer frames than the slices it references: empty ones left out
         raise InputError(
             f"{path}: its frames do not cover the volume slice by slice (empty frames left out); write it with every "
             "frame (autoprompt predict does), or give the mask as NIfTI"
         )
-    step = (
-        float(np.median(steps)) if len(order) > 1 else float(shared.PixelMeasuresSequence[0].get("SliceThickness", 1))
-    )
-    values = frames[order]
-    if str(dataset.SegmentationType) == "FRACTIONAL":
-        values = values.astype(np.float32) / np.float32(dataset.MaximumFractionalValue)
-    else:
-        values = (values != 0).astype(np.uint8)
-    image = sitk.GetImageFromArray(values)
+    thickness = float(shared.PixelMeasuresSequence[0].get("SliceThickness", 1) or 1)
+    step = float(np.median(steps)) if len(order) > 1 else thickness
+    image = sitk.GetImageFromArray(frames[order])
     image.SetOrigin(tuple(float(v) for v in positions[order[0]]))
     image.SetSpacing((float(pixel[1]), float(pixel[0]), step))
     image.SetDirection(tuple(float(v) for v in np.stack([orientation[:3], orientation[3:], normal], 1).ravel()))
+    return image
+
+
+def _on_grid(path: Path, frames: np.ndarray, positions: np.ndarray, grid: sitk.Image) -> sitk.Image:
+    """``frames`` placed on the slices of the 3D ``grid`` where their positions lie (0 elsewhere)."""
+    size = grid.GetSize()
+    volume = np.zeros((size[2], size[1], size[0]), frames.dtype)
+    for frame, position in zip(frames, positions, strict=True):
+        index = np.array(grid.TransformPhysicalPointToContinuousIndex([float(v) for v in position]))
+        k = int(np.rint(index[2]))
+        if frame.shape != volume.shape[1:] or np.abs(index[:2]).max() > 0.01 or abs(index[2] - k) > 0.01:
+            raise InputError(
+                f"{path}: a frame at {np.round(position, 2).tolist()} mm lies off the grid it is compared with; give "
+                "the SEG of the same series"
+            )
+        if not 0 <= k < size[2]:
+            raise InputError(f"{path}: a frame lies outside the volume it is compared with; give the same series' SEG")
+        volume[k] = frame
+    image = sitk.GetImageFromArray(volume)
+    image.CopyInformation(grid)
     return image
 
 

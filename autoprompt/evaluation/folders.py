@@ -3,8 +3,9 @@
 Each reference mask (non-zero is the structure) is paired with the prediction of the same name (``predict`` writes
 pictures as PNG: ``img.jpg``'s mask is ``img.png``); images whose box trained the model (``boxes``) are left out.
 Per image: Dice, the normalised surface Dice at ``tolerance`` mm and the 95th-percentile Hausdorff distance in mm,
-from the file's own spacing (a volume is scored whole, in 3D; pictures carry no spacing: 1 pixel is 1 mm). A
-prediction of probabilities is cut at ``threshold``. Writes a CSV (one row per image) and a JSON summary beside it,
+from the file's own spacing (a volume is scored whole, in 3D; pictures carry no spacing: 1 pixel is 1 mm); a DICOM
+SEG on the grid of the file it is paired with (``_pair_grid``). A prediction of probabilities is cut at
+``threshold``. Writes a CSV (one row per image) and a JSON summary beside it,
 and logs one summary line; a reference without a prediction, or on another grid, is refused in one line.
 """
 
@@ -20,6 +21,7 @@ import SimpleITK as sitk
 import torch
 
 from autoprompt.data.boxes import read_boxes
+from autoprompt.data.dicom import is_seg_file, read_seg
 from autoprompt.data.folder import case_name, find_mask, mask_files
 from autoprompt.data.images import read_image
 from autoprompt.errors import InputError
@@ -30,12 +32,29 @@ from autoprompt.io import atomic_path, write_text
 log = logging.getLogger(__name__)
 
 
-def _mask(path: Path, threshold: float) -> tuple[np.ndarray, tuple[float, ...]]:
-    """A mask file as booleans in numpy's layout ((z,) y, x), and its spacing in the same order (mm)."""
-    image = read_image(path)
+def _mask(path: Path, threshold: float, grid: sitk.Image | None = None) -> tuple[np.ndarray, tuple[float, ...]]:
+    """A mask file as booleans in numpy's layout ((z,) y, x), and its spacing in the same order (mm); a DICOM SEG on
+    ``grid`` where one is given (``_pair_grid``)."""
+    image = read_seg(path, grid) if grid is not None and is_seg_file(path) else read_image(path)
     array = sitk.GetArrayFromImage(image)
     mask = array > threshold if array.dtype.kind == "f" else array != 0
     return mask, tuple(float(s) for s in reversed(image.GetSpacing()))
+
+
+def _pair_grid(prediction: Path, reference: Path) -> sitk.Image | None:
+    """The grid that the DICOM SEG files of a pair are read on (None where neither is one): the other file's, or,
+    both being SEG, the first that covers its volume whole (``predict`` writes every frame; other tools leave out
+    the empty ones, and such a SEG alone does not say where its volume ends)."""
+    seg = {path: is_seg_file(path) for path in (prediction, reference)}
+    if not any(seg.values()):
+        return None
+    for path, is_seg in seg.items():
+        if not is_seg:
+            return read_image(path)
+    try:
+        return read_image(prediction)
+    except InputError:
+        return read_image(reference)
 
 
 def score_pair(prediction: np.ndarray, reference: np.ndarray, spacing: tuple[float, ...], tolerance: float) -> dict:
@@ -83,8 +102,9 @@ def evaluate_folder(
         predicted = find_mask(found, reference_path)
         if predicted is None:
             raise InputError(f"{predictions}: no prediction for {reference_path.name}; run autoprompt predict on it")
-        reference, spacing = _mask(reference_path, 0.5)
-        prediction, _ = _mask(predicted, threshold)
+        grid = _pair_grid(predicted, reference_path)
+        reference, spacing = _mask(reference_path, 0.5, grid)
+        prediction, _ = _mask(predicted, threshold, grid)
         if prediction.shape != reference.shape:
             raise InputError(
                 f"{predicted}: shape {prediction.shape} differs from its reference's {reference.shape}; predict the "
