@@ -219,7 +219,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="the boxes: a COCO or Label Studio JSON export, 3D Slicer ROIs (.mrk.json, or a folder of them), a "
         "napari Shapes CSV (default: DATA/boxes.csv)",
     )
-
     train.add_argument("--label", help="the label to train on, where the boxes file holds several")
     train.add_argument(
         "--class", dest="class_name", help="the structure's name, recorded in the model (default: structure)"
