@@ -103,8 +103,9 @@ def test_hostile_series_are_refused(tmp_path):
 
 
 def test_pydicom_test_files(tmp_path):
-    """pydicom's own files: an MR slice is a volume of one slice with its values; an RT structure set and a 12-bit
-    JPEG that no installed decoder reads are refused, and a lone DICOM file is pointed at its folder."""
+    """pydicom's own files: an MR slice is a volume of one slice with its values; an RT structure set, a structured
+    report and a 12-bit JPEG that no installed decoder reads are refused, and a lone DICOM file is pointed at its
+    folder."""
     (tmp_path / "mr").mkdir()
     shutil.copy(get_testdata_file("MR_small.dcm"), tmp_path / "mr" / "1.dcm")
     mr = read_image(tmp_path / "mr")
@@ -119,6 +120,9 @@ def test_pydicom_test_files(tmp_path):
     (tmp_path / "rt").mkdir()
     shutil.copy(get_testdata_file("rtstruct.dcm"), tmp_path / "rt" / "rs.dcm")
     _refused(tmp_path / "rt", "radiotherapy", "not an image")
+    (tmp_path / "sr").mkdir()
+    shutil.copy(get_testdata_file("reportsi.dcm"), tmp_path / "sr" / "report")  # no suffix: found by its DICM marker
+    _refused(tmp_path / "sr", "structured report (SR)", "not an image")
 
     jpeg = pydicom.dcmread(get_testdata_file("JPGExtended.dcm"))
     jpeg.ImagePositionPatient, jpeg.ImageOrientationPatient = [0, 0, 0], [1, 0, 0, 0, 1, 0]
