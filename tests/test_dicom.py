@@ -101,6 +101,11 @@ def test_hostile_series_are_refused(tmp_path):
     write_series(tmp_path / "twice", twice)
     _refused(tmp_path / "twice", "same position")
 
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "slice1.dcm").write_bytes(b"DICM" * 40)
+    with pytest.raises(InputError, match=r"slice1\.dcm: not a readable DICOM file"):
+        read_image(tmp_path / "broken")
+
 
 def test_pydicom_test_files(tmp_path):
     """pydicom's own files: an MR slice is a volume of one slice with its values; an RT structure set, a structured

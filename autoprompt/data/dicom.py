@@ -94,9 +94,12 @@ def _header(path: Path):
     from pydicom.errors import InvalidDicomError
 
     try:
-        return pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
+        header = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
     except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError) as error:
         raise InputError(f"{path}: not a readable DICOM file ({error.__class__.__name__}); remove it") from None
+    if "SOPClassUID" not in header and "Rows" not in header:  # force=True reads any bytes as an empty dataset
+        raise InputError(f"{path}: not a readable DICOM file (no SOP class, no image); export it again or remove it")
+    return header
 
 
 def is_seg_file(path: Path) -> bool:
