@@ -19,7 +19,9 @@ volume ends and is refused).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,12 +91,28 @@ def folder_of_series(images: Path, uid: str) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def _quiet():
+    """pydicom's warnings and log lines off: a file it cannot read is refused in one line here, and a decoder that
+    fails is logged with its traceback before the next is tried."""
+    logger = logging.getLogger("pydicom")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def _header(path: Path):
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        header = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
+        with _quiet():
+            header = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
     except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError) as error:
         raise InputError(f"{path}: not a readable DICOM file ({error.__class__.__name__}); remove it") from None
     if "SOPClassUID" not in header and "Rows" not in header:  # force=True reads any bytes as an empty dataset
@@ -239,11 +257,9 @@ def _pixels(path: Path, folder: Path) -> np.ndarray:
 
     dataset = pydicom.dcmread(str(path), force=True)
     syntax = dataset.file_meta.TransferSyntaxUID
-    quiet = logging.getLogger("pydicom")
-    level = quiet.level
-    quiet.setLevel(logging.CRITICAL)  # pydicom logs each failed decoder with a traceback
     try:
-        array = dataset.pixel_array
+        with _quiet():
+            array = dataset.pixel_array
     except (NotImplementedError, RuntimeError, ValueError, AttributeError) as error:
         reason = (str(error).strip().splitlines() or [""])[-1].strip()[:100]
         if not getattr(syntax, "is_compressed", False):
@@ -253,8 +269,6 @@ def _pixels(path: Path, folder: Path) -> np.ndarray:
             f"{folder}: {path.name} is compressed as {name}, which no installed decoder reads ({reason}); "
             "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg, or decompress the series (gdcmconv --raw)"
         ) from None
-    finally:
-        quiet.setLevel(level)
     if array.ndim != 2:
         raise InputError(f"{folder}: {path.name} is not one grey slice (shape {array.shape}); give a grey series")
     slope, intercept = float(dataset.get("RescaleSlope", 1) or 1), float(dataset.get("RescaleIntercept", 0) or 0)
