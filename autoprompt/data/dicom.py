@@ -9,12 +9,13 @@ slice spacing from the positions, the direction from the orientation and that no
 through RescaleSlope and RescaleIntercept.
 
 Refused in one line naming the folder and the fix: two series in one folder, a non-image object (SR, RT, SEG, ...),
-slices of different orientation or size, a missing slice (a gap in the positions), a compressed transfer syntax
-without its decoder. pydicom is imported only once a DICOM file is read.
+slices of different orientation, size or pixel spacing, a missing slice (a gap in the positions) or one slice twice,
+a compressed transfer syntax without its decoder, a file that is not DICOM. pydicom and highdicom are imported only
+once a DICOM file is read or written.
 
-A DICOM SEG file (``read_seg``) is read on its own grid, from its frames' positions: one segment, every frame of the
-volume present (``autoprompt predict`` writes them all; a SEG that leaves out empty frames cannot say where its
-volume ends and is refused).
+A DICOM SEG (``write_seg``, highdicom) references the series it segments and holds every frame, empty ones too. One
+is read (``read_seg``) with one segment, on its own frames' grid where they cover the volume slice by slice, or on
+the grid of the image it is compared with (a SEG that leaves out its empty frames cannot say where its volume ends).
 """
 
 from __future__ import annotations
