@@ -51,6 +51,8 @@ def run(tmp_path_factory) -> Path:
     autoprompt("predict", "-m", root / "model.pt", "-i", root / "twin", "-o", root / "nifti", *common)
     autoprompt("predict", "-m", root / "model.pt", "-i", root / "data" / "images", "-o", root / "as-nifti",
                "--output-format", "nifti", *common)  # fmt: skip
+    autoprompt("predict", "-m", root / "model.pt", "-i", root / "data" / "images", "-o", root / "fractional",
+               "--probabilities", *common)  # fmt: skip
     return root
 
 
@@ -84,3 +86,13 @@ def test_evaluate_scores_the_seg_as_the_nifti_mask(run):
     nifti = json.loads((run / "nifti" / "evaluation.json").read_text())
     assert seg["images"] == 1 and seg["dice"] == nifti["dice"] and seg["hd95_mm"] == nifti["hd95_mm"]
     assert seg["dice"]["mean"] > 50
+
+
+def test_probabilities_come_as_a_fractional_seg_that_thresholds_to_the_mask(run):
+    path = run / "fractional" / "sax.dcm"
+    assert dciodvfy(path) == ""
+    assert pydicom.dcmread(path).SegmentationType == "FRACTIONAL"
+    probabilities = sitk.GetArrayFromImage(read_image(path))
+    assert probabilities.dtype == np.float32 and 0 < probabilities.max() <= 1
+    mask = sitk.GetArrayFromImage(read_image(run / "seg" / "sax.dcm"))
+    assert np.mean((probabilities > 0.5) == (mask != 0)) > 0.999  # 1/255 steps move only voxels at the threshold
