@@ -126,3 +126,10 @@ def test_boxes_csv_names_a_series_by_its_folder_or_its_uid(folder):
     (root / "boxes.csv").write_text("image,x_min,y_min,x_max,y_max,slice\n1.2.3.4,1,2,10,12,3\n")
     with pytest.raises(InputError, match=r"1\.2\.3\.4 not found"):
         read_boxes(root / "boxes.csv", root / "images")
+
+
+def test_a_napari_rectangle_before_the_first_slice_is_refused(folder):
+    root, _ = folder
+    (root / "sax.csv").write_text(napari_csv({-1: BOXES[2]}))
+    with pytest.raises(InputError, match="on slice -1"):
+        read_boxes(root / "sax.csv", root / "images")

@@ -224,6 +224,8 @@ def _napari_rows(export: Path, candidates: list[Path]) -> list[tuple[str, Box]]:
             if np.ptp(points[:, 0]) > 0.5:
                 raise InputError(f"{export}: {where}: its corners lie on several slices; draw it on one slice")
             k = int(np.floor(points[:, 0].mean() + 0.5))
+            if k < 0:  # numpy would take it from the volume's far end
+                raise InputError(f"{export}: {where}: on slice {k}; draw it on a slice of the volume (from 0)")
         low, high = points[:, -2:].min(axis=0), points[:, -2:].max(axis=0)  # (row, column)
         corners = _pixels(low[1] + 0.5, low[0] + 0.5, high[1] - low[1], high[0] - low[0])
         out.append((image.name, Box(where, k, *corners)))
