@@ -212,6 +212,7 @@ def predict_command(args: argparse.Namespace) -> None:
         masks=args.masks,
         boxes=args.boxes,
         label=args.label,
+        output_format=args.output_format,
     )
     if summary.failed:
         raise SystemExit(f"{len(summary.failed)} unreadable inputs were skipped (listed in the warnings above)")
@@ -251,8 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--boxes",
         type=Path,
-        help="the boxes: boxes.csv, or a COCO or Label Studio JSON export (default: --params' prepare.<folder>.boxes, "
-        "relative to DATA, else DATA/boxes.csv)",
+        help="the boxes: boxes.csv, a COCO or Label Studio JSON export, 3D Slicer ROIs (.mrk.json, or a folder of "
+        "them), a napari Shapes CSV (default: --params' prepare.<folder>.boxes, relative to DATA, else DATA/boxes.csv)",
     )
     train.add_argument(
         "--label", help="the label to train on, where a COCO or Label Studio export holds several (boxes.csv has none)"
@@ -295,6 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=positive, default=8, help="slices per encoder call")
     predict.add_argument("--threshold", type=probability, default=0.5, help="probability threshold of the masks")
     predict.add_argument("--probabilities", action="store_true", help="write float32 probabilities, not masks")
+    predict.add_argument(
+        "--output-format",
+        choices=("auto", "dicom-seg", "nifti"),
+        default="auto",
+        help="a DICOM series' mask: a DICOM SEG of the series (auto, dicom-seg; fractional with --probabilities) or "
+        "NIfTI; other inputs keep their format",
+    )
     predict.add_argument(
         "--label-value",
         type=label_value,

@@ -86,10 +86,11 @@ def boxes_source(settings: Settings, data: Path, boxes: Path | None, label: str 
         path = folder.boxes_file(data, section)
         default = section.boxes == FolderPrepare.model_fields["boxes"].default
         named = "the default, DATA/boxes.csv" if default else section.key("boxes")
-    if not path.is_file():
+    if not path.exists():  # a file, or a folder of 3D Slicer ROI files
         raise InputError(
-            f"{path}: no boxes; draw a box on each training image and give boxes.csv in DATA, or a COCO or Label "
-            f"Studio JSON export by --boxes or prepare.<folder>.boxes (this path: {named})"
+            f"{path}: no boxes; draw a box on each training image and give boxes.csv in DATA, or by --boxes or "
+            f"prepare.<folder>.boxes a COCO or Label Studio JSON export, 3D Slicer ROIs (.mrk.json, or a folder of "
+            f"them) or a napari Shapes CSV (this path: {named})"
         )
     if path.suffix.lower() == ".csv":
         if label is not None:
@@ -135,6 +136,8 @@ def _inputs_stamp(root: Path, section: FolderPrepare, names: list[str]) -> str:
 
 
 def _stat(path: Path) -> list[str]:
+    if path.is_dir():  # a DICOM series folder: each of its files
+        return [entry for part in sorted(path.iterdir()) for entry in _stat(part)]
     stat = path.stat()
     return [str(path), str(stat.st_size), str(stat.st_mtime_ns)]
 

@@ -31,6 +31,7 @@ import yaml
 log = logging.getLogger("bench.hostile")
 
 sys.path.insert(0, str(common.REPO))
+from tests.dicom_series import oblique_volume, series_datasets, slicer_roi, write_series  # noqa: E402
 from tests.helpers import RUNTIME_CACHE, demo_recipes, write_pictures  # noqa: E402
 
 ONE_LINE, OK = "one line", "ok"
@@ -326,6 +327,54 @@ def cases(probe: Probe) -> list[tuple[str, str, Callable[[], subprocess.Complete
         volume(path.with_name("plain.nii"), np.random.default_rng(0).random((4, 32, 32)).astype(np.float32))
         path.with_name("plain.nii").rename(path)
 
+    def series(name: str, spoil: Callable[[list, Path], None]) -> Callable[[], subprocess.CompletedProcess]:
+        """predict on a DICOM series folder (a synthetic oblique MR volume) with one thing wrong."""
+
+        def run() -> subprocess.CompletedProcess:
+            folder = probe.root / "inputs" / "series" / name
+            shutil.rmtree(folder, ignore_errors=True)
+            datasets = series_datasets(oblique_volume(size=(32, 30, 6))[0])
+            spoil(datasets, folder)
+            write_series(folder, datasets)
+            return probe.predict(folder, probe.root / "out" / "series" / name)
+
+        return run
+
+    def gap(datasets: list, folder: Path) -> None:
+        del datasets[3]
+
+    def two_series(datasets: list, folder: Path) -> None:
+        datasets += series_datasets(oblique_volume(size=(32, 30, 6))[0])
+
+    def turned(datasets: list, folder: Path) -> None:
+        datasets[2].ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
+
+    def resized(datasets: list, folder: Path) -> None:
+        datasets[1].Rows, datasets[1].PixelData = 10, datasets[1].PixelData[: 10 * 32 * 2]
+
+    def compressed(datasets: list, folder: Path) -> None:
+        import pydicom
+        from pydicom.data import get_testdata_file
+
+        jpeg = pydicom.dcmread(get_testdata_file("JPGExtended.dcm"))  # 12-bit JPEG: no decoder installed by default
+        jpeg.ImagePositionPatient, jpeg.ImageOrientationPatient = [0, 0, 0], [1, 0, 0, 0, 1, 0]
+        datasets[:] = [jpeg]
+
+    def structure_set(datasets: list, folder: Path) -> None:
+        import pydicom
+        from pydicom.data import get_testdata_file
+
+        datasets[:] = [pydicom.dcmread(get_testdata_file("rtstruct.dcm"), force=True)]
+
+    def thick_roi() -> subprocess.CompletedProcess:
+        data = probe.folder("roi-case")
+        image = oblique_volume(size=(32, 30, 6))[0]
+        write_series(data / "images" / "sax", series_datasets(image))
+        roi = slicer_roi(image, (8, 8, 20, 20), 2)
+        roi["markups"][0]["size"][2] = 30.0  # a 3D box over every slice, not a box on one
+        path = _write(data / "R.mrk.json", json.dumps(roi))
+        return probe.autoprompt("train", data, "-o", probe.root / "m.pt", "--params", probe.params, "--boxes", path)
+
     header = "image,x_min,y_min,x_max,y_max\n"
     return [
         ("params", "misspelt views (veiws)", lambda: probe.train_with(misspelt_views)),
@@ -358,6 +407,13 @@ def cases(probe: Probe) -> list[tuple[str, str, Callable[[], subprocess.Complete
         ("images", "not an image, .png suffix", image("fake.png", lambda p: p.write_text("hello"))),
         ("images", "a folder of DICOM files", dicom_folder),
         ("images", "a .dcm named in boxes.csv", boxes(header + "scan.dcm,1,1,5,5\n")),
+        ("dicom", "a series with a slice missing", series("gap", gap)),
+        ("dicom", "two series in one folder", series("two", two_series)),
+        ("dicom", "a slice of another orientation", series("turned", turned)),
+        ("dicom", "a slice of another size", series("resized", resized)),
+        ("dicom", "a compressed series without its decoder", series("jpeg", compressed)),
+        ("dicom", "an RT structure set, not an image", series("rt", structure_set)),
+        ("dicom", "a Slicer ROI over every slice", thick_roi),
         ("boxes", "a header and no rows", boxes(header)),
         ("boxes", "a column missing", boxes("image,x_min,y_min,x_max\nimg0.png,1,1,5\n")),
         ("boxes", "corners swapped", boxes(header + "img0.png,50,50,10,10\n")),

@@ -71,12 +71,12 @@ def test_a_grey_png_with_alpha_is_read_as_grey(tmp_path: Path) -> None:
 
 def test_dicom_is_named_for_what_it_is(tmp_path: Path) -> None:
     (tmp_path / "scan.dcm").write_bytes(b"DICM")
-    with pytest.raises(InputError, match=r"scan\.dcm: unsupported format; convert the series to one NIfTI volume"):
+    with pytest.raises(InputError, match=r"scan\.dcm: one file of a DICOM series; give the folder that holds"):
         read_image(tmp_path / "scan.dcm")
     root = write_pictures(tmp_path / "data", masked=())
     (root / "images" / "scan.dcm").write_bytes(b"DICM")
     write_csv(root, ["scan.dcm,1,1,5,5"])
-    with pytest.raises(InputError, match=r"line 2: .*scan\.dcm is not in a format read here; convert the series"):
+    with pytest.raises(InputError, match=r"line 2: .*scan\.dcm is not in a format read here; give the folder that"):
         read_boxes(root / "boxes.csv", root / "images")
 
 

@@ -23,6 +23,8 @@ without a slice, or with a slice outside it; an export whose stated image size (
 Studio ``original_width``/``original_height``) differs from the file's by more than ``SIZE_TOLERANCE``. The COCO
 and Label Studio readers refuse a zero or negative width or height first. Nothing is clamped: a box the tool cannot
 place as drawn is the user's to fix. (The minimum size after the fit to the frame: ``prepare.check_fitted_box``.)
+Boxes drawn on volumes in 3D Slicer (ROI markups) or napari (Shapes CSV) are read by ``viewer_boxes`` and
+checked by the same ``validate``; a DICOM series may be named by its folder or its SeriesInstanceUID.
 """
 
 from __future__ import annotations
@@ -37,13 +39,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
+from autoprompt.data.dicom import folder_of_series
 from autoprompt.data.images import is_image, stack_size, unsupported
 from autoprompt.errors import InputError
 
 COLUMNS = ("image", "x_min", "y_min", "x_max", "y_max")
 SLICE = "slice"
 ROW_FORMAT = "image,x_min,y_min,x_max,y_max[,slice] (inclusive pixel indices)"
-FORMATS = "boxes.csv, a COCO JSON or a Label Studio JSON export"
+FORMATS = (
+    "boxes.csv, a COCO JSON or a Label Studio JSON export, 3D Slicer ROIs (.mrk.json, or a folder of them) or a "
+    "napari Shapes CSV"
+)
 UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-")  # Label Studio renames uploads to <8 hex digits>-<name>
 MIN_SIDE = 2  # pixels: a narrower or lower box is a click, not a box around a structure
 SIZE_TOLERANCE = 1.0  # pixels: an export's stated image size may differ from the file's by its rounding
@@ -66,21 +72,28 @@ def read_boxes(path: Path, images: Path, label: str | None = None) -> dict[str, 
     """The boxes of ``path`` (any format of the module's docstring) as image name -> its boxes, checked against the
     images in ``images``; read once per version of the file."""
     path = Path(path)
-    if not path.is_file():
+    if not path.is_file() and not path.is_dir():
         raise InputError(f"{path}: boxes file not found; give {FORMATS}")
-    stat = path.stat()
-    return _read(path.resolve(), Path(images).resolve(), label, (stat.st_mtime_ns, stat.st_size))
+    parts = sorted(path.iterdir()) if path.is_dir() else [path]  # a folder of viewer exports: each file's version
+    stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in parts if p.is_file())
+    if Path(images).is_dir():  # an image added or removed: names are checked again, viewer boxes mapped again
+        stamp += (Path(images).stat().st_mtime_ns,)
+    return _read(path.resolve(), Path(images).resolve(), label, stamp)
 
 
 @functools.lru_cache(maxsize=8)
-def _read(path: Path, images: Path, label: str | None, _stamp: tuple[int, int]) -> dict[str, tuple[Box, ...]]:
+def _read(path: Path, images: Path, label: str | None, _stamp: tuple) -> dict[str, tuple[Box, ...]]:
+    from autoprompt.data.viewer_boxes import is_viewer_export, viewer_rows
+
     stated: dict[str, tuple[float, float]] = {}
-    if path.suffix.lower() == ".csv":
-        if label is not None:
-            raise InputError(
-                f"{path}: {path.name} has no labels, so label {label!r} picks nothing; leave --label (or prepare's "
-                "label) out, or give a COCO or Label Studio export"
-            )
+    if label is not None and (path.suffix.lower() == ".csv" or is_viewer_export(path)):
+        raise InputError(
+            f"{path}: {path.name} has no labels, so label {label!r} picks nothing; leave --label (or prepare's "
+            "label) out, or give a COCO or Label Studio export"
+        )
+    if is_viewer_export(path):  # 3D Slicer ROIs, napari Shapes CSV (autoprompt.data.viewer_boxes)
+        rows = viewer_rows(path, images)
+    elif path.suffix.lower() == ".csv":
         rows = _csv_rows(path, images)
     elif path.suffix.lower() == ".json":
         rows = _json_rows(path, images, label, stated)
@@ -111,7 +124,8 @@ def validate(
     stated: Mapping[str, tuple[float, float]] | None = None,
 ) -> list[tuple[str, Box]]:
     """``rows`` (image file name in ``images``, its ``Box``), read from the boxes file ``source``, checked against
-    their images; returned as given. Every box format's reader ends here, so that a box means the same whatever
+    their images; returned with a series' SeriesInstanceUID replaced by its folder's name. Every box format's
+    reader ends here, so that a box means the same whatever
     drew it. Refused, in one line naming ``source``, the box's ``where`` and the fix:
 
     - an image not in ``images``, or of a format not read here;
@@ -124,8 +138,10 @@ def validate(
 
     Image sizes come from the files' headers (``images.stack_size``), not their voxels.
     """
-    stated, sizes = stated or {}, {}
-    for name, box in rows:
+    stated, sizes, checked = stated or {}, {}, []
+    for named, box in rows:
+        name = folder_of_series(images, named) or named  # a DICOM series named by its SeriesInstanceUID
+        checked.append((name, box))
         where = f"{source}: {box.where}"
         path = Path(images) / name
         if not is_image(path):
@@ -166,7 +182,7 @@ def validate(
             raise InputError(f"{where}: {name} is a volume of {depth} slices; give the box's slice, from 0")
         if box.slice is not None and box.slice >= depth:
             raise InputError(f"{where}: slice {box.slice} is outside {name} (slices 0 to {depth - 1}); fix slice")
-    return list(rows)
+    return checked
 
 
 # ---------------------------------------------------------------------------------------------------------- CSV

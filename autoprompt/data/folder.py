@@ -2,7 +2,8 @@
 
 Layout under the dataset root::
 
-    images/      2D images or 3D volumes, any format of ``images.SUFFIXES``; hidden files are ignored
+    images/      2D images or 3D volumes, any format of ``images.SUFFIXES``, or folders of one DICOM series each;
+                 hidden files are ignored
     boxes.csv    image, x_min, y_min, x_max, y_max[, slice]: one box per row, inclusive pixel indices; or, named by
                  ``prepare.<dataset>.boxes``, a COCO or Label Studio JSON export (``autoprompt.data.boxes``)
     masks/       optional: a mask per image under the image's name (or its name with another suffix), on its grid;
@@ -34,7 +35,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from autoprompt.data.boxes import FORMATS, ROW_FORMAT, Box, read_boxes
+from autoprompt.data.dicom import is_seg_file
 from autoprompt.data.images import (
+    DICOM,
     SUFFIXES,
     Stack,
     as_stack,
@@ -57,16 +60,19 @@ IMAGES, MASKS, BOXES = "images", "masks", "boxes.csv"
 
 
 def case_name(path: Path) -> str:
-    """A file's name without its format suffix (``.nii.gz`` whole)."""
+    """A file's name without its format suffix (``.nii.gz`` whole); a DICOM series folder's name as it is."""
+    if suffix(path) not in (*SUFFIXES, *DICOM) or path.is_dir():
+        return path.name
     return path.name[: len(path.name) - len(suffix(path))]
 
 
 def mask_files(masks: Path) -> dict[str, list[Path]]:
-    """The files of ``masks/`` by name without suffix (empty where there is no such folder)."""
+    """The files of ``masks/`` (DICOM SEG files among them) by name without suffix (empty where there is no such
+    folder)."""
     found: dict[str, list[Path]] = {}
     if masks.is_dir():
         for path in sorted(masks.iterdir()):
-            if is_image(path):
+            if (is_image(path) and path.is_file()) or is_seg_file(path):
                 found.setdefault(case_name(path), []).append(path)
     return found
 
@@ -94,10 +100,10 @@ def find(root: Path, section: FolderPrepare) -> list[CaseFiles]:
     images, csv_path = root / IMAGES, boxes_file(root, section)
     if not images.is_dir():
         raise InputError(f"{images}: folder not found; put your images (2D or 3D, {', '.join(SUFFIXES)}) there")
-    if not csv_path.is_file():
+    if not csv_path.exists():
         raise InputError(f"{csv_path}: file not found; give {FORMATS} (boxes.csv: one box per row as {ROW_FORMAT})")
-    files = [p for p in sorted(images.iterdir()) if p.is_file() and not p.name.startswith(".")]
-    paths = [p for p in files if is_image(p)]
+    files = [p for p in sorted(images.iterdir()) if (p.is_file() or is_image(p)) and not p.name.startswith(".")]
+    paths = [p for p in files if is_image(p)]  # files, and folders of one DICOM series
     if len(paths) < len(files):
         log.warning("%s: ignored %d files of unsupported formats", images, len(files) - len(paths))
     if not paths:

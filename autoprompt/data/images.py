@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 import SimpleITK as sitk
 
+from autoprompt.data import dicom
 from autoprompt.data.preprocess import Geometry, Preprocessing, clip_rescale, fit_image, from_frame
 from autoprompt.errors import InputError
 
@@ -32,7 +33,7 @@ PICTURES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # 2D formats with
 NIFTI = (".nii", ".nii.gz")
 DICOM = (".dcm", ".dicom", ".ima")
 LUMA = (0.299, 0.587, 0.114)  # RGB -> grey, as OpenCV's IMREAD_GRAYSCALE
-DICOM_FIX = "convert the series to one NIfTI volume (dcm2niix, or SimpleITK's ImageSeriesReader) and give that"
+DICOM_FIX = "give the folder that holds the series' files: a folder of one DICOM series is read as one volume"
 
 
 def suffix(path: Path) -> str:
@@ -47,15 +48,28 @@ def unsupported(name: str | Path) -> str:
 
 
 def is_image(path: Path) -> bool:
-    return Path(path).is_file() and suffix(path) in SUFFIXES and not Path(path).name.startswith(".")
+    """An image file of ``SUFFIXES``, or a folder of one DICOM series (``dicom.is_series_folder``)."""
+    path = Path(path)
+    if path.is_dir():
+        return dicom.is_series_folder(path, SUFFIXES)
+    return path.is_file() and suffix(path) in SUFFIXES and not path.name.startswith(".")
 
 
 def read_image(path: Path) -> sitk.Image:
-    """A 2D or 3D image file as one grey channel (colour converted as OpenCV does). Refused in one line naming the
-    file: a format it cannot read (DICOM among them: ``DICOM_FIX``), a corrupt or truncated file (NIfTI's data are
+    """A 2D or 3D image file as one grey channel (colour converted as OpenCV does); a folder of one DICOM series as
+    its volume, and a DICOM SEG file as its mask (``autoprompt.data.dicom``). Refused in one line naming the file: a
+    format it cannot read (a lone DICOM image file: ``DICOM_FIX``), a corrupt or truncated file (NIfTI's data are
     checked whole, which SimpleITK does not), and voxels that are NaN or infinite."""
     path = Path(path)
+    if path.is_dir():
+        image = dicom.read_series(path)
+        check_whole(path, image)
+        return image
     kind = suffix(path)
+    if kind in DICOM or (kind not in SUFFIXES and dicom.is_dicom_file(path)):
+        if dicom.is_seg_file(path):
+            return dicom.read_seg(path)
+        raise InputError(f"{path}: one file of a DICOM series; {DICOM_FIX}")
     if kind not in SUFFIXES:
         raise InputError(f"{path}: unsupported format; {unsupported(path)}")
     try:

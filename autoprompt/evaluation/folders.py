@@ -3,11 +3,11 @@
 Each reference mask (non-zero is the structure) is paired with the prediction of the same name (``predict`` writes
 pictures as PNG: ``img.jpg``'s mask is ``img.png``); images whose box trained the model (``boxes``) are left out.
 Per image: Dice, the normalised surface Dice at ``tolerance`` mm and the 95th-percentile Hausdorff distance in mm,
-from the file's own spacing (a volume is scored whole, in 3D; pictures carry no spacing: 1 pixel is 1 mm). A
-prediction of probabilities is cut at ``threshold``. Writes a CSV (one row per image) and a JSON summary beside it,
-and logs one summary line. Refused in one line: a reference without a prediction, a prediction on another grid
-(size, spacing, origin or direction: ``check_same_grid``), and an output that would replace a mask, the boxes, or a
-file that evaluate did not write.
+from the file's own spacing (a volume is scored whole, in 3D; pictures carry no spacing: 1 pixel is 1 mm); a DICOM
+SEG on the grid of the file it is paired with (``_pair_grid``). A prediction of probabilities is cut at
+``threshold``. Writes a CSV (one row per image) and a JSON summary beside it, and logs one summary line. Refused in
+one line: a reference without a prediction, a prediction on another grid (size, spacing, origin or direction:
+``check_same_grid``), and an output that would replace a mask, the boxes, or a file that evaluate did not write.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import SimpleITK as sitk
 import torch
 
 from autoprompt.data.boxes import read_boxes
+from autoprompt.data.dicom import is_seg_file, read_seg
 from autoprompt.data.folder import case_name, find_mask, mask_files
 from autoprompt.data.images import read_image
 from autoprompt.errors import InputError
@@ -37,9 +38,10 @@ GRID_TOLERANCE = 1e-3  # of a voxel's side (spacing, origin) and of a direction 
 COLUMNS = ("image", "dice", "nsd", "hd95_mm")  # the first columns of the CSV it writes
 
 
-def _mask(path: Path, threshold: float) -> tuple[np.ndarray, sitk.Image]:
-    """A mask file as booleans in numpy's layout ((z,) y, x), and the image it was read as (its grid)."""
-    image = read_image(path)
+def _mask(path: Path, threshold: float, grid: sitk.Image | None = None) -> tuple[np.ndarray, sitk.Image]:
+    """A mask file as booleans in numpy's layout ((z,) y, x), and the image it was read as (its grid); a DICOM SEG
+    on ``grid`` where one is given (``_pair_grid``)."""
+    image = read_seg(path, grid) if grid is not None and is_seg_file(path) else read_image(path)
     array = sitk.GetArrayFromImage(image)
     mask = array > threshold if array.dtype.kind == "f" else array != 0
     return mask, image
@@ -84,6 +86,22 @@ def _is_own_summary(path: Path) -> bool:
     except (OSError, UnicodeDecodeError, ValueError):
         return False
     return isinstance(summary, dict) and {"images", "grid", "dice"} <= summary.keys()
+
+
+def _pair_grid(prediction: Path, reference: Path) -> sitk.Image | None:
+    """The grid that the DICOM SEG files of a pair are read on (None where neither is one): the other file's, or,
+    both being SEG, the first that covers its volume whole (``predict`` writes every frame; other tools leave out
+    the empty ones, and such a SEG alone does not say where its volume ends)."""
+    seg = {path: is_seg_file(path) for path in (prediction, reference)}
+    if not any(seg.values()):
+        return None
+    for path, is_seg in seg.items():
+        if not is_seg:
+            return read_image(path)
+    try:
+        return read_image(prediction)
+    except InputError:
+        return read_image(reference)
 
 
 def score_pair(prediction: np.ndarray, reference: np.ndarray, spacing: tuple[float, ...], tolerance: float) -> dict:
@@ -150,8 +168,9 @@ def evaluate_folder(
     _check_outputs(output, pairs, boxes)
     rows = []
     for reference_path, predicted in pairs:
-        reference, reference_image = _mask(reference_path, 0.5)
-        prediction, prediction_image = _mask(predicted, threshold)
+        grid = _pair_grid(predicted, reference_path)
+        reference, reference_image = _mask(reference_path, 0.5, grid)
+        prediction, prediction_image = _mask(predicted, threshold, grid)
         check_same_grid(prediction_image, reference_image, predicted, reference_path)
         spacing = tuple(float(s) for s in reversed(reference_image.GetSpacing()))
         scores = score_pair(prediction, reference, spacing, tolerance)

@@ -2,8 +2,10 @@
 
 Inputs are files or folders (searched recursively) of the formats in ``autoprompt.data.images``. Each output has
 its input's name (relative to the folder it was found in), under ``output_dir``: volumes keep their format, spacing,
-origin and direction; 2D pictures are written as PNG (JPEG would blur a mask). Masks are uint8, 1 (or
-``label_value``) inside; ``probabilities=True`` writes float32 probabilities instead (TIFF for pictures).
+origin and direction; 2D pictures are written as PNG (JPEG would blur a mask); a folder of one DICOM series gets a
+DICOM SEG of the series (``<folder>.dcm``, ``autoprompt.data.dicom.write_seg``) or, asked for, ``<folder>.nii.gz``.
+Masks are uint8, 1 (or ``label_value``) inside; ``probabilities=True`` writes float32 probabilities instead (TIFF
+for pictures, a fractional SEG for series).
 Existing outputs (with their overlay, where overlays are asked for) are skipped unless ``overwrite``, so a killed run
 resumes; ``part_id`` / ``num_parts`` take every ``num_parts``-th input, so several processes can share one job.
 
@@ -31,6 +33,8 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from autoprompt import __version__
+from autoprompt.data.dicom import write_seg
 from autoprompt.data.images import DICOM, DICOM_FIX, PICTURES, is_image, read_image, suffix, write_like
 from autoprompt.device import select_device
 from autoprompt.errors import InputError
@@ -52,6 +56,7 @@ TEMPORARY = re.compile(
     rf"^\.predict-{re.escape(HOST)}-(\d+)-"
 )  # write_atomic's folders; the overlays' are outputs.STALE's
 FROM_MODEL = "model"  # reprompt_margin, volume_min_iou: the value the model holds
+SERIES_OUTPUTS = {"auto": ".dcm", "dicom-seg": ".dcm", "nifti": ".nii.gz"}  # a DICOM series' mask, by output format
 
 
 @dataclass(frozen=True)
@@ -80,8 +85,11 @@ class Summary:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def output_name(relative: Path, probabilities: bool) -> Path:
-    """The output's path relative to ``output_dir``: the input's, with pictures as PNG (TIFF for probabilities)."""
+def output_name(relative: Path, probabilities: bool, series: str | None = None) -> Path:
+    """The output's path relative to ``output_dir``: the input's, with pictures as PNG (TIFF for probabilities); a
+    DICOM series folder's name with ``series``'s suffix (``SERIES_OUTPUTS``)."""
+    if series is not None:
+        return relative.with_name(relative.name + SERIES_OUTPUTS[series])
     kind = suffix(relative)
     if kind not in PICTURES:
         return relative
@@ -90,28 +98,39 @@ def output_name(relative: Path, probabilities: bool) -> Path:
 
 
 def plan_targets(
-    inputs: list[Path | str], output_dir: Path, probabilities: bool, overlays: bool = False
+    inputs: list[Path | str], output_dir: Path, probabilities: bool, overlays: bool = False, series_output: str = "auto"
 ) -> list[Target]:
-    """Every input file with its output path; a folder contributes every image file below it. Two inputs whose
+    """Every input file with its output path; a folder contributes every image file below it, and every folder of
+    one DICOM series at or below it (``series_output``: its mask as ``dicom-seg`` or ``nifti``). Two inputs whose
     outputs (or overlays, where they are written) would share a path are refused."""
+    if series_output not in SERIES_OUTPUTS:
+        raise InputError(f"output format {series_output!r}; give one of {', '.join(SERIES_OUTPUTS)}")
     targets: dict[Path, Target] = {}
     for entry in map(Path, inputs):
+        series = None
         if entry.is_dir():
+            folders = [p for p in [entry, *sorted(entry.rglob("*"))] if p.is_dir() and is_image(p)]  # DICOM series
             files = [p for p in sorted(entry.rglob("*")) if p.is_file() and not p.name.startswith(".")]
             found = [(p, p.relative_to(entry)) for p in files if is_image(p)]
-            dicom = [p for p in files if suffix(p) in DICOM]
-            if dicom and not found:
-                raise InputError(f"{entry}: {len(dicom)} DICOM files, which are not read here; {DICOM_FIX}")
-            if dicom:
-                log.warning("%s: %d DICOM files left out (%s); %s", entry, len(dicom), dicom[0].name, DICOM_FIX)
+            found += [(p, p.relative_to(entry) if p != entry else Path(p.name)) for p in folders]
+            series = set(folders)
+            stray = [p for p in files if suffix(p) in DICOM and p.parent not in series]
+            if stray:
+                log.warning("%s: %d DICOM files among other images left out (%s); %s", entry, len(stray),
+                            stray[0].name, DICOM_FIX)  # fmt: skip
             if not found:
-                raise InputError(f"{entry}: no image files in this folder; give PNG, JPEG, NIfTI, MHA/MHD or NRRD")
+                raise InputError(
+                    f"{entry}: no image files in this folder; give PNG, JPEG, NIfTI, MHA/MHD, NRRD or DICOM series"
+                )
         elif entry.exists():
+            if suffix(entry) in DICOM:
+                raise InputError(f"{entry}: one file of a DICOM series; {DICOM_FIX}")
             found = [(entry, Path(entry.name))]
         else:
             raise InputError(f"{entry}: no such file or folder; check the input path")
         for source, relative in found:
-            target = Target(source, output_dir / output_name(relative, probabilities))
+            kind = None if source not in (series or ()) else "dicom-seg" if series_output == "auto" else series_output
+            target = Target(source, output_dir / output_name(relative, probabilities, kind))
             paths = (target.output, target.overlay) if overlays else (target.output,)
             for path in paths:  # an overlay's name may be another input's output, or its overlay's
                 if path in targets and targets[path].source != source:
@@ -320,6 +339,7 @@ def predict(
     masks: Path | str | None = None,
     boxes: Path | str | None = None,
     label: str | None = None,
+    output_format: str = "auto",
 ) -> Summary:
     """Segment every input with ``model`` (a run folder, a folder of runs, an exported file, or a ``Model``) and
     write the results under ``output_dir``; see the module's docstring. ``label_value``: the value written inside
@@ -335,7 +355,8 @@ def predict(
     fitted across its slices are prompted again with the fitted box (``autoprompt.inference.volume``; None: not;
     ``FROM_MODEL``: the model's own, or with ``reprompt_from`` the metrics JSON's).
     ``report``: write ``output_dir/report.html``, each input scored against its mask in ``masks`` or its box in
-    ``boxes`` (``label``: the boxes' label, where the file holds several), else by the runs' agreement."""
+    ``boxes`` (``label``: the boxes' label, where the file holds several), else by the runs' agreement.
+    ``output_format``: a DICOM series' mask as a DICOM SEG of the series (``auto``, ``dicom-seg``) or ``nifti``."""
     if on_error not in ON_ERROR:
         raise InputError(f"on_error is {on_error!r}; use stop or skip")
     if not 0 <= part_id < num_parts:
@@ -358,7 +379,7 @@ def predict(
         log.info("volume fit: off, it needs re-prompting (--reprompt-margin M turns both on)")
     else:
         log.info("volume fit: volumes' slices prompted again below box IoU %g (%s)", volume_min_iou, source)
-    targets = plan_targets(inputs, output_dir, probabilities, overlays)[part_id::num_parts]
+    targets = plan_targets(inputs, output_dir, probabilities, overlays, output_format)[part_id::num_parts]
     references = _references(targets, masks, boxes, label) if report else {}
     part = "" if num_parts == 1 else f"-part{part_id}of{num_parts}"
     with hold(output_dir, f"autoprompt predict{part.replace('-', ' ')}", f"autoprompt-predict{part}"):
@@ -440,7 +461,12 @@ def _predict_targets(
         mask = (segmentation.probabilities > threshold).astype(np.uint8) * np.uint8(value)
         result = segmentation.probabilities.astype(np.float32) if probabilities else mask
         record_output(output_dir, target.output)
-        write_atomic(result, image, target.output)
+        if target.output.name.endswith(SERIES_OUTPUTS["dicom-seg"]):  # a DICOM series' SEG
+            write_seg(
+                result, target.source, target.output, model.class_name, ("autoprompt", __version__), probabilities
+            )
+        else:
+            write_atomic(result, image, target.output)
         if overlays:
             record_output(output_dir, target.overlay)
             write_overlay(image, mask, target.overlay)
