@@ -137,7 +137,10 @@ class CamusPhantoms(Section):
 class AcdcPhantoms(Section):
     """``anatomy``: ``classic``, the cavity and the RV shrink smoothly from base to apex (the phantoms of earlier
     releases, file for file); ``tail``, the most apical slice's LV covers a few dozen pixels and the most basal
-    slice's RV is a thin crescent along the septum, where real scans' misses gather (docs/volumes.md)."""
+    slice's RV is a thin crescent along the septum, where real scans' misses gather (docs/volumes.md). ``beyond``:
+    unlabelled slices added at each end of a volume, the atria and great vessels above the base and the apical cap
+    and liver below the apex, where a head's masks have no structure to find (0: none, the volumes of earlier
+    releases)."""
 
     training: Positive
     testing: Count
@@ -145,6 +148,7 @@ class AcdcPhantoms(Section):
     slices: tuple[Positive, Positive]
     seed: Int = 0
     anatomy: Literal["classic", "tail"] = "classic"
+    beyond: Count = 0
 
 
 class SimulateSettings(Section):

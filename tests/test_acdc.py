@@ -307,3 +307,25 @@ def test_tail_phantoms_have_a_tiny_apex_and_a_thin_basal_rv(tmp_path: Path) -> N
     tail, classic = _ends("tail", tmp_path / "tail"), _ends("classic", tmp_path / "classic")
     assert all(10 <= lv <= 80 and rv <= 7 for lv, rv in tail), tail
     assert all(lv > 200 and rv > 15 for lv, rv in classic), classic
+
+
+def test_beyond_adds_unlabelled_slices_with_blood_above_the_base_and_tissue_below_the_apex(tmp_path: Path) -> None:
+    """simulate.acdc.beyond: that many slices more at each end, labelled empty, whose content is what real scans
+    show there (bright pools of blood above the base, tissue below the apex); the ventricles' labels are those of
+    beyond 0."""
+    phantoms = {"training": 1, "testing": 0, "size": [120, 110], "slices": [4, 4], "seed": 2, "anatomy": "tail"}
+    volumes = {}
+    for beyond in (0, 2):
+        root = tmp_path / str(beyond)
+        WRITERS["acdc"](root, settings(simulate={"acdc": {**phantoms, "beyond": beyond}}).simulate.acdc)
+        stem = root / "training" / "patient001" / "patient001_frame01"
+        image = sitk.GetArrayFromImage(sitk.ReadImage(f"{stem}.nii.gz"))
+        label = sitk.GetArrayFromImage(sitk.ReadImage(f"{stem}_gt.nii.gz"))
+        volumes[beyond] = image, label
+    (image0, label0), (image2, label2) = volumes[0], volumes[2]
+    assert len(image2) == len(label2) == len(image0) + 4
+    assert not label2[:2].any() and not label2[-2:].any() and (label2[2:-2] == label0).all()
+    assert label0[0].any() and (label0[0] == 1).any()  # the base holds the RV: the slice above it is the atria
+    blood = np.percentile(image0[label0 == 3], 50)
+    assert (image2[1] > 0.8 * blood).sum() > 200  # the atria and vessels: a bright pool of blood
+    assert (np.abs(image2[-1].astype(float) - 0.55 * blood) < 0.1 * blood).sum() > 1000  # the liver's mid-grey
