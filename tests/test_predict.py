@@ -229,10 +229,10 @@ def test_predictor_fills_a_slice_missed_between_found_ones(trained, volume, monk
     fitted = Predictor(load_model(trained), device, cache_dir=RUNTIME_CACHE, reprompt_margin=0.1, volume_min_iou=0.0)
     plain = Predictor(load_model(trained), device, cache_dir=RUNTIME_CACHE, reprompt_margin=0.1)
     embeddings = plain.encode(frame_slices(as_stack(sitk.ReadImage(str(path))), plain.model.preprocessing).slices)
-    kept, _, none = plain._decode(embeddings)
+    kept, _, none, _, _ = plain._decode(embeddings)
     assert len(kept) == 3 and (kept[[0, 2]] > 0.5).reshape(2, -1).any(axis=1).all(), "both neighbours are found"
     assert not (kept[1] > 0.5).any() and not none
-    filled, _, refitted = fitted._decode(embeddings)
+    filled, _, refitted, _, _ = fitted._decode(embeddings)
     assert refitted == {"gap": 1} and (filled[1] > 0.5).any(), "the lost slice is segmented again"
     np.testing.assert_array_equal(filled[[0, 2]], kept[[0, 2]])
 
