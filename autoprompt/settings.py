@@ -643,16 +643,32 @@ class VolumeFit(Section):
     min_iou: Annotated[float, BeforeValidator(_number), Field(ge=0, le=1)] = 0.5
 
 
+class PresenceSettings(Section):
+    """Whole volumes and 2D images: a slice judged not to hold the structure gets an empty mask, walking in from each
+    end of a volume while its end slice is judged absent (``autoprompt.inference.presence``). ``cues``: which
+    evidence judges (``iou``: the decoder's predicted IoU under ``min_iou``; ``agreement``: the runs' mean Dice with
+    the ensemble under ``min_agreement``; ``sequence``: the mask's box overlaps the next slice in by less than
+    ``min_box_iou``, or its area is more than ``max_growth`` times that slice's)."""
+
+    cues: tuple[Literal["iou", "agreement", "sequence"], ...] = ("iou",)
+    min_iou: Probability = 0.8
+    min_agreement: Probability = 0.8
+    min_box_iou: Probability = 0.3
+    max_growth: PositiveReal = 1.5
+
+
 class RepromptSettings(Section):
     """The ensemble's masks -> their boxes, each side moved out by ``margin`` x the box's side -> the decoder prompted
     again. ``margin``: null (off), a fraction, or ``auto``: per task and recipe, the one of ``candidates`` (or none)
     whose masks' boxes best match the validation images' tight boxes; ``fallback`` where there are none. ``volume``:
-    the boxes fitted across each volume's slices (``VolumeFit``; null: off)."""
+    the boxes fitted across each volume's slices (``VolumeFit``; null: off). ``presence``: last, the slices judged
+    not to hold the structure emptied (``PresenceSettings``; null: off)."""
 
     margin: Annotated[Literal["auto"] | float | None, BeforeValidator(_margin)] = AUTO
     candidates: tuple[Fraction, ...] = Field((0.0, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2), min_length=1)
     fallback: Fraction | None = 0.1
     volume: VolumeFit | None = VolumeFit()
+    presence: PresenceSettings | None = PresenceSettings()
 
     @property
     def auto(self) -> bool:

@@ -383,3 +383,23 @@ def test_the_model_carries_reprompt_volume_to_predict(trained: Path, tmp_path: P
     assert "volume fit: off, it needs re-prompting" in caplog.text, "an IoU asked for without a margin is named"
     with pytest.raises(InputError, match=r"volume min IoU is 1\.5; give a box IoU in \[0, 1\]"):
         predict(off, [trained / "data/images"], tmp_path / "c", volume_min_iou=1.5)
+
+
+def test_evaluate_counts_false_and_missed_slices_of_volumes(tmp_path: Path) -> None:
+    """A volume's slices with a mask where the reference is empty are false, those without one where it is not are
+    missed; the JSON summary adds them up over the volumes."""
+    reference = np.zeros((6, 20, 20), np.uint8)
+    reference[1:5, 5:15, 5:15] = 1
+    prediction = reference.copy()
+    prediction[0, 6:10, 6:10] = 1  # a mask above the structure
+    prediction[5, 2:8, 2:8] = 1  # and below it
+    prediction[4] = 0  # the structure's last slice missed
+    for folder, array in (("pred", prediction), ("masks", reference)):
+        (tmp_path / folder).mkdir()
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing((1.5, 1.5, 8.0))
+        sitk.WriteImage(image, str(tmp_path / folder / "scan.nii.gz"))
+    table = evaluate_folder(tmp_path / "pred", tmp_path / "masks")
+    assert table[["false_slices", "missed_slices"]].values.tolist() == [[2, 1]]
+    summary = json.loads((tmp_path / "pred/evaluation.json").read_text())
+    assert summary["slices"] == {"false": 2, "missed": 1}

@@ -26,7 +26,7 @@ from autoprompt.data.images import as_stack, frame_slices, resample_in_plane
 from autoprompt.data.preprocess import fit_label
 from autoprompt.errors import InputError
 from autoprompt.inference import export_model, load_model, predict
-from autoprompt.inference.files import recorded_margin, recorded_volume_fit
+from autoprompt.inference.policy import resolve
 from autoprompt.inference.predictor import Predictor
 from autoprompt.inference.reprompt import reprompt
 from autoprompt.inference.volume import refine_volumes
@@ -243,9 +243,9 @@ def test_reprompt_from_reads_the_margin_evaluate_chose_for_the_models_recipe(tra
     assert group == "augmented/fewshot", "the fixture's runs are of one recipe and regime"
     metrics = tmp_path / "metrics.json"
 
-    def recorded(groups: dict) -> float | None:
+    def recorded(groups: dict, model=model) -> float | None:
         metrics.write_text(json.dumps({"reprompt": {"margin": "auto", "groups": groups}}))
-        return recorded_margin(metrics, model)
+        return resolve(model.policy, model.group(), reprompt_from=metrics)[0].margin
 
     assert recorded({group: {"margin": 0.05}, other: {"margin": 0.2}}) == 0.05
     assert recorded({group: {"margin": None}}) is None, "evaluate chose no re-prompting"
@@ -253,15 +253,18 @@ def test_reprompt_from_reads_the_margin_evaluate_chose_for_the_models_recipe(tra
         recorded({other: {"margin": 0.1}})
     metrics.write_text(json.dumps({"dice": {}}))
     with pytest.raises(InputError, match=r"metrics.json: no re-prompt margins in it \(KeyError\); give evaluate's"):
-        recorded_margin(metrics, model)
+        resolve(model.policy, group, reprompt_from=metrics)
     mixed = dataclasses.replace(model, runs=[*model.runs, f"{other}/subset0-seed0"])
     with pytest.raises(InputError, match=r"margins are per recipe and regime; give a model of one"):
-        recorded_margin(metrics, mixed)
+        recorded({group: {"margin": 0.1}}, mixed)
     for volume, expected in (({"min_iou": 0.3}, 0.3), (None, None)):
-        metrics.write_text(json.dumps({"reprompt": {"margin": 0.1, "groups": {}, "volume": volume}}))
-        assert recorded_volume_fit(metrics, model) == expected, "the volume fit evaluate ran with"
-    metrics.write_text(json.dumps({"reprompt": {"margin": 0.1, "groups": {}}}))
-    assert recorded_volume_fit(metrics, model) == model.volume_min_iou, "none recorded (2D images): the model's"
+        metrics.write_text(
+            json.dumps({"reprompt": {"margin": 0.1, "groups": {group: {"margin": 0.1}}, "volume": volume}})
+        )
+        assert resolve(model.policy, group, reprompt_from=metrics)[0].volume_min_iou == expected, "evaluate's fit"
+    metrics.write_text(json.dumps({"reprompt": {"margin": 0.1, "groups": {group: {"margin": 0.1}}}}))
+    chosen, sources = resolve(model.policy, group, reprompt_from=metrics)
+    assert chosen.volume_min_iou == model.volume_min_iou and sources["volume_min_iou"] == "the model's", "none recorded"
 
 
 def test_exported_model_predicts_the_same_masks_and_checks_its_backbone(trained, volume, tmp_path):
