@@ -318,18 +318,27 @@ def _predict_targets(
         if overlays:
             write_overlay(image, mask, target.overlay)
         if references is not None:
-            entries.append(_entry(target, image, mask, references, segmentation.agreement))
+            iou = segmentation.evidence.iou.numpy() if segmentation.evidence is not None else None
+            entries.append(_entry(target, image, mask, references, segmentation.agreement, segmentation.absent, iou))
         timings["write"] += time.perf_counter() - start
         summary.written.append(target.output)
     summary.timings = dict(timings)
 
 
-def _entry(target: Target, image: sitk.Image, mask: np.ndarray, references: dict, agreement: float | None) -> Entry:
+def _entry(
+    target: Target,
+    image: sitk.Image,
+    mask: np.ndarray,
+    references: dict,
+    agreement: float | None,
+    absent: list[int] | None = None,
+    predicted_iou: np.ndarray | None = None,
+) -> Entry:
     reference_file, drawn = references[target.source]
     reference = None
     if reference_file is not None:
         reference = sitk.GetArrayFromImage(read_image(reference_file)) != 0
-    return report_entry(target.source.name, image, mask, reference, drawn, agreement)
+    return report_entry(target.source.name, image, mask, reference, drawn, agreement, absent, predicted_iou)
 
 
 def _entry_of_existing(target: Target, threshold: float, references: dict) -> Entry:
