@@ -248,6 +248,9 @@ class CamusPrepare(DatasetPrepare):
 
 
 class AcdcPrepare(DatasetPrepare):
+    """``drop_empty``: leave out the training patients' slices without any labelled structure (the test patients
+    keep every slice, for the whole-volume scores)."""
+
     reader: Literal["acdc"] = "acdc"
     crop: Positive = 256
     spacing: PositiveReal = 1.0

@@ -45,8 +45,12 @@ def candidates() -> dict[str, Presence | None]:
     rules: dict[str, Presence | None] = {"none": None}
     for t in (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9):
         rules[f"iou<{t}"] = Presence(("iou",), min_iou=t)
-    for t in (0.5, 0.7, 0.8, 0.9, 0.95):
+    for t in (0.5, 0.7, 0.8, 0.82, 0.84, 0.85, 0.86, 0.87, 0.88, 0.9, 0.95):
         rules[f"agreement<{t}"] = Presence(("agreement",), min_agreement=t)
+    for a, box, growth in itertools.product((0.8, 0.85, 0.87), (0.3, 0.5), (1.2, 1.5)):
+        rules[f"agreement<{a}+sequence(box<{box},growth>{growth:g})"] = Presence(
+            ("agreement", "sequence"), min_agreement=a, min_box_iou=box, max_growth=growth
+        )
     for box, growth in itertools.product((0.1, 0.3, 0.5), (1.2, 1.5, 2.0, 1e9)):
         rules[f"sequence(box<{box},growth>{growth:g})"] = Presence(("sequence",), min_box_iou=box, max_growth=growth)
     for t, box, growth in itertools.product((0.7, 0.8, 0.85), (0.3, 0.5), (1.5, 1e9)):
@@ -146,6 +150,9 @@ def evidence_table(volumes: list[dict]) -> dict:
             depth = min(i, z - 1 - i)
             rows["true" if present[i] else "false"].append(
                 {
+                    "volume": v["volume"],
+                    "slice": i,
+                    "box": [int(b) for b in e.boxes[i].tolist()],
                     "iou": round(float(e.iou[i]), 3),
                     "agreement": round(float(e.agreement[i]), 3),
                     "area": int(e.area[i]),
@@ -163,6 +170,7 @@ def main() -> None:
     parser.add_argument("--beyond", type=int, default=2, help="unlabelled slices past each end (default 2)")
     parser.add_argument("--shots", type=int, default=10, help="boxed training slices (default 10)")
     parser.add_argument("--recipes", nargs="+", default=("workshop", "augmented"), help="head recipes")
+    parser.add_argument("--score", nargs="+", help="the recipes to score (default: every one trained)")
     parser.add_argument("--keep", type=Path, help="clone into this folder and keep it (default: a scratch folder)")
     args, machine = common.parse_and_start(parser)
     with tempfile.TemporaryDirectory() as scratch:
@@ -170,7 +178,7 @@ def main() -> None:
         setup, commit, seconds = run_pipeline(clone, args)
         log.info("pipeline done in %.0f s", seconds)
         rules, results = candidates(), {}
-        for recipe in args.recipes:
+        for recipe in args.score or args.recipes:
             volumes = segment_volumes(clone, recipe)
             scored = {name: score(volumes, rule) for name, rule in rules.items()}
             slices = sum(len(v["masks"]) for v in volumes)
@@ -192,7 +200,10 @@ def main() -> None:
             "segments every test volume whole as predict does; per presence rule, false slices (a mask where the "
             "reference is empty), missed slices, mean 3D Dice (%), HD95 (mm) and NSD (%) per volume; evidence: "
             "each cue's values on the slices with a mask, false and true",
-            "commit": commit,
+            "commit": commit,  # the pipeline's (the clone's); the rules run with this worktree's code:
+            "analysis_commit": subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=common.REPO, capture_output=True, text=True
+            ).stdout.strip(),
             "setup": setup,
             "pipeline_seconds": round(seconds, 1),
             "rules": {name: (rule.as_dict() if rule else None) for name, rule in candidates().items()},

@@ -138,21 +138,21 @@ def test_direction_keeps_image_and_label_aligned(tmp_path: Path) -> None:
         assert _iou((case.image > 64) & (case.image < 190), case.label == 1) > 0.7
 
 
-def test_testing_folder_is_the_test_split_and_empty_slices_dropped(tmp_path: Path) -> None:
-    _patient(tmp_path, "patient001")
+def test_testing_folder_is_the_test_split_and_keeps_its_empty_slices(tmp_path: Path) -> None:
+    """Training patients' slices without any structure are dropped (drop_empty); the test patients keep every slice,
+    so that their volumes can be scored whole."""
     label = np.zeros((4, 24, 20), np.uint8)
     label[1:3, 5:15, 5:15] = 3  # slices 0 and 3 hold no structure
+    _patient(tmp_path, "patient001", label=label)
     _patient(tmp_path, "patient101", "testing", label=label)
     cases = _load_all(tmp_path)
     assert {c.id: c.split for c in cases if c.subject == "patient101"} == {
-        "patient101_frame01_slice01": "test",
-        "patient101_frame01_slice02": "test",
+        f"patient101_frame01_slice{k:02d}": "test" for k in range(4)
     }
+    assert [c.id[-7:] for c in cases if c.subject == "patient001"] == ["slice01", "slice02"]
     assert {c.split for c in cases if c.subject == "patient001"} == {None}
-    assert (
-        len([c for c in _load_all(tmp_path, prepare_section("acdc", drop_empty=False)) if c.subject == "patient101"])
-        == 4
-    )
+    kept = _load_all(tmp_path, prepare_section("acdc", drop_empty=False))
+    assert len([c for c in kept if c.subject == "patient001"]) == 4
 
 
 def test_phantoms_prepare_crop_256_and_split(phantom_root: Path) -> None:

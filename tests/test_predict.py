@@ -345,3 +345,59 @@ def test_evaluate_on_volumes_scores_each_re_prompted_row_fitted_across_the_slice
     assert rows["fewshot_reprompted"] == plain["dice"]["augmented"]["fewshot_reprompted"]
     if not any(counts.values()):
         assert rows["fewshot_volume"] == rows["fewshot_reprompted"], "no slice prompted again: the same masks"
+
+
+@pytest.fixture(scope="module")
+def beyond(trained, tmp_path_factory) -> Path:
+    """A test patient whose volume reaches past its heart (simulate.acdc.beyond: the atria and vessels above the
+    base, the apical cap and the liver below the apex), prepared and encoded like the fixture's; returns its
+    folder."""
+    root = tmp_path_factory.mktemp("beyond")
+    phantoms = {**PARAMS["simulate"]["acdc"], "training": 1, "testing": 1, "beyond": 2}
+    params = root / "params.yaml"
+    params.write_text(yaml.safe_dump({**PARAMS, "simulate": {"acdc": phantoms}}))
+    p = ["--params", str(params)]
+    simulate.main([*p, "--dataset", "acdc", "--out", str(root / "raw")])
+    prepare.main([*p, "--dataset", "acdc", "--raw", str(root / "raw"), "--store", str(root / "acdc.zarr"),
+                  "--index", str(root / "acdc.csv")])  # fmt: skip
+    encode.main([*p, "--dataset", "acdc", "--store", str(root / "acdc.zarr"), "--out", str(root / "emb.zarr")])
+    return root
+
+
+def test_whole_volumes_show_the_false_slices_and_presence_empties_them(trained, beyond, tmp_path):
+    """Past the heart the heads draw masks where there is nothing to find: evaluate scores the test volume whole
+    (its empty slices too) and counts them; the presence rule empties most of them, in evaluate's rows and through
+    predict --reprompt-from and autoprompt evaluate alike, at the cost of at most one slice of the structure."""
+    from autoprompt.evaluation.folders import evaluate_folder
+
+    data = ["--prepared", str(beyond / "acdc.zarr"), "--index", str(beyond / "acdc.csv"), "--embeddings",
+            str(beyond / "emb.zarr")]  # fmt: skip
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({**PARAMS, "reprompt": {"margin": 0.1}}))  # the default fit and presence
+    outputs = ["--metrics", str(tmp_path / "m.json"), "--per-image", str(tmp_path / "m.csv"), "--figure",
+               str(tmp_path / "m.png")]  # fmt: skip
+    evaluate.main(["--params", str(params), "--task", "acdc-lv", *data, "--models", str(trained), *outputs])
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["whole_volumes"] == {"volumes": 1, "slices": 8, "slices_with_structure": 4}
+    assert metrics["test_images"] == 4, "the paper's protocol: the slices that hold the structure"
+    slices = metrics["slices"]
+    assert (slices["tight_box"]["false"], slices["tight_box"]["missed"]) == (0, 0), "no box, no mask"
+    before, after = slices["augmented"]["fewshot_volume"], slices["augmented"]["fewshot_presence"]
+    assert before["false"] >= 2, f"the heads draw masks past the heart: {before}"
+    assert after["false"] <= before["false"] / 4 and after["missed"] <= 1, f"{before} -> {after}"
+    assert "fewshot_presence" in metrics["dice"]["augmented"] and metrics["reprompt"]["presence"]["cues"]
+
+    volume = beyond / "raw/testing/patient002/patient002_frame01.nii.gz"
+    reference = tmp_path / "masks"
+    reference.mkdir()
+    label = sitk.ReadImage(str(beyond / "raw/testing/patient002/patient002_frame01_gt.nii.gz"))
+    sitk.WriteImage(sitk.Cast(label == LV, sitk.sitkUInt8), str(reference / volume.name))
+    counts = {}
+    for name, presence in (("kept", None), ("emptied", "model")):
+        out = tmp_path / name
+        predict(trained, [volume], out, device="cpu", cache_dir=RUNTIME_CACHE, reprompt_from=tmp_path / "m.json",
+                presence=presence)  # fmt: skip
+        evaluate_folder(out, reference)
+        counts[name] = json.loads((out / "evaluation.json").read_text())["slices"]
+    assert counts["kept"]["false"] >= 2 and counts["emptied"]["false"] <= counts["kept"]["false"] / 4, counts
+    assert counts["emptied"]["missed"] <= 1, counts

@@ -15,7 +15,7 @@ from autoprompt.inference.report import STRIP, entry, write_report
 def _volume(slices: int) -> tuple[sitk.Image, np.ndarray]:
     reference = np.zeros((slices, 40, 40), bool)
     reference[1:-1, 10:30, 10:30] = True
-    image = sitk.GetImageFromArray((np.random.default_rng(0).normal(50, 5, reference.shape) + 100 * reference))
+    image = sitk.GetImageFromArray(np.random.default_rng(0).normal(50, 5, reference.shape) + 100 * reference)
     return image, reference
 
 

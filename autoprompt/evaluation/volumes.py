@@ -75,3 +75,23 @@ def summarize_volumes(scores: list[dict]) -> dict[str, dict]:
     for value in out.values():
         value["over"] = "volumes"
     return out
+
+
+def summarize_volume_runs(runs: list[list[dict]]) -> dict[str, dict]:
+    """``summarize_volumes``'s layout for a group of runs (each a list of per-volume scores): mean ± std over runs of
+    each run's mean over volumes, and the mean count of false and missed slices per run."""
+    per_run = [summarize_volumes(scores) for scores in runs]
+    out = {
+        "whole_dice_3d": summarize([r["whole_dice_3d"]["mean"] / 100 for r in per_run]),
+        "whole_hd95_mm": summarize_finite([r["whole_hd95_mm"]["mean"] for r in per_run]),
+        "whole_nsd": summarize([r["whole_nsd"]["mean"] / 100 for r in per_run]),
+        "slices": {
+            "false": round(float(np.mean([r["slices"]["false"] for r in per_run])), 4),
+            "missed": round(float(np.mean([r["slices"]["missed"] for r in per_run])), 4),
+            "n": per_run[0]["slices"]["n"],
+            "volumes": per_run[0]["slices"]["volumes"],
+        },
+    }
+    for value in out.values():
+        value["over"] = "runs"
+    return out

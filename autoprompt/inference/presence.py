@@ -100,7 +100,9 @@ class Presence:
 
     @classmethod
     def from_dict(cls, record: dict) -> Presence:
-        return cls(**{**record, "cues": tuple(record.get("cues", ()))})
+        """The rule of ``as_dict``'s record (other keys, such as evaluate's counts beside it, are left aside)."""
+        fields = ("min_iou", "min_agreement", "min_box_iou", "max_growth")
+        return cls(tuple(record.get("cues", ())), **{k: float(record[k]) for k in fields if k in record})
 
     def describe(self) -> str:
         words = {
@@ -151,3 +153,18 @@ def absent_slices(evidence: Evidence, rule: Presence) -> Tensor:
         keep = int(torch.argmax(torch.where(found, evidence.iou, torch.full_like(evidence.iou, -1.0))))
         absent[keep] = False
     return absent & found
+
+
+def empty_absent(
+    probs: Tensor, iou: Tensor, agreement: Tensor, volumes: list[Tensor], rule: Presence, threshold: float
+) -> tuple[Tensor, int]:
+    """N x S x S probabilities of N slices with their N predicted IoUs and N run agreements; ``volumes``: each
+    volume's rows in slice order -> the probabilities with each volume's slices judged absent zeroed, and how many
+    masks were emptied."""
+    out, emptied = probs.clone(), 0
+    for rows in volumes:
+        evidence = gather(probs[rows], iou[rows], agreement[rows], threshold)
+        absent = rows[absent_slices(evidence, rule)]
+        out[absent] = 0.0
+        emptied += len(absent)
+    return out, emptied
