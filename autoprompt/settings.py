@@ -651,11 +651,12 @@ class PresenceSettings(Section):
     end of a volume while its end slice is judged absent (``autoprompt.inference.presence``). ``cues``: which
     evidence judges (``iou``: the decoder's predicted IoU under ``min_iou``; ``agreement``: the runs' mean Dice with
     the ensemble under ``min_agreement``; ``sequence``: the mask's box overlaps the next slice in by less than
-    ``min_box_iou``, or its area is more than ``max_growth`` times that slice's)."""
+    ``min_box_iou``, or its area is more than ``max_growth`` times that slice's). The defaults are the rule measured
+    on cardiac phantoms (``bench/presence.py``, docs/volumes.md: Presence); ``agreement`` needs an ensemble."""
 
-    cues: tuple[Literal["iou", "agreement", "sequence"], ...] = ("iou",)
+    cues: tuple[Literal["iou", "agreement", "sequence"], ...] = ("agreement", "sequence")
     min_iou: Probability = 0.8
-    min_agreement: Probability = 0.8
+    min_agreement: Probability = 0.85
     min_box_iou: Probability = 0.3
     max_growth: PositiveReal = 1.5
 

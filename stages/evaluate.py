@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     scope_spacing = task.spacing(scope)
     rule = presence_rule(reprompting.presence)
-    agreeing = rule is not None and "agreement" in rule.cues  # keep each run's masks for the runs' agreement
+    # the runs' agreement needs each run's probabilities (float16: N x S x S x 2 bytes a run), as predict has them
+    agreeing = rule is not None and "agreement" in rule.cues
 
     def whole_scores(probs: torch.Tensor) -> list[dict]:
         """Per test volume, its scores with every slice (``autoprompt.evaluation.volumes``)."""
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
             whole_runs.setdefault(group, []).append(whole_scores(probs))
 
     iou_sums: dict[str, torch.Tensor] = {}  # each head group's summed predicted IoU per row, for presence
-    run_masks: dict[str, list[torch.Tensor]] = {}
+    run_probs: dict[str, list[torch.Tensor]] = {}
 
     val = task.rows("val") if reprompting.auto else rows.iloc[:0]  # the images that choose the margins
     val_embeddings, val_sums = (task.load_embeddings(val) if len(val) else None), {}
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
         add(key, probs)
         iou_sums[runs.group_key(key)] = iou_sums.get(runs.group_key(key), 0) + iou
         if agreeing:
-            run_masks.setdefault(runs.group_key(key), []).append(probs > threshold)
+            run_probs.setdefault(runs.group_key(key), []).append(probs.half())
         selected_epochs[key] = runs.load_record(run_dir).get("selected_epoch")
         if len(val):
             group = runs.group_key(key)
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
                 )  # fmt: skip
                 whole_rows[f"{group}_{VOLUME}"] = whole_probs
         if rule is not None:  # a 2D image is a volume of one slice
-            agreement = slice_agreement(run_masks[group], 0.5) if agreeing else torch.ones(len(scope))
+            agreement = slice_agreement(run_probs[group], threshold) if agreeing else torch.ones(len(scope))
             test_volumes = (
                 volume_slices(subjects, scope_positions[: len(rows)])
                 if task.volumes

@@ -79,9 +79,9 @@ class Presence:
     """The rule: which ``cues`` judge a slice (a subset of ``CUES``; a slice failing any of them is absent) and
     their thresholds (the module's docstring)."""
 
-    cues: tuple[str, ...] = ("iou",)
+    cues: tuple[str, ...] = ("agreement", "sequence")
     min_iou: float = 0.8
-    min_agreement: float = 0.8
+    min_agreement: float = 0.85
     min_box_iou: float = 0.3
     max_growth: float = 1.5
 
