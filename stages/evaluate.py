@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     tight_probs = decode(decoder, embeddings[: len(rows)], task.label_size, batch, device, boxes=boxes)
     tight_probs = torch.cat([tight_probs, torch.zeros(len(extra), *tight_probs.shape[1:])])  # no box: no mask
     refs = references(masks, task.has_masks(rows), tight_probs[: len(rows)] > threshold, spacing, subjects)
-    in_whole = torch.from_numpy(scope["row"].isin(whole["row"]).to_numpy()).nonzero().flatten()
+    in_whole = torch.tensor(scope["row"].isin(whole["row"]).to_numpy()).nonzero().flatten()
     scope_positions = torch.tensor(scope["slice"].to_numpy(), dtype=torch.float64) if task.volumes else None
     volumes = (
         [in_whole[v] for v in volume_slices(scope["subject"].iloc[in_whole].tolist(), scope_positions[in_whole])]

