@@ -182,12 +182,14 @@ def _duration(seconds: float) -> str:
 # --------------------------------------------------------------------------------------------------------- predict
 def predict_command(args: argparse.Namespace) -> None:
     from autoprompt.device import pin_cpu_numerics, select_device
-    from autoprompt.inference.files import FROM_MODEL, predict
+    from autoprompt.inference.files import predict
+    from autoprompt.inference.policy import FROM_MODEL
 
     if select_device(args.device, "--device").type == "cpu":
         pin_cpu_numerics(args.threads)
     margin = None if args.no_reprompt else args.reprompt_margin if args.reprompt_margin is not None else FROM_MODEL
     fit = None if args.no_volume_fit else args.volume_min_iou if args.volume_min_iou is not None else FROM_MODEL
+    presence = None if args.no_presence else FROM_MODEL
     summary = predict(
         args.model,
         args.input,
@@ -208,6 +210,7 @@ def predict_command(args: argparse.Namespace) -> None:
         reprompt_margin=margin,
         reprompt_from=args.reprompt_from,
         volume_min_iou=fit,
+        presence=presence,
         report=args.report,
         masks=args.masks,
         boxes=args.boxes,
@@ -347,6 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-volume-fit",
         action="store_true",
         help="volumes: leave each slice's re-prompted mask as it is (without re-prompting, nothing is fitted)",
+    )
+    predict.add_argument(
+        "--no-presence",
+        action="store_true",
+        help="keep every slice's mask (default: the model's presence rule empties the slices, from each end of a "
+        "volume in, and the 2D images that it judges not to hold the structure; the log lists them)",
     )
     predict.add_argument("--part-id", type=int, default=0, help="this process's part of the inputs (0-based)")
     predict.add_argument("--num-parts", type=positive, default=1, help="parts the inputs are split into")

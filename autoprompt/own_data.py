@@ -35,6 +35,7 @@ from autoprompt.device import select_device
 from autoprompt.encode.augmented import encode_views
 from autoprompt.encode.store import encode_prepared
 from autoprompt.errors import InputError
+from autoprompt.inference import policy
 from autoprompt.inference.model import Model, export_model, from_runs, run_folders
 from autoprompt.inference.reprompt import choose_margin
 from autoprompt.io import write_text
@@ -232,7 +233,6 @@ def _train_held(data: Path, out: Path, work: Path, settings: Settings, section: 
     start = time.perf_counter()
     model = from_runs(run_folders(work / "models"))
     margin, how = choose_on_training_boxes(model, settings, files)
-    fit = settings.reprompt.volume
-    export_model(model.with_reprompt(margin, how, fit.min_iou if fit is not None else None), out)
+    export_model(model.with_policy(policy.from_settings(settings.reprompt, margin, how)), out)
     seconds["margin"] = time.perf_counter() - start
     return Summary(out, len(train_ids), len(jobs), trained, margin, how, seconds)

@@ -140,7 +140,10 @@ class CamusPhantoms(Section):
 class AcdcPhantoms(Section):
     """``anatomy``: ``classic``, the cavity and the RV shrink smoothly from base to apex (the phantoms of earlier
     releases, file for file); ``tail``, the most apical slice's LV covers a few dozen pixels and the most basal
-    slice's RV is a thin crescent along the septum, where real scans' misses gather (docs/volumes.md)."""
+    slice's RV is a thin crescent along the septum, where real scans' misses gather (docs/volumes.md). ``beyond``:
+    unlabelled slices added at each end of a volume, the atria and great vessels above the base and the apical cap
+    and liver below the apex, where a head's masks have no structure to find (0: none, the volumes of earlier
+    releases)."""
 
     training: Positive
     testing: Count
@@ -148,6 +151,7 @@ class AcdcPhantoms(Section):
     slices: tuple[Positive, Positive]
     seed: Int = 0
     anatomy: Literal["classic", "tail"] = "classic"
+    beyond: Count = 0
 
 
 class SimulateSettings(Section):
@@ -247,6 +251,9 @@ class CamusPrepare(DatasetPrepare):
 
 
 class AcdcPrepare(DatasetPrepare):
+    """``drop_empty``: leave out the training patients' slices without any labelled structure (the test patients
+    keep every slice, for the whole-volume scores)."""
+
     reader: Literal["acdc"] = "acdc"
     crop: Crop = 256
     spacing: PositiveReal = 1.0
@@ -652,16 +659,37 @@ class VolumeFit(Section):
     min_iou: Annotated[float, BeforeValidator(_number), Field(ge=0, le=1)] = 0.5
 
 
+class PresenceSettings(Section):
+    """Whole volumes (and 2D images, with ``images``): a slice judged not to hold the structure gets an empty mask,
+    walking in from each end of a volume while its end slice is judged absent (``autoprompt.inference.presence``).
+    ``cues``: which
+    evidence judges (``iou``: the decoder's predicted IoU under ``min_iou``; ``agreement``: the runs' mean Dice with
+    the ensemble under ``min_agreement``; ``sequence``: the mask's box overlaps the next slice in by less than
+    ``min_box_iou``, or its area is more than ``max_growth`` times that slice's). The defaults are the rule measured
+    on cardiac phantoms (``bench/presence.py``, docs/volumes.md: Presence); ``agreement`` needs an ensemble.
+    ``images``: 2D images are judged too (off: the rule was measured on volumes, and an emptied picture that holds
+    the structure is a miss)."""
+
+    cues: tuple[Literal["iou", "agreement", "sequence"], ...] = ("agreement", "sequence")
+    min_iou: Probability = 0.8
+    min_agreement: Probability = 0.85
+    min_box_iou: Probability = 0.3
+    max_growth: PositiveReal = 1.5
+    images: bool = False
+
+
 class RepromptSettings(Section):
     """The ensemble's masks -> their boxes, each side moved out by ``margin`` x the box's side -> the decoder prompted
     again. ``margin``: null (off), a fraction, or ``auto``: per task and recipe, the one of ``candidates`` (or none)
     whose masks' boxes best match the validation images' tight boxes; ``fallback`` where there are none. ``volume``:
-    the boxes fitted across each volume's slices (``VolumeFit``; null: off)."""
+    the boxes fitted across each volume's slices (``VolumeFit``; null: off). ``presence``: last, the slices judged
+    not to hold the structure emptied (``PresenceSettings``; null: off)."""
 
     margin: Annotated[Literal["auto"] | float | None, BeforeValidator(_margin)] = AUTO
     candidates: tuple[Fraction, ...] = Field((0.0, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2), min_length=1)
     fallback: Fraction | None = 0.1
     volume: VolumeFit | None = VolumeFit()
+    presence: PresenceSettings | None = PresenceSettings()
 
     @property
     def auto(self) -> bool:

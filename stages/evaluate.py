@@ -9,7 +9,13 @@ takes ``reprompt.fallback``. The metrics JSON records each group's margin.
 For slices of volumes, with ``reprompt.volume`` set, each re-prompted row has a ``volume`` twin: the boxes fitted
 across each test volume's slices, the missing and off-sequence slices prompted again (``autoprompt.inference.volume``;
 every test slice holds the structure, so an empty slice at a volume's end is prompted with its neighbour's box). The
-metrics JSON counts those slices per group and reason.
+metrics JSON counts those slices per group and reason. With ``reprompt.presence`` set, a ``presence`` row follows:
+the slices judged not to hold the structure emptied, from each volume's ends in (``autoprompt.inference.presence``).
+
+Beside the paper's protocol (only the slices that hold the structure), the test volumes are scored whole: every
+slice the prepared store keeps for them, the empty ones too, stacked per volume (``autoprompt.evaluation.volumes``:
+3D Dice, HD95 and NSD per volume, false and missed slices) for every row, under the ``whole_*`` and ``slices`` keys.
+There the ``volume`` and ``presence`` rows are what ``predict`` does: the fit leaves the volume's ends alone.
 
 Writes ``metrics/<task>.json`` (Dice, NSD and HD95, and per-patient 3D Dice for slices of volumes: mean ± std over
 runs per recipe and regime, and over test images for the ensembles and the tight box), a per-image CSV
@@ -26,6 +32,7 @@ import json
 import logging
 from pathlib import Path
 
+import pandas as pd
 import torch
 from tqdm import tqdm
 
@@ -44,13 +51,16 @@ from autoprompt.evaluation.references import (
     references,
     score_rows,
 )
-from autoprompt.evaluation.scoring import ENSEMBLE, REPROMPTED, VOLUME, Scores, miss_cell
+from autoprompt.evaluation.scoring import ENSEMBLE, PRESENCE, REPROMPTED, VOLUME, Scores, metrics_json, miss_cell
+from autoprompt.evaluation.volumes import summarize_volume_runs, summarize_volumes, volume_scores
+from autoprompt.inference.policy import metrics_record, presence_rule
+from autoprompt.inference.presence import empty_absent, slice_agreement
 from autoprompt.inference.reprompt import group_margins, reprompt
 from autoprompt.inference.volume import REASONS, refine_volumes, volume_slices
 from autoprompt.io import atomic_path, write_text
 from autoprompt.model import backbones, checkpoints
 from autoprompt.model import baselines as methods
-from autoprompt.model.decoding import decode
+from autoprompt.model.decoding import decode, decode_scored
 from autoprompt.settings import METHOD_SECTIONS, load_settings
 from autoprompt.training import runs
 from autoprompt.training.baselines import predict_baseline
@@ -123,23 +133,55 @@ def main(argv: list[str] | None = None) -> None:
     threshold, batch, count = settings.threshold, settings.batch_size, settings.examples
     checkpoint = checkpoints.resolve_checkpoint(encode.backbone, encode.checkpoint, encode.key("checkpoint"))
     decoder = backbones.build_prompt_decoder(encode.backbone, checkpoint)
-    embeddings, masks, boxes = task.load_embeddings(rows), task.load_masks(rows), task.boxes(rows)
+    whole = task.volume_rows("test")  # the test volumes whole; predicted: the test rows, then their other slices
+    extra = whole.loc[~whole["row"].isin(rows["row"]), [c for c in whole.columns if c in rows.columns]]
+    scope = pd.concat([rows, extra], ignore_index=True)
+    embeddings, truth, boxes = task.load_embeddings(scope), task.load_masks(scope), task.boxes(rows)
+    masks = truth[: len(rows)]
     spacing, subjects = task.spacing(rows), rows["subject"].tolist() if task.volumes else None
     tolerance = settings.nsd_tolerance_mm
-    tight_probs = decode(decoder, embeddings, task.label_size, batch, device, boxes=boxes)
-    refs = references(masks, task.has_masks(rows), tight_probs > threshold, spacing, subjects)
+    tight_probs = decode(decoder, embeddings[: len(rows)], task.label_size, batch, device, boxes=boxes)
+    tight_probs = torch.cat([tight_probs, torch.zeros(len(extra), *tight_probs.shape[1:])])  # no box: no mask
+    refs = references(masks, task.has_masks(rows), tight_probs[: len(rows)] > threshold, spacing, subjects)
+    in_whole = torch.tensor(scope["row"].isin(whole["row"]).to_numpy()).nonzero().flatten()
+    scope_positions = torch.tensor(scope["slice"].to_numpy(), dtype=torch.float64) if task.volumes else None
+    volumes = (
+        [in_whole[v] for v in volume_slices(scope["subject"].iloc[in_whole].tolist(), scope_positions[in_whole])]
+        if len(in_whole)
+        else []
+    )
+    thickness = (  # each slice's spacing along the volume, mm (NaN outside whole volumes)
+        torch.from_numpy(scope["row"].map(whole.set_index("row")["slice_mm"]).to_numpy(dtype="float64"))
+        if volumes
+        else None
+    )
+    scope_spacing = task.spacing(scope)
+    rule = presence_rule(reprompting.presence)
+    # the runs' agreement needs each run's probabilities (float16: N x S x S x 2 bytes a run), as predict has them
+    agreeing = rule is not None and "agreement" in rule.cues
+
+    def whole_scores(probs: torch.Tensor) -> list[dict]:
+        """Per test volume, its scores with every slice (``autoprompt.evaluation.volumes``)."""
+        return volume_scores(probs > threshold, truth, volumes, scope_spacing, thickness, tolerance)
 
     groups: dict[str, dict[str, list[Scores]]] = {ref.name: {} for ref in refs}
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
+    whole_runs: dict[str, list[list[dict]]] = {}
 
     def add(key: str, probs: torch.Tensor) -> None:
-        """Score one run's N x S x S test probabilities into its group (``recipe/regime`` or ``method/regime``)."""
+        """Score one run's N x S x S probabilities of the predicted rows (the test rows first) into its group
+        (``recipe/regime`` or ``method/regime``), on the test rows and on whole volumes."""
         group = runs.group_key(key)
         for ref in refs:
             groups[ref.name].setdefault(group, []).append(ref.score(probs, threshold, tolerance))
         sums[group] = sums.get(group, 0) + probs
         counts[group] = counts.get(group, 0) + 1
+        if volumes:
+            whole_runs.setdefault(group, []).append(whole_scores(probs))
+
+    iou_sums: dict[str, torch.Tensor] = {}  # each head group's summed predicted IoU per row, for presence
+    run_probs: dict[str, list[torch.Tensor]] = {}
 
     val = task.rows("val") if reprompting.auto else rows.iloc[:0]  # the images that choose the margins
     val_embeddings, val_sums = (task.load_embeddings(val) if len(val) else None), {}
@@ -147,7 +189,11 @@ def main(argv: list[str] | None = None) -> None:
     for run_dir in tqdm(run_dirs, desc=f"evaluate {args.task}", unit="run"):
         head, _ = runs.load_head(run_dir)
         key = runs.run_key(run_dir)
-        add(key, decode(decoder, embeddings, task.label_size, batch, device, head=head))
+        probs, iou = decode_scored(decoder, embeddings, task.label_size, batch, device, head=head)
+        add(key, probs)
+        iou_sums[runs.group_key(key)] = iou_sums.get(runs.group_key(key), 0) + iou
+        if agreeing:
+            run_probs.setdefault(runs.group_key(key), []).append(probs.half())
         selected_epochs[key] = runs.load_record(run_dir).get("selected_epoch")
         if len(val):
             group = runs.group_key(key)
@@ -158,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     planned = set(everything.baseline.methods)  # runs of methods no longer planned may be kept there: left out
     baseline_dirs = runs.finished_runs(args.baselines, runs.MODEL) if args.baselines else []
     baseline_dirs = [d for d in baseline_dirs if runs.run_key(d).split("/")[0] in planned]
-    images = task.load_images(rows) if baseline_dirs else None
+    images = task.load_images(scope) if baseline_dirs else None
     for run_dir in tqdm(baseline_dirs, desc=f"evaluate {args.task} baselines", unit="run"):
         name, probs, title = predict_run(run_dir, decoder, images, embeddings, task.label_size, batch, device)
         add(runs.run_key(run_dir), probs)
@@ -169,25 +215,55 @@ def main(argv: list[str] | None = None) -> None:
     margins = group_margins(
         reprompting, decoder, head_groups, val_embeddings, task.boxes(val), val_means, threshold, batch, device
     )
-    reprompted = {  # each head group's ensemble (or its one run), re-prompted with its masks' loosened boxes
-        f"{group}_{REPROMPTED}": reprompt(decoder, embeddings, means[group], m, threshold, batch, device)
-        if (m := margins[group]["margin"]) is not None
-        else means[group]
-        for group in head_groups
-    }
+    reprompted, ious = {}, {}  # each head group's ensemble (or its one run), re-prompted with its masks' loosened boxes
+    for group in head_groups:
+        ious[group] = iou_sums[group] / counts[group]
+        m = margins[group]["margin"]
+        reprompted[f"{group}_{REPROMPTED}"] = (
+            means[group]
+            if m is None
+            else reprompt(decoder, embeddings, means[group], m, threshold, batch, device, iou=ious[group])
+        )
     fit = reprompting.volume if task.volumes else None
     fitted: dict[str, dict[str, int]] = {}
-    if fit is not None and head_groups:
-        positions = torch.tensor(rows["slice"].to_numpy(), dtype=torch.float64)
-        volumes = volume_slices(subjects, positions)
-        for group in head_groups:  # every test slice holds the structure: an empty end slice is a miss too
+    whole_rows: dict[str, torch.Tensor] = {}  # rows scored differently on whole volumes, as predict makes them
+    emptied: dict[str, dict[str, int]] = {}
+    for group in head_groups:
+        probs, iou = reprompted[f"{group}_{REPROMPTED}"], ious[group]
+        whole_probs, whole_iou = probs, iou.clone()
+        if fit is not None:
+            test_volumes = volume_slices(subjects, scope_positions[: len(rows)])
+            test_iou = iou.clone()  # every test slice holds the structure: an empty end slice is a miss too
             probs, why = refine_volumes(
-                decoder, embeddings, reprompted[f"{group}_{REPROMPTED}"], volumes, positions,
-                margins[group]["margin"] or 0.0, fit.min_iou, True, threshold, batch, device,
+                decoder, embeddings, probs, test_volumes, scope_positions, margins[group]["margin"] or 0.0,
+                fit.min_iou, True, threshold, batch, device, iou=test_iou,
             )  # fmt: skip
-            reprompted[f"{group}_{VOLUME}"] = probs
+            reprompted[f"{group}_{VOLUME}"], iou = probs, test_iou
             fitted[group] = {reason: why[reason] for reason in REASONS}
             log.info("%s: %s fitted across volumes, slices prompted again: %s", args.task, group, fitted[group])
+            if volumes:  # whole volumes, as predict fits them: their ends left alone
+                whole_probs, _ = refine_volumes(
+                    decoder, embeddings, whole_probs, volumes, scope_positions, margins[group]["margin"] or 0.0,
+                    fit.min_iou, False, threshold, batch, device, iou=whole_iou,
+                )  # fmt: skip
+                whole_rows[f"{group}_{VOLUME}"] = whole_probs
+        if rule is not None:  # a 2D image is a volume of one slice
+            agreement = slice_agreement(run_probs[group], threshold) if agreeing else torch.ones(len(scope))
+            test_volumes = (
+                volume_slices(subjects, scope_positions[: len(rows)])
+                if task.volumes
+                else list(torch.arange(len(rows))[:, None])
+            )
+            reprompted[f"{group}_{PRESENCE}"], on_test = empty_absent(
+                probs, iou, agreement, test_volumes, rule, threshold
+            )
+            emptied[group] = {"test_slices": on_test}
+            if volumes:
+                whole_rows[f"{group}_{PRESENCE}"], on_whole = empty_absent(
+                    whole_probs, whole_iou, agreement, volumes, rule, threshold
+                )
+                emptied[group]["whole_volumes"] = on_whole
+            log.info("%s: %s slices judged absent, emptied: %s", args.task, group, emptied[group])
     for group, choice in margins.items():
         log.info(
             "%s: %s re-prompted with margin %s",
@@ -202,6 +278,22 @@ def main(argv: list[str] | None = None) -> None:
         for ref in refs
     ]
 
+    whole_summaries: dict[str, dict] = {}
+    if volumes:
+        whole_summaries[TIGHT_BOX] = summarize_volumes(whole_scores(tight_probs))
+        for group, scores in whole_runs.items():
+            whole_summaries[group] = summarize_volume_runs(scores)
+            if counts[group] > 1:
+                whole_summaries[f"{group}_{ENSEMBLE}"] = summarize_volumes(whole_scores(means[group]))
+        for row, probs in {**reprompted, **whole_rows}.items():
+            whole_summaries[row] = summarize_volumes(whole_scores(probs))
+        for row, summary in whole_summaries.items():
+            log.info(
+                "%s: %s on whole volumes: 3D Dice %.2f, HD95 %.1f mm, false slices %g, missed %g",
+                args.task, row, summary["whole_dice_3d"]["mean"], summary["whole_hd95_mm"]["mean"],
+                summary["slices"]["false"], summary["slices"]["missed"],
+            )  # fmt: skip
+
     result = {
         "test_images": len(rows),
         "shots": everything.train.shots,
@@ -210,15 +302,23 @@ def main(argv: list[str] | None = None) -> None:
         "std": "over runs for each recipe/regime; over test images for tight_box and the ensembles "
         "(over patients for dice_3d)",
         **metric_blocks(scored),
+        **metrics_json(whole_summaries),
     }
+    if volumes:
+        present = int(truth[in_whole].flatten(1).any(1).sum())
+        result["whole_volumes"] = {"volumes": len(volumes), "slices": len(in_whole), "slices_with_structure": present}
     if titles:
         result["methods"] = dict(sorted(titles.items()))  # the baselines' names in the table
-    if margins:
-        result["reprompt"] = {"margin": reprompting.margin, "groups": margins}
+    if margins:  # the policy predict --reprompt-from follows (autoprompt.inference.policy)
+        result["reprompt"] = {
+            "margin": reprompting.margin,
+            "groups": margins,
+            **metrics_record(reprompting, task.volumes),
+        }
     if fitted:
-        result["reprompt"]["volume"] = {"min_iou": fit.min_iou, "slices_prompted_again": fitted}
-    elif margins and task.volumes:  # off: predict --reprompt-from follows it
-        result["reprompt"]["volume"] = None
+        result["reprompt"]["volume"]["slices_prompted_again"] = fitted
+    if emptied:
+        result["reprompt"]["presence"]["slices_emptied"] = emptied
     if everything.train.select == "best":
         result["selected_epochs"] = selected_epochs
     write_text(args.metrics, json.dumps(result, indent=2) + "\n")

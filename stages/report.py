@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> None:
         "95th-percentile Hausdorff distance (mm; over the images where both masks are non-empty) and, for slices of "
         "volumes, Dice (%) per patient with the slices stacked. ± as in Table 1. Misses: the test images under 50 "
         "Dice, a user's to find and redraw, and of those the empty masks where the reference is not; for a row of "
-        "runs, the mean count per run."
+        "runs, the mean count per run. 'whole': the test volumes as users have them, every slice (those without "
+        "the structure too), scored per volume; false slices have a mask where the reference is empty, missed "
+        "slices none where it is not (docs/volumes.md: Whole volumes)."
     )
     surface = surface_table(metrics, columns, recipes, backbone, shots)
     write_text(args.surface, to_markdown(surface, "Surface metrics and misses on the test images", surface_note))

@@ -138,21 +138,21 @@ def test_direction_keeps_image_and_label_aligned(tmp_path: Path) -> None:
         assert _iou((case.image > 64) & (case.image < 190), case.label == 1) > 0.7
 
 
-def test_testing_folder_is_the_test_split_and_empty_slices_dropped(tmp_path: Path) -> None:
-    _patient(tmp_path, "patient001")
+def test_testing_folder_is_the_test_split_and_keeps_its_empty_slices(tmp_path: Path) -> None:
+    """Training patients' slices without any structure are dropped (drop_empty); the test patients keep every slice,
+    so that their volumes can be scored whole."""
     label = np.zeros((4, 24, 20), np.uint8)
     label[1:3, 5:15, 5:15] = 3  # slices 0 and 3 hold no structure
+    _patient(tmp_path, "patient001", label=label)
     _patient(tmp_path, "patient101", "testing", label=label)
     cases = _load_all(tmp_path)
     assert {c.id: c.split for c in cases if c.subject == "patient101"} == {
-        "patient101_frame01_slice01": "test",
-        "patient101_frame01_slice02": "test",
+        f"patient101_frame01_slice{k:02d}": "test" for k in range(4)
     }
+    assert [c.id[-7:] for c in cases if c.subject == "patient001"] == ["slice01", "slice02"]
     assert {c.split for c in cases if c.subject == "patient001"} == {None}
-    assert (
-        len([c for c in _load_all(tmp_path, prepare_section("acdc", drop_empty=False)) if c.subject == "patient101"])
-        == 4
-    )
+    kept = _load_all(tmp_path, prepare_section("acdc", drop_empty=False))
+    assert len([c for c in kept if c.subject == "patient001"]) == 4
 
 
 def test_phantoms_prepare_crop_256_and_split(phantom_root: Path) -> None:
@@ -307,3 +307,25 @@ def test_tail_phantoms_have_a_tiny_apex_and_a_thin_basal_rv(tmp_path: Path) -> N
     tail, classic = _ends("tail", tmp_path / "tail"), _ends("classic", tmp_path / "classic")
     assert all(10 <= lv <= 80 and rv <= 7 for lv, rv in tail), tail
     assert all(lv > 200 and rv > 15 for lv, rv in classic), classic
+
+
+def test_beyond_adds_unlabelled_slices_with_blood_above_the_base_and_tissue_below_the_apex(tmp_path: Path) -> None:
+    """simulate.acdc.beyond: that many slices more at each end, labelled empty, whose content is what real scans
+    show there (bright pools of blood above the base, tissue below the apex); the ventricles' labels are those of
+    beyond 0."""
+    phantoms = {"training": 1, "testing": 0, "size": [120, 110], "slices": [4, 4], "seed": 2, "anatomy": "tail"}
+    volumes = {}
+    for beyond in (0, 2):
+        root = tmp_path / str(beyond)
+        WRITERS["acdc"](root, settings(simulate={"acdc": {**phantoms, "beyond": beyond}}).simulate.acdc)
+        stem = root / "training" / "patient001" / "patient001_frame01"
+        image = sitk.GetArrayFromImage(sitk.ReadImage(f"{stem}.nii.gz"))
+        label = sitk.GetArrayFromImage(sitk.ReadImage(f"{stem}_gt.nii.gz"))
+        volumes[beyond] = image, label
+    (image0, label0), (image2, label2) = volumes[0], volumes[2]
+    assert len(image2) == len(label2) == len(image0) + 4
+    assert not label2[:2].any() and not label2[-2:].any() and (label2[2:-2] == label0).all()
+    assert label0[0].any() and (label0[0] == 1).any()  # the base holds the RV: the slice above it is the atria
+    blood = np.percentile(image0[label0 == 3], 50)
+    assert (image2[1] > 0.8 * blood).sum() > 200  # the atria and vessels: a bright pool of blood
+    assert (np.abs(image2[-1].astype(float) - 0.55 * blood) < 0.1 * blood).sum() > 1000  # the liver's mid-grey

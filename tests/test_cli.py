@@ -461,3 +461,23 @@ def test_a_reports_mask_of_another_size_is_refused_before_any_work(trained: Path
         predict(trained / "model.pt", [trained / "data/images"], tmp_path / "o", report=True, masks=masks,
                 device="cpu", cache_dir=RUNTIME_CACHE)  # fmt: skip
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").glob("*.png"))
+
+
+def test_evaluate_counts_false_and_missed_slices_of_volumes(tmp_path: Path) -> None:
+    """A volume's slices with a mask where the reference is empty are false, those without one where it is not are
+    missed; the JSON summary adds them up over the volumes."""
+    reference = np.zeros((6, 20, 20), np.uint8)
+    reference[1:5, 5:15, 5:15] = 1
+    prediction = reference.copy()
+    prediction[0, 6:10, 6:10] = 1  # a mask above the structure
+    prediction[5, 2:8, 2:8] = 1  # and below it
+    prediction[4] = 0  # the structure's last slice missed
+    for folder, array in (("pred", prediction), ("masks", reference)):
+        (tmp_path / folder).mkdir()
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing((1.5, 1.5, 8.0))
+        sitk.WriteImage(image, str(tmp_path / folder / "scan.nii.gz"))
+    table = evaluate_folder(tmp_path / "pred", tmp_path / "masks")
+    assert table[["false_slices", "missed_slices"]].values.tolist() == [[2, 1]]
+    summary = json.loads((tmp_path / "pred/evaluation.json").read_text())
+    assert summary["slices"] == {"false": 2, "missed": 1}

@@ -26,7 +26,7 @@ from autoprompt.data.images import as_stack, frame_slices, resample_in_plane
 from autoprompt.data.preprocess import fit_label
 from autoprompt.errors import InputError
 from autoprompt.inference import export_model, load_model, predict
-from autoprompt.inference.files import recorded_margin, recorded_volume_fit
+from autoprompt.inference.policy import resolve
 from autoprompt.inference.predictor import Predictor
 from autoprompt.inference.reprompt import reprompt
 from autoprompt.inference.volume import refine_volumes
@@ -229,10 +229,10 @@ def test_predictor_fills_a_slice_missed_between_found_ones(trained, volume, monk
     fitted = Predictor(load_model(trained), device, cache_dir=RUNTIME_CACHE, reprompt_margin=0.1, volume_min_iou=0.0)
     plain = Predictor(load_model(trained), device, cache_dir=RUNTIME_CACHE, reprompt_margin=0.1)
     embeddings = plain.encode(frame_slices(as_stack(sitk.ReadImage(str(path))), plain.model.preprocessing).slices)
-    kept, _, none = plain._decode(embeddings)
+    kept, _, none, _, _ = plain._decode(embeddings)
     assert len(kept) == 3 and (kept[[0, 2]] > 0.5).reshape(2, -1).any(axis=1).all(), "both neighbours are found"
     assert not (kept[1] > 0.5).any() and not none
-    filled, _, refitted = fitted._decode(embeddings)
+    filled, _, refitted, _, _ = fitted._decode(embeddings)
     assert refitted == {"gap": 1} and (filled[1] > 0.5).any(), "the lost slice is segmented again"
     np.testing.assert_array_equal(filled[[0, 2]], kept[[0, 2]])
 
@@ -243,9 +243,9 @@ def test_reprompt_from_reads_the_margin_evaluate_chose_for_the_models_recipe(tra
     assert group == "augmented/fewshot", "the fixture's runs are of one recipe and regime"
     metrics = tmp_path / "metrics.json"
 
-    def recorded(groups: dict) -> float | None:
+    def recorded(groups: dict, model=model) -> float | None:
         metrics.write_text(json.dumps({"reprompt": {"margin": "auto", "groups": groups}}))
-        return recorded_margin(metrics, model)
+        return resolve(model.policy, model.group(), reprompt_from=metrics)[0].margin
 
     assert recorded({group: {"margin": 0.05}, other: {"margin": 0.2}}) == 0.05
     assert recorded({group: {"margin": None}}) is None, "evaluate chose no re-prompting"
@@ -253,15 +253,18 @@ def test_reprompt_from_reads_the_margin_evaluate_chose_for_the_models_recipe(tra
         recorded({other: {"margin": 0.1}})
     metrics.write_text(json.dumps({"dice": {}}))
     with pytest.raises(InputError, match=r"metrics.json: no re-prompt margins in it \(KeyError\); give evaluate's"):
-        recorded_margin(metrics, model)
+        resolve(model.policy, group, reprompt_from=metrics)
     mixed = dataclasses.replace(model, runs=[*model.runs, f"{other}/subset0-seed0"])
     with pytest.raises(InputError, match=r"margins are per recipe and regime; give a model of one"):
-        recorded_margin(metrics, mixed)
+        recorded({group: {"margin": 0.1}}, mixed)
     for volume, expected in (({"min_iou": 0.3}, 0.3), (None, None)):
-        metrics.write_text(json.dumps({"reprompt": {"margin": 0.1, "groups": {}, "volume": volume}}))
-        assert recorded_volume_fit(metrics, model) == expected, "the volume fit evaluate ran with"
-    metrics.write_text(json.dumps({"reprompt": {"margin": 0.1, "groups": {}}}))
-    assert recorded_volume_fit(metrics, model) == model.volume_min_iou, "none recorded (2D images): the model's"
+        metrics.write_text(
+            json.dumps({"reprompt": {"margin": 0.1, "groups": {group: {"margin": 0.1}}, "volume": volume}})
+        )
+        assert resolve(model.policy, group, reprompt_from=metrics)[0].volume_min_iou == expected, "evaluate's fit"
+    metrics.write_text(json.dumps({"reprompt": {"margin": 0.1, "groups": {group: {"margin": 0.1}}}}))
+    chosen, sources = resolve(model.policy, group, reprompt_from=metrics)
+    assert chosen.volume_min_iou == model.volume_min_iou and sources["volume_min_iou"] == "the model's", "none recorded"
 
 
 def test_exported_model_predicts_the_same_masks_and_checks_its_backbone(trained, volume, tmp_path):
@@ -342,3 +345,62 @@ def test_evaluate_on_volumes_scores_each_re_prompted_row_fitted_across_the_slice
     assert rows["fewshot_reprompted"] == plain["dice"]["augmented"]["fewshot_reprompted"]
     if not any(counts.values()):
         assert rows["fewshot_volume"] == rows["fewshot_reprompted"], "no slice prompted again: the same masks"
+
+
+@pytest.fixture(scope="module")
+def beyond(trained, tmp_path_factory) -> Path:
+    """A test patient whose volume reaches past its heart (simulate.acdc.beyond: the atria and vessels above the
+    base, the apical cap and the liver below the apex), prepared and encoded like the fixture's; returns its
+    folder."""
+    root = tmp_path_factory.mktemp("beyond")
+    phantoms = {**PARAMS["simulate"]["acdc"], "training": 1, "testing": 1, "beyond": 2}
+    params = root / "params.yaml"
+    params.write_text(yaml.safe_dump({**PARAMS, "simulate": {"acdc": phantoms}}))
+    p = ["--params", str(params)]
+    simulate.main([*p, "--dataset", "acdc", "--out", str(root / "raw")])
+    prepare.main([*p, "--dataset", "acdc", "--raw", str(root / "raw"), "--store", str(root / "acdc.zarr"),
+                  "--index", str(root / "acdc.csv")])  # fmt: skip
+    encode.main([*p, "--dataset", "acdc", "--store", str(root / "acdc.zarr"), "--out", str(root / "emb.zarr")])
+    return root
+
+
+def test_whole_volumes_show_the_false_slices_and_presence_rows_count_what_they_empty(trained, beyond, tmp_path):
+    """Past the heart the heads draw masks where there is nothing to find: evaluate scores the test volume whole
+    (its empty slices too) and counts them; its presence row empties no more than the false and true slices it
+    says, and predict --reprompt-from with autoprompt evaluate count the same false slices as evaluate's rows. (How
+    many the rule empties depends on the model: bench/presence.py measures it on a trained ensemble.)"""
+    from autoprompt.evaluation.folders import evaluate_folder
+
+    data = ["--prepared", str(beyond / "acdc.zarr"), "--index", str(beyond / "acdc.csv"), "--embeddings",
+            str(beyond / "emb.zarr")]  # fmt: skip
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({**PARAMS, "reprompt": {"margin": 0.1}}))  # the default fit and presence
+    outputs = ["--metrics", str(tmp_path / "m.json"), "--per-image", str(tmp_path / "m.csv"), "--figure",
+               str(tmp_path / "m.png")]  # fmt: skip
+    evaluate.main(["--params", str(params), "--task", "acdc-lv", *data, "--models", str(trained), *outputs])
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["whole_volumes"] == {"volumes": 1, "slices": 8, "slices_with_structure": 4}
+    assert metrics["test_images"] == 4, "the paper's protocol: the slices that hold the structure"
+    slices = metrics["slices"]
+    assert (slices["tight_box"]["false"], slices["tight_box"]["missed"]) == (0, 0), "no box, no mask"
+    before, after = slices["augmented"]["fewshot_volume"], slices["augmented"]["fewshot_presence"]
+    assert before["false"] >= 2, f"the heads draw masks past the heart: {before}"
+    emptied = metrics["reprompt"]["presence"]["slices_emptied"]["augmented/fewshot"]["whole_volumes"]
+    assert emptied == (before["false"] - after["false"]) + (after["missed"] - before["missed"]), (before, after)
+    assert "fewshot_presence" in metrics["dice"]["augmented"] and metrics["reprompt"]["presence"]["cues"]
+    assert set(metrics["whole_dice_3d"]["augmented"]) >= {"fewshot", "fewshot_volume", "fewshot_presence"}
+
+    volume = beyond / "raw/testing/patient002/patient002_frame01.nii.gz"
+    reference = tmp_path / "masks"
+    reference.mkdir()
+    label = sitk.ReadImage(str(beyond / "raw/testing/patient002/patient002_frame01_gt.nii.gz"))
+    sitk.WriteImage(sitk.Cast(label == LV, sitk.sitkUInt8), str(reference / volume.name))
+    counts = {}
+    for name, presence in (("kept", None), ("emptied", "model")):
+        out = tmp_path / name
+        predict(trained, [volume], out, device="cpu", cache_dir=RUNTIME_CACHE, reprompt_from=tmp_path / "m.json",
+                presence=presence)  # fmt: skip
+        evaluate_folder(out, reference)
+        counts[name] = json.loads((out / "evaluation.json").read_text())["slices"]
+    assert counts["kept"]["false"] == before["false"], (counts, before)
+    assert counts["emptied"] == {"false": after["false"], "missed": after["missed"]}, (counts, after)

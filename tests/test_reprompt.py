@@ -69,6 +69,11 @@ class BoxPainter(torch.nn.Module):
         inside = (xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)
         return torch.where(inside, 20.0, -20.0)[:, None]
 
+    def scored(self, embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The filled box, and a predicted IoU of 1: a box's answer is exactly that box."""
+        logits = self(embeddings, sparse, dense)
+        return logits, torch.ones(len(logits))
+
 
 def test_choose_margin_keeps_masks_whose_boxes_are_tight_and_loosens_short_ones():
     """From boxes alone: masks that already fill their tight boxes are not re-prompted (ties keep the head's masks);

@@ -10,8 +10,10 @@ and cut into 2D slices along its third axis (the slice axis of ACDC's NIfTI file
 matrix and the field of view, so a slice has the orientation stored in the file, a 10 mm structure is 10 pixels wide,
 and image and label, resampled onto the same grid (linear / nearest), stay aligned whatever the direction matrix.
 
-Slices whose label is empty of every structure are dropped here (no task can use them, and each costs an encoder
-pass); set ``drop_empty: false`` to keep them. Slices without a given class, or below the minimum foreground size,
+Slices whose label is empty of every structure are dropped here from the training patients (no task trains on them,
+and each costs an encoder pass); set ``drop_empty: false`` to keep them. The test patients keep every slice: their
+volumes are also scored whole, as users have them (``autoprompt.evaluation.volumes``; the paper's protocol still
+scores only the slices that hold the structure). Slices without a given class, or below the minimum foreground size,
 are left in and dropped per task later (``prepared.task_table``). Patients under ``testing/`` are the test set; those
 under ``training/`` are split later by ``prepare``'s split proportions (the paper: 90 train / 10 val patients).
 """
@@ -34,7 +36,8 @@ from autoprompt.settings import AcdcPrepare
 DOWNLOAD = "https://humanheart-project.creatis.insa-lyon.fr/database/"
 FIX = f"restore it from the ACDC download ({DOWNLOAD}) or set prepare.on_error: skip"
 PATIENT = re.compile(r"^patient\d{3}$")
-FOLDERS = {"training": None, "testing": "test"}  # folder -> the split it fixes (None: split later)
+TEST = "test"
+FOLDERS = {"training": None, "testing": TEST}  # folder -> the split it fixes (None: split later)
 
 
 def find(root: Path, section: AcdcPrepare) -> list[CaseFiles]:
@@ -93,7 +96,7 @@ def load(files: CaseFiles, section: AcdcPrepare) -> list[Case]:
             extra={"ed_frame": float(frame), "slice": float(k), "slice_mm": float(image.GetSpacing()[2])},
         )
         for k in range(slices.shape[0])
-        if label_slices[k].any() or not section.drop_empty
+        if label_slices[k].any() or not section.drop_empty or split == TEST
     ]
 
 

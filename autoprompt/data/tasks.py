@@ -35,7 +35,8 @@ class Task:
     the prepared frame's pixel spacing in mm, spacing_row and spacing_col, and for volumes the slice's index in its
     volume, slice); ``files``: where its stores lie.
     ``volumes``: the images are slices of volumes (the index has a ``slice`` column), so a subject's slices stack into
-    one volume."""
+    one volume; ``every_slice``: then, every slice of the dataset, the task's structure's or not (id, subject, split,
+    row, has_mask, spacing_row, spacing_col, slice and the slices' spacing in mm, slice_mm), for whole volumes."""
 
     name: str
     class_name: str
@@ -47,6 +48,7 @@ class Task:
     files: TaskFiles
     volumes: bool = False
     preprocessing: dict | None = None
+    every_slice: pd.DataFrame | None = None
 
     def identity(self) -> dict:
         """What a trained run's result depends on in the task's data: its class, label size, preprocessing, and the
@@ -71,6 +73,14 @@ class Task:
             found = self.table.set_index("id").loc[list(ids)].reset_index()
             return found[self.table.columns]
         return self.table[self.table["split"] == split].reset_index(drop=True)
+
+    def volume_rows(self, split: str) -> pd.DataFrame:
+        """Every slice of the split's volumes that have masks, the slices without the task's structure too, in the
+        stores' order (empty for a task of 2D images)."""
+        if self.every_slice is None:
+            return self.table.iloc[:0]
+        rows = self.every_slice
+        return rows[(rows["split"] == split) & rows["has_mask"]].reset_index(drop=True)
 
     def load_embeddings(self, rows: pd.DataFrame) -> Tensor:
         """N x 256 x 64 x 64 float16 embeddings of ``rows``."""
@@ -122,6 +132,13 @@ def load_task(name: str, spec: TaskSpec, files: TaskFiles, min_foreground: int, 
     rows = task_table(table, spec.class_name, min_foreground)
     carried = SPACING + (("slice",) if "slice" in table else ())  # a slice's position in its volume, for volumes
     rows = rows.assign(**{k: table.loc[rows["row"], k].to_numpy() for k in carried})
+    every_slice = None
+    if "slice" in table:
+        has_mask = table["has_mask"].astype(bool) if "has_mask" in table else pd.Series(True, index=table.index)
+        thickness = table["slice_mm"] if "slice_mm" in table else pd.Series(1.0, index=table.index)
+        every_slice = table[["id", "subject", "split", *SPACING, "slice"]].assign(
+            row=table.index.to_numpy(), has_mask=has_mask.to_numpy(), slice_mm=thickness.to_numpy()
+        )
     encoded = store.open_embeddings(files.embeddings)
     store.check_source(encoded, files.embeddings, backbone, group.attrs["source_sha256"])
     return Task(
@@ -135,4 +152,5 @@ def load_task(name: str, spec: TaskSpec, files: TaskFiles, min_foreground: int, 
         files,
         "slice" in table,
         group.attrs.get("preprocessing"),
+        every_slice,
     )

@@ -5,9 +5,11 @@ pictures as PNG: ``img.jpg``'s mask is ``img.png``); images whose box trained th
 Per image: Dice, the normalised surface Dice at ``tolerance`` mm and the 95th-percentile Hausdorff distance in mm,
 from the file's own spacing (a volume is scored whole, in 3D; pictures carry no spacing: 1 pixel is 1 mm); a DICOM
 SEG on the grid of the file it is paired with (``_pair_grid``). A prediction of probabilities is cut at
-``threshold``. Writes a CSV (one row per image) and a JSON summary beside it, and logs one summary line. Refused in
-one line: a reference without a prediction, a prediction on another grid (size, spacing, origin or direction:
-``check_same_grid``), and an output that would replace a mask, the boxes, or a file that evaluate did not write.
+``threshold``. Each image also counts its false slices (a mask where the reference is empty) and missed slices (no
+mask where it is not; a picture is one slice: ``autoprompt.evaluation.volumes.slice_counts``). Writes a CSV (one row
+per image) and a JSON summary beside it, and logs one summary line. Refused in one line: a reference without a
+prediction, a prediction on another grid (size, spacing, origin or direction: ``check_same_grid``), and an output
+that would replace a mask, the boxes, or a file that evaluate did not write.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from autoprompt.data.images import read_image
 from autoprompt.errors import InputError
 from autoprompt.evaluation.metrics import MISS
 from autoprompt.evaluation.surface import hd95, nsd, summarize_finite
+from autoprompt.evaluation.volumes import slice_counts
 from autoprompt.io import atomic_path, write_text
 from autoprompt.outputs import refuse_foreign, refuse_overlap
 
@@ -174,8 +177,10 @@ def evaluate_folder(
         check_same_grid(prediction_image, reference_image, predicted, reference_path)
         spacing = tuple(float(s) for s in reversed(reference_image.GetSpacing()))
         scores = score_pair(prediction, reference, spacing, tolerance)
+        false, missed = slice_counts(prediction, reference)
         rows.append({"image": reference_path.name, **scores, "reference_voxels": int(reference.sum()),
-                     "predicted_voxels": int(prediction.sum())})  # fmt: skip
+                     "predicted_voxels": int(prediction.sum()), "false_slices": false,
+                     "missed_slices": missed})  # fmt: skip
     if not rows:
         raise InputError(f"{masks}: every mask's image trained the model ({boxes}); nothing left to score")
     table = pd.DataFrame(rows)
@@ -197,11 +202,14 @@ def evaluate_folder(
             "below_50_dice": int((dice < MISS).sum()),
             "empty": int(((table["predicted_voxels"] == 0) & (table["reference_voxels"] > 0)).sum()),
         },
+        "slices": {"false": int(table["false_slices"].sum()), "missed": int(table["missed_slices"].sum())},
     }
     write_text(output.with_suffix(".json"), json.dumps(summary, indent=2) + "\n")
     log.info(
-        "%d images: Dice %.2f (median %.2f), NSD %.2f at %g mm, HD95 %.2f mm; %d under %g Dice, %d empty; wrote %s",
+        "%d images: Dice %.2f (median %.2f), NSD %.2f at %g mm, HD95 %.2f mm; %d under %g Dice, %d empty; "
+        "slices: %d false (a mask where the reference is empty), %d missed; wrote %s",
         len(table), summary["dice"]["mean"], summary["dice"]["median"], summary["nsd"]["mean"], tolerance,
-        summary["hd95_mm"]["mean"], summary["misses"]["below_50_dice"], MISS, summary["misses"]["empty"], output,
+        summary["hd95_mm"]["mean"], summary["misses"]["below_50_dice"], MISS, summary["misses"]["empty"],
+        summary["slices"]["false"], summary["slices"]["missed"], output,
     )  # fmt: skip
     return table

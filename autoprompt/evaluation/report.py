@@ -14,7 +14,7 @@ from importlib import resources
 
 import pandas as pd
 
-from autoprompt.evaluation.scoring import ENSEMBLE, REPROMPTED, VOLUME, miss_cell
+from autoprompt.evaluation.scoring import ENSEMBLE, PRESENCE, REPROMPTED, VOLUME, miss_cell
 
 BACKBONE_NAMES = {"medsam_vit_b": "MedSAM ViT-B", "lite_medsam": "LiteMedSAM"}
 RECIPE_NAMES = {
@@ -75,6 +75,12 @@ def our_rows(regime: str, recipes: list[str], backbone: str, titles: dict | None
                 f"Prompt module{label}, re-prompted, boxes fitted across each volume — ours, {name}",
             )
         )
+        rows.append(
+            (
+                f"{recipe}/{regime}_{PRESENCE}",
+                f"Prompt module{label}, re-prompted, fitted, slices judged absent emptied — ours, {name}",
+            )
+        )
     return rows
 
 
@@ -119,7 +125,8 @@ def surface_table(
     metrics: dict[str, dict], columns: dict[str, str], recipes: list[str], backbone: str, shots: int | str
 ) -> pd.DataFrame:
     """Our rows only (the paper reports no surface metrics): per task NSD (%), HD95 (mm), for slices of volumes
-    per-patient 3D Dice (%), and the misses (``miss_cell``)."""
+    per-patient 3D Dice (%), and the misses (``miss_cell``); where the test volumes were also scored whole, their
+    3D Dice, HD95 and false / missed slices (``slice_cell``)."""
     samples = {TIGHT_BOX: "-", "fewshot": str(shots), "all": "All"}
     keys = [(samples[regime], *k) for regime in samples for k in our_rows(regime, recipes, backbone)]
     titles = baseline_titles(metrics)
@@ -136,9 +143,20 @@ def surface_table(
             if "dice_3d" in data:
                 row[f"{column} Dice 3D"] = cell(lookup(data["dice_3d"], key))
             row[f"{column} misses"] = miss_cell(lookup(data.get("misses", {}), key))
+            if "whole_dice_3d" in data:  # the test volumes whole, every slice (autoprompt.evaluation.volumes)
+                row[f"{column} whole: Dice 3D"] = cell(lookup(data["whole_dice_3d"], key))
+                row[f"{column} whole: HD95 (mm)"] = cell(lookup(data["whole_hd95_mm"], key), digits=1)
+                row[f"{column} whole: false / missed slices"] = slice_cell(lookup(data.get("slices", {}), key))
         if any(v != "–" for k, v in row.items() if k not in ("method", "samples")):
             rows.append(row | {"source": "ours"})
     return pd.DataFrame(rows)
+
+
+def slice_cell(summary: dict | None) -> str:
+    """A row's false and missed slices on whole volumes (``3 / 1``), or ``–``; a row of runs: the mean per run."""
+    if summary is None:
+        return "–"
+    return f"{summary['false']:g} / {summary['missed']:g}"
 
 
 def to_markdown(table: pd.DataFrame, title: str, note: str) -> str:

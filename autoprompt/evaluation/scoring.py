@@ -24,6 +24,7 @@ from autoprompt.evaluation.surface import dice_per_subject, hd95, nsd, summarize
 ENSEMBLE = "ensemble"
 REPROMPTED = "reprompted"  # a group's ensemble (or its one run) re-prompted with its masks' loosened boxes
 VOLUME = "volume"  # a re-prompted row with the boxes fitted across each volume's slices (slices of volumes only)
+PRESENCE = "presence"  # that row (or the re-prompted one) with the slices judged absent emptied
 OVER_RUNS, OVER_IMAGES = "runs", "test images"
 
 

@@ -12,14 +12,14 @@ resumes; ``part_id`` / ``num_parts`` take every ``num_parts``-th input, so sever
 Nothing but predict's own outputs is ever replaced (``autoprompt.outputs``): the output folder may not be, contain or
 lie inside an input (the model, the images, the report's masks and boxes); each output is recorded in
 ``output_dir/.autoprompt-predict.txt`` before it takes its name, and a file there that predict did not write is
-refused, ``overwrite`` or not. One process at a time holds the folder (one per part). The
-masks are re-prompted by default with the margin the model holds (``autoprompt train`` chooses it); ``report`` writes
+refused, ``overwrite`` or not. One process at a time holds the folder (one per part). The masks are post-processed
+by default as the model's policy says (``autoprompt.inference.policy``: re-prompted with the margin ``autoprompt
+train`` chose, volumes fitted, slices judged absent emptied and logged); ``report`` writes
 ``output_dir/report.html`` (``autoprompt.inference.report``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -40,7 +40,9 @@ from autoprompt.device import select_device
 from autoprompt.errors import InputError
 from autoprompt.inference import report
 from autoprompt.inference.model import Model, load_model
+from autoprompt.inference.policy import FROM_MODEL, resolve
 from autoprompt.inference.predictor import Predictor
+from autoprompt.inference.presence import Presence
 from autoprompt.inference.report import Entry, write_report
 from autoprompt.inference.report import entry as report_entry
 from autoprompt.model.checkpoints import is_packaged
@@ -52,10 +54,8 @@ ON_ERROR = ("stop", "skip")
 OVERLAY_SUFFIX = "_overlay.png"
 REPORT = "report.html"
 MANIFEST = ".autoprompt-predict.txt"  # every output predict wrote into a folder, relative to it, one per line
-TEMPORARY = re.compile(
-    rf"^\.predict-{re.escape(HOST)}-(\d+)-"
-)  # write_atomic's folders; the overlays' are outputs.STALE's
-FROM_MODEL = "model"  # reprompt_margin, volume_min_iou: the value the model holds
+# write_atomic's temporary folders (the overlays' temporaries are outputs.STALE's)
+TEMPORARY = re.compile(rf"^\.predict-{re.escape(HOST)}-(\d+)-")
 SERIES_OUTPUTS = {"auto": ".dcm", "dicom-seg": ".dcm", "nifti": ".nii.gz"}  # a DICOM series' mask, by output format
 
 
@@ -221,66 +221,6 @@ def write_overlay(image: sitk.Image, mask: np.ndarray, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _recorded_reprompt(metrics: Path) -> dict:
-    """The ``reprompt`` block of evaluate's metrics JSON: the margin chosen per group, and the volume fit."""
-    try:
-        recorded = json.loads(metrics.read_text())["reprompt"]
-        recorded["groups"].items()
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise InputError(
-            f"{metrics}: no re-prompt margins in it ({error.__class__.__name__}); give evaluate's metrics JSON "
-            "of a run with reprompt.margin set, or --reprompt-margin"
-        ) from error
-    return recorded
-
-
-def recorded_margin(metrics: Path, model: Model) -> float | None:
-    """The re-prompt margin that evaluate's metrics JSON records for the model's group (None: not re-prompted)."""
-    group = model.group()
-    if group is None:
-        raise InputError(f"{metrics}: its margins are per recipe and regime; give a model of one (e.g. one folder)")
-    recorded = _recorded_reprompt(metrics)["groups"]
-    if group not in recorded:
-        raise InputError(f"{metrics}: no margin recorded for {group}; evaluate the model's task with it first")
-    margin = recorded[group]["margin"]
-    log.info("%s: re-prompt margin %s, as %s records", group, margin if margin is not None else "none (off)", metrics)
-    return margin
-
-
-def recorded_volume_fit(metrics: Path, model: Model) -> float | None:
-    """The volume fit's box IoU that evaluate's metrics JSON records (None: off there), or the model's own where the
-    JSON records none (a task of 2D images)."""
-    recorded = _recorded_reprompt(metrics)
-    if "volume" not in recorded:
-        return model.volume_min_iou
-    return (recorded["volume"] or {}).get("min_iou")
-
-
-def _volume_min_iou(
-    model: Model, volume_min_iou: float | str | None, reprompt_from: Path | str | None
-) -> tuple[float | None, str]:
-    """The volume fit's box IoU to use (checked where it is used, in ``Predictor``) and where it comes from: the one
-    asked for, the metrics JSON's, or (``FROM_MODEL``) the model's."""
-    if volume_min_iou != FROM_MODEL:
-        return volume_min_iou, "as asked"
-    if reprompt_from is not None:
-        return recorded_volume_fit(Path(reprompt_from), model), f"as {reprompt_from} records"
-    return model.volume_min_iou, "the model's"
-
-
-def _margin(model: Model, reprompt_margin: float | str | None, reprompt_from: Path | str | None) -> float | None:
-    """The re-prompt margin to use: the metrics JSON's, the one asked for, or (``FROM_MODEL``) the model's own."""
-    if reprompt_from is not None:
-        return recorded_margin(Path(reprompt_from), model)
-    if reprompt_margin != FROM_MODEL:
-        return reprompt_margin
-    if model.reprompt_margin is None:
-        log.info("%s: holds no re-prompt margin; the heads' masks are kept", model.describe())
-    else:
-        log.info("re-prompting with the model's margin %g (%s)", model.reprompt_margin, model.reprompt_how or "as set")
-    return model.reprompt_margin
-
-
 def _references(targets: list[Target], masks: Path | None, boxes: Path | None, label: str | None):
     """The report's references: each input's reference mask file (``masks``) and drawn boxes (``boxes``)."""
     from autoprompt.data.boxes import read_boxes
@@ -335,6 +275,7 @@ def predict(
     reprompt_margin: float | str | None = FROM_MODEL,
     reprompt_from: Path | str | None = None,
     volume_min_iou: float | str | None = FROM_MODEL,
+    presence: Presence | str | None = FROM_MODEL,
     report: bool = False,
     masks: Path | str | None = None,
     boxes: Path | str | None = None,
@@ -348,12 +289,13 @@ def predict(
     ``checkpoint``: the backbone checkpoint, when not the model's configured path or packaged weights.
     ``runtime``: the encoder's runtime on a CPU (``auto``: OpenVINO when installed; ``predictor.encoder_choice``);
     ``cache_dir``: where converted encoders are kept (``runtimes.default_cache_dir()`` when None).
-    ``reprompt_margin``: re-prompt the decoder with the masks' boxes loosened by this margin (None: off;
-    ``FROM_MODEL``: the model's own, if it holds one); ``reprompt_from``: instead, the margin that the evaluate
-    stage's metrics JSON at that path records for the model's recipe and regime. ``volume_min_iou``: with
-    re-prompting, a volume's slices whose masks' boxes are missing between found ones or off the sequence of boxes
-    fitted across its slices are prompted again with the fitted box (``autoprompt.inference.volume``; None: not;
-    ``FROM_MODEL``: the model's own, or with ``reprompt_from`` the metrics JSON's).
+    ``reprompt_margin``: re-prompt the decoder with the masks' boxes loosened by this margin (None: off).
+    ``volume_min_iou``: with re-prompting, a volume's slices whose masks' boxes are missing between found ones or
+    off the sequence of boxes fitted across its slices are prompted again with the fitted box
+    (``autoprompt.inference.volume``; None: not). ``presence``: the slices (or 2D images) judged not to hold the
+    structure get empty masks (``autoprompt.inference.presence``; None: none). Each of the three left at
+    ``FROM_MODEL`` is what ``reprompt_from`` (the evaluate stage's metrics JSON) records for the model's recipe and
+    regime, else the model's own (``autoprompt.inference.policy.resolve``).
     ``report``: write ``output_dir/report.html``, each input scored against its mask in ``masks`` or its box in
     ``boxes`` (``label``: the boxes' label, where the file holds several), else by the runs' agreement.
     ``output_format``: a DICOM series' mask as a DICOM SEG of the series (``auto``, ``dicom-seg``) or ``nifti``."""
@@ -371,14 +313,30 @@ def predict(
             f"--checkpoint {checkpoint}: the model's backbone {model.backbone} uses its packaged weights, not a "
             "checkpoint file; leave --checkpoint out"
         )
-    margin = _margin(model, reprompt_margin, reprompt_from)
-    volume_min_iou, source = _volume_min_iou(model, volume_min_iou, reprompt_from)
+    policy, sources = resolve(
+        model.policy, model.group(), margin=reprompt_margin, volume_min_iou=volume_min_iou, presence=presence,
+        reprompt_from=reprompt_from,
+    )  # fmt: skip
+    margin, volume_min_iou = policy.margin, policy.volume_min_iou
+    if margin is None:
+        log.info("re-prompting: off (%s); the heads' masks are kept", sources["margin"])
+    else:
+        log.info("re-prompting with margin %g (%s)", margin, policy.how or sources["margin"])
     if volume_min_iou is None:
-        log.info("volume fit: off (%s)", source)
+        log.info("volume fit: off (%s)", sources["volume_min_iou"])
     elif margin is None:
         log.info("volume fit: off, it needs re-prompting (--reprompt-margin M turns both on)")
     else:
-        log.info("volume fit: volumes' slices prompted again below box IoU %g (%s)", volume_min_iou, source)
+        log.info(
+            "volume fit: volumes' slices prompted again below box IoU %g (%s)",
+            volume_min_iou,
+            sources["volume_min_iou"],
+        )
+    if policy.presence is None:
+        log.info("presence: off (%s); every slice keeps its mask", sources["presence"])
+    else:
+        log.info("presence: slices emptied from each end in where %s (%s)", policy.presence.describe(),
+                 sources["presence"])  # fmt: skip
     targets = plan_targets(inputs, output_dir, probabilities, overlays, output_format)[part_id::num_parts]
     references = _references(targets, masks, boxes, label) if report else {}
     part = "" if num_parts == 1 else f"-part{part_id}of{num_parts}"
@@ -401,7 +359,7 @@ def predict(
         if todo:
             predictor = Predictor(
                 model, select_device(device, "--device"), batch_size, checkpoint, runtime, cache_dir, margin, threshold,
-                volume_min_iou,
+                volume_min_iou, policy.presence,
             )  # fmt: skip
             _predict_targets(todo, predictor, summary, threshold, probabilities, label_value, overlays, on_error,
                              references if report else None, entries, output_dir)  # fmt: skip
@@ -457,6 +415,13 @@ def _predict_targets(
                 target.source.name,
                 ", ".join(f"{n} {reason}" for reason, n in sorted(segmentation.refitted.items())),
             )
+        if segmentation.absent:
+            log.info(
+                "%s: judged absent, emptied: %s %s",
+                target.source.name,
+                "slices" if segmentation.stack.slices > 1 else "the image",
+                ", ".join(map(str, segmentation.absent)) if segmentation.stack.slices > 1 else "",
+            )
         start = time.perf_counter()
         mask = (segmentation.probabilities > threshold).astype(np.uint8) * np.uint8(value)
         result = segmentation.probabilities.astype(np.float32) if probabilities else mask
@@ -471,18 +436,27 @@ def _predict_targets(
             record_output(output_dir, target.overlay)
             write_overlay(image, mask, target.overlay)
         if references is not None:
-            entries.append(_entry(target, image, mask, references, segmentation.agreement))
+            iou = segmentation.evidence.iou.numpy() if segmentation.evidence is not None else None
+            entries.append(_entry(target, image, mask, references, segmentation.agreement, segmentation.absent, iou))
         timings["write"] += time.perf_counter() - start
         summary.written.append(target.output)
     summary.timings = dict(timings)
 
 
-def _entry(target: Target, image: sitk.Image, mask: np.ndarray, references: dict, agreement: float | None) -> Entry:
+def _entry(
+    target: Target,
+    image: sitk.Image,
+    mask: np.ndarray,
+    references: dict,
+    agreement: float | None,
+    absent: list[int] | None = None,
+    predicted_iou: np.ndarray | None = None,
+) -> Entry:
     reference_file, drawn = references[target.source]
     reference = None
     if reference_file is not None:
         reference = sitk.GetArrayFromImage(read_image(reference_file)) != 0
-    return report_entry(target.source.name, image, mask, reference, drawn, agreement)
+    return report_entry(target.source.name, image, mask, reference, drawn, agreement, absent, predicted_iou)
 
 
 def _entry_of_existing(target: Target, threshold: float, references: dict) -> Entry:

@@ -3,8 +3,8 @@
 Loaded from a run folder (``models/<task>/<recipe>/<regime>/<run>``), from any folder above runs (every run under it, an
 ensemble: ``models/<task>/augmented/fewshot`` is one recipe's few-shot ensemble), or from a file written by
 ``export_model``: one file with the heads' weights, the backbone's name and checkpoint sha256, the preprocessing record,
-the label frame, the training params of each run, the re-prompt margin and the volume fit's threshold. Every file is
-read with ``weights_only=True``.
+the label frame, the training params of each run, and the post-processing policy (``autoprompt.inference.policy``:
+the re-prompt margin, the volume fit's threshold, the presence rule). Every file is read with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from torch import Tensor
 
 from autoprompt.data.preprocess import Preprocessing
 from autoprompt.errors import InputError
+from autoprompt.inference.policy import Policy
+from autoprompt.inference.presence import Presence
 from autoprompt.io import save_torch
 from autoprompt.model.head import PromptHead
 from autoprompt.outputs import refuse_foreign
-from autoprompt.settings import VolumeFit
 from autoprompt.training import runs
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,8 @@ class Model:
     weights), the runtime and precision of the training embeddings' encoder, the preprocessing of the training
     images, and each run's config (params, inputs' hashes, fingerprint); the margin ``predict`` re-prompts with by
     default (None: not re-prompted) and how it was chosen, and the box IoU under which it refits a volume's slices
-    (``volume_min_iou``, ``autoprompt.inference.volume``; None: not refitted). A file that records no threshold
-    (written before it was recorded) refits with ``VolumeFit``'s default, as ``predict`` did then."""
+    (``volume_min_iou``, ``autoprompt.inference.volume``; None: not refitted), and the rule that empties the slices
+    judged absent (``presence``, ``autoprompt.inference.presence``; None: none): together its ``policy``."""
 
     heads: list[dict[str, Tensor]]
     runs: list[str]
@@ -67,7 +68,8 @@ class Model:
     configs: list[dict]
     reprompt_margin: float | None = None
     reprompt_how: str = ""
-    volume_min_iou: float | None = VolumeFit().min_iou
+    volume_min_iou: float | None = Policy().volume_min_iou
+    presence: Presence | None = None
 
     def build_heads(self) -> list[PromptHead]:
         """The heads, built and loaded, in eval mode."""
@@ -96,12 +98,13 @@ class Model:
             "precision": self.precision,
             "preprocessing": self.preprocessing.as_dict(),
             "configs": self.configs,
-            "reprompt": {
-                "margin": self.reprompt_margin,
-                "how": self.reprompt_how,
-                "volume_min_iou": self.volume_min_iou,
-            },
+            "reprompt": self.policy.record(),
         }
+
+    @property
+    def policy(self) -> Policy:
+        """The post-processing the model applies by default (``autoprompt.inference.policy``)."""
+        return Policy(self.reprompt_margin, self.reprompt_how, self.volume_min_iou, self.presence)
 
     def group(self) -> str | None:
         """``recipe/regime`` of the runs when they all share one (the key of evaluate's rows), else None."""
@@ -112,10 +115,15 @@ class Model:
         kind = f"an ensemble of {len(self.heads)} runs" if len(self.heads) > 1 else f"run {self.runs[0]}"
         return f"{self.task} ({self.class_name}), {kind}, {self.backbone}"
 
-    def with_reprompt(self, margin: float | None, how: str, volume_min_iou: float | None) -> Model:
-        """This model, re-prompting by default with ``margin`` (None: not at all), chosen as ``how`` says, and
-        refitting volumes with ``volume_min_iou`` (None: not)."""
-        return replace(self, reprompt_margin=margin, reprompt_how=how, volume_min_iou=volume_min_iou)
+    def with_policy(self, policy: Policy) -> Model:
+        """This model, post-processing its masks by default as ``policy`` says."""
+        return replace(
+            self,
+            reprompt_margin=policy.margin,
+            reprompt_how=policy.how,
+            volume_min_iou=policy.volume_min_iou,
+            presence=policy.presence,
+        )
 
 
 def run_folders(path: Path) -> list[Path]:
@@ -174,7 +182,7 @@ def from_file(path: Path) -> Model:
             f"{path}: model format version {record.get('version')}, this autoprompt reads 1 to {VERSION}; export it "
             "again, or update autoprompt"
         )
-    reprompting = record.get("reprompt") or {}
+    policy = Policy.from_record(record.get("reprompt"))
     return Model(
         heads=list(record["heads"]),
         runs=list(record["runs"]),
@@ -189,9 +197,10 @@ def from_file(path: Path) -> Model:
         precision=record.get("precision", "float32"),
         preprocessing=Preprocessing.from_dict(record["preprocessing"]),
         configs=list(record["configs"]),
-        reprompt_margin=reprompting.get("margin"),
-        reprompt_how=str(reprompting.get("how", "")),
-        volume_min_iou=reprompting.get("volume_min_iou", VolumeFit().min_iou),
+        reprompt_margin=policy.margin,
+        reprompt_how=policy.how,
+        volume_min_iou=policy.volume_min_iou,
+        presence=policy.presence,
     )
 
 

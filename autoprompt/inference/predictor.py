@@ -2,7 +2,8 @@
 
 ``Predictor.segment`` takes an image as read, replays the model's preprocessing (``autoprompt.data.images``), encodes
 each slice, prompts the decoder with each head's prompt, averages the heads' probabilities in the prepared frame
-(optionally re-prompting the decoder with their masks' loosened boxes) and maps them back onto the input's grid.
+(optionally re-prompting the decoder with their masks' loosened boxes, fitting a volume's boxes across its slices and
+emptying the slices judged not to hold the structure) and maps them back onto the input's grid.
 ``timings`` adds up the seconds spent in each step.
 """
 
@@ -20,11 +21,12 @@ import torch
 from autoprompt.data.images import Framed, Stack, as_stack, frame_slices, to_input_grid
 from autoprompt.errors import InputError
 from autoprompt.inference.model import Model
+from autoprompt.inference.presence import Evidence, Presence, absent_slices, gather, slice_agreement
 from autoprompt.inference.reprompt import reprompt
 from autoprompt.inference.volume import refine_volumes
 from autoprompt.io import file_sha256
 from autoprompt.model import backbones, checkpoints, runtimes
-from autoprompt.model.decoding import decode
+from autoprompt.model.decoding import decode_scored
 
 OPTION = "--{}".format  # names a setting in messages: predict's options
 
@@ -34,7 +36,9 @@ class Segmentation:
     """``probabilities``: foreground probabilities on the input's grid (H x W, or the volume's z x y x x);
     ``frame``: Z x S x S probabilities in the prepared frame; ``framed``: the preprocessed slices and geometry;
     ``agreement``: the mean Dice of each run's mask with the ensemble's (None for one run); ``refitted``: how many
-    slices of a volume were prompted again from their neighbours' boxes, per reason (``autoprompt.inference.volume``).
+    slices of a volume were prompted again from their neighbours' boxes, per reason (``autoprompt.inference.volume``);
+    ``absent``: the slices (indices along Z) judged not to hold the structure, whose masks were emptied
+    (``autoprompt.inference.presence``); ``evidence``: what each slice said about presence, before any was emptied.
     """
 
     probabilities: np.ndarray
@@ -43,6 +47,8 @@ class Segmentation:
     stack: Stack
     agreement: float | None = None
     refitted: Counter = field(default_factory=Counter)
+    absent: list[int] = field(default_factory=list)
+    evidence: Evidence | None = None
 
 
 def checked_checkpoint(model: Model, checkpoint: Path | str | None) -> Path:
@@ -81,7 +87,8 @@ class Predictor:
     (``> threshold``) loosened by that margin (``autoprompt.inference.reprompt``); ``volume_min_iou``: then, for a
     volume, the boxes are fitted across its slices and the slices missing between found ones or off the sequence are
     prompted again (``autoprompt.inference.volume``; None: not; the volume's end slices are left alone, since slices
-    beyond a structure are rightly empty)."""
+    beyond a structure are rightly empty); ``presence``: last, the slices (or the 2D image) judged not to hold the
+    structure get an empty mask (``autoprompt.inference.presence``; None: every mask is kept)."""
 
     def __init__(
         self,
@@ -94,12 +101,14 @@ class Predictor:
         reprompt_margin: float | None = None,
         threshold: float = 0.5,
         volume_min_iou: float | None = None,
+        presence: Presence | None = None,
     ) -> None:
         if reprompt_margin is not None and reprompt_margin < 0:
             raise InputError(f"reprompt margin is {reprompt_margin}; give a fraction >= 0 of the box's side")
         if volume_min_iou is not None and not 0 <= volume_min_iou <= 1:
             raise InputError(f"volume min IoU is {volume_min_iou}; give a box IoU in [0, 1]")
         self.reprompt_margin, self.threshold, self.volume_min_iou = reprompt_margin, threshold, volume_min_iou
+        self.presence = presence
         path = checked_checkpoint(model, checkpoint)
         state = backbones.load_state_dict(path)
         self.model, self.device, self.batch_size = model, device, batch_size
@@ -122,33 +131,46 @@ class Predictor:
     def decode(self, embeddings: torch.Tensor) -> np.ndarray:
         """Z x 256 x 64 x 64 embeddings -> Z x S x S float32 probabilities, the mean over the heads (re-prompted
         when the predictor has a ``reprompt_margin``). With a ``volume_min_iou`` too, the Z slices are one volume's,
-        in slice order, and are refitted across it (``autoprompt.inference.volume``)."""
+        in slice order, and are refitted across it (``autoprompt.inference.volume``). With a ``presence`` rule, the
+        slices judged absent are zeros."""
         return self._decode(embeddings)[0]
 
-    def _decode(self, embeddings: torch.Tensor) -> tuple[np.ndarray, float | None, Counter]:
-        """``decode``'s probabilities, the mean Dice of each head's mask with the ensemble's (None: one head), and
-        the slices prompted again from their neighbours' boxes, per reason."""
+    def _decode(self, embeddings: torch.Tensor) -> tuple[np.ndarray, float | None, Counter, list[int], Evidence]:
+        """``decode``'s probabilities, the mean Dice of each head's mask with the ensemble's (None: one head), the
+        slices prompted again from their neighbours' boxes, per reason, the slices emptied as absent and the
+        evidence they were judged by."""
         start = time.perf_counter()
         size = self.model.label_size
-        each = [decode(self.decoder, embeddings, size, self.batch_size, self.device, head=h) for h in self.heads]
+        scored = [
+            decode_scored(self.decoder, embeddings, size, self.batch_size, self.device, head=h) for h in self.heads
+        ]
+        each = [p for p, _ in scored]
         probs = sum(each) / len(each)
+        iou = sum(i for _, i in scored) / len(scored)  # the heads' prompts: their mean predicted IoU
         agreement = None
         if len(each) > 1:
             ensemble = probs > self.threshold
             agreement = float(np.mean([_dice(p > self.threshold, ensemble) for p in each]))
         if self.reprompt_margin is not None:
             probs = reprompt(
-                self.decoder, embeddings, probs, self.reprompt_margin, self.threshold, self.batch_size, self.device
-            )
+                self.decoder, embeddings, probs, self.reprompt_margin, self.threshold, self.batch_size, self.device,
+                iou=iou,
+            )  # fmt: skip
         refitted = Counter()
         if self.reprompt_margin is not None and self.volume_min_iou is not None and len(probs) > 1:
             slices = torch.arange(len(probs))
             probs, refitted = refine_volumes(
                 self.decoder, embeddings, probs, [slices], slices.double(), self.reprompt_margin,
-                self.volume_min_iou, False, self.threshold, self.batch_size, self.device,
+                self.volume_min_iou, False, self.threshold, self.batch_size, self.device, iou=iou,
             )  # fmt: skip
+        evidence = gather(probs, iou, slice_agreement(each, self.threshold), self.threshold)
+        absent: list[int] = []
+        if self.presence is not None:
+            emptied = absent_slices(evidence, self.presence)
+            probs[emptied] = 0.0
+            absent = torch.nonzero(emptied).flatten().tolist()
         self.timings["decode"] += time.perf_counter() - start
-        return probs.numpy().astype(np.float32), agreement, refitted
+        return probs.numpy().astype(np.float32), agreement, refitted, absent, evidence
 
     def segment(self, image: sitk.Image) -> Segmentation:
         """An image as read (2D or 3D) -> its probabilities on its own grid."""
@@ -156,11 +178,11 @@ class Predictor:
         stack = as_stack(image)
         framed = frame_slices(stack, self.model.preprocessing)
         self.timings["preprocess"] += time.perf_counter() - start
-        frame, agreement, refitted = self._decode(self.encode(framed.slices))
+        frame, agreement, refitted, absent, evidence = self._decode(self.encode(framed.slices))
         start = time.perf_counter()
         probabilities = to_input_grid(frame, framed, stack)
         self.timings["postprocess"] += time.perf_counter() - start
-        return Segmentation(probabilities, frame, framed, stack, agreement, refitted)
+        return Segmentation(probabilities, frame, framed, stack, agreement, refitted, absent, evidence)
 
 
 def _dice(a: torch.Tensor, b: torch.Tensor) -> float:

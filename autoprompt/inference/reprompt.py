@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
-from autoprompt.model.decoding import PromptDecoder, decode
+from autoprompt.model.decoding import PromptDecoder, decode_scored
 from autoprompt.settings import RepromptSettings
 
 log = logging.getLogger(__name__)
@@ -69,15 +69,21 @@ def reprompt(
     threshold: float,
     batch_size: int,
     device: torch.device,
+    iou: Tensor | None = None,
 ) -> Tensor:
     """N x 256 x 64 x 64 embeddings and the head's N x S x S probabilities -> N x S x S probabilities of the decoder
-    prompted with the loosened boxes of the masks (``probs > threshold``); an empty mask keeps its probabilities."""
+    prompted with the loosened boxes of the masks (``probs > threshold``); an empty mask keeps its probabilities.
+    ``iou`` (N, the decoder's predicted IoU of each mask given): updated in place for the masks decoded again."""
     assert len(embeddings) == len(probs), f"{len(embeddings)} embeddings for {len(probs)} probability maps"
     boxes, found = mask_boxes(probs > threshold, margin)
     out = probs.clone()
     if found.any():
         index = torch.nonzero(found).flatten()
-        out[index] = decode(decoder, embeddings[index], probs.shape[-1], batch_size, device, boxes=boxes[index])
+        out[index], predicted = decode_scored(
+            decoder, embeddings[index], probs.shape[-1], batch_size, device, boxes=boxes[index]
+        )
+        if iou is not None:
+            iou[index] = predicted
     return out
 
 

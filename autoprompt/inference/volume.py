@@ -27,7 +27,7 @@ from torch import Tensor
 from torchvision.ops import box_iou
 
 from autoprompt.inference.reprompt import loosen, mask_boxes
-from autoprompt.model.decoding import PromptDecoder, decode
+from autoprompt.model.decoding import PromptDecoder, decode_scored
 
 GAP, OFF, END = "gap", "off", "end"  # why a slice is prompted again
 REASONS = (GAP, OFF, END)
@@ -126,11 +126,13 @@ def refine_volumes(
     threshold: float,
     batch_size: int,
     device: torch.device,
+    iou: Tensor | None = None,
 ) -> tuple[Tensor, Counter]:
     """N x 256 x 64 x 64 embeddings and N x S x S probabilities of N slices; ``volumes``: each volume's row
     positions in slice order; ``positions``: N slice positions -> the probabilities with each volume's missing and
     off-sequence slices (``fit_sequence``) decoded again from their fitted boxes loosened by ``margin``, and how many
-    slices were for each reason."""
+    slices were for each reason. ``iou`` (N, the decoder's predicted IoU of each mask given): updated in place for the
+    slices decoded again."""
     assert len(embeddings) == len(probs) == len(positions), (
         f"{len(embeddings)} embeddings, {len(probs)} probability maps, {len(positions)} positions"
     )
@@ -147,5 +149,7 @@ def refine_volumes(
     index = torch.cat(redo) if redo else torch.zeros(0, dtype=torch.long)
     if len(index):
         prompts = loosen(torch.cat(boxes), margin, size)
-        out[index] = decode(decoder, embeddings[index], size, batch_size, device, boxes=prompts)
+        out[index], predicted = decode_scored(decoder, embeddings[index], size, batch_size, device, boxes=prompts)
+        if iou is not None:
+            iou[index] = predicted
     return out, counts

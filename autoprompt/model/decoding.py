@@ -40,6 +40,13 @@ class PromptDecoder(nn.Module):
         ``semantic`` (B x 256): added to every token, the output tokens and the prompt's (PerSAM's target-semantic
         prompting). ``multimask``: of the three ambiguity-aware masks, the one with the highest predicted IoU, as
         segment-anything's predictor picks for point prompts; else the single-mask output."""
+        return self.scored(embeddings, sparse, dense, semantic, multimask)[0]
+
+    def scored(
+        self, embeddings: Tensor, sparse: Tensor, dense: Tensor, semantic: Tensor | None = None, multimask: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """``forward``'s B x 1 x 256 x 256 logits and the decoder's own estimate of each mask's IoU with the
+        structure (B, its IoU head's output for the mask returned), which says how sure it is of a mask."""
         decoder = self.mask_decoder
         batch, channels, height, width = embeddings.shape
         assert sparse.shape[0] == batch and sparse.shape[2] == channels, (
@@ -58,15 +65,18 @@ class PromptDecoder(nn.Module):
         hs, src = decoder.transformer(src, pos, tokens)
         upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(batch, channels, height, width))
         b, c, h, w = upscaled.shape
+        iou = decoder.iou_prediction_head(hs[:, 0, :])  # B x 4: the single mask's, then the three others'
         if multimask:  # token 0 is the IoU token, mask tokens 1..3 the ambiguity-aware outputs
-            best = decoder.iou_prediction_head(hs[:, 0, :])[:, 1:].argmax(1) + 1  # B
+            best = iou[:, 1:].argmax(1) + 1  # B
             mask_token = hs[torch.arange(batch), 1 + best, :]
             hyper = torch.stack(
                 [decoder.output_hypernetworks_mlps[int(k)](t) for k, t in zip(best, mask_token, strict=True)]
             )
+            chosen = iou[torch.arange(batch), best]
         else:  # mask token 0 is the single-mask output
             hyper = decoder.output_hypernetworks_mlps[0](hs[:, 1, :])  # B x C'
-        return torch.bmm(hyper[:, None, :], upscaled.reshape(b, c, h * w)).reshape(b, 1, h, w)
+            chosen = iou[:, 0]
+        return torch.bmm(hyper[:, None, :], upscaled.reshape(b, c, h * w)).reshape(b, 1, h, w), chosen
 
 
 def to_label_size(logits: Tensor, size: int) -> Tensor:
@@ -90,6 +100,36 @@ def box_logits(decoder: PromptDecoder, embeddings: Tensor, boxes: Tensor, label_
     box prompts."""
     sparse, dense = decoder.box_prompt(scale_boxes(boxes, label_size, decoder.input_size))
     return decoder(embeddings, sparse, dense)
+
+
+@torch.no_grad()
+def decode_scored(
+    decoder: PromptDecoder,
+    embeddings: Tensor,
+    label_size: int,
+    batch_size: int,
+    device: torch.device,
+    head: nn.Module | None = None,
+    boxes: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """``decode``'s N x label_size x label_size probabilities and the decoder's predicted IoU of each mask (N),
+    its own estimate of how well the mask covers a structure."""
+    assert (head is None) != (boxes is None), "give either a head or boxes"
+    decoder = decoder.to(device).eval()
+    if head is not None:
+        head = head.to(device).eval()
+    out, ious = [], []
+    for start in range(0, len(embeddings), batch_size):
+        x = embeddings[start : start + batch_size].to(device).float()
+        if head is not None:
+            sparse, dense = head(x)
+        else:
+            scaled = scale_boxes(boxes[start : start + batch_size].to(device), label_size, decoder.input_size)
+            sparse, dense = decoder.box_prompt(scaled)
+        logits, iou = decoder.scored(x, sparse, dense)
+        out.append(torch.sigmoid(to_label_size(logits, label_size)).cpu())
+        ious.append(iou.float().cpu())
+    return torch.cat(out), torch.cat(ious)
 
 
 @torch.no_grad()

@@ -21,7 +21,14 @@ def _camus(root: Path, section: CamusPhantoms) -> None:
 
 def _acdc(root: Path, section: AcdcPhantoms) -> None:
     write_acdc_phantoms(
-        root, section.training, section.testing, section.size, section.slices, section.seed, section.anatomy
+        root,
+        section.training,
+        section.testing,
+        section.size,
+        section.slices,
+        section.seed,
+        section.anatomy,
+        section.beyond,
     )
 
 

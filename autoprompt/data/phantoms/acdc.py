@@ -9,6 +9,12 @@ oblique direction matrix, as scanner volumes have. Labels: 1 RV, 2 myocardium, 3
 ``anatomy: tail`` draws the two ends of the stack as real scans' misses gather there: the most apical slice's LV is a
 cavity of a few dozen square millimetres inside a thick wall, and the most basal slice's RV a thin crescent along
 the septum. ``classic`` (the default) keeps the smooth shrink of earlier releases, file for file.
+
+``beyond`` adds that many unlabelled slices at each end of the stack, as a scan covers more than the ventricles:
+above the base the atria and the great vessels (bright pools of blood where the RV and LV were, the aorta and the
+pulmonary trunk as round pools beside them), below the apex the apical cap (muscle around no cavity) and then the
+liver. A head trained on boxes of the ventricles draws masks on them (docs/volumes.md: Presence); ``0`` (the
+default) writes the volumes of earlier releases, file for file.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ FRAMES = 30
 ANATOMIES = ("classic", "tail")
 APEX_RADIUS_MM = (2.5, 4.5)  # tail: the apical LV cavity's radius, from the smallest heart to the largest
 BASAL_RV_WIDTH_MM = 6.0  # tail: how far the basal RV reaches beyond the ring: a crescent about 5 mm thick
+BLOOD, MUSCLE, LIVER = 1, 2, 4  # tissue codes of ``render`` besides the labels (1 and 3 blood, 2 myocardium)
 
 
 @dataclass(frozen=True)
@@ -80,8 +87,39 @@ def draw_slice(heart: Heart, y: np.ndarray, x: np.ndarray, depth: float, anatomy
     return label
 
 
+def draw_beyond(heart: Heart, y: np.ndarray, x: np.ndarray, step: int) -> np.ndarray:
+    """The tissue map (``BLOOD``, ``MUSCLE``, ``LIVER``, 0 elsewhere) of an unlabelled slice ``step`` slices beyond
+    the heart's ventricles: negative above the base (atria and great vessels), positive below the apex (the apical
+    cap, then the liver)."""
+    dy, dx = y - heart.centre[0], x - heart.centre[1]
+    tissue = np.zeros(y.shape, np.uint8)
+    t = math.radians(heart.rv_angle)
+    side_y, side_x = math.sin(t), math.cos(t)  # towards the RV
+    if step < 0:  # above the base: the right atrium where the RV was, the left atrium behind the LV, the vessels
+        far = -step - 1  # each slice further up, the atria shrink and the vessels take over
+        ra = np.hypot(dy - 0.9 * heart.radius * side_y, dx - 1.1 * heart.radius * side_x)
+        la = np.hypot(dy + 0.5 * heart.radius, dx + 0.3 * heart.radius * side_x)
+        shrink = 0.75**far
+        tissue[ra <= (0.8 * heart.radius + 2) * shrink] = BLOOD
+        tissue[la <= 0.7 * heart.radius * shrink] = BLOOD
+        aorta = np.hypot(dy, dx - 0.2 * heart.radius * side_x)
+        trunk = np.hypot(dy - 0.6 * heart.radius, dx - 0.5 * heart.radius * side_x)
+        for vessel, radius in ((aorta, 12.0), (trunk, 10.0)):
+            tissue[(vessel <= radius + 2) & (tissue == 0)] = MUSCLE  # the vessel's wall
+            tissue[vessel <= radius] = BLOOD
+    elif step == 1:  # the apical cap: a disc of muscle around no cavity
+        tissue[np.hypot(dy, dx) <= 0.5 * heart.radius + heart.wall] = MUSCLE
+    else:  # the liver, reaching in from below on the RV's side, where the heart was
+        liver = ((dy + 0.4 * heart.radius) / (2.2 * heart.radius)) ** 2 + (
+            (dx - 0.6 * heart.radius * side_x) / (2.6 * heart.radius)
+        ) ** 2
+        tissue[liver <= 1] = LIVER
+    return tissue
+
+
 def render(rng: np.random.Generator, label: np.ndarray, y: np.ndarray, x: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """A cine-MR-like slice (arbitrary units, about 0-1) for a label map on the mm grid ``y``, ``x``."""
+    """A cine-MR-like slice (arbitrary units, about 0-1) for a label map on the mm grid ``y``, ``x`` (or a tissue
+    map of ``draw_beyond``: ``LIVER`` is a mid-grey organ)."""
     shape = label.shape
     cy, cx = float(y.mean()), float(x.mean())
     body = ((y - cy) / (0.42 * np.ptp(y))) ** 2 + ((x - cx) / (0.47 * np.ptp(x))) ** 2 <= 1
@@ -91,6 +129,7 @@ def render(rng: np.random.Generator, label: np.ndarray, y: np.ndarray, x: np.nda
     image = np.where(body, 0.35 + 0.08 * _smooth_noise(rng, shape, 6), 0.0)
     image[lungs & body] = 0.08
     image[fat] = 0.85
+    image[label == LIVER] = (0.5 + 0.03 * _smooth_noise(rng, shape, 4))[label == LIVER]
     image[label == 2] = 0.22
     blood = (label == 1) | (label == 3)
     image[blood] = (0.9 + 0.05 * _smooth_noise(rng, shape, 3))[blood]
@@ -135,9 +174,15 @@ def _write(
 
 
 def write_patient(
-    rng: np.random.Generator, folder: Path, size: tuple[int, int], slices: tuple[int, int], anatomy: str = "classic"
+    rng: np.random.Generator,
+    folder: Path,
+    size: tuple[int, int],
+    slices: tuple[int, int],
+    anatomy: str = "classic",
+    beyond: int = 0,
 ) -> None:
-    """One patient: ``Info.cfg`` and the ED and ES frames with their ``_gt`` labels (``anatomy``: ``draw_slice``)."""
+    """One patient: ``Info.cfg`` and the ED and ES frames with their ``_gt`` labels (``anatomy``: ``draw_slice``;
+    ``beyond``: unlabelled slices at each end, ``draw_beyond``)."""
     width, height = size
     pixel_mm, slice_mm = rng.uniform(1.25, 1.75), rng.uniform(8.0, 10.0)
     count = int(rng.integers(slices[0], slices[1] + 1))
@@ -156,9 +201,17 @@ def write_patient(
     direction = _direction(rng)
     origin = tuple(rng.uniform(-150, 150, 3).tolist())
     bias = [np.exp(0.25 * _smooth_noise(rng, (height, width), 30)) for _ in range(count)]
+    bias += [np.exp(0.25 * _smooth_noise(rng, (height, width), 30)) for _ in range(2 * beyond)]  # none: as before
     for frame, heart in ((ed, ed_heart), (es, es_heart)):
         labels = np.stack([draw_slice(heart, y, x, k / (count - 1), anatomy) for k in range(count)])
         images = np.stack([render(rng, labels[k], y, x, bias[k]) for k in range(count)])
+        if beyond:
+            steps = [*range(-beyond, 0), *range(1, beyond + 1)]
+            tissues = [draw_beyond(heart, y, x, step) for step in steps]
+            extra = [render(rng, tissue, y, x, b) for tissue, b in zip(tissues, bias[count:], strict=True)]
+            images = np.concatenate([extra[:beyond], images, extra[beyond:]])
+            empty = np.zeros((beyond, *labels.shape[1:]), labels.dtype)
+            labels = np.concatenate([empty, labels, empty])
         stem = f"{folder.name}_frame{frame:02d}"
         geometry = ((pixel_mm, pixel_mm, slice_mm), origin, direction)
         _write(np.rint(images * 400).astype(np.int16), *geometry, folder / f"{stem}.nii.gz")
@@ -178,10 +231,12 @@ def write_acdc_phantoms(
     slices: tuple[int, int],
     seed: int,
     anatomy: str = "classic",
+    beyond: int = 0,
 ) -> None:
     """Write ``root/training/patientNNN/`` (patients 1 to ``training``) and ``root/testing/patientNNN/`` (the next
-    ``testing`` numbers). ``size`` is (width, height) in pixels; ``slices`` the (min, max) slices per volume;
-    ``anatomy``: ``classic`` or ``tail`` (the module's docstring)."""
+    ``testing`` numbers). ``size`` is (width, height) in pixels; ``slices`` the (min, max) slices per volume of the
+    ventricles, with ``beyond`` unlabelled slices more at each end; ``anatomy``: ``classic`` or ``tail`` (the
+    module's docstring)."""
     assert training > 0 and testing >= 0 and training + testing <= 999, "ACDC patient numbers have three digits"
     assert 2 <= slices[0] <= slices[1], f"slices must be (min, max) with min >= 2, got {slices}"
     rng = np.random.default_rng(seed)
@@ -189,4 +244,4 @@ def write_acdc_phantoms(
         for number in range(1, training + testing + 1):
             folder = tmp / ("training" if number <= training else "testing") / f"patient{number:03d}"
             folder.mkdir(parents=True)
-            write_patient(rng, folder, tuple(size), tuple(slices), anatomy)
+            write_patient(rng, folder, tuple(size), tuple(slices), anatomy, beyond)
