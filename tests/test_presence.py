@@ -65,7 +65,7 @@ def test_agreement_empties_an_end_slice_the_runs_disagree_on() -> None:
 
 def test_a_2d_image_is_its_own_end_and_a_volume_keeps_its_surest_slice() -> None:
     box = (20, 20, 40, 40)
-    rule = Presence(("iou",), min_iou=0.8)
+    rule = Presence(("iou",), min_iou=0.8, images=True)
     assert absent_slices(_evidence([box], [0.5]), rule).tolist() == [True]
     assert absent_slices(_evidence([box], [0.85]), rule).tolist() == [False]
     everything_unsure = _evidence([box] * 4, [0.5, 0.7, 0.6, 0.4])
@@ -78,3 +78,12 @@ def test_a_rule_round_trips_through_its_record_and_refuses_an_unknown_cue() -> N
     assert "predicted IoU < 0.75" in rule.describe()
     with pytest.raises(AssertionError, match="unknown presence cues"):
         Presence(("size",))
+
+
+def test_a_2d_image_is_judged_only_where_the_rule_says_images() -> None:
+    """A picture the runs disagree on keeps its mask by default (a folder's pictures hold the structure: an emptied
+    one is a miss); with ``images`` it is judged on its own."""
+    evidence = _evidence([(20, 20, 40, 40)], [0.9], agreement=[0.3])
+    assert not absent_slices(evidence, Presence(("agreement",), min_agreement=0.85)).any()
+    assert absent_slices(evidence, Presence(("agreement",), min_agreement=0.85, images=True)).tolist() == [True]
+    assert Presence.from_dict(Presence(images=True).as_dict()).images and not Presence.from_dict({"cues": []}).images
