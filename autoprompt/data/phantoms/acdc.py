@@ -129,7 +129,9 @@ def render(rng: np.random.Generator, label: np.ndarray, y: np.ndarray, x: np.nda
     image = np.where(body, 0.35 + 0.08 * _smooth_noise(rng, shape, 6), 0.0)
     image[lungs & body] = 0.08
     image[fat] = 0.85
-    image[label == LIVER] = (0.5 + 0.03 * _smooth_noise(rng, shape, 4))[label == LIVER]
+    liver = label == LIVER
+    if liver.any():  # only then: the random stream, and so every other slice, stays as in earlier releases
+        image[liver] = (0.5 + 0.03 * _smooth_noise(rng, shape, 4))[liver]
     image[label == 2] = 0.22
     blood = (label == 1) | (label == 3)
     image[blood] = (0.9 + 0.05 * _smooth_noise(rng, shape, 3))[blood]
