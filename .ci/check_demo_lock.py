@@ -1,10 +1,10 @@
-"""Whether the committed demo metrics come from the committed demo inputs.
+"""Whether the committed metrics of the demos (``demo/dvc.yaml``, ``demo/cardiac/dvc.yaml``) come from their inputs.
 
 CI reruns the demo and compares its metrics with the committed ones (``check_metrics.py``). That comparison only
 means something when the committed metrics were computed from the same params and data: a changed param or a
 replaced image with the old metrics still committed reads as a drop (or hides one). ``dvc status`` knows, from
-``demo/dvc.lock``, which params and files each committed output was computed from; this script fails on any of
-them that has changed since. Code is left out: a refactor that keeps the numbers need not rerun the demo, and one
+each demo's ``dvc.lock``, which params and files each committed output was computed from; this script fails on any
+of them that has changed since. Code is left out: a refactor that keeps the numbers need not rerun the demo, and one
 that moves them fails the metric check itself.
 
 Run from the repository root: ``python .ci/check_demo_lock.py`` (exit 1, one line per stale input).
@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 
 import yaml
+
+PIPELINES = ("demo/dvc.yaml", "demo/cardiac/dvc.yaml")  # the README's first command, then the cardiac demo
 
 CODE = ("autoprompt/", "stages/")  # the package's Python code: checked by the metric comparison, not here
 STALE = {"modified", "new", "deleted"}  # an input changed or removed since the lock, or one the lock never saw
@@ -52,15 +54,16 @@ def stale_inputs(status: dict, outputs: set[str]) -> list[str]:
     return lines
 
 
-def demo_outputs(repo: Path) -> set[str]:
-    """Every path the demo's stages write, as ``dvc status`` names them (from the repository root)."""
-    lock = yaml.safe_load((repo / "demo" / "dvc.lock").read_text())
-    return {f"demo/{out['path']}" for stage in lock["stages"].values() for out in stage.get("outs", [])}
+def demo_outputs(repo: Path, pipeline: str = PIPELINES[0]) -> set[str]:
+    """Every path a demo's stages write, as ``dvc status`` names them (from the repository root)."""
+    folder = Path(pipeline).parent
+    lock = yaml.safe_load((repo / folder / "dvc.lock").read_text())
+    return {f"{folder.as_posix()}/{out['path']}" for stage in lock["stages"].values() for out in stage.get("outs", [])}
 
 
-def demo_status(repo: Path) -> dict:
-    """``dvc status --json`` of ``demo/dvc.yaml``, run in ``repo`` with this Python's DVC."""
-    run = [sys.executable, "-m", "dvc", "status", "demo/dvc.yaml", "--json"]
+def demo_status(repo: Path, pipeline: str = PIPELINES[0]) -> dict:
+    """``dvc status --json`` of a demo's ``dvc.yaml``, run in ``repo`` with this Python's DVC."""
+    run = [sys.executable, "-m", "dvc", "status", pipeline, "--json"]
     out = subprocess.run(run, cwd=repo, capture_output=True, text=True, check=True).stdout
     return json.loads(out or "{}")
 
@@ -68,19 +71,24 @@ def demo_status(repo: Path) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo", type=Path, default=Path("."), help="repository root (default: .)")
+    parser.add_argument("pipelines", nargs="*", default=PIPELINES, help=f"default: {' '.join(PIPELINES)}")
     args = parser.parse_args()
-    lines = stale_inputs(demo_status(args.repo), demo_outputs(args.repo))
-    for line in lines:
-        print(f"stale: {line}", file=sys.stderr)
-    if lines:
-        print(
-            "demo/metrics and demo/dvc.lock are older than the demo's params or data: rerun "
-            "`dvc repro demo/dvc.yaml` and commit demo/metrics and demo/dvc.lock",
-            file=sys.stderr,
-        )
-    else:
-        print("demo/metrics and demo/dvc.lock match the demo's params and data")
-    return 1 if lines else 0
+    stale = 0
+    for pipeline in args.pipelines:
+        folder = Path(pipeline).parent.as_posix()
+        lines = stale_inputs(demo_status(args.repo, pipeline), demo_outputs(args.repo, pipeline))
+        for line in lines:
+            print(f"stale: {line}", file=sys.stderr)
+        if lines:
+            print(
+                f"{folder}/metrics and {folder}/dvc.lock are older than the demo's params or data: rerun "
+                f"`dvc repro {pipeline}` and commit {folder}/metrics and {folder}/dvc.lock",
+                file=sys.stderr,
+            )
+        else:
+            print(f"{folder}/metrics and {folder}/dvc.lock match the demo's params and data")
+        stale += len(lines)
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ points, one task's Dice entry by up to 7.47; between an Intel and an AMD CPU,
 rows have limits of their own: ``--max-drop-scratch`` for a Dice or NSD row's average, ``--max-drop-scratch-entry``
 for one task's Dice.
 
-HD95 (millimetres) is reported, not checked.
+HD95 (millimetres) is reported, not checked. ``--under`` keeps one pipeline's metrics files (``demo/metrics/``, the
+first demo; ``demo/cardiac/metrics/``, the cardiac one), so that a row is averaged over that demo's tasks.
 """
 
 from __future__ import annotations
@@ -46,6 +47,14 @@ def checked_means(diff: dict) -> dict[str, dict[str, tuple[float | None, float |
             if name.split(".")[0] in CHECKED and name.endswith(".mean"):
                 rows[name][path] = (change.get("old"), change.get("new"))
     return rows
+
+
+def under(diff: dict, folder: str | None) -> dict:
+    """The diff's metrics files under ``folder`` (a path from the repository root); all of them for None."""
+    if folder is None:
+        return diff
+    prefix = folder.rstrip("/") + "/"
+    return {path: metrics for path, metrics in diff.items() if path.startswith(prefix)}
 
 
 def drops(
@@ -86,8 +95,11 @@ def main() -> None:
     args.add_argument("--max-drop-entry", type=float, default=4.0, help="Dice points, one task's entry")
     args.add_argument("--max-drop-scratch", type=float, default=8.0, help="a FROM_SCRATCH baseline's row")
     args.add_argument("--max-drop-scratch-entry", type=float, default=30.0, help="a FROM_SCRATCH baseline's entry")
+    args.add_argument("--under", help="check only the metrics files under this folder (e.g. demo/cardiac/metrics)")
     args = args.parse_args()
-    diff = json.loads(args.diff.read_text() or "{}")
+    diff = under(json.loads(args.diff.read_text() or "{}"), args.under)
+    if args.under and not diff:
+        sys.exit(f"{args.diff}: no metrics under {args.under}")
     for row, tasks in sorted(checked_means(diff).items()):
         for path, (old, new) in sorted(tasks.items()):
             log.info("%s %s: %s -> %s", path, row, old, new)

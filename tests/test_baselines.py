@@ -173,3 +173,29 @@ def test_the_table_puts_every_computed_baseline_under_its_paper_row():
     assert (table["method"].str.startswith("Prompt module trained with masks — ours")).sum() == 2
     surface = report.surface_table({"hc18": _metrics(80.0, titles)}, {"hc18": "HC"}, ["workshop"], "lite_medsam", 8)
     assert surface["method"].str.startswith("PerSAM").any()
+
+
+def test_the_table_opens_with_the_rows_to_compare_in_the_columns_run():
+    """table.md first shows the tight box, the paper's few-shot row beside our best recipe re-prompted, and our best
+    few-mask baseline beside the paper's; every row follows. A one-task pipeline gets its one column."""
+    metrics = _metrics(70.0)
+    metrics["dice"]["unet"]["fewshot"] = {"mean": 75.0, "std": 1.0, "n": 2}
+    metrics["dice"]["unet"]["all"] = {"mean": 99.0, "std": 0.0, "n": 1}  # All masks: not the few-shot comparison
+    for recipe, value in (("workshop", 80.0), ("augmented", 86.0)):
+        metrics["dice"][recipe] = {"fewshot_reprompted": {"mean": value, "std": 5.0, "n": 7}}
+    table = report.build_table({"hc18": metrics}, {"hc18": "HC"}, ["workshop", "augmented"], "lite_medsam", 10)
+    assert [c for c in table.columns if c not in report.HIDDEN] == ["method", "samples", "labels", "HC"]
+    first = report.headline(table)
+    assert first["method"].tolist() == [
+        "MedSAM (tight box prompt)",
+        "LiteMedSAM (tight box prompt) — ours",
+        "Prompt module",
+        "Prompt module, follow-up losses, zoom/shift augmentation, re-prompted with its mask's box — ours, LiteMedSAM",
+        "UNet",
+        "unet — ours, LiteMedSAM",
+    ]
+    assert first["samples"].tolist() == ["-", "-", "10", "10", "10", "10"]
+    page = report.to_markdown(table, "Table 1", "note", first)
+    top, rest = page.split("## Every row")
+    assert "**86.00 ± 5.00**" in top and "**80.00 ± 5.00**" not in top and "**80.00 ± 5.00**" in rest
+    assert len(rest.splitlines()) > len(top.splitlines()), "every row below the headline"

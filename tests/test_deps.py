@@ -15,7 +15,7 @@ import yaml
 from autoprompt.sources import closure, imported_names
 from tests.helpers import REPO, sources_of
 
-PIPELINES = ("dvc.yaml", "demo/dvc.yaml", "examples/own-data/dvc.yaml")
+PIPELINES = ("dvc.yaml", "demo/dvc.yaml", "demo/cardiac/dvc.yaml", "examples/own-data/dvc.yaml")
 MODULE = re.compile(r"python -m (stages\.\w+)|^(autoprompt) \w+")
 
 

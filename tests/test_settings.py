@@ -17,7 +17,7 @@ from autoprompt.model.baselines import METHODS
 from autoprompt.settings import AUGMENTED, Recipe, Settings, json_schema, load_settings
 from tests.helpers import REPO
 
-PARAMS_FILES = ("params.yaml", "demo/params.yaml", "examples/own-data/params.yaml")
+PARAMS_FILES = ("params.yaml", "demo/params.yaml", "demo/cardiac/params.yaml", "examples/own-data/params.yaml")
 SCHEMA = REPO / "autoprompt" / "reference" / "params.schema.json"
 
 

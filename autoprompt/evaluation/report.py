@@ -11,6 +11,7 @@ baseline the paper does not have) shows only our row.
 from __future__ import annotations
 
 from importlib import resources
+from statistics import mean
 
 import pandas as pd
 
@@ -23,6 +24,7 @@ RECIPE_NAMES = {
     "augmented": ", follow-up losses, zoom/shift augmentation",
 }
 FIXED = ["method", "samples", "labels"]
+HIDDEN = ("source", "regime", "key")  # build_table's bookkeeping, not printed
 TIGHT_BOX = "tight_box"
 
 
@@ -87,27 +89,58 @@ def our_rows(regime: str, recipes: list[str], backbone: str, titles: dict | None
 def build_table(
     metrics: dict[str, dict], columns: dict[str, str], recipes: list[str], backbone: str, shots: int | str
 ) -> pd.DataFrame:
-    """Paper rows, each followed by ours where we compute them (rows no task has are left out).
+    """Paper rows, each followed by ours where we compute them (rows no task has are left out), in the columns of
+    the tasks run here.
 
-    ``metrics``: task -> the evaluate stage's JSON; ``columns``: task -> its Table 1 column (``HC``, ...).
+    ``metrics``: task -> the evaluate stage's JSON; ``columns``: task -> its Table 1 column (``HC``, ...). Each row
+    also names its ``source`` (``paper`` or ``ours``), the paper row's ``regime`` it sits under and, for ours, its
+    metrics ``key``; ``headline`` picks from them.
     """
     paper = paper_table()
     by_column = {column: metrics[task]["dice"] for task, column in columns.items() if task in metrics}
     titles = baseline_titles(metrics)
-    task_columns = [c for c in paper.columns if c not in (*FIXED, "ours")]
+    task_columns = [c for c in paper.columns if c not in (*FIXED, "ours") and c in by_column]
     rows = []
     for _, row in paper.iterrows():
+        regime = row["ours"]
         if any(row[c] for c in task_columns):
-            rows.append({k: row[k] for k in paper.columns if k != "ours"} | {"source": "paper"})
-        if not row["ours"]:
+            paper_row = {k: row[k] for k in (*FIXED, *task_columns)}
+            rows.append(paper_row | {"source": "paper", "regime": regime, "key": ""})
+        if not regime:
             continue
-        for key, method in our_rows(row["ours"], recipes, backbone, titles):
+        for key, method in our_rows(regime, recipes, backbone, titles):
             cells = {column: cell(lookup(by_column.get(column, {}), key)) for column in task_columns}
             if all(value == "–" for value in cells.values()):
                 continue
-            samples = str(shots) if row["ours"].endswith("fewshot") else row["samples"]
-            rows.append({"method": method, "samples": samples, "labels": row["labels"], **cells, "source": "ours"})
+            samples = str(shots) if regime.endswith("fewshot") else row["samples"]
+            ours = {"method": method, "samples": samples, "labels": row["labels"], **cells}
+            rows.append(ours | {"source": "ours", "regime": regime, "key": key})
     return pd.DataFrame(rows)
+
+
+def headline(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows a newcomer compares, from ``build_table``'s: the tight box (the paper's, ours), the paper's few-shot
+    row and our best recipe's few-shot ensemble re-prompted, and our best baseline trained on a few masks (or one)
+    under the paper's row of it. Best: the highest mean Dice over the columns."""
+    columns = [c for c in table.columns if c not in (*FIXED, *HIDDEN)]
+
+    def score(row: pd.Series) -> float:
+        values = [parsed[0] for c in columns if (parsed := parse_cell(row[c])) is not None]
+        return mean(values) if values else float("-inf")
+
+    def best(rows: pd.DataFrame) -> list[int]:
+        return [rows.apply(score, axis=1).idxmax()] if len(rows) else []
+
+    paper, ours = table["source"] == "paper", table["source"] == "ours"
+    tight = table.index[table["regime"] == TIGHT_BOX].tolist()
+    fewshot = table.index[paper & (table["regime"] == "fewshot")].tolist()
+    recipe = best(table[ours & (table["regime"] == "fewshot") & table["key"].str.endswith(f"fewshot_{REPROMPTED}")])
+    baselines = table[ours & table["regime"].str.contains("/") & (table["samples"] != "All")]
+    baseline = best(baselines)
+    if baseline:
+        regime = table.loc[baseline[0], "regime"]
+        baseline = table.index[paper & (table["regime"] == regime)].tolist() + baseline
+    return table.loc[tight + fewshot + recipe + baseline]
 
 
 def baseline_titles(metrics: dict[str, dict]) -> dict[str, str]:
@@ -159,15 +192,31 @@ def slice_cell(summary: dict | None) -> str:
     return f"{summary['false']:g} / {summary['missed']:g}"
 
 
-def to_markdown(table: pd.DataFrame, title: str, note: str) -> str:
-    columns = [c for c in table.columns if c != "source"]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for _, row in table.iterrows():
-        cells = [str(row[c]) for c in columns]
-        if row["source"] == "ours":
-            cells = [f"**{c}**" if c not in ("–", "") else c for c in cells]
-        lines.append("| " + " | ".join(cells) + " |")
-    return f"# {title}\n\n" + note + "\n\n" + "\n".join(lines) + "\n"
+def to_markdown(table: pd.DataFrame, title: str, note: str, first: pd.DataFrame | None = None) -> str:
+    """A markdown page: ``title``, ``note``, the table; with ``first`` (``headline``'s rows), those rows first and
+    every row below them."""
+
+    def lines(rows: pd.DataFrame) -> list[str]:
+        columns = [c for c in rows.columns if c not in HIDDEN]
+        out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        for _, row in rows.iterrows():
+            cells = [str(row[c]) for c in columns]
+            if row["source"] == "ours":
+                cells = [f"**{c}**" if c not in ("–", "") else c for c in cells]
+            out.append("| " + " | ".join(cells) + " |")
+        return out
+
+    if first is None:
+        return f"# {title}\n\n" + note + "\n\n" + "\n".join(lines(table)) + "\n"
+    return (
+        f"# {title}\n\n"
+        + note
+        + "\n\n"
+        + "\n".join(lines(first))
+        + "\n\n## Every row\n\n"
+        + "\n".join(lines(table))
+        + "\n"
+    )
 
 
 def parse_cell(text: str) -> tuple[float, float | None] | None:
