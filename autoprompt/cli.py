@@ -64,46 +64,25 @@ def positive(text: str) -> int:
     return value
 
 
-def fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a fraction >= 0 of the box's side") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{value}; give a fraction >= 0 of the box's side")
-    return value
+def _real(accept, fix: str):
+    """An option's type: a number that ``accept`` takes, else one line ending in ``give {fix}``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number; give {fix}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"{value}; give {fix}")
+        return value
+
+    return parse
 
 
-def unit(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a box IoU from 0 to 1") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{value}; give a box IoU from 0 to 1")
-    return value
-
-
-def probability(text: str) -> float:
-    """``--threshold P``: a probability from 0 to 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a probability from 0 to 1") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{value}; give a probability from 0 to 1")
-    return value
-
-
-def millimetres(text: str) -> float:
-    """``--tolerance MM``: a distance above 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a distance in mm above 0") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{value}; give a distance in mm above 0")
-    return value
+fraction = _real(lambda v: 0 <= v < float("inf"), "a fraction >= 0 of the box's side")  # --reprompt-margin
+unit = _real(lambda v: 0 <= v <= 1, "a box IoU from 0 to 1")  # --volume-min-iou
+probability = _real(lambda v: 0 <= v <= 1, "a probability from 0 to 1")  # --threshold
+millimetres = _real(lambda v: 0 < v < float("inf"), "a distance in mm above 0")  # --tolerance
 
 
 def label_value(text: str) -> int | str:
