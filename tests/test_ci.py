@@ -68,7 +68,7 @@ def test_a_changed_param_or_image_under_committed_demo_metrics_is_named() -> Non
     ], "code, and outputs missing or left from an older run, are not stale; a replaced image and a changed param are"
 
 
-@pytest.mark.parametrize("pipeline", ["demo/dvc.yaml"])  # demo/cardiac: once its lock and metrics are committed
+@pytest.mark.parametrize("pipeline", ["demo/dvc.yaml", "demo/cardiac/dvc.yaml"])
 def test_the_committed_demo_metrics_come_from_the_committed_params_and_data(pipeline: str) -> None:
     spec = importlib.util.spec_from_file_location("check_demo_lock", REPO / ".ci/check_demo_lock.py")
     check = importlib.util.module_from_spec(spec)
