@@ -1,8 +1,10 @@
 """The autoprompt command: train a model from boxes on a folder of images, segment images with it, score the masks.
 
-On a CPU every command computes as the pipeline's stages do (the same masks on any x86 machine with AVX2 for the
-same --threads: autoprompt/cpu_paths.py, autoprompt/device.py). Heavy libraries are imported only once a command
-runs, so that --help answers at once.
+On a CPU, ``train`` and ``predict`` compute on the fast path by default (the CPU's own instructions, bfloat16 where
+it has AVX-512 BF16 or AMX, the training step compiled: ``autoprompt.device.Numerics``); with ``--exact``, and for
+every other command, as the pipeline's stages do (the same numbers on any x86 machine with AVX2 for the same
+--threads: autoprompt/cpu_paths.py). Heavy libraries are imported only once a command runs, so that --help answers
+at once.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from autoprompt import __version__
 from autoprompt.cpu_paths import pin_code_paths
 
 log = logging.getLogger("autoprompt")
+
+NUMERICS_VARIABLE = "AUTOPROMPT_NUMERICS"  # train's and predict's default CPU numerics: fast (unset) or exact
 
 MODEL_HELP = (
     "a model file (autoprompt train's, or autoprompt export's), a run folder, or a folder of runs (an ensemble)"
@@ -97,7 +101,7 @@ def label_value(text: str) -> int | str:
 
 # ----------------------------------------------------------------------------------------------------------- train
 def train_command(args: argparse.Namespace) -> None:
-    from autoprompt.device import pin_cpu_numerics, select_device
+    from autoprompt.device import numerics, select_device
     from autoprompt.errors import InputError
     from autoprompt.inference.model import is_model_file
     from autoprompt.model.checkpoints import is_packaged
@@ -127,8 +131,8 @@ def train_command(args: argparse.Namespace) -> None:
     settings = settings_from(sections, str(args.params) if args.params else "autoprompt train")
     boxes = boxes_source(settings, data, args.boxes, args.label)  # --boxes, else the params', else DATA/boxes.csv
     settings = folder_settings(settings, boxes.resolve(), args.label, args.class_name)
-    if select_device(args.device, "--device").type == "cpu":
-        pin_cpu_numerics(settings.train.threads)
+    chosen = numerics(_numerics_mode(args), select_device(args.device, "--device"), settings.train.threads)
+    log.info("training on %s", chosen.describe(training=True))
     if args.checkpoint is not None and is_packaged(settings.encode.backbone):
         raise InputError(
             f"--checkpoint {args.checkpoint}: the backbone {settings.encode.backbone} uses its packaged weights; "
@@ -143,7 +147,7 @@ def train_command(args: argparse.Namespace) -> None:
     )
     refuse_foreign(out, is_model_file, "model file", "give a new file name (model.pt), or move that file away")
     start = time.perf_counter()
-    summary = train_folder(data, out, work, settings)
+    summary = train_folder(data, out, work, settings, chosen)
     margin = "none" if summary.margin is None else f"{summary.margin:g}"
     steps = ", ".join(f"{name} {_duration(s)}" for name, s in summary.seconds.items())
     log.info(
@@ -153,6 +157,19 @@ def train_command(args: argparse.Namespace) -> None:
     )  # fmt: skip
 
 
+def _numerics_mode(args: argparse.Namespace) -> str:
+    """``exact`` where the command has no ``--exact`` option or it is given; else ``$AUTOPROMPT_NUMERICS`` (``fast``
+    where unset; ``exact`` makes ``--exact`` the default, as the test suite does)."""
+    import os
+
+    if getattr(args, "exact", True):
+        return "exact"
+    mode = os.environ.get(NUMERICS_VARIABLE, "fast")
+    if mode not in ("exact", "fast"):
+        raise SystemExit(f"{NUMERICS_VARIABLE} is {mode!r}; set it to exact or fast, or unset it")
+    return mode
+
+
 def _duration(seconds: float) -> str:
     minutes, rest = divmod(round(seconds), 60)
     return f"{minutes} min {rest} s" if minutes else f"{rest} s"
@@ -160,12 +177,11 @@ def _duration(seconds: float) -> str:
 
 # --------------------------------------------------------------------------------------------------------- predict
 def predict_command(args: argparse.Namespace) -> None:
-    from autoprompt.device import pin_cpu_numerics, select_device
+    from autoprompt.device import numerics, select_device
     from autoprompt.inference.files import predict
     from autoprompt.inference.policy import FROM_MODEL
 
-    if select_device(args.device, "--device").type == "cpu":
-        pin_cpu_numerics(args.threads)
+    chosen = numerics(_numerics_mode(args), select_device(args.device, "--device"), args.threads)
     margin = None if args.no_reprompt else args.reprompt_margin if args.reprompt_margin is not None else FROM_MODEL
     fit = None if args.no_volume_fit else args.volume_min_iou if args.volume_min_iou is not None else FROM_MODEL
     presence = None if args.no_presence else FROM_MODEL
@@ -195,6 +211,7 @@ def predict_command(args: argparse.Namespace) -> None:
         boxes=args.boxes,
         label=args.label,
         output_format=args.output_format,
+        numerics=chosen,
     )
     if summary.failed:
         raise SystemExit(f"{len(summary.failed)} unreadable inputs were skipped (listed in the warnings above)")
@@ -259,6 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=threads, help="CPU threads (default: all); the same count gives the same model"
     )
     train.add_argument("--params", type=Path, help="a params file (params.yaml's sections) for every other setting")
+    train.add_argument(
+        "--exact",
+        action="store_true",
+        help="compute as the pipeline does: float32 on AVX2 with oneDNN off, the same model on any x86 machine "
+        "for the same --threads (default: this CPU's fastest path, bfloat16 where it has AVX-512 BF16 or AMX; "
+        "recorded in the model)",
+    )
     train.set_defaults(handler=train_command)
 
     predict = command(
@@ -302,6 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--runtime-cache", type=Path, help="converted encoders (default: ~/.cache/autoprompt)")
     predict.add_argument("--threads", type=threads, help="CPU threads (default: all); the same count, the same masks")
+    predict.add_argument(
+        "--exact",
+        action="store_true",
+        help="compute as the pipeline does: float32 on AVX2 with oneDNN off, the same masks on any x86 machine "
+        "for the same --threads (default: this CPU's fastest path, bfloat16 where it has AVX-512 BF16 or AMX; "
+        "recorded in OUTPUT/predict.json)",
+    )
     reprompting = predict.add_mutually_exclusive_group()
     reprompting.add_argument(
         "--no-reprompt", action="store_true", help="keep the heads' masks (default: re-prompt with the model's margin)"
@@ -374,8 +405,13 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def entry() -> None:
-    """The console script: the CPU code paths pinned before torch loads, then ``main`` with one-line errors."""
-    pin_code_paths()
+    """The console script: the CPU code paths pinned before torch loads (unless the command runs on the fast path),
+    then ``main`` with one-line errors."""
+    import sys
+
+    known, _ = build_parser().parse_known_args(sys.argv[1:])
+    if _numerics_mode(known) == "exact":
+        pin_code_paths()
     from autoprompt.console import run
 
     run(main)

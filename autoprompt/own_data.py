@@ -31,7 +31,7 @@ from autoprompt.data.boxes import read_boxes
 from autoprompt.data.prepare import prepare_dataset
 from autoprompt.data.prepared import read_index, write_prepared
 from autoprompt.data.tasks import TaskFiles, load_task
-from autoprompt.device import select_device
+from autoprompt.device import EXACT_NUMERICS, Numerics, select_device
 from autoprompt.encode.augmented import encode_views
 from autoprompt.encode.store import encode_prepared
 from autoprompt.errors import InputError
@@ -39,10 +39,10 @@ from autoprompt.inference import policy
 from autoprompt.inference.model import Model, export_model, from_runs, run_folders
 from autoprompt.inference.reprompt import choose_margin
 from autoprompt.io import write_text
-from autoprompt.model import backbones, checkpoints
+from autoprompt.model import backbones, checkpoints, runtimes
 from autoprompt.model.decoding import decode
 from autoprompt.outputs import clear_stale, hold
-from autoprompt.settings import FolderPrepare, Settings, TaskSpec, same_place, settings_from
+from autoprompt.settings import EncodeSettings, FolderPrepare, Settings, TaskSpec, same_place, settings_from
 from autoprompt.training.fewshot import fewshot_ids
 from autoprompt.training.head_jobs import train_task
 from autoprompt.training.inputs import task_checkpoint
@@ -190,19 +190,31 @@ def choose_on_training_boxes(model: Model, settings: Settings, task_files: TaskF
     return margin, f"auto, on the {len(rows)} training boxes"
 
 
-def train_folder(data: Path, out: Path, work: Path, settings: Settings) -> Summary:
+def encode_for(encode: EncodeSettings, numerics: Numerics) -> EncodeSettings:
+    """The encoder's settings under ``numerics``: on the fast path with bfloat16, OpenVINO's bfloat16 encoder (where
+    OpenVINO runs: ``runtime`` auto or openvino); else ``encode`` as it is."""
+    if numerics.precision != "bfloat16" or encode.runtime == "torch" or not runtimes.openvino_available():
+        return encode
+    return encode.model_copy(update={"cpu_precision": "bfloat16"})
+
+
+def train_folder(data: Path, out: Path, work: Path, settings: Settings, numerics: Numerics = EXACT_NUMERICS) -> Summary:
     """Train a model on the boxed images of the folder ``data`` (``settings``: ``folder_settings``'s) into the file
-    ``out``, keeping every step's work in ``work``."""
+    ``out``, keeping every step's work in ``work``. ``numerics``: how the encoder and the training step compute on a
+    CPU (``autoprompt.device.Numerics``; the default is the pipeline's exact path)."""
     section = settings.prepare.dataset(DATASET)
     assert isinstance(section, FolderPrepare), "folder_settings gives a folder section"
+    settings = settings.model_copy(update={"encode": encode_for(settings.encode, numerics)})
     encode = settings.encode
     checkpoints.resolve_checkpoint(encode.backbone, encode.checkpoint, "--checkpoint")  # before any long work
     with hold(work, f"autoprompt train {data}", "autoprompt-train"):
         clear_stale(work)
-        return _train_held(data, out, work, settings, section)
+        return _train_held(data, out, work, settings, section, numerics)
 
 
-def _train_held(data: Path, out: Path, work: Path, settings: Settings, section: FolderPrepare) -> Summary:
+def _train_held(
+    data: Path, out: Path, work: Path, settings: Settings, section: FolderPrepare, numerics: Numerics
+) -> Summary:
     """``train_folder``'s steps, once the work folder is held."""
     seconds: dict[str, float] = {}
     start = time.perf_counter()
@@ -226,7 +238,13 @@ def _train_held(data: Path, out: Path, work: Path, settings: Settings, section: 
     spec = settings.task(DATASET)
     task = load_task(DATASET, spec, files, settings.prepare.min_foreground, settings.encode.backbone)
     jobs, trained = train_task(
-        task, train, settings.encode, settings.augment, work / "models", views if settings.augment.count else None
+        task,
+        train,
+        settings.encode,
+        settings.augment,
+        work / "models",
+        views if settings.augment.count else None,
+        numerics,
     )
     seconds["train"] = time.perf_counter() - start
 

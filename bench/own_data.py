@@ -5,7 +5,9 @@ walkthrough's ten boxes, masks from the annotated outlines). Then, as a user wou
 ``autoprompt train`` (``examples/own-data/params.yaml``: LiteMedSAM, the augmented recipe, three runs, the margin
 chosen on the training boxes), ``autoprompt predict`` on every image, ``autoprompt evaluate`` on the images that did
 not train (Dice, NSD, HD95 on each image's own grid). Each command's wall time is measured once, from a work folder
-left empty (``--fresh``) or as the last call left it.
+left empty (``--fresh``, which also empties torch.compile's kernel cache: a first call) or as the last call left it.
+``train`` and ``predict`` run on their default, fast CPU numerics, or with ``--exact`` on the pipeline's path
+(``autoprompt.device.Numerics``); ``own_data.json`` and ``own_data_exact.json`` hold one each.
 
 Beside the model's own margin, on the same images and the same encoded slices: the heads' masks not re-prompted,
 re-prompted at ``reprompt.fallback`` (0.1), and the backbone prompted with each image's tight box (the box of its
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -30,16 +33,18 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from autoprompt.cpu_paths import CPU_CODE_PATHS
+
 log = logging.getLogger("bench.own_data")
 
 WALKTHROUGH = common.REPO / "examples" / "own-data"
 THREADS = 2
 
 
-def command(*argv: object) -> float:
+def command(*argv: object, env: dict | None = None) -> float:
     """Run one ``autoprompt`` command (or a script) as a user would; its wall seconds."""
     start = time.perf_counter()
-    subprocess.run([str(a) for a in argv], check=True, cwd=common.REPO)
+    subprocess.run([str(a) for a in argv], check=True, cwd=common.REPO, env=env)
     return time.perf_counter() - start
 
 
@@ -122,14 +127,19 @@ def main() -> None:
     parser.add_argument("--hc18", type=Path, default=common.DEFAULT_HC18, help="the HC18 sample (official layout)")
     parser.add_argument("--work", type=Path, default=common.BENCH / ".work" / "own_data")
     parser.add_argument("--fresh", action="store_true", help="start from an empty work folder (times a first run)")
-    parser.add_argument("--name", default="own_data", help="results file bench/results/<name>.json")
+    parser.add_argument("--exact", action="store_true", help="train and predict with --exact (the pipeline's numerics)")
+    parser.add_argument("--name", help="results file bench/results/<name>.json (default: own_data[_exact])")
     args, machine = common.parse_and_start(parser)
+    args.name = args.name or ("own_data_exact" if args.exact else "own_data")
     if not (args.hc18 / "training_set").is_dir():
         raise SystemExit(f"{args.hc18}: real HC18 sample not found (no training_set/); pass --hc18 PATH")
     work = args.work.resolve()
     if args.fresh:
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in CPU_CODE_PATHS and k != "AUTOPROMPT_NUMERICS"}
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(work / "inductor")  # under the work folder: --fresh starts it empty
+    exact = ["--exact"] if args.exact else []
     data, model, predictions = work / "fetal-head", work / "fetal-head.pt", work / "predictions"
     if not data.exists():
         command(sys.executable, WALKTHROUGH / "gather.py", "--hc18", args.hc18.resolve(), "--boxes",
@@ -139,8 +149,8 @@ def main() -> None:
     predict = [autoprompt, "predict", "-m", model, "-i", data / "images", "-o", predictions, "--overwrite"]
     evaluate = [autoprompt, "evaluate", "--pred", predictions, "--masks", data / "masks", "--boxes", data / "boxes.csv"]
     seconds = {
-        "train": command(*train, "--threads", THREADS),
-        "predict": command(*predict, "--threads", THREADS, "--report", "--masks", data / "masks"),
+        "train": command(*train, "--threads", THREADS, *exact, env=env),
+        "predict": command(*predict, "--threads", THREADS, "--report", "--masks", data / "masks", *exact, env=env),
         "evaluate": command(*evaluate),
     }
     evaluation = json.loads((predictions / "evaluation.json").read_text())
@@ -161,7 +171,13 @@ def main() -> None:
             "what": "autoprompt train on the walkthrough's ten boxes of the real HC18 sample, predict on every image, "
             "evaluate on the images that did not train (each image's own grid); Dice (%) of the model's margin "
             "against no re-prompting, the fixed fallback margin and the tight-box prompt, on the same images",
-            "settings": {"params": "examples/own-data/params.yaml", "threads": THREADS, "fresh": args.fresh},
+            "settings": {
+                "params": "examples/own-data/params.yaml",
+                "threads": THREADS,
+                "fresh": args.fresh,
+                "numerics": "exact (--exact)" if args.exact else "fast (the default)",
+            },
+            "provenance": json.loads((predictions / "predict.json").read_text()),
             "model": {"runs": len(trained.heads), "margin": trained.reprompt_margin, "how": trained.reprompt_how},
             "seconds": {k: round(v, 1) for k, v in seconds.items()},
             "evaluate": evaluation,

@@ -9,22 +9,33 @@ weights: a trained head runs the same operations. Each repeat predicts every inp
 (``overwrite``); the per-step seconds come from ``predict``'s own timings (read, preprocess, encode, decode,
 postprocess, write), medians over ``--repeats``.
 
+On the CPU, each of predict's numerics runs in its own process (the CPU code paths are read when torch loads):
+``fast``, the default (the CPU's own instructions; OpenVINO's bfloat16 encoder and the decoder under bfloat16 autocast
+where the CPU has AVX-512 BF16 or AMX), and ``exact`` (``--exact``: float32, pinned to AVX2, oneDNN off). Whether the
+fast path keeps the masks' Dice is ``bench/own_data.py``'s question.
+
     python bench/predict.py [--hc18 /path/to/hc18-sample] [--images 8] [--volumes 2] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import common
 import torch
 
+from autoprompt.cpu_paths import CPU_CODE_PATHS
 from autoprompt.data.phantoms.acdc import write_acdc_phantoms
 from autoprompt.data.phantoms.hc18 import write_hc18_phantoms
 from autoprompt.data.preprocess import Preprocessing
+from autoprompt.device import EXACT, EXACT_NUMERICS, FAST, Numerics, numerics
 from autoprompt.inference import Model, predict
 from autoprompt.io import file_sha256
 from autoprompt.model import checkpoints
@@ -74,18 +85,23 @@ def acdc_volumes(count: int, scratch: Path) -> list[Path]:
     return sorted((scratch / "acdc/training").glob("patient*/patient*_frame01.nii.gz"))
 
 
-def measure(model: Model, inputs: list[Path], out: Path, device: str, repeats: int, units: int) -> dict:
+def measure(
+    model: Model, inputs: list[Path], out: Path, device: str, repeats: int, units: int, numerics: Numerics
+) -> dict:
     """Median seconds per step and in all over ``repeats`` whole predictions of ``inputs`` (``units`` slices)."""
     rows = []
-    predict(model, inputs[:1], out, device=device, overwrite=True, cache_dir=CACHE)  # warm-up: builds, first calls
+    kwargs = {"device": device, "overwrite": True, "cache_dir": CACHE, "numerics": numerics}
+    predict(model, inputs[:1], out, **kwargs)  # warm-up: builds, first calls
     for _ in range(repeats):
         shutil.rmtree(out, ignore_errors=True)
-        summary = predict(model, inputs, out, device=device, overwrite=True, cache_dir=CACHE)
+        summary = predict(model, inputs, out, **kwargs)
         assert len(summary.written) == len(inputs), "every input is written"
         rows.append({step: summary.timings.get(step, 0.0) for step in STEPS})
     per_step = {step: round(common.median([r[step] for r in rows]), 4) for step in STEPS}
     total = common.median([sum(r.values()) for r in rows])
     return {
+        "encoder": json.loads((out / "predict.json").read_text())["encoder"],
+        "numerics": numerics.record(),
         "inputs": len(inputs),
         "slices": units,
         "repeats": repeats,
@@ -98,12 +114,19 @@ def measure(model: Model, inputs: list[Path], out: Path, device: str, repeats: i
     }
 
 
-def run(device: str, args: argparse.Namespace, images: list[Path], volumes: list[Path], scratch: Path) -> dict:
+def run(
+    device: str,
+    args: argparse.Namespace,
+    images: list[Path],
+    volumes: list[Path],
+    scratch: Path,
+    numerics: Numerics = EXACT_NUMERICS,
+) -> dict:
     hc18 = random_model(Preprocessing(crop=640, fit="crop"), "hc18")
     acdc = random_model(Preprocessing(crop=256, fit="crop", spacing=1.0), "acdc-lv")
     result = {
-        "2d_hc18_png": measure(hc18, images, scratch / "out2d", device, args.repeats, len(images)),
-        "3d_acdc_nifti": measure(acdc, volumes, scratch / "out3d", device, args.repeats, 10 * len(volumes)),
+        "2d_hc18_png": measure(hc18, images, scratch / "out2d", device, args.repeats, len(images), numerics),
+        "3d_acdc_nifti": measure(acdc, volumes, scratch / "out3d", device, args.repeats, 10 * len(volumes), numerics),
     }
     for name, row in result.items():
         log.info(
@@ -117,27 +140,57 @@ def run(device: str, args: argparse.Namespace, images: list[Path], volumes: list
     return result
 
 
+def cpu_worker(mode: str, args: argparse.Namespace) -> dict:
+    """The CPU rows of one numerics ``mode``, in this process (started by ``spawn``)."""
+    common.setup_logging()
+    chosen = numerics(mode, torch.device("cpu"), args.threads)
+    with common.scratch_dir() as tmp:
+        scratch = Path(tmp)
+        images, _ = hc18_images(args.hc18, args.images, scratch)
+        return run("cpu", args, images, acdc_volumes(args.volumes, scratch), scratch, chosen)
+
+
+def spawn(mode: str) -> dict:
+    """``cpu_worker(mode)`` in a new process, its CPU code paths pinned for ``exact`` and left alone for ``fast``."""
+    env = {k: v for k, v in os.environ.items() if k not in CPU_CODE_PATHS}
+    env.update(CPU_CODE_PATHS if mode == EXACT else {})
+    done = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--worker", mode], env=env, stdout=subprocess.PIPE)
+    if done.returncode:
+        raise RuntimeError(f"the {mode} worker failed (its log is above)")
+    return json.loads(done.stdout.decode().strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hc18", type=Path, default=common.DEFAULT_HC18, help="HC18 sample, official layout")
     parser.add_argument("--images", type=int, default=8, help="2D images per repeat")
     parser.add_argument("--volumes", type=int, default=2, help="3D volumes (10 slices each) per repeat")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--worker", choices=(FAST, EXACT), help=argparse.SUPPRESS)
+    if "--worker" in sys.argv:
+        parser.add_argument("--threads", type=int)
+        args = parser.parse_args()
+        print(json.dumps(cpu_worker(args.worker, args)))
+        return
     args, machine = common.parse_and_start(parser)
+    cpu = {mode: spawn(mode) for mode in (FAST, EXACT)}
+    fast, exact = (cpu[m]["2d_hc18_png"]["inputs_per_second"] for m in (FAST, EXACT))
+    cpu["fast_over_exact_2d"] = round(fast / exact, 2)
+    log.info("2D HC18: %.2f images/s fast, %.2f exact (%.2fx)", fast, exact, fast / exact)
     with common.scratch_dir() as tmp:
         scratch = Path(tmp)
         images, source = hc18_images(args.hc18, args.images, scratch)
         volumes = acdc_volumes(args.volumes, scratch)
-        cpu = run("cpu", args, images, volumes, scratch)
         gpu = run("cuda", args, images, volumes, scratch) if common.gpu_device() else common.NO_GPU
     common.write_result(
         "predict",
         {
             "benchmark": "predict",
             "what": "autoprompt.predict end to end (files in, masks written), LiteMedSAM, one random head; "
-            "median seconds per step over the repeats",
+            "median seconds per step over the repeats; on the CPU the fast numerics (the default) and --exact's, "
+            "each in its own process",
             "machine": machine,
-            "settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}},
+            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "worker"},
             "data": {"2d": source, "3d": "ACDC-like phantom volumes, 216 x 256 x 10, 1.25-1.75 mm in-plane"},
             "cpu": cpu,
             "gpu": gpu,

@@ -408,6 +408,12 @@ def test_predict_never_writes_into_or_over_its_inputs(trained: Path, tmp_path: P
     again = predict(trained / "model.pt", [images / "img1.png"], out, device="cpu", cache_dir=RUNTIME_CACHE,
                     overwrite=True)  # fmt: skip
     assert first.written == again.written == [out / "img1.png"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "predict.json").write_text("a user's notes")  # where predict records what made its outputs
+    with pytest.raises(InputError, match=r"predict\.json: exists and autoprompt predict did not write it"):
+        predict(trained / "model.pt", [images / "img1.png"], elsewhere, device="cpu", cache_dir=RUNTIME_CACHE)
+    assert (elsewhere / "predict.json").read_text() == "a user's notes"
 
 
 def test_train_and_export_write_only_model_files_outside_their_inputs(trained: Path, tmp_path: Path) -> None:

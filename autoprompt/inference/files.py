@@ -20,6 +20,7 @@ train`` chose, volumes fitted, slices judged absent emptied and logged); ``repor
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -36,7 +37,7 @@ from tqdm import tqdm
 from autoprompt import __version__
 from autoprompt.data.dicom import write_seg
 from autoprompt.data.images import DICOM, DICOM_FIX, PICTURES, is_image, read_image, suffix, write_like
-from autoprompt.device import select_device
+from autoprompt.device import EXACT_NUMERICS, Numerics, select_device
 from autoprompt.errors import InputError
 from autoprompt.inference import report
 from autoprompt.inference.model import Model, load_model
@@ -45,6 +46,7 @@ from autoprompt.inference.predictor import Predictor
 from autoprompt.inference.presence import Presence
 from autoprompt.inference.report import Entry, write_report
 from autoprompt.inference.report import entry as report_entry
+from autoprompt.io import write_text
 from autoprompt.model.checkpoints import is_packaged
 from autoprompt.outputs import HOST, clear_stale, hold, refuse_overlap
 
@@ -159,11 +161,15 @@ def record_output(output_dir: Path, path: Path) -> None:
         os.close(handle)
 
 
-def refuse_foreign_outputs(targets: list[Target], output_dir: Path, overlays: bool, report: bool) -> None:
-    """Refuse to write where a file stands that predict did not write (``written_before``)."""
+def refuse_foreign_outputs(
+    targets: list[Target], output_dir: Path, overlays: bool, report: bool, provenance: Path | None = None
+) -> None:
+    """Refuse to write where a file stands that predict did not write (``written_before``): the targets' outputs (and
+    overlays), the report, and the ``provenance`` file."""
     ours = written_before(output_dir)
     paths = [p for t in targets for p in ((t.output, t.overlay) if overlays else (t.output,))]
-    for path in [*paths, output_dir / REPORT] if report else paths:
+    paths += ([output_dir / REPORT] if report else []) + ([provenance] if provenance is not None else [])
+    for path in paths:
         if path.exists() and path.relative_to(output_dir).as_posix() not in ours:
             raise InputError(
                 f"{path}: exists and autoprompt predict did not write it, so it is not replaced (--overwrite "
@@ -281,6 +287,7 @@ def predict(
     boxes: Path | str | None = None,
     label: str | None = None,
     output_format: str = "auto",
+    numerics: Numerics = EXACT_NUMERICS,
 ) -> Summary:
     """Segment every input with ``model`` (a run folder, a folder of runs, an exported file, or a ``Model``) and
     write the results under ``output_dir``; see the module's docstring. ``label_value``: the value written inside
@@ -298,7 +305,9 @@ def predict(
     regime, else the model's own (``autoprompt.inference.policy.resolve``).
     ``report``: write ``output_dir/report.html``, each input scored against its mask in ``masks`` or its box in
     ``boxes`` (``label``: the boxes' label, where the file holds several), else by the runs' agreement.
-    ``output_format``: a DICOM series' mask as a DICOM SEG of the series (``auto``, ``dicom-seg``) or ``nifti``."""
+    ``output_format``: a DICOM series' mask as a DICOM SEG of the series (``auto``, ``dicom-seg``) or ``nifti``.
+    ``numerics``: how the encoder computes on a CPU (``autoprompt.device.Numerics``; the default is the exact path).
+    What made the outputs (model, encoder, numerics, policy) goes into ``output_dir/predict.json``."""
     if on_error not in ON_ERROR:
         raise InputError(f"on_error is {on_error!r}; use stop or skip")
     if not 0 <= part_id < num_parts:
@@ -343,7 +352,8 @@ def predict(
     with hold(output_dir, f"autoprompt predict{part.replace('-', ' ')}", f"autoprompt-predict{part}"):
         clear_stale(output_dir, TEMPORARY, own_host_only=True)
         clear_stale(output_dir)
-        refuse_foreign_outputs(targets, output_dir, overlays, report)
+        provenance = output_dir / f"predict{part}.json"
+        refuse_foreign_outputs(targets, output_dir, overlays, report, provenance)
         summary, todo, existing = Summary(), [], []
         for target in targets:
             (existing if target.done(overlays) and not overwrite else todo).append(target)
@@ -359,10 +369,16 @@ def predict(
         if todo:
             predictor = Predictor(
                 model, select_device(device, "--device"), batch_size, checkpoint, runtime, cache_dir, margin, threshold,
-                volume_min_iou, policy.presence,
+                volume_min_iou, policy.presence, numerics,
+            )  # fmt: skip
+            log.info(
+                "encoder: %s %s; %s", predictor.encoder_choice.runtime, predictor.encoder_choice.precision,
+                numerics.describe(),
             )  # fmt: skip
             _predict_targets(todo, predictor, summary, threshold, probabilities, label_value, overlays, on_error,
                              references if report else None, entries, output_dir)  # fmt: skip
+            record_output(output_dir, provenance)
+            write_text(provenance, json.dumps(_provenance(model, predictor, policy, threshold), indent=1) + "\n")
         if report:
             title = f"autoprompt predict: {model.describe()}, {len(entries)} inputs"
             report_path = output_dir / REPORT
@@ -377,6 +393,21 @@ def predict(
             len(summary.failed),
         )
         return summary
+
+
+def _provenance(model: Model, predictor: Predictor, policy, threshold: float) -> dict:
+    """What the last call's outputs were made with: the model, the encoder, the CPU numerics and the policy."""
+    return {
+        "autoprompt": __version__,
+        "model": model.describe(),
+        "encoder": {"runtime": predictor.encoder_choice.runtime, "precision": predictor.encoder_choice.precision},
+        "device": predictor.device.type,
+        "numerics": predictor.numerics.record(),
+        "threshold": threshold,
+        "reprompt_margin": policy.margin,
+        "volume_min_iou": policy.volume_min_iou,
+        "presence": None if policy.presence is None else policy.presence.describe(),
+    }
 
 
 def _predict_targets(

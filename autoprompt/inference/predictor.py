@@ -19,6 +19,7 @@ import SimpleITK as sitk
 import torch
 
 from autoprompt.data.images import Framed, Stack, as_stack, frame_slices, to_input_grid
+from autoprompt.device import EXACT_NUMERICS, Numerics
 from autoprompt.errors import InputError
 from autoprompt.inference.model import Model
 from autoprompt.inference.presence import Evidence, Presence, absent_slices, gather, slice_agreement
@@ -67,14 +68,19 @@ def checked_checkpoint(model: Model, checkpoint: Path | str | None) -> Path:
     return path
 
 
-def encoder_choice(model: Model, device: torch.device, runtime: str = "auto") -> runtimes.Choice:
+def encoder_choice(
+    model: Model, device: torch.device, runtime: str = "auto", numerics: Numerics = EXACT_NUMERICS
+) -> runtimes.Choice:
     """The runtime and precision that encode for ``model`` on ``device``: on a GPU, torch at the model's precision;
-    on a CPU, ``runtime`` (``auto``: OpenVINO when installed), in bfloat16 only where the model's embeddings were
-    OpenVINO bfloat16 ones, else float32."""
+    on a CPU, ``runtime`` (``auto``: OpenVINO when installed), in bfloat16 with OpenVINO where ``numerics`` is the
+    fast path with bfloat16 (``bench/results/precision.json`` measures what it changes), or where the model's
+    embeddings were OpenVINO bfloat16 ones; else float32."""
     if device.type != "cpu":
         chosen = "torch" if runtime == "auto" else runtime
         return runtimes.choose(chosen, device, gpu_autocast=model.precision, key=OPTION)
     chosen = runtimes.choose(runtime, device, key=OPTION)
+    if chosen.runtime == "openvino" and numerics.precision == "bfloat16":
+        return runtimes.Choice(chosen.runtime, "bfloat16")
     if chosen.runtime == "openvino" == model.runtime and model.precision in runtimes.OPENVINO_PRECISIONS:
         return runtimes.Choice(chosen.runtime, model.precision)
     return chosen
@@ -102,6 +108,7 @@ class Predictor:
         threshold: float = 0.5,
         volume_min_iou: float | None = None,
         presence: Presence | None = None,
+        numerics: Numerics = EXACT_NUMERICS,
     ) -> None:
         if reprompt_margin is not None and reprompt_margin < 0:
             raise InputError(f"reprompt margin is {reprompt_margin}; give a fraction >= 0 of the box's side")
@@ -112,7 +119,8 @@ class Predictor:
         path = checked_checkpoint(model, checkpoint)
         state = backbones.load_state_dict(path)
         self.model, self.device, self.batch_size = model, device, batch_size
-        choice = encoder_choice(model, device, runtime)
+        choice = encoder_choice(model, device, runtime, numerics)
+        self.encoder_choice, self.numerics = choice, numerics
         cache_dir = runtimes.default_cache_dir() if cache_dir is None else Path(cache_dir)
         self.encoder = runtimes.build_encoder(model.backbone, path, choice, device, cache_dir, state)
         self.decoder = backbones.build_prompt_decoder(model.backbone, path, state).to(device)
@@ -139,6 +147,11 @@ class Predictor:
         """``decode``'s probabilities, the mean Dice of each head's mask with the ensemble's (None: one head), the
         slices prompted again from their neighbours' boxes, per reason, the slices emptied as absent and the
         evidence they were judged by."""
+        with self.numerics.autocast(self.device):  # bfloat16 on the fast path where the CPU has it
+            return self._decode_all(embeddings)
+
+    def _decode_all(self, embeddings: torch.Tensor) -> tuple[np.ndarray, float | None, Counter, list[int], Evidence]:
+        """``_decode``'s work, under the numerics' autocast."""
         start = time.perf_counter()
         size = self.model.label_size
         scored = [

@@ -127,7 +127,7 @@ def decode_scored(
             scaled = scale_boxes(boxes[start : start + batch_size].to(device), label_size, decoder.input_size)
             sparse, dense = decoder.box_prompt(scaled)
         logits, iou = decoder.scored(x, sparse, dense)
-        out.append(torch.sigmoid(to_label_size(logits, label_size)).cpu())
+        out.append(torch.sigmoid(to_label_size(logits.float(), label_size)).cpu())  # float32 under autocast too
         ious.append(iou.float().cpu())
     return torch.cat(out), torch.cat(ious)
 
@@ -155,5 +155,5 @@ def decode(
             logits = head_logits(head, decoder, x)
         else:
             logits = box_logits(decoder, x, boxes[start : start + batch_size].to(device), label_size)
-        out.append(torch.sigmoid(to_label_size(logits, label_size)).cpu())
+        out.append(torch.sigmoid(to_label_size(logits.float(), label_size)).cpu())  # float32 under autocast too
     return torch.cat(out)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from autoprompt.data import embeddings, views
 from autoprompt.data.tasks import Task
-from autoprompt.device import select_device
+from autoprompt.device import EXACT, EXACT_NUMERICS, Numerics, select_device
 from autoprompt.errors import InputError
 from autoprompt.io import atomic_path
 from autoprompt.model import backbones, checkpoints
@@ -48,8 +48,19 @@ class HeadJob:
     record: dict
 
 
-def run_record(task: Task, recipe: str, run: Run, config: TrainConfig, hashes: dict[str, str], code: str) -> dict:
-    """Everything a run's result depends on; its fingerprint decides whether a saved run can be kept."""
+def run_record(
+    task: Task,
+    recipe: str,
+    run: Run,
+    config: TrainConfig,
+    hashes: dict[str, str],
+    code: str,
+    numerics: Numerics = EXACT_NUMERICS,
+) -> dict:
+    """Everything a run's result depends on; its fingerprint decides whether a saved run can be kept. The fast CPU
+    numerics are part of it (their numbers depend on the CPU); the exact path adds nothing, so records from before
+    the fast path existed still match."""
+    fast = {} if numerics.mode == EXACT else {"numerics": numerics.record()}
     return {
         **task.identity(),
         "recipe": recipe,
@@ -59,6 +70,7 @@ def run_record(task: Task, recipe: str, run: Run, config: TrainConfig, hashes: d
         "train": dataclasses.asdict(config),
         "inputs_sha256": hashes,
         "code_sha256": code,
+        **fast,
     }
 
 
@@ -78,7 +90,9 @@ def view_hashes(data: TaskInputs, ids: tuple[str, ...]) -> dict[str, str]:
     }
 
 
-def plan_head_jobs(task: Task, train: TrainSettings, data: TaskInputs) -> list[HeadJob]:
+def plan_head_jobs(
+    task: Task, train: TrainSettings, data: TaskInputs, numerics: Numerics = EXACT_NUMERICS
+) -> list[HeadJob]:
     """Every run of every recipe, with the hashes of its boxes, pseudo-labels and (for ``best``) validation boxes."""
     code = sources_sha256(__name__)
     val_ids = tuple(task.rows("val")["id"])
@@ -111,16 +125,25 @@ def plan_head_jobs(task: Task, train: TrainSettings, data: TaskInputs) -> list[H
             if config.select == "best" and val_ids:
                 hashes["validation_boxes"] = array_sha256(data.boxes(val_ids))
             jobs.append(
-                HeadJob(f"{recipe}/{run.key}", run, config, run_record(task, recipe, run, config, hashes, code))
+                HeadJob(
+                    f"{recipe}/{run.key}", run, config, run_record(task, recipe, run, config, hashes, code, numerics)
+                )
             )
     return jobs
 
 
 def train_head_job(
-    job: HeadJob, task: Task, data: TaskInputs, validation: ValidationSet | None, out: Path, checkpoint: str | None
+    job: HeadJob,
+    task: Task,
+    data: TaskInputs,
+    validation: ValidationSet | None,
+    out: Path,
+    checkpoint: str | None,
+    numerics: Numerics = EXACT_NUMERICS,
 ) -> None:
     """Train one run into ``out/<key>`` (whole or not at all), with its dvclive logs and its inputs.
-    ``checkpoint``: the configured backbone checkpoint path, recorded for ``predict`` (None for packaged weights)."""
+    ``checkpoint``: the configured backbone checkpoint path, recorded for ``predict`` (None for packaged weights).
+    ``numerics``: how the training step computes on a CPU."""
     pseudo = data.pseudo(job.run.ids) if job.config.loss.pseudo_label else None
     with (
         atomic_path(out / job.key) as folder,
@@ -149,6 +172,7 @@ def train_head_job(
             validation=validation,
             on_epoch=on_epoch,
             views=data.views(job.run.ids) if uses_views(job.config, job.run, data) else None,
+            numerics=numerics,
         )
         live.end()
         save_inputs(folder, list(job.run.ids), data.boxes(job.run.ids), pseudo)
@@ -177,10 +201,11 @@ def train_task(
     augment: AugmentSettings,
     out: Path,
     views_store: Path | None = None,
+    numerics: Numerics = EXACT_NUMERICS,
 ) -> tuple[list[HeadJob], int]:
     """Train every planned run of ``task`` that ``out`` does not hold already, then remove the run folders of earlier
     plans; returns the plan and how many of its runs were trained. ``views_store``: the augment stage's encoded views
-    (None: no views)."""
+    (None: no views). ``numerics``: the training step's CPU numerics (the stages keep the exact default)."""
     if task.preprocessing is None:
         raise InputError(f"{task.files.prepared}: made before stores recorded their preprocessing; prepare it again")
     checkpoint = task_checkpoint(task, encode)
@@ -188,7 +213,7 @@ def train_task(
     decoder = backbones.build_prompt_decoder(encode.backbone, checkpoint).to(device)
     store = open_views(views_store, task, augment) if views_store else None
     data = TaskInputs(task, decoder, device, train.predict_batch_size, store, augment)
-    jobs = plan_head_jobs(task, train, data)
+    jobs = plan_head_jobs(task, train, data, numerics)
     todo = [job for job in jobs if not runs.is_done(out / job.key, job.record)]
     log.info(
         "%s: %d runs planned, %d already trained, %d to train", task.name, len(jobs), len(jobs) - len(todo), len(todo)
@@ -196,7 +221,7 @@ def train_task(
     validation = data.validation(with_masks=True) if todo and train.validate_every else None
     configured = None if checkpoints.is_packaged(encode.backbone) else encode.checkpoint
     for job in todo:
-        train_head_job(job, task, data, validation, out, configured)
+        train_head_job(job, task, data, validation, out, configured, numerics)
     removed = runs.remove_stale(out, {job.key for job in jobs})
     if removed:
         log.info("%s: removed runs of earlier params: %s", task.name, ", ".join(removed))

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from autoprompt.device import EXACT_NUMERICS, Numerics
 from autoprompt.errors import InputError
 from autoprompt.geometry import warp, warp_boxes
 from autoprompt.model.decoding import PromptDecoder, head_logits, scale_boxes, to_label_size
@@ -120,6 +121,42 @@ def make_head(decoder: PromptDecoder, prompt: str, scale: float, seed: int, boxe
     return head
 
 
+_COMPILED: dict[tuple, Callable] = {}
+# inductor's pattern matcher turns the decoder's attention (7 tokens against 4096) into the CPU flash-attention
+# kernel, whose backward took a third of the compiled step; without it the step is faster (bench/train_step.py)
+COMPILE_OPTIONS = {"pattern_matcher": False}
+
+
+def step_logits(
+    numerics: Numerics, options: dict | None = None, channels_last: bool = True
+) -> Callable[[PromptHead, PromptDecoder, Tensor], Tensor]:
+    """``head_logits`` as the training step runs it under ``numerics``: through ``torch.compile`` (once per process and
+    ``options``, default ``COMPILE_OPTIONS``; the batch size dynamic, so the last short batch of an epoch and every run
+    reuse one compiled graph; inductor keeps its kernels in its cache across processes), the embeddings in
+    channels-last memory format when compiled (``channels_last``), and under bfloat16 autocast where ``numerics`` says
+    so. The logits come back in float32, so the losses are always taken in float32. ``bench/train_step.py`` times
+    each of these levers alone and together."""
+    forward = head_logits
+    if numerics.compile:
+        options = COMPILE_OPTIONS if options is None else options
+        key = tuple(sorted(options.items()))
+        if key not in _COMPILED:
+            # a compiler that fails (a missing header, say) leaves the step eager, with inductor's error in the log
+            torch._dynamo.config.suppress_errors = True
+            _COMPILED[key] = torch.compile(head_logits, dynamic=True, options=dict(options))
+        forward = _COMPILED[key]
+    reformat = numerics.compile and channels_last
+
+    def logits(head: PromptHead, decoder: PromptDecoder, x: Tensor) -> Tensor:
+        if reformat:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with numerics.autocast(x.device):
+            out = forward(head, decoder, x)
+        return out.float()
+
+    return logits
+
+
 def live_fraction(probs: Tensor) -> float:
     """The share of pixels whose probability is not saturated at 0 or 1."""
     return float(((probs > SATURATED) & (probs < 1 - SATURATED)).float().mean())
@@ -137,6 +174,7 @@ def train_head(
     validation: ValidationSet | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     views: Views | None = None,
+    numerics: Numerics = EXACT_NUMERICS,
 ) -> TrainResult:
     """Train a head on N embeddings (N x 256 x 64 x 64, any float dtype) and their N x 4 tight boxes (label frame).
 
@@ -145,7 +183,8 @@ def train_head(
     scored every ``config.validate_every`` epochs; with ``select: best`` the head of the best epoch by Dice against the
     box-prompted masks is returned. Adam with weight decay, a multi-step schedule and optional gradient clipping;
     batches and transforms are drawn by generators seeded with ``seed``. ``on_epoch(epoch, terms)`` receives the
-    epoch's mean loss terms, learning rate, barrier t and validation scores.
+    epoch's mean loss terms, learning rate, barrier t and validation scores. ``numerics``: how the step computes on a
+    CPU (``step_logits``; the default is the exact float32 path).
     """
     assert embeddings.ndim == 4 and boxes.shape == (len(embeddings), 4), (
         f"expected N x 256 x 64 x 64 embeddings and N x 4 boxes, got {tuple(embeddings.shape)}, {tuple(boxes.shape)}"
@@ -169,6 +208,7 @@ def train_head(
     transforms = torch.Generator().manual_seed(seed + 1_000_003)
     picks = torch.Generator().manual_seed(seed + 2_000_003)  # its own stream: without views, nothing changes
     check_start(head, decoder, embeddings[: config.batch_size].to(device).float(), label_size)
+    logits = step_logits(numerics)
 
     history: list[dict[str, float]] = []
     best: tuple[float, int, dict] | None = None
@@ -181,7 +221,7 @@ def train_head(
                 x, b, target = _with_views(batch, x, b, target, views, config.augment.views, picks)
             target = target.to(device) if target is not None else None
             terms = _batch_terms(
-                head, decoder, x.to(device).float(), b.to(device), target, label_size, config, t, transforms
+                head, decoder, x.to(device).float(), b.to(device), target, label_size, config, t, transforms, logits
             )
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
@@ -242,20 +282,22 @@ def _batch_terms(
     config: TrainConfig,
     t: float,
     generator: torch.Generator,
+    logits: Callable[[PromptHead, PromptDecoder, Tensor], Tensor] = head_logits,
 ) -> dict[str, Tensor]:
     """The loss terms of one batch: box losses (and the pseudo-label loss) at the label size, and the consistency
-    of the prediction on transformed embeddings with the transformed prediction, at 64 x 64."""
+    of the prediction on transformed embeddings with the transformed prediction, at 64 x 64. ``logits``: the
+    decoder's forward (``step_logits``)."""
     if config.augment.moves_inputs:
         moves = random_inputs(len(x), config.augment, generator).to(x.device)
         x, boxes = warp(x, moves), warp_boxes(boxes, moves, label_size)
         if pseudo is not None:
             pseudo = warp(pseudo[:, None].float(), moves, mode="nearest")[:, 0] > 0.5
-    low_res = head_logits(head, decoder, x)
+    low_res = logits(head, decoder, x)
     terms = box_loss(to_label_size(low_res, label_size), boxes, config.loss, t, pseudo)
     if config.loss.consistency:
         matrices = random_affine(len(x), config.augment, generator).to(x.device)
         probs = _grid_probs(low_res)
-        moved = _grid_probs(head_logits(head, decoder, warp(x, matrices)))
+        moved = _grid_probs(logits(head, decoder, warp(x, matrices)))
         terms["consistency"] = consistency_loss(moved, probs, matrices)
         terms["total"] = terms["total"] + config.loss.consistency * terms["consistency"]
     return terms
@@ -280,4 +322,13 @@ def check_start(head: PromptHead, decoder: PromptDecoder, embeddings: Tensor, la
     return live
 
 
-__all__ = ["TrainConfig", "TrainResult", "check_start", "live_fraction", "make_head", "schedule", "train_head"]
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "check_start",
+    "live_fraction",
+    "make_head",
+    "schedule",
+    "step_logits",
+    "train_head",
+]
