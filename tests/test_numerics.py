@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -14,7 +15,7 @@ import torch
 from autoprompt import cli
 from autoprompt.cpu_paths import CPU_CODE_PATHS
 from autoprompt.device import EXACT, EXACT_NUMERICS, FAST, Numerics, cpu_bfloat16, numerics
-from autoprompt.model import backbones
+from autoprompt.model import backbones, checkpoints
 from autoprompt.model.decoding import head_logits
 from autoprompt.training.fewshot import Run
 from autoprompt.training.head_jobs import run_record
@@ -22,12 +23,7 @@ from autoprompt.training.loop import make_head, step_logits, train_head
 from tests.helpers import train_config
 
 CPU = torch.device("cpu")
-needs_bfloat16 = pytest.mark.skipif(not cpu_bfloat16(), reason="this CPU has no AVX-512 BF16 or AMX")
-
-
-@pytest.fixture(scope="module")
-def lite_decoder(lite_checkpoint):
-    return backbones.build_prompt_decoder("lite_medsam", lite_checkpoint).eval().requires_grad_(False)
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -61,49 +57,78 @@ def test_fast_numerics_enter_the_runs_record_and_the_exact_path_adds_nothing():
     assert run_record(task, "workshop", run, config, {}, "code", fast)["numerics"] == fast.record()
 
 
-@needs_bfloat16
-def test_the_bfloat16_step_is_deterministic_and_near_the_exact_one(lite_decoder, restore_exact):
+def _bfloat16_step_is_deterministic_and_near_the_exact_one() -> None:
     """Under bfloat16 autocast (float32 weights, losses and Adam) two runs give the same head, and a trained head's
     logits through the bfloat16 step are its float32 logits to within a few percent. (What the precision does to
     held-out Dice after a whole training is ``bench/own_data.py``'s measure, on real images.)"""
+    decoder = _decoder()
     generator = torch.Generator().manual_seed(0)
     embeddings = torch.randn(4, 256, 64, 64, generator=generator).half()
     boxes = torch.tensor([[20, 30, 90, 100], [10, 10, 60, 80], [40, 40, 120, 110], [5, 50, 70, 120]])
     config = train_config("workshop")
-    exact = train_head(embeddings, boxes, 128, lite_decoder, config, 3, CPU).head
+    exact = train_head(embeddings, boxes, 128, decoder, config, 3, CPU).head
     fast = numerics(FAST, CPU)
     fast = Numerics(fast.mode, "bfloat16", False, fast.isa)
-    heads = [train_head(embeddings, boxes, 128, lite_decoder, config, 3, CPU, numerics=fast).head for _ in range(2)]
+    heads = [train_head(embeddings, boxes, 128, decoder, config, 3, CPU, numerics=fast).head for _ in range(2)]
     for name, value in heads[0].state_dict().items():
         assert torch.equal(value, heads[1].state_dict()[name]), f"{name} differs between identical bfloat16 runs"
         assert value.dtype == torch.float32, f"{name}: the weights stay float32"
     with torch.no_grad():
         x = embeddings.float()
-        a, b = head_logits(exact, lite_decoder, x), step_logits(fast)(exact, lite_decoder, x)
+        a, b = head_logits(exact, decoder, x), step_logits(fast)(exact, decoder, x)
     assert b.dtype == torch.float32
     difference = float((a - b).abs().max() / a.abs().max())
     assert 0 < difference < 0.1, f"bfloat16 logits {difference:.3f} (relative max difference) from float32 ones"
 
 
-@needs_bfloat16
-def test_the_compiled_step_gives_the_eager_steps_logits_and_gradients(lite_decoder, restore_exact):
+def _compiled_step_gives_the_eager_steps_logits_and_gradients() -> None:
     """``torch.compile`` of the decoder's forward (dynamic batch: a short last batch reuses the graph) computes what
     the eager forward does, gradients included."""
+    decoder = _decoder()
     fast = numerics(FAST, CPU)
-    if not fast.compile:
-        pytest.skip("no C++ compiler for torch.compile")
+    assert fast.compile, "no C++ compiler for torch.compile"
     eager, compiled = Numerics(FAST, "float32", False, fast.isa), Numerics(FAST, "float32", True, fast.isa)
     x = torch.randn(3, 256, 64, 64, generator=torch.Generator().manual_seed(1))
     grads = []
     for chosen in (eager, compiled):
-        head = make_head(lite_decoder, "whole_box", 0.01, seed=0)
+        head = make_head(decoder, "whole_box", 0.01, seed=0)
         for batch in (x, x[:2]):
-            out = step_logits(chosen)(head, lite_decoder, batch)
+            out = step_logits(chosen)(head, decoder, batch)
             out.square().mean().backward()
         grads.append((out.detach(), [p.grad.clone() for p in head.parameters()]))
     torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-3, atol=1e-3)
     for g_compiled, g_eager in zip(grads[1][1], grads[0][1], strict=True):
         torch.testing.assert_close(g_compiled, g_eager, rtol=1e-2, atol=1e-3 * float(g_eager.abs().max()))
+
+
+def _decoder():
+    return backbones.build_prompt_decoder("lite_medsam", checkpoints.resolve_checkpoint("lite_medsam", None))
+
+
+NO_BFLOAT16 = 77  # the exit status of a check that found no bfloat16 instructions
+
+
+def _in_a_fresh_process(check: str) -> None:
+    """Run ``check`` (a function of this module) where torch loads unpinned, as ``autoprompt train`` loads it: in this
+    process the suite's stages may have capped oneDNN at AVX2 already, which hides the CPU's bfloat16."""
+    code = (
+        "import sys, torch\nfrom autoprompt.device import cpu_bfloat16\n"
+        f"sys.exit({NO_BFLOAT16}) if not cpu_bfloat16() else None\n"
+        f"from tests.test_numerics import {check}\n{check}()"
+    )
+    clean = {k: v for k, v in os.environ.items() if k not in CPU_CODE_PATHS and k != cli.NUMERICS_VARIABLE}
+    run = subprocess.run([sys.executable, "-c", code], env=clean, cwd=REPO, capture_output=True, text=True)
+    if run.returncode == NO_BFLOAT16:
+        pytest.skip("this CPU has no AVX-512 BF16 or AMX")
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
+def test_the_bfloat16_step_is_deterministic_and_near_the_exact_one():
+    _in_a_fresh_process("_bfloat16_step_is_deterministic_and_near_the_exact_one")
+
+
+def test_the_compiled_step_gives_the_eager_steps_logits_and_gradients():
+    _in_a_fresh_process("_compiled_step_gives_the_eager_steps_logits_and_gradients")
 
 
 def _capability(argv: list[str], **env: str) -> str:

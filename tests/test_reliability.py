@@ -271,7 +271,7 @@ def test_train_reads_the_params_boxes_path_unless_boxes_is_given(
     (tmp_path / "params.yaml").write_text("prepare:\n  mine: {reader: folder, boxes: coco.json}\n")
     read: list[str] = []
 
-    def train_folder(data: Path, out: Path, work: Path, chosen: object) -> own_data.Summary:
+    def train_folder(data: Path, out: Path, work: Path, chosen: object, numerics: object) -> own_data.Summary:
         read.append(chosen.prepare.datasets["data"].boxes)
         assert chosen.prepare.datasets["data"].key("crop").endswith("prepare.mine.crop"), "the user's own key"
         return own_data.Summary(out, 1, 1, 0, None, "as set", {})
