@@ -4,7 +4,7 @@
 AVX2, whatever wider instructions the CPU also has, unless the environment already sets them. The libraries read
 these variables once, when they load: call it before the first ``import torch`` (``stages/__init__.py``, the
 ``autoprompt`` command). With the thread count fixed and oneDNN off in torch (``autoprompt.device.pin_cpu_numerics``)
-a CPU run is then reproducible across machines (README: determinism). This module imports nothing heavy.
+a CPU run is then reproducible across machines (docs/determinism.md). This module imports nothing heavy.
 """
 
 from __future__ import annotations

@@ -121,8 +121,10 @@ EXACT_NUMERICS = Numerics()  # the default of every function that takes numerics
 
 
 def numerics(mode: str, device: torch.device, threads: int | None = None) -> Numerics:
-    """Resolve ``mode`` (``exact`` or ``fast``) on ``device`` and set torch up for it (``pin_cpu_numerics`` for exact;
-    the thread count alone for fast). A GPU gets the exact path (its own float32 numerics, unpinned)."""
+    """Resolve ``mode`` (``exact`` or ``fast``) on ``device`` and set the process up for it: ``pin_cpu_numerics`` for
+    exact; for fast, the thread count, oneDNN on, no pre-filled tensors and ``keep_freed_memory`` (settings that change
+    no number). A GPU gets the exact path (its own float32 numerics, unpinned). The CPU code paths themselves are
+    pinned, or not, before torch loads (``cli.entry``)."""
     if mode not in (EXACT, FAST):
         raise InputError(f"CPU numerics {mode!r}; give exact or fast")
     if device.type != "cpu":

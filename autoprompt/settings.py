@@ -381,7 +381,6 @@ class AugmentSettings(Section):
 
 
 # ----------------------------------------------------------------------------------------------------------- train
-REGIMES = ("fewshot", "all")
 
 
 class Epochs(Section):
@@ -475,7 +474,7 @@ class Recipe(Schedule):
     augment: RecipeAugment = RecipeAugment()
 
 
-# The best recipe measured on real images (README: Real images), the one ``autoprompt train`` uses by default;
+# The best recipe measured on real images (docs/results.md), the one ``autoprompt train`` uses by default;
 # params.yaml spells it out as train.recipes.augmented (tests/test_settings.py keeps the two equal).
 AUGMENTED = {
     "epochs": {"fewshot": 100, "all": 100},

@@ -1,4 +1,4 @@
-"""augment@<dataset>: encode augmented views of the images the few-shot runs train on (README: Augmented views).
+"""augment@<dataset>: encode augmented views of the images the few-shot runs train on (docs/paper.md: Augmented views).
 
 The few-shot subsets of every task of the dataset (``train.shots``, ``subsets``, ``subset_seed``, ``draw``) are drawn
 as the train stage draws them, and each of their images gets ``augment.count`` views, flipped, zoomed, shifted and

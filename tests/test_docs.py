@@ -34,3 +34,37 @@ def test_the_readme_is_read_in_five_minutes() -> None:
     assert "pytest" in commands[1], "the second runs the tests"
     assert not re.search(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{7,40}\b", text), "no commit hashes"
     assert not re.search(r"20\d\d-\d\d-\d\d", text), "no dates of runs"
+
+
+SOURCES = [
+    *sorted((REPO / "autoprompt").rglob("*.py")),
+    *sorted((REPO / "stages").glob("*.py")),
+    *sorted((REPO / "bench").glob("*.py")),
+    *[REPO / f for f in ("params.yaml", "demo/params.yaml", "demo/cardiac/params.yaml", "examples/own-data/params.yaml")],
+]
+README_POINTER = re.compile(r"README(?::|'s) \"?([A-Z][\w ]+?)[\")]")  # (README: Heading) or the README's "Heading"
+DOCS_POINTER = re.compile(r"docs/([\w-]+\.md)(?:: ([A-Z][\w ,]+?))?[),;\s]")
+
+
+def _headings(page: Path) -> set[str]:
+    """A page's headings and its bold paragraph labels (``**Augmented views.**``), as written."""
+    text = page.read_text()
+    return {h.strip() for h in re.findall(r"^#+ (.+)$", text, re.M)} | set(re.findall(r"\*\*([^*]+?)\.\*\*", text))
+
+
+def test_every_pointer_in_code_and_params_resolves() -> None:
+    """A comment or docstring that sends the reader to the README or docs/ names a page that exists, and a heading of
+    it where it names one."""
+    readme = _headings(REPO / "README.md")
+    broken = []
+    for source in SOURCES:
+        text = source.read_text()
+        name = source.relative_to(REPO).as_posix()
+        broken += [f"{name}: README: {h}" for h in README_POINTER.findall(text) if h not in readme]
+        for page, heading in DOCS_POINTER.findall(text):
+            path = REPO / "docs" / page
+            if not path.exists():
+                broken.append(f"{name}: docs/{page}")
+            elif heading and not any(h.startswith(heading) for h in _headings(path)):
+                broken.append(f"{name}: docs/{page}: {heading}")
+    assert not broken, f"pointers to nothing: {broken}"

@@ -1,15 +1,15 @@
 """Re-prompting: the frozen decoder prompted again with the box of the head's own mask, loosened.
 
 The head's masks tend to stop short of a structure's edge, and the backbone's box prompt does better with a box a
-little larger than the structure than with the tight one (README: Real images). ``mask_boxes`` takes the box of each
+little larger than the structure than with the tight one (docs/results.md). ``mask_boxes`` takes the box of each
 mask's largest connected component and moves each side out by ``margin`` times the box's width or height;
 ``reprompt`` decodes those boxes. Images whose mask is empty keep the head's probabilities.
 
 ``choose_margin`` picks the margin from boxes alone (``group_margins``: for each recipe's ensemble): on images with a
 tight box (the validation split), the margin whose re-prompted masks' boxes overlap those tight boxes best, or none (no
 re-prompting) when the head's own masks do better. On real HC18 images this criterion ranks margins as Dice does; on the
-demo's phantoms it turns re-prompting off for the CAMUS atrium, whose masks a loosened box makes worse (README: Real
-images).
+demo's phantoms it turns re-prompting off for the CAMUS atrium, whose masks a loosened box makes worse
+(docs/results.md).
 """
 
 from __future__ import annotations

@@ -17,8 +17,6 @@ from torch import Tensor
 
 from autoprompt.settings import Loss
 
-EPS = 1e-10
-
 
 def log_barrier(z: Tensor, t: float) -> Tensor:
     """Extended log-barrier penalty of a constraint ``z <= 0``.
