@@ -40,7 +40,8 @@ SOURCES = [
     *sorted((REPO / "autoprompt").rglob("*.py")),
     *sorted((REPO / "stages").glob("*.py")),
     *sorted((REPO / "bench").glob("*.py")),
-    *[REPO / f for f in ("params.yaml", "demo/params.yaml", "demo/cardiac/params.yaml", "examples/own-data/params.yaml")],
+    *[REPO / f for f in ("params.yaml", "demo/params.yaml", "demo/cardiac/params.yaml")],
+    REPO / "examples/own-data/params.yaml",
 ]
 README_POINTER = re.compile(r"README(?::|'s) \"?([A-Z][\w ]+?)[\")]")  # (README: Heading) or the README's "Heading"
 DOCS_POINTER = re.compile(r"docs/([\w-]+\.md)(?:: ([A-Z][\w ,]+?))?[),;\s]")
