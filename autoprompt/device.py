@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
 
 import torch
@@ -54,9 +56,6 @@ def cpu_bfloat16() -> bool:
 
 def cpp_compiler() -> str | None:
     """The C++ compiler ``torch.compile`` builds CPU kernels with (``$CXX``, else ``g++``/``clang++``), or None."""
-    import os
-    import shutil
-
     for name in (os.environ.get("CXX"), "g++", "clang++"):
         if name and shutil.which(name):
             return name

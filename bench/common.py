@@ -221,5 +221,15 @@ def load_hc18(root: Path, count: int, crop: int, scratch: Path) -> dict:
     }
 
 
+def numerics_env(pinned: bool, **extra: str) -> dict[str, str]:
+    """This process's environment for a child whose torch loads on the exact path (``pinned``: the CPU code paths of
+    ``autoprompt.cpu_paths`` set) or on the CPU's own instructions (none of them, nor ``AUTOPROMPT_NUMERICS``), plus
+    ``extra``: the variables are read once, when torch loads, so a lever of its own needs a process of its own."""
+    from autoprompt.cpu_paths import CPU_CODE_PATHS
+
+    env = {k: v for k, v in os.environ.items() if k not in CPU_CODE_PATHS and k != "AUTOPROMPT_NUMERICS"}
+    return {**env, **(CPU_CODE_PATHS if pinned else {}), **extra}
+
+
 def scratch_dir() -> tempfile.TemporaryDirectory:
     return tempfile.TemporaryDirectory(prefix="autoprompt-bench-")

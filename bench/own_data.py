@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -32,8 +31,6 @@ import common
 import numpy as np
 import SimpleITK as sitk
 import torch
-
-from autoprompt.cpu_paths import CPU_CODE_PATHS
 
 log = logging.getLogger("bench.own_data")
 
@@ -137,8 +134,7 @@ def main() -> None:
     if args.fresh:
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k not in CPU_CODE_PATHS and k != "AUTOPROMPT_NUMERICS"}
-    env["TORCHINDUCTOR_CACHE_DIR"] = str(work / "inductor")  # under the work folder: --fresh starts it empty
+    env = common.numerics_env(False, TORCHINDUCTOR_CACHE_DIR=str(work / "inductor"))  # --fresh: an empty cache
     exact = ["--exact"] if args.exact else []
     data, model, predictions = work / "fetal-head", work / "fetal-head.pt", work / "predictions"
     if not data.exists():

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -31,7 +30,6 @@ from pathlib import Path
 import common
 import torch
 
-from autoprompt.cpu_paths import CPU_CODE_PATHS
 from autoprompt.data.phantoms.acdc import write_acdc_phantoms
 from autoprompt.data.phantoms.hc18 import write_hc18_phantoms
 from autoprompt.data.preprocess import Preprocessing
@@ -69,15 +67,23 @@ def random_model(preprocessing: Preprocessing, task: str) -> Model:
     )
 
 
+def hc18_source(root: Path) -> str:
+    """Where the 2D images come from: the real sample, or phantoms in its layout where it is absent."""
+    return (
+        f"real HC18 ({root})"
+        if (root / "training_set").is_dir()
+        else "phantoms (autoprompt.data.phantoms.hc18, seed 0)"
+    )
+
+
 def hc18_images(root: Path, count: int, scratch: Path) -> tuple[list[Path], str]:
     """The first ``count`` ``NNN_HC.png`` of the sample (phantoms where it is absent) and where they come from."""
     folder = root / "training_set"
-    source = f"real HC18 ({root})"
     if not folder.is_dir():
         log.warning("real HC18 data NOT FOUND at %s; timing phantoms in the HC18 layout instead", root)
         write_hc18_phantoms(scratch / "hc18", subjects=count, size=(800, 540), seed=0, second_image=0.0)
-        folder, source = scratch / "hc18/training_set", "phantoms (autoprompt.data.phantoms.hc18, seed 0)"
-    return sorted(folder.glob("[0-9][0-9][0-9]_HC.png"))[:count], source
+        folder = scratch / "hc18/training_set"
+    return sorted(folder.glob("[0-9][0-9][0-9]_HC.png"))[:count], hc18_source(root)
 
 
 def acdc_volumes(count: int, scratch: Path) -> list[Path]:
@@ -152,8 +158,7 @@ def cpu_worker(mode: str, args: argparse.Namespace) -> dict:
 
 def spawn(mode: str) -> dict:
     """``cpu_worker(mode)`` in a new process, its CPU code paths pinned for ``exact`` and left alone for ``fast``."""
-    env = {k: v for k, v in os.environ.items() if k not in CPU_CODE_PATHS}
-    env.update(CPU_CODE_PATHS if mode == EXACT else {})
+    env = common.numerics_env(mode == EXACT)
     done = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--worker", mode], env=env, stdout=subprocess.PIPE)
     if done.returncode:
         raise RuntimeError(f"the {mode} worker failed (its log is above)")
@@ -177,11 +182,12 @@ def main() -> None:
     fast, exact = (cpu[m]["2d_hc18_png"]["inputs_per_second"] for m in (FAST, EXACT))
     cpu["fast_over_exact_2d"] = round(fast / exact, 2)
     log.info("2D HC18: %.2f images/s fast, %.2f exact (%.2fx)", fast, exact, fast / exact)
-    with common.scratch_dir() as tmp:
-        scratch = Path(tmp)
-        images, source = hc18_images(args.hc18, args.images, scratch)
-        volumes = acdc_volumes(args.volumes, scratch)
-        gpu = run("cuda", args, images, volumes, scratch) if common.gpu_device() else common.NO_GPU
+    source, gpu = hc18_source(args.hc18), common.NO_GPU
+    if common.gpu_device():
+        with common.scratch_dir() as tmp:
+            scratch = Path(tmp)
+            images, _ = hc18_images(args.hc18, args.images, scratch)
+            gpu = run("cuda", args, images, acdc_volumes(args.volumes, scratch), scratch)
     common.write_result(
         "predict",
         {

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -141,12 +140,7 @@ def worker(name: str, args: argparse.Namespace) -> dict:
 
 def spawn(name: str, args: argparse.Namespace, data: Path, cache: Path) -> dict:
     """Run ``worker(name)`` in a new process with the environment its lever needs."""
-    from autoprompt.cpu_paths import CPU_CODE_PATHS
-
-    env = {k: v for k, v in os.environ.items() if k not in CPU_CODE_PATHS}
-    if LEVERS[name][0]:
-        env.update(CPU_CODE_PATHS)
-    env["TORCHINDUCTOR_CACHE_DIR"] = str(cache)
+    env = common.numerics_env(LEVERS[name][0], TORCHINDUCTOR_CACHE_DIR=str(cache))
     command = [sys.executable, __file__, "--worker", name, "--data", str(data), "--steps", str(args.steps)]
     command += ["--warmup", str(args.warmup)] + (["--threads", str(args.threads)] if args.threads else [])
     done = subprocess.run(command, env=env, capture_output=True, text=True)

@@ -41,7 +41,7 @@ from autoprompt.device import EXACT_NUMERICS, Numerics, select_device
 from autoprompt.errors import InputError
 from autoprompt.inference import report
 from autoprompt.inference.model import Model, load_model
-from autoprompt.inference.policy import FROM_MODEL, resolve
+from autoprompt.inference.policy import FROM_MODEL, Policy, resolve
 from autoprompt.inference.predictor import Predictor
 from autoprompt.inference.presence import Presence
 from autoprompt.inference.report import Entry, write_report
@@ -395,7 +395,7 @@ def predict(
         return summary
 
 
-def _provenance(model: Model, predictor: Predictor, policy, threshold: float) -> dict:
+def _provenance(model: Model, predictor: Predictor, policy: Policy, threshold: float) -> dict:
     """What the last call's outputs were made with: the model, the encoder, the CPU numerics and the policy."""
     return {
         "autoprompt": __version__,
