@@ -95,13 +95,6 @@ def head_logits(head: nn.Module, decoder: PromptDecoder, embeddings: Tensor) -> 
     return decoder(embeddings, sparse, dense)
 
 
-def box_logits(decoder: PromptDecoder, embeddings: Tensor, boxes: Tensor, label_size: int) -> Tensor:
-    """B x 256 x 64 x 64 embeddings and B x 4 boxes (label frame) -> B x 1 x 256 x 256 low-resolution logits of the
-    box prompts."""
-    sparse, dense = decoder.box_prompt(scale_boxes(boxes, label_size, decoder.input_size))
-    return decoder(embeddings, sparse, dense)
-
-
 @torch.no_grad()
 def decode_scored(
     decoder: PromptDecoder,
@@ -144,16 +137,4 @@ def decode(
 ) -> Tensor:
     """Foreground probabilities N x label_size x label_size, from the head's prompts or, without a head, from
     the ``boxes`` (N x 4, label frame) as box prompts. ``embeddings`` may be float16; they are computed in float32."""
-    assert (head is None) != (boxes is None), "give either a head or boxes"
-    decoder = decoder.to(device).eval()
-    if head is not None:
-        head = head.to(device).eval()
-    out = []
-    for start in range(0, len(embeddings), batch_size):
-        x = embeddings[start : start + batch_size].to(device).float()
-        if head is not None:
-            logits = head_logits(head, decoder, x)
-        else:
-            logits = box_logits(decoder, x, boxes[start : start + batch_size].to(device), label_size)
-        out.append(torch.sigmoid(to_label_size(logits.float(), label_size)).cpu())  # float32 under autocast too
-    return torch.cat(out)
+    return decode_scored(decoder, embeddings, label_size, batch_size, device, head, boxes)[0]
