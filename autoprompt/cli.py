@@ -111,6 +111,8 @@ def train_command(args: argparse.Namespace) -> None:
     from autoprompt.settings import load_settings, settings_from
 
     data = args.data
+    if not data.is_dir():
+        raise InputError(f"{data}: folder not found; give a folder holding images/ and boxes.csv")
     if not (data / "images").is_dir():
         raise InputError(f"{data / 'images'}: folder not found; put the images to train on in DATA/images/")
 
@@ -279,9 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--exact",
         action="store_true",
-        help="compute as the pipeline does: float32 on AVX2 with oneDNN off, the same model on any x86 machine "
-        "for the same --threads (default: this CPU's fastest path, bfloat16 where it has AVX-512 BF16 or AMX; "
-        "recorded in the model)",
+        help="float32 as the pipeline computes, the same model on any x86 machine for the same --threads, "
+        "about 3x slower to train (default: this CPU's fastest path, bfloat16 where it has AVX-512 BF16 or AMX, "
+        "float32 elsewhere; its model may differ slightly on another CPU; recorded in the model; "
+        "AUTOPROMPT_NUMERICS=exact makes --exact the default)",
     )
     train.set_defaults(handler=train_command)
 
@@ -329,9 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--exact",
         action="store_true",
-        help="compute as the pipeline does: float32 on AVX2 with oneDNN off, the same masks on any x86 machine "
-        "for the same --threads (default: this CPU's fastest path, bfloat16 where it has AVX-512 BF16 or AMX; "
-        "recorded in OUTPUT/predict.json)",
+        help="float32 as the pipeline computes, the same masks on any x86 machine for the same --threads, "
+        "about 2.5x slower (default: this CPU's fastest path, bfloat16 where it has AVX-512 BF16 or AMX, "
+        "float32 elsewhere; its masks may differ slightly on another CPU; recorded in OUTPUT/predict.json; "
+        "AUTOPROMPT_NUMERICS=exact makes --exact the default)",
     )
     reprompting = predict.add_mutually_exclusive_group()
     reprompting.add_argument(

@@ -487,3 +487,18 @@ def test_evaluate_counts_false_and_missed_slices_of_volumes(tmp_path: Path) -> N
     assert table[["false_slices", "missed_slices"]].values.tolist() == [[2, 1]]
     summary = json.loads((tmp_path / "pred/evaluation.json").read_text())
     assert summary["slices"] == {"false": 2, "missed": 1}
+
+
+def test_outputs_kept_from_a_call_on_other_numerics_are_named(trained: Path, tmp_path: Path, caplog) -> None:
+    """predict.json records the numerics without the training step's compile; a later call on other numerics that
+    keeps those outputs says so."""
+    from autoprompt.device import FAST, Numerics
+
+    image, out = trained / "data/images/img1.png", tmp_path / "out"
+    fast = Numerics(FAST, "float32", True, "test")  # float32: this process stays on the exact code paths
+    predict(trained / "model.pt", [image], out, device="cpu", cache_dir=RUNTIME_CACHE, numerics=fast)
+    made = json.loads((out / "predict.json").read_text())["numerics"]
+    assert made == {"mode": "fast", "precision": "float32", "isa": "test"}
+    with caplog.at_level(logging.WARNING):
+        predict(trained / "model.pt", [image], out, device="cpu", cache_dir=RUNTIME_CACHE)
+    assert "1 outputs kept from a call on the fast numerics, not this call's exact" in caplog.text

@@ -358,6 +358,7 @@ def predict(
         for target in targets:
             (existing if target.done(overlays) and not overwrite else todo).append(target)
         summary.existing = [target.output for target in existing]
+        _warn_if_kept_from_other_numerics(provenance, numerics, len(existing))
         log.info(
             "%s: %d inputs, %d already predicted (kept; --overwrite redoes them), %d to predict",
             model.describe(),
@@ -395,6 +396,19 @@ def predict(
         return summary
 
 
+def _warn_if_kept_from_other_numerics(provenance: Path, numerics: Numerics, kept: int) -> None:
+    """Say so where outputs kept from an earlier call were made on other CPU numerics than this call's."""
+    if not kept or not provenance.is_file():
+        return
+    try:
+        earlier = json.loads(provenance.read_text())["numerics"]["mode"]
+    except (ValueError, KeyError, TypeError):
+        return
+    if earlier != numerics.mode:
+        log.warning("%d outputs kept from a call on the %s numerics, not this call's %s; --overwrite redoes them",
+                    kept, earlier, numerics.mode)  # fmt: skip
+
+
 def _provenance(model: Model, predictor: Predictor, policy: Policy, threshold: float) -> dict:
     """What the last call's outputs were made with: the model, the encoder, the CPU numerics and the policy."""
     return {
@@ -402,7 +416,7 @@ def _provenance(model: Model, predictor: Predictor, policy: Policy, threshold: f
         "model": model.describe(),
         "encoder": {"runtime": predictor.encoder_choice.runtime, "precision": predictor.encoder_choice.precision},
         "device": predictor.device.type,
-        "numerics": predictor.numerics.record(),
+        "numerics": {k: v for k, v in predictor.numerics.record().items() if k != "compile"},  # training's only
         "threshold": threshold,
         "reprompt_margin": policy.margin,
         "volume_min_iou": policy.volume_min_iou,
