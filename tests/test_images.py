@@ -38,6 +38,21 @@ def test_from_frame_inverts_the_fit(fit, shape):
         assert dice(back, label) > 96, f"resize round trip Dice {dice(back, label):.2f}"
 
 
+@pytest.mark.parametrize("shape", [(301, 177), (97, 410), (64, 64), (128, 129)])
+def test_from_frame_of_a_crop_is_the_bilinear_lookup_value_for_value(shape):
+    """A crop or pad maps each original pixel centre onto a frame pixel's: the direct copy gives the same floats
+    as the bilinear lookup that any other scale takes."""
+    from scipy import ndimage
+
+    _, geometry = fit_image(np.zeros(shape, np.uint8), 128, "crop")
+    values = np.random.default_rng(1).random((128, 128)).astype(np.float32)
+    looked_up = ndimage.affine_transform(
+        values, np.ones(2), offset=(geometry.offset_row, geometry.offset_col), output_shape=shape, order=1,
+        mode="constant", cval=0.0,
+    )  # fmt: skip
+    np.testing.assert_array_equal(from_frame(values, geometry, shape), looked_up)
+
+
 @pytest.mark.parametrize("size", [(1, 40, 30), (40, 1, 30), (40, 30, 1), (40, 30, 6)])
 def test_stacks_put_the_singleton_axis_last_and_come_back(size):
     """A 2D image stored in 3D (singleton axis anywhere) is one slice; every layout returns to itself."""

@@ -166,6 +166,8 @@ def from_frame(values: np.ndarray, geometry: Geometry, shape: tuple[int, int]) -
     """S x S values of the prepared frame (probabilities, say) -> the original H x W grid: each original pixel centre
     is looked up where ``geometry`` puts it, bilinearly; pixels that the frame cut get 0. Exact for ``crop``."""
     assert values.ndim == 2, f"expected S x S values, got {values.shape}"
+    if geometry.scale == 1.0:  # a crop or pad: each original pixel centre lands on a frame pixel's, value for value
+        return _unplace(values.astype(np.float32, copy=False), geometry.offset_row, geometry.offset_col, shape)
     # ndimage indexes pixel centres: original centre i + 0.5 lands at scale * (i + 0.5) + offset, index - 0.5.
     shift = 0.5 * geometry.scale - 0.5
     return ndimage.affine_transform(
@@ -177,6 +179,19 @@ def from_frame(values: np.ndarray, geometry: Geometry, shape: tuple[int, int]) -
         mode="constant",
         cval=0.0,
     )
+
+
+def _unplace(values: np.ndarray, offset_row: int, offset_col: int, shape: tuple[int, int]) -> np.ndarray:
+    """``place``'s inverse: ``out[i, j] = values[i + offset_row, j + offset_col]`` where that is inside ``values``,
+    else 0; ``out`` has ``shape``."""
+    out = np.zeros(shape, values.dtype)
+    top, bottom = max(-offset_row, 0), min(values.shape[0] - offset_row, shape[0])
+    left, right = max(-offset_col, 0), min(values.shape[1] - offset_col, shape[1])
+    if top < bottom and left < right:
+        out[top:bottom, left:right] = values[
+            top + offset_row : bottom + offset_row, left + offset_col : right + offset_col
+        ]
+    return out
 
 
 def kept_fraction(area_prepared: int, area_raw: int, scale: float) -> float:
