@@ -132,6 +132,35 @@ def test_the_compiled_step_gives_the_eager_steps_logits_and_gradients():
     _in_a_fresh_process("_compiled_step_gives_the_eager_steps_logits_and_gradients")
 
 
+def test_the_fast_predictor_decodes_through_openvinos_bfloat16_near_the_float32_decoder():
+    _in_a_fresh_process("_fast_predictor_decodes_through_openvinos_bfloat16_near_the_float32_decoder")
+
+
+def _fast_predictor_decodes_through_openvinos_bfloat16_near_the_float32_decoder():
+    """On the fast path ``predict``'s decoder is OpenVINO's bfloat16 one; a box around a bright ellipse gives the
+    float32 torch decoder's mask within a few boundary pixels, and the same mask on a second call."""
+    import numpy as np
+
+    from autoprompt.model import runtimes
+    from autoprompt.model.decoding import decode_scored
+    from tests.helpers import RUNTIME_CACHE
+
+    chosen = numerics(FAST, CPU)
+    checkpoint = checkpoints.resolve_checkpoint("lite_medsam", None)
+    rows, cols = np.ogrid[:640, :640]
+    image = np.where(((rows - 300) / 120.0) ** 2 + ((cols - 340) / 170.0) ** 2 < 1, 200, 40).astype(np.uint8)
+    choice = runtimes.Choice("openvino", chosen.precision)
+    encoder = runtimes.build_encoder("lite_medsam", checkpoint, choice, CPU, RUNTIME_CACHE)
+    embeddings = runtimes.embed(encoder, "lite_medsam", torch.from_numpy(image)[None], 1)
+    fast = runtimes.build_decoder("lite_medsam", checkpoint, choice, RUNTIME_CACHE)
+    assert isinstance(fast, runtimes.OpenVinoDecoder) and fast.precision == "bfloat16"
+    box = torch.tensor([[165, 175, 515, 425]])
+    masks = [decode_scored(d, embeddings, 640, 1, CPU, boxes=box)[0] > 0.5 for d in (_decoder(), fast, fast)]
+    dice = 2 * float((masks[0] & masks[1]).sum()) / float(masks[0].sum() + masks[1].sum())
+    assert masks[0].sum() > 50_000 and dice > 0.99, dice  # the ellipse has about 64,000 pixels
+    assert torch.equal(masks[1], masks[2])
+
+
 def _capability(argv: list[str], **env: str) -> str:
     """The CPU capability torch loads with when ``autoprompt ARGV`` starts (its handler replaced by a print)."""
     code = (

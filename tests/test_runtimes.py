@@ -220,3 +220,35 @@ def test_matmul_patch_embed_computes_the_same_encoder() -> None:
     overlapping = PatchEmbed(kernel_size=(16, 16), stride=(8, 8), embed_dim=32)
     assert use_matmul_patch_embed(overlapping) == 0
     assert type(overlapping) is PatchEmbed
+
+
+def test_the_openvino_decoder_computes_the_torch_decoders_masks_and_is_converted_once(
+    hc18_images: torch.Tensor, lite_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Float32 through OpenVINO gives torch's logits and IoU for a head's prompts and for box prompts (``predict``'s
+    two kinds of call); a second build uses the cached graph."""
+    from autoprompt.model.decoding import decode_scored
+    from autoprompt.model.head import PromptHead
+
+    encoder = runtimes.build_encoder("lite_medsam", lite_checkpoint, runtimes.choose("auto", CPU), CPU, RUNTIME_CACHE)
+    embeddings = runtimes.embed(encoder, "lite_medsam", hc18_images[:3], 3)
+    choice = runtimes.Choice("openvino", "float32")
+    torch_decoder = runtimes.build_decoder("lite_medsam", lite_checkpoint, runtimes.Choice("torch", "float32"), Path())
+    openvino = runtimes.build_decoder("lite_medsam", lite_checkpoint, choice, RUNTIME_CACHE)
+    assert isinstance(openvino, runtimes.OpenVinoDecoder) and not isinstance(torch_decoder, runtimes.OpenVinoDecoder)
+    torch.manual_seed(0)
+    head = PromptHead()
+    boxes = torch.tensor([[200, 180, 420, 400], [150, 150, 500, 450], [0, 0, 639, 639]])
+    for prompt in ({"head": head}, {"boxes": boxes}):
+        exact, exact_iou = decode_scored(torch_decoder, embeddings, 640, 2, CPU, **prompt)
+        approx, approx_iou = decode_scored(openvino, embeddings, 640, 2, CPU, **prompt)
+        assert approx.shape == exact.shape == (3, 640, 640)
+        assert float((approx - exact).abs().max()) < 1e-3, prompt.keys()
+        torch.testing.assert_close(approx_iou, exact_iou, atol=1e-4, rtol=1e-4)
+
+    def no_conversion(*args: object) -> None:
+        raise AssertionError("the cached graph should have been used")
+
+    monkeypatch.setattr(runtimes, "_convert", no_conversion)
+    again = runtimes.build_decoder("lite_medsam", lite_checkpoint, choice, RUNTIME_CACHE)
+    assert torch.equal(decode_scored(again, embeddings[:1], 640, 1, CPU, boxes=boxes[:1])[0], approx[:1])

@@ -26,6 +26,8 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,12 +81,14 @@ class Target:
 @dataclass
 class Summary:
     """What a ``predict`` call did: outputs written, skipped because they existed, inputs that failed (with their
-    one-line reasons), and the seconds spent per step (read, preprocess, encode, decode, postprocess, write)."""
+    one-line reasons), the seconds spent per step (read, preprocess, encode, decode, postprocess, write; reading and
+    preprocessing the next input overlap the rest) and the seconds from the first input read to the last written."""
 
     written: list[Path] = field(default_factory=list)
     existing: list[Path] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
 
 
 def output_name(relative: Path, probabilities: bool, series: str | None = None) -> Path:
@@ -373,8 +377,8 @@ def predict(
                 volume_min_iou, policy.presence, numerics,
             )  # fmt: skip
             log.info(
-                "encoder: %s %s; %s", predictor.encoder_choice.runtime, predictor.encoder_choice.precision,
-                numerics.describe(),
+                "encoder: %s %s; decoder: %s %s; %s", predictor.encoder_choice.runtime,
+                predictor.encoder_choice.precision, predictor.decoder_runtime, numerics.precision, numerics.describe(),
             )  # fmt: skip
             _predict_targets(todo, predictor, summary, threshold, probabilities, label_value, overlays, on_error,
                              references if report else None, entries, output_dir)  # fmt: skip
@@ -415,6 +419,7 @@ def _provenance(model: Model, predictor: Predictor, policy: Policy, threshold: f
         "autoprompt": __version__,
         "model": model.describe(),
         "encoder": {"runtime": predictor.encoder_choice.runtime, "precision": predictor.encoder_choice.precision},
+        "decoder": {"runtime": predictor.decoder_runtime, "precision": predictor.numerics.precision},
         "device": predictor.device.type,
         "numerics": {k: v for k, v in predictor.numerics.record().items() if k != "compile"},  # training's only
         "threshold": threshold,
@@ -442,18 +447,16 @@ def _predict_targets(
     timings = predictor.timings
     model = predictor.model
     value = model.label_value if label_value == "model" else 1 if label_value is None else int(label_value)
-    for target in tqdm(todo, desc="predict", unit="input"):
-        start = time.perf_counter()
-        try:
-            image = read_image(target.source)
-        except InputError as error:
+    started = time.perf_counter()
+    for target, loaded in tqdm(_read_ahead(todo, predictor), total=len(todo), desc="predict", unit="input"):
+        if isinstance(loaded, InputError):
             if on_error == "stop":
-                raise
-            log.warning("skipped: %s", error)
-            summary.failed.append(str(error))
+                raise loaded
+            log.warning("skipped: %s", loaded)
+            summary.failed.append(str(loaded))
             continue
-        timings["read"] += time.perf_counter() - start
-        segmentation = predictor.segment(image)
+        image, prepared = loaded
+        segmentation = predictor.segment(image, prepared)
         if segmentation.refitted:
             log.info(
                 "%s: slices prompted again with their neighbours' boxes: %s",
@@ -486,6 +489,29 @@ def _predict_targets(
         timings["write"] += time.perf_counter() - start
         summary.written.append(target.output)
     summary.timings = dict(timings)
+    summary.seconds = time.perf_counter() - started
+
+
+def _read_ahead(todo: list[Target], predictor: Predictor) -> Iterator[tuple[Target, tuple | InputError]]:
+    """Each target of ``todo`` with its image read and prepared (``Predictor.prepare``), or the InputError that its
+    reading raised: the next target is read on a second thread while the caller segments this one, which overlaps
+    the file's decoding and the preprocessing with the encoder (``bench/predict.py`` times both)."""
+
+    def load(target: Target) -> tuple | InputError:
+        start = time.perf_counter()
+        try:
+            image = read_image(target.source)
+        except InputError as error:
+            return error
+        predictor.timings["read"] += time.perf_counter() - start
+        return image, predictor.prepare(image)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead") as pool:
+        pending = pool.submit(load, todo[0]) if todo else None
+        for k, target in enumerate(todo):
+            loaded = pending.result()
+            pending = pool.submit(load, todo[k + 1]) if k + 1 < len(todo) else None
+            yield target, loaded
 
 
 def _entry(

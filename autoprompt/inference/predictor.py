@@ -123,9 +123,17 @@ class Predictor:
         self.encoder_choice, self.numerics = choice, numerics
         cache_dir = runtimes.default_cache_dir() if cache_dir is None else Path(cache_dir)
         self.encoder = runtimes.build_encoder(model.backbone, path, choice, device, cache_dir, state)
-        self.decoder = backbones.build_prompt_decoder(model.backbone, path, state).to(device)
+        if device.type == "cpu" and numerics.precision == "bfloat16":  # OpenVINO's with its bfloat16 encoder
+            self.decoder = runtimes.build_decoder(model.backbone, path, choice, cache_dir, state)
+        else:
+            self.decoder = backbones.build_prompt_decoder(model.backbone, path, state).to(device)
         self.heads = [head.to(device) for head in model.build_heads()]
         self.timings: dict[str, float] = defaultdict(float)
+
+    @property
+    def decoder_runtime(self) -> str:
+        """What runs the decoder: ``openvino`` (``runtimes.OpenVinoDecoder``) or ``torch``."""
+        return getattr(self.decoder, "runtime", "torch")
 
     def encode(self, slices: np.ndarray) -> torch.Tensor:
         """Z x S x S uint8 prepared slices -> Z x 256 x 64 x 64 float16 embeddings."""
@@ -185,12 +193,19 @@ class Predictor:
         self.timings["decode"] += time.perf_counter() - start
         return probs.numpy().astype(np.float32), agreement, refitted, absent, evidence
 
-    def segment(self, image: sitk.Image) -> Segmentation:
-        """An image as read (2D or 3D) -> its probabilities on its own grid."""
+    def prepare(self, image: sitk.Image) -> tuple[Stack, Framed]:
+        """An image as read (2D or 3D) -> its slices and their preprocessing, the model's own. Safe to run on another
+        thread while the predictor segments another image (``files.predict`` reads one input ahead)."""
         start = time.perf_counter()
         stack = as_stack(image)
         framed = frame_slices(stack, self.model.preprocessing)
         self.timings["preprocess"] += time.perf_counter() - start
+        return stack, framed
+
+    def segment(self, image: sitk.Image, prepared: tuple[Stack, Framed] | None = None) -> Segmentation:
+        """An image as read (2D or 3D) -> its probabilities on its own grid; ``prepared``: ``prepare(image)``'s,
+        where it was already called."""
+        stack, framed = prepared or self.prepare(image)
         frame, agreement, refitted, absent, evidence = self._decode(self.encode(framed.slices))
         start = time.perf_counter()
         probabilities = to_input_grid(frame, framed, stack)

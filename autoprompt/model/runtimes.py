@@ -29,6 +29,7 @@ from autoprompt.errors import InputError
 from autoprompt.io import file_sha256
 from autoprompt.model import backbones
 from autoprompt.model.attention import cudnn_takes_folded, use_folded
+from autoprompt.model.decoding import PromptDecoder
 from autoprompt.model.patch_embed import use_matmul_patch_embed
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 RUNTIMES = ("torch", "openvino")
 OPENVINO_PRECISIONS = {"float32": "f32", "bfloat16": "bf16"}
 IR_NAME = "encoder.xml"
+DECODER_IR_NAME = "decoder.xml"
 
 
 class ImageEncoder(Protocol):
@@ -137,26 +139,32 @@ def ir_folder(cache_dir: Path, backbone: str, checkpoint_sha256: str) -> Path:
 
 
 def convert_to_openvino(module: nn.Module, backbone: str, folder: Path) -> Path:
-    """Convert the encoder for one 1 x 3 x S x S image into ``folder`` (written whole: a temporary folder renamed;
-    ``build_encoder`` calls it only when ``folder`` holds no converted graph)."""
-    import openvino as ov
-
+    """Convert the encoder for one 1 x 3 x S x S image into ``folder`` (``build_encoder`` calls it only when
+    ``folder`` holds no converted graph)."""
     size = backbones.get_spec(backbone).input_size
     log.info("converting the %s encoder for OpenVINO into %s (once per checkpoint)", backbone, folder)
+    return _convert(module, (torch.zeros(1, 3, size, size),), folder, IR_NAME)
+
+
+def _convert(module: nn.Module, example: tuple[Tensor, ...], folder: Path, name: str) -> Path:
+    """``module`` traced on ``example`` (one image per request: the traced shapes are kept) and saved as
+    ``folder/name``, written whole: a temporary folder renamed."""
+    import openvino as ov
+
     tmp = folder.with_name(f".{folder.name}.new-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     with warnings.catch_warnings():  # the tracer's notes on shapes it fixes (one image per request, by design), and
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # torch's on its own tracing API, which OpenVINO uses
         warnings.simplefilter("ignore", FutureWarning)
-        graph = ov.convert_model(module.eval(), example_input=torch.zeros(1, 3, size, size))
-    graph.reshape([1, 3, size, size])  # the traced encoders fix their batch size; one image per request
-    ov.save_model(graph, tmp / IR_NAME, compress_to_fp16=False)
+        graph = ov.convert_model(module.eval(), example_input=example[0] if len(example) == 1 else example)
+    graph.reshape({graph.inputs[k]: ov.PartialShape(list(x.shape)) for k, x in enumerate(example)})
+    ov.save_model(graph, tmp / name, compress_to_fp16=False)
     try:
         tmp.rename(folder)
     except OSError:  # another process converted it first
         shutil.rmtree(tmp, ignore_errors=True)
-    return folder / IR_NAME
+    return folder / name
 
 
 def _lift_isa_pin_for_bf16() -> None:
@@ -172,6 +180,29 @@ def _first_line(error: Exception) -> str:
     return (lines[0] if lines else error.__class__.__name__)[:160]
 
 
+def _compile(ir: Path, precision: str, threads: int, what: str):
+    """The converted graph ``ir`` compiled for the CPU at ``precision`` on ``threads`` threads, latency first."""
+    import openvino as ov
+
+    if precision == "bfloat16":
+        _lift_isa_pin_for_bf16()  # before the CPU plugin's first use
+    core = ov.Core()
+    if precision == "bfloat16" and not cpu_has_bfloat16():
+        raise InputError("cpu_precision is bfloat16, but this CPU has no bfloat16 instructions; use float32")
+    config = {
+        "INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision],  # the CPU's default may be bf16: never implicit
+        "INFERENCE_NUM_THREADS": int(threads),
+        "PERFORMANCE_HINT": "LATENCY",
+    }
+    try:
+        return core.compile_model(core.read_model(ir), "CPU", config)
+    except RuntimeError as error:
+        raise InputError(
+            f"{ir}: OpenVINO could not compile the {what} at {precision} ({_first_line(error)}); "
+            "delete that folder to convert it again, or use the torch runtime"
+        ) from error
+
+
 class OpenVinoEncoder:
     """The converted encoder compiled for the CPU at ``precision``, one image per inference request."""
 
@@ -179,25 +210,7 @@ class OpenVinoEncoder:
     device = torch.device("cpu")
 
     def __init__(self, ir: Path, precision: str, threads: int) -> None:
-        import openvino as ov
-
-        if precision == "bfloat16":
-            _lift_isa_pin_for_bf16()  # before the CPU plugin's first use
-        core = ov.Core()
-        if precision == "bfloat16" and not cpu_has_bfloat16():
-            raise InputError("cpu_precision is bfloat16, but this CPU has no bfloat16 instructions; use float32")
-        config = {
-            "INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision],  # the CPU's default may be bf16: never implicit
-            "INFERENCE_NUM_THREADS": int(threads),
-            "PERFORMANCE_HINT": "LATENCY",
-        }
-        try:
-            self.compiled = core.compile_model(core.read_model(ir), "CPU", config)
-        except RuntimeError as error:
-            raise InputError(
-                f"{ir}: OpenVINO could not compile the encoder at {precision} ({_first_line(error)}); "
-                "delete that folder to convert it again, or use the torch runtime"
-            ) from error
+        self.compiled = _compile(ir, precision, threads, "encoder")
         self.request = self.compiled.create_infer_request()
         self.precision = precision
 
@@ -205,6 +218,49 @@ class OpenVinoEncoder:
         images = x.detach().cpu().numpy().astype(np.float32, copy=False)
         out = [self.request.infer({0: images[i : i + 1]})[0].copy() for i in range(len(images))]
         return torch.from_numpy(np.concatenate(out))
+
+
+class _Scored(nn.Module):
+    """``PromptDecoder.scored`` as a module's forward, for tracing: (embeddings, sparse, dense) -> (logits, IoU)."""
+
+    def __init__(self, decoder: PromptDecoder) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, embeddings: Tensor, sparse: Tensor, dense: Tensor) -> tuple[Tensor, Tensor]:
+        return self.decoder.scored(embeddings, sparse, dense)
+
+
+class OpenVinoDecoder(PromptDecoder):
+    """The frozen decoder with its two-way transformer, upscaling and mask and IoU heads run by OpenVINO at
+    ``precision``, one image per inference request; the prompt encoder (boxes to tokens) stays torch's.
+
+    ``scored`` takes 1 x 2 x 256 sparse prompts per image (a head's two tokens, or a box's two corners), the single
+    mask, no semantic prompt: ``predict``'s calls. Any other call runs the torch decoder it was built from.
+    ``bench/predict.py`` measures it against torch's decoder under bfloat16 autocast."""
+
+    runtime = "openvino"
+
+    def __init__(self, decoder: PromptDecoder, ir: Path, precision: str, threads: int) -> None:
+        super().__init__(decoder.prompt_encoder, decoder.mask_decoder, decoder.input_size)
+        self.compiled = _compile(ir, precision, threads, "decoder")
+        self.request = self.compiled.create_infer_request()
+        self.precision = precision
+
+    def scored(
+        self, embeddings: Tensor, sparse: Tensor, dense: Tensor, semantic: Tensor | None = None, multimask: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """``PromptDecoder.scored``: B x 1 x 256 x 256 float32 logits and B predicted IoUs."""
+        if semantic is not None or multimask or sparse.shape[1:] != (2, backbones.EMBED_DIM):
+            return super().scored(embeddings, sparse, dense, semantic, multimask)
+        assert dense.shape == embeddings.shape, f"dense {tuple(dense.shape)} != embeddings {tuple(embeddings.shape)}"
+        inputs = [x.detach().float().cpu().numpy() for x in (embeddings, sparse, dense)]
+        logits, ious = [], []
+        for i in range(len(embeddings)):
+            out = self.request.infer({k: x[i : i + 1] for k, x in enumerate(inputs)})
+            logits.append(out[0].copy())
+            ious.append(out[1].copy())
+        return torch.from_numpy(np.concatenate(logits)), torch.from_numpy(np.concatenate(ious))
 
 
 def relative_differences(approx: Tensor, exact: Tensor) -> list[float]:
@@ -238,6 +294,31 @@ def build_encoder(
     if not ir.is_file():
         ir = convert_to_openvino(backbones.build_image_encoder(backbone, checkpoint, state), backbone, folder)
     return OpenVinoEncoder(ir, choice.precision, torch.get_num_threads())
+
+
+def build_decoder(
+    backbone: str,
+    checkpoint: Path,
+    choice: Choice,
+    cache_dir: Path,
+    state: dict[str, Tensor] | None = None,
+) -> PromptDecoder:
+    """The frozen prompt decoder of ``backbone`` on the CPU: torch's module, or where ``choice`` is OpenVINO its
+    transformer and heads through OpenVINO at ``choice.precision`` (``OpenVinoDecoder``; ``predict`` asks for it on
+    the fast path), converted once per backbone, checkpoint and OpenVINO release beside the encoder
+    (``<encoder's folder>-decoder/``)."""
+    decoder = backbones.build_prompt_decoder(backbone, checkpoint, state)
+    if choice.runtime != "openvino":
+        return decoder
+    folder = ir_folder(cache_dir, backbone, file_sha256(checkpoint))
+    folder = folder.with_name(folder.name + "-decoder")
+    ir = folder / DECODER_IR_NAME
+    if not ir.is_file():
+        log.info("converting the %s decoder for OpenVINO into %s (once per checkpoint)", backbone, folder)
+        grid, dim = backbones.EMBED_GRID, backbones.EMBED_DIM
+        example = (torch.zeros(1, dim, grid, grid), torch.zeros(1, 2, dim), torch.zeros(1, dim, grid, grid))
+        ir = _convert(_Scored(decoder), example, folder, DECODER_IR_NAME)
+    return OpenVinoDecoder(decoder, ir, choice.precision, torch.get_num_threads())
 
 
 @torch.inference_mode()
