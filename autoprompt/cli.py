@@ -100,15 +100,38 @@ def label_value(text: str) -> int | str:
 
 
 # ----------------------------------------------------------------------------------------------------------- train
+def command_settings(args: argparse.Namespace, source: str):
+    """The settings of ``train`` or ``suggest``: ``--params`` (else the defaults), with the options given on the
+    command line (backbone, checkpoint, device, threads; train's recipe and runs)."""
+    from autoprompt.errors import InputError
+    from autoprompt.model.runtimes import default_cache_dir
+    from autoprompt.settings import load_settings, settings_from
+
+    defaults = {"encode": {"runtime_cache": str(default_cache_dir())}}  # converted encoders, shared with predict
+    settings = load_settings(args.params) if args.params else settings_from(defaults, source)
+    recipe, runs = getattr(args, "recipe", None), getattr(args, "runs", None)
+    if recipe is not None and recipe not in settings.train.recipes:
+        raise InputError(f"--recipe {recipe}: not a recipe of {settings.source}; give one of " +
+                         ", ".join(settings.train.recipes))  # fmt: skip
+    sections = settings.model_dump(by_alias=True)
+    changes = {
+        "encode": {"backbone": args.backbone, "checkpoint": str(args.checkpoint) if args.checkpoint else None},
+        "train": {"recipe": recipe, "seeds": list(range(runs)) if runs else None},
+    }
+    for section, values in changes.items():
+        sections[section].update({k: v for k, v in values.items() if v is not None})
+    for section in ("encode", "train", "evaluate"):
+        sections[section].update({"device": args.device, "threads": args.threads or sections[section]["threads"]})
+    return settings_from(sections, str(args.params) if args.params else source)
+
+
 def train_command(args: argparse.Namespace) -> None:
     from autoprompt.device import numerics, select_device
     from autoprompt.errors import InputError
     from autoprompt.inference.model import is_model_file
     from autoprompt.model.checkpoints import is_packaged
-    from autoprompt.model.runtimes import default_cache_dir
     from autoprompt.outputs import refuse_foreign, refuse_overlap
     from autoprompt.own_data import boxes_source, folder_settings, train_folder
-    from autoprompt.settings import load_settings, settings_from
 
     data = args.data
     if not data.is_dir():
@@ -116,21 +139,7 @@ def train_command(args: argparse.Namespace) -> None:
     if not (data / "images").is_dir():
         raise InputError(f"{data / 'images'}: folder not found; put the images to train on in DATA/images/")
 
-    defaults = {"encode": {"runtime_cache": str(default_cache_dir())}}  # converted encoders, shared with predict
-    settings = load_settings(args.params) if args.params else settings_from(defaults, "autoprompt train")
-    if args.recipe is not None and args.recipe not in settings.train.recipes:
-        raise InputError(f"--recipe {args.recipe}: not a recipe of {settings.source}; give one of " +
-                         ", ".join(settings.train.recipes))  # fmt: skip
-    sections = settings.model_dump(by_alias=True)
-    changes = {
-        "encode": {"backbone": args.backbone, "checkpoint": str(args.checkpoint) if args.checkpoint else None},
-        "train": {"recipe": args.recipe, "seeds": list(range(args.runs)) if args.runs else None},
-    }
-    for section, values in changes.items():
-        sections[section].update({k: v for k, v in values.items() if v is not None})
-    for section in ("encode", "train", "evaluate"):
-        sections[section].update({"device": args.device, "threads": args.threads or sections[section]["threads"]})
-    settings = settings_from(sections, str(args.params) if args.params else "autoprompt train")
+    settings = command_settings(args, "autoprompt train")
     boxes = boxes_source(settings, data, args.boxes, args.label)  # --boxes, else the params', else DATA/boxes.csv
     settings = folder_settings(settings, boxes.resolve(), args.label, args.class_name)
     chosen = numerics(_numerics_mode(args), select_device(args.device, "--device"), settings.train.threads)
@@ -175,6 +184,40 @@ def _numerics_mode(args: argparse.Namespace) -> str:
 def _duration(seconds: float) -> str:
     minutes, rest = divmod(round(seconds), 60)
     return f"{minutes} min {rest} s" if minutes else f"{rest} s"
+
+
+# --------------------------------------------------------------------------------------------------------- suggest
+def suggest_command(args: argparse.Namespace) -> None:
+    from autoprompt.device import numerics, select_device
+    from autoprompt.errors import InputError
+    from autoprompt.outputs import refuse_overlap
+    from autoprompt.own_data import default_work
+    from autoprompt.suggest_boxes import STUDIO, suggest_folder
+
+    data = args.input
+    if data.name == "images" and not (data / "images").is_dir():  # DATA/images given: DATA is its parent
+        data = data.parent
+    if not (data / "images").is_dir():
+        raise InputError(f"{data / 'images'}: folder not found; give the folder holding images/, as train takes it")
+    settings = command_settings(args, "autoprompt suggest")
+    out = args.output or data
+    work = args.work or default_work(data)
+    refuse_overlap(
+        {"-o": out / "boxes.csv", "-o's": out / STUDIO, "--work": work},
+        {"DATA/images": data / "images"},
+        "write beside the images, e.g. -o DATA (the default)",
+    )
+    chosen = numerics(_numerics_mode(args), select_device(args.device, "--device"), settings.encode.threads)
+    log.info("encoding on %s", chosen.describe(training=False))
+    start = time.perf_counter()
+    found = suggest_folder(
+        data, out, work, settings, args.n, chosen, args.min_distance, args.class_name or "structure", args.studio_root
+    )
+    log.info(
+        "wrote %s: %d of %d images and slices to box, in the order chosen (%s); embeddings kept in %s for train",
+        ", ".join(str(p) for p in found.written[:2]), len(found.picks), found.candidates,
+        _duration(time.perf_counter() - start), work,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------------- predict
@@ -287,6 +330,47 @@ def build_parser() -> argparse.ArgumentParser:
         "AUTOPROMPT_NUMERICS=exact makes --exact the default)",
     )
     train.set_defaults(handler=train_command)
+
+    suggest = command(
+        commands,
+        "suggest",
+        "choose the images (volume slices) to box so that a few boxes cover the folder; write boxes.csv to fill in "
+        "and a Label Studio project",
+        "autoprompt suggest -i my-scans -n 10",
+    )
+    suggest.add_argument(
+        "-i", "--input", type=Path, required=True, metavar="DATA", help="a folder with images/ (or DATA/images)"
+    )
+    suggest.add_argument("-n", type=positive, default=10, help="images (volume slices) to box")
+    suggest.add_argument(
+        "-o", "--output", type=Path, help="folder for boxes.csv and label-studio/ (default: DATA, where train looks)"
+    )
+    suggest.add_argument(
+        "--work", type=Path, help="folder for the embeddings, reused by train and later calls (default: DATA.work)"
+    )
+    suggest.add_argument(
+        "--min-distance",
+        type=_real(lambda v: 0 <= v <= 2, "a distance from 0 to 2"),
+        default=0.05,
+        help="skip an image whose pooled, normalised embedding lies closer than this to a chosen one",
+    )
+    suggest.add_argument("--class", dest="class_name", help="the box's label in Label Studio (default: structure)")
+    suggest.add_argument(
+        "--studio-root", type=Path, help="Label Studio's local files root, for the tasks' URLs (default: OUTPUT)"
+    )
+    suggest.add_argument(
+        "--backbone", choices=("lite_medsam", "medsam_vit_b"), help="the encoder (default: lite_medsam, as train)"
+    )
+    suggest.add_argument("--checkpoint", type=Path, help="medsam_vit_b.pth, for --backbone medsam_vit_b")
+    suggest.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda, cuda:1, ...")
+    suggest.add_argument("--threads", type=threads, help="CPU threads (default: all)")
+    suggest.add_argument("--params", type=Path, help="a params file: its folder section and encode section")
+    suggest.add_argument(
+        "--exact",
+        action="store_true",
+        help="encode as train --exact does (default: as train does by default, so that train reuses the embeddings)",
+    )
+    suggest.set_defaults(handler=suggest_command)
 
     predict = command(
         commands,

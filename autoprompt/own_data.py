@@ -7,8 +7,9 @@ functions. Masks are never read.
 
 Everything is kept in a work folder, so a second call reuses what it can: the prepared images are read again only
 where an image or box file changed; an embedding is copied from the previous store where its image's pixels are
-unchanged; a run is trained again only where its boxes, pseudo-labels or views changed (its fingerprint). Each step
-writes whole or not at all, so a killed call resumes.
+unchanged, or from ``autoprompt suggest``'s store of every slice of the folder (``suggest_store``: in the work folder,
+or in ``DATA.work``, suggest's default); a run is trained again only where its boxes, pseudo-labels or views changed
+(its fingerprint). Each step writes whole or not at all, so a killed call resumes.
 
 The margin: every box trains, so no image is left to choose the margin on as ``evaluate`` does (``reprompt.margin:
 auto`` on the validation split). With ``auto``, ``choose_margin`` runs on the training images themselves: the
@@ -28,6 +29,7 @@ from pathlib import Path
 
 from autoprompt.data import folder
 from autoprompt.data.boxes import read_boxes
+from autoprompt.data.embeddings import open_embeddings
 from autoprompt.data.prepare import prepare_dataset
 from autoprompt.data.prepared import read_index, write_prepared
 from autoprompt.data.tasks import TaskFiles, load_task
@@ -50,6 +52,19 @@ from autoprompt.training.inputs import task_checkpoint
 log = logging.getLogger(__name__)
 
 DATASET = "data"  # the folder's dataset and task name inside the work folder
+SUGGEST = "suggest"  # autoprompt suggest's part of a work folder: every slice of the folder, encoded
+
+
+def suggest_store(work: Path) -> Path:
+    """Where ``autoprompt suggest`` keeps the embeddings of every image and slice of a folder, in a work folder."""
+    return Path(work) / SUGGEST / "embeddings.zarr"
+
+
+def default_work(data: Path) -> Path:
+    """``DATA.work`` beside the folder ``DATA``: ``autoprompt suggest``'s work folder by default, and ``train``'s for
+    a model named after the folder (``train DATA -o DATA.pt``)."""
+    data = Path(data)
+    return data.with_name(data.name + ".work")
 
 
 @dataclass(frozen=True)
@@ -215,6 +230,15 @@ def train_folder(data: Path, out: Path, work: Path, settings: Settings, numerics
         return _train_held(data, out, work, settings, section, numerics)
 
 
+def encode_boxed(data: Path, work: Path, settings: Settings) -> TaskFiles:
+    """The work folder's prepared images encoded (its ``embeddings.zarr``), copying what a store there holds already:
+    the former store's rows and ``autoprompt suggest``'s (``suggest_store`` of ``work`` and of ``DATA.work``)."""
+    files = TaskFiles(work / "prepared.zarr", work / "prepared.csv", work / "embeddings.zarr")
+    donors = list(dict.fromkeys([suggest_store(work), suggest_store(default_work(data))]))
+    encode_prepared(files.prepared, files.embeddings, settings.encode, DATASET, (0, 1), reuse=True, donors=donors)
+    return files
+
+
 def _train_held(
     data: Path, out: Path, work: Path, settings: Settings, section: FolderPrepare, numerics: Numerics
 ) -> Summary:
@@ -226,12 +250,13 @@ def _train_held(
     seconds["prepare"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    files = TaskFiles(work / "prepared.zarr", work / "prepared.csv", work / "embeddings.zarr")
-    encode_prepared(files.prepared, files.embeddings, settings.encode, DATASET, (0, 1), reuse=True)
+    files = encode_boxed(data, work, settings)
     group, table = read_index(files.prepared, files.index)
     train_ids = table.loc[table["split"] == "train", "id"].tolist()
     train = settings.train.model_copy(update={"shots": len(train_ids), "subsets": 1, "all_images": False})
-    ids = fewshot_ids(table, {DATASET: settings.task(DATASET).class_name}, settings.prepare.min_foreground, train)
+    store = open_embeddings(files.embeddings)  # train.draw: suggest reads it
+    tasks = {DATASET: settings.task(DATASET).class_name}
+    ids = fewshot_ids(table, tasks, settings.prepare.min_foreground, train, store)
     views = work / "views.zarr"
     if settings.augment.count:
         encode_views(group, table, ids, views, settings.encode, settings.augment, f"{DATASET} views", (0, 1), True)

@@ -514,14 +514,15 @@ class HeadInit(Section):
 class TrainSettings(Section):
     """The head's runs: ``subsets`` x ``seeds`` few-shot runs of ``shots`` images (or ``all``), and with
     ``all_images`` (true, or a list of recipes) runs on every training image; each recipe of ``recipe`` trains
-    them. ``draw``: the few shots drawn ``uniform``-ly, or one from each of ``shots`` strata of tight-box area
-    (``box_area``). ``select``: the ``last`` epoch's head or the ``best`` by validation Dice against the
+    them. ``draw``: the few shots drawn ``uniform``-ly, one from each of ``shots`` strata of tight-box area
+    (``box_area``), or spread over the split's embeddings by greedy k-center (``suggest``, as ``autoprompt suggest``
+    chooses the images to box). ``select``: the ``last`` epoch's head or the ``best`` by validation Dice against the
     box-prompted masks."""
 
     shots: Positive | Literal["all"] = 10
     subsets: Positive = 1
     subset_seed: Int = 0
-    draw: Literal["uniform", "box_area"] = "uniform"
+    draw: Literal["uniform", "box_area", "suggest"] = "uniform"
     seeds: tuple[Int, ...] = Field((0, 1, 2), min_length=1)
     all_images: bool | tuple[str, ...] = False
     recipe: Annotated[tuple[str, ...], BeforeValidator(_names), Field(min_length=1)] = ("augmented",)

@@ -11,7 +11,10 @@ y: row). One box per image, or per slice of a volume; the image must be in the f
   ``rectanglelabels`` result gives ``x, y, width, height`` in percent of ``original_width`` and ``original_height``.
   The image is named by its URL's last part, without Label Studio's upload prefix (``1a2b3c4d-``) where the folder
   holds the name without it. Rotated rectangles are refused; of several annotations of a task, the first that was not
-  cancelled is read.
+  cancelled is read. A task whose data names its file (``image_file``, and ``slice`` for a volume's slice: the tasks
+  that ``autoprompt suggest`` writes, shown as PNG renders) gives a box on that file and slice instead.
+- A ``boxes.csv`` row with an image and no corners (``autoprompt suggest``'s template, not yet filled) is refused
+  in one line: draw the box or delete the row.
 
 Where an export holds boxes of several labels, ``label`` picks one (``prepare.<dataset>.label``, ``--label``);
 ``boxes.csv`` has no labels, so a label with it is refused.
@@ -53,6 +56,7 @@ FORMATS = (
 UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-")  # Label Studio renames uploads to <8 hex digits>-<name>
 MIN_SIDE = 2  # pixels: a narrower or lower box is a click, not a box around a structure
 SIZE_TOLERANCE = 1.0  # pixels: an export's stated image size may differ from the file's by its rounding
+STUDIO_FILE, STUDIO_SLICE = "image_file", "slice"  # a Label Studio task's data: the file in images/, its slice
 
 
 @dataclass(frozen=True)
@@ -215,6 +219,10 @@ def _csv_rows(path: Path, images: Path) -> list[tuple[str, Box]]:
         name = (row.get("image") or "").strip()
         if not name or Path(name).name != name:
             raise InputError(f"{path}: {where}: image is {name!r}; give the file name of an image in {images}/")
+        if not any((row.get(c) or "").strip() for c in COLUMNS[1:]):  # a template's row, not filled yet
+            cell = (row.get(SLICE) or "").strip()
+            shown = f"{name} slice {cell}" if cell else name
+            raise InputError(f"{path}: {where}: no box yet for {shown}; draw the box or delete the row")
         corners = tuple(_integer((row.get(c) or "").strip(), c, f"{path}: {where}") for c in COLUMNS[1:])
         cell = (row.get(SLICE) or "").strip()
         k = _integer(cell, SLICE, f"{path}: {where}") if cell else None
@@ -328,18 +336,23 @@ def _label_studio_rows(
 ) -> list[tuple[str, Box]]:
     """Each rectangle's percentages scaled by its image file's size (its ``original_width`` and
     ``original_height`` checked against it by ``validate``)."""
-    parsed: list[tuple[int, str, dict]] = []
+    parsed: list[tuple[int, str, int | None, dict]] = []
     for number, task in enumerate(tasks, 1):
         if not isinstance(task, dict):
             raise InputError(f"{path}: item {number} is not a Label Studio task; export it again as JSON")
-        url = task.get("data", {}).get("image") if isinstance(task.get("data"), dict) else task.get("image")
+        data = task["data"] if isinstance(task.get("data"), dict) else task  # JSON-MIN: the data's keys at the top
+        url, named, k = data.get("image"), data.get(STUDIO_FILE), data.get(STUDIO_SLICE)
         rectangles = _rectangles(task)
-        if rectangles and not isinstance(url, str):
-            raise InputError(f"{path}: task {task.get('id', number)}: no image URL (data.image); export it again")
-        parsed += [(task.get("id", number), _image_name(url, images), r) for r in rectangles]
-    chosen = _one_label(path, {str(lab) for _, _, r in parsed for lab in r.get("rectanglelabels", [])}, label)
+        task_id = task.get("id", number)
+        if rectangles and not isinstance(url, str) and not isinstance(named, str):
+            raise InputError(f"{path}: task {task_id}: no image URL (data.image); export it again")
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
+            raise InputError(f"{path}: task {task_id}: data.{STUDIO_SLICE} is {k!r}; give a slice index from 0")
+        name = named if isinstance(named, str) else _image_name(url, images)
+        parsed += [(task_id, name, k, r) for r in rectangles]
+    chosen = _one_label(path, {str(lab) for *_, r in parsed for lab in r.get("rectanglelabels", [])}, label)
     out = []
-    for task_id, name, rectangle in parsed:
+    for task_id, name, k, rectangle in parsed:
         if chosen is not None and chosen not in rectangle.get("rectanglelabels", []):
             continue
         where = f"task {task_id}"
@@ -356,7 +369,7 @@ def _label_studio_rows(
         if is_image(images / name):  # the file's own size: a stated size within SIZE_TOLERANCE is its rounding
             width, height, _ = stack_size(images / name)
         corners = _pixels(f"{path}: {where}", x / 100 * width, y / 100 * height, w / 100 * width, h / 100 * height)
-        out.append((name, Box(where, None, *corners)))
+        out.append((name, Box(where, k, *corners)))
     return out
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,23 +190,27 @@ def set_aside(path: Path, identity: Identity) -> Path | None:
 
 
 class Donor:
-    """The rows of a complete store that a new store of the same encoder may copy instead of encoding: those whose
-    ``rows_sha256`` (what the row was encoded from) the new store's rows share."""
+    """The rows of complete stores that a new store of the same encoder may copy instead of encoding: those whose
+    ``rows_sha256`` (what the row was encoded from) the new store's rows share. ``path``: the new store's own former
+    version (``set_aside``); ``more``: other stores to copy from (``autoprompt suggest``'s store of a whole folder),
+    read where they exist; the first store holding a row gives it."""
 
-    def __init__(self, path: Path | None, identity: Identity) -> None:
-        self.rows: dict[str, int] = {}
-        self.array: zarr.Array | None = None
-        if path is None or not Path(path).exists() or not identity.rows_sha256:
+    def __init__(self, path: Path | None, identity: Identity, more: Sequence[Path] = ()) -> None:
+        self.rows: dict[str, tuple[zarr.Array, int]] = {}
+        if not identity.rows_sha256:
             return
-        group = zarr.open_group(path, mode="r")
-        attrs = dict(group.attrs)
-        old = Identity(
-            attrs["backbone"], attrs["checkpoint_sha256"], attrs["source_sha256"], tuple(attrs["ids"]),
-            attrs.get("precision", "float32"), attrs.get("runtime", "torch"), tuple(attrs.get("rows_sha256", ())),
-        )  # fmt: skip
-        if old.encoder() == identity.encoder() and old.rows_sha256:
-            self.rows = {key: row for row, key in enumerate(old.rows_sha256)}
-            self.array = group["embeddings"]
+        for store in (path, *more):
+            if store is None or not Path(store).exists():
+                continue
+            group = zarr.open_group(store, mode="r")
+            attrs = dict(group.attrs)
+            old = Identity(
+                attrs["backbone"], attrs["checkpoint_sha256"], attrs["source_sha256"], tuple(attrs["ids"]),
+                attrs.get("precision", "float32"), attrs.get("runtime", "torch"), tuple(attrs.get("rows_sha256", ())),
+            )  # fmt: skip
+            if old.encoder() == identity.encoder():
+                for row, key in enumerate(old.rows_sha256):
+                    self.rows.setdefault(key, (group["embeddings"], row))
 
     def __bool__(self) -> bool:
         return bool(self.rows)
@@ -214,8 +219,8 @@ class Donor:
         return key in self.rows
 
     def embeddings(self, keys: list[str]) -> np.ndarray:
-        """K x 256 x 64 x 64 float16 embeddings of rows this store holds."""
-        return np.stack([self.array[self.rows[key]] for key in keys])
+        """K x 256 x 64 x 64 float16 embeddings of rows these stores hold."""
+        return np.stack([array[row] for array, row in (self.rows[key] for key in keys)])
 
 
 def open_embeddings(path: Path) -> zarr.Group:
@@ -238,3 +243,23 @@ def check_source(group: zarr.Group, path: Path, backbone: str, source_sha256: st
         raise _refuse(path, f"backbone {attrs.get('backbone')} != {backbone}")
     if attrs.get("source_sha256") != source_sha256:
         raise _refuse(path, "the prepared images changed since it was encoded")
+
+
+def pooled(array: zarr.Array, rows: np.ndarray, batch: int = 32) -> np.ndarray:
+    """N x 256 float32: each of ``rows`` of a store's N x 256 x 64 x 64 ``array`` averaged over its 64 x 64 grid and
+    L2-normalised (``training.suggest``'s features); runs of consecutive rows are read together, ``batch`` at most.
+    (Any N x C x H x W array gives N x C.)"""
+    rows = np.asarray(rows, np.int64)
+    out = np.empty((len(rows), array.shape[1]), np.float32)
+    means: dict[int, np.ndarray] = {}
+    unique = np.unique(rows)
+    runs = np.split(unique, np.flatnonzero(np.diff(unique) != 1) + 1) if len(unique) else []
+    for run in runs:
+        for first in range(0, len(run), batch):
+            part = run[first : first + batch]
+            block = array[int(part[0]) : int(part[-1]) + 1].astype(np.float32).mean(axis=(2, 3))
+            means.update(zip(part.tolist(), block, strict=True))
+    for i, row in enumerate(rows.tolist()):
+        out[i] = means[row]
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return out / np.where(norms > 0, norms, 1)

@@ -94,14 +94,9 @@ def boxes_file(root: Path, section: FolderPrepare) -> Path:
     return Path(root) / section.boxes
 
 
-def find(root: Path, section: FolderPrepare) -> list[CaseFiles]:
-    """Every image under ``root/images``, with the boxes file and its mask where it has one (the images are not
-    read; the boxes are, and checked)."""
-    images, csv_path = root / IMAGES, boxes_file(root, section)
-    if not images.is_dir():
-        raise InputError(f"{images}: folder not found; put your images (2D or 3D, {', '.join(SUFFIXES)}) there")
-    if not csv_path.exists():
-        raise InputError(f"{csv_path}: file not found; give {FORMATS} (boxes.csv: one box per row as {ROW_FORMAT})")
+def image_files(images: Path) -> dict[str, Path]:
+    """The images of the folder ``images`` (files, and folders of one DICOM series; hidden and unsupported files
+    left out, the latter warned about) by case name (``case_name``), sorted; refused: none, or two of one name."""
     files = [p for p in sorted(images.iterdir()) if (p.is_file() or is_image(p)) and not p.name.startswith(".")]
     paths = [p for p in files if is_image(p)]  # files, and folders of one DICOM series
     if len(paths) < len(files):
@@ -114,6 +109,23 @@ def find(root: Path, section: FolderPrepare) -> list[CaseFiles]:
         if name in by_name:
             raise InputError(f"{path}: same name as {by_name[name].name} but another format; rename one of them")
         by_name[name] = path
+    return by_name
+
+
+def case_id(name: str, k: int, is_2d: bool) -> str:
+    """A prepared case's id: the image's case name, or ``<name>_sliceKK`` for slice ``k`` of a volume."""
+    return name if is_2d else f"{name}_slice{k:02d}"
+
+
+def find(root: Path, section: FolderPrepare) -> list[CaseFiles]:
+    """Every image under ``root/images``, with the boxes file and its mask where it has one (the images are not
+    read; the boxes are, and checked)."""
+    images, csv_path = root / IMAGES, boxes_file(root, section)
+    if not images.is_dir():
+        raise InputError(f"{images}: folder not found; put your images (2D or 3D, {', '.join(SUFFIXES)}) there")
+    if not csv_path.exists():
+        raise InputError(f"{csv_path}: file not found; give {FORMATS} (boxes.csv: one box per row as {ROW_FORMAT})")
+    by_name = image_files(images)
     boxes, masks = read_boxes(csv_path, images, section.label), mask_files(root / MASKS)
     out = []
     for name, path in by_name.items():
@@ -212,7 +224,7 @@ def load(files: CaseFiles, section: FolderPrepare) -> list[Case]:
     has_mask = {"has_mask": float(bool(mask_path))}
     return [
         Case(
-            id=files.id if stack.is_2d else f"{files.id}_slice{k:02d}",
+            id=case_id(files.id, k, stack.is_2d),
             subject=files.subject,
             image=slices[k],
             label=labels[k],

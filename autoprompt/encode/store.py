@@ -11,7 +11,7 @@ import hashlib
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +81,7 @@ def encode_store(
     keys = identity.rows_sha256
     reused = [i for s in todo for i in _shard_rows(s, shard_size, n_images) if donor and donor.has(keys[i])]
     if reused:
-        log.info("%s: %d of its images encoded before, copied from %s", label, len(reused), out.name + ".previous")
+        log.info("%s: %d of its images encoded before, copied from an earlier store", label, len(reused))
     encoder = None
     if len(reused) < sum(len(_shard_rows(s, shard_size, n_images)) for s in todo):
         cache = Path(encode.runtime_cache)
@@ -132,16 +132,24 @@ def pixels_sha256(image: np.ndarray) -> str:
 
 
 def encode_prepared(
-    prepared: Path, out: Path, encode: EncodeSettings, label: str, part: tuple[int, int], reuse: bool = False
+    prepared: Path,
+    out: Path,
+    encode: EncodeSettings,
+    label: str,
+    part: tuple[int, int],
+    reuse: bool = False,
+    donors: Sequence[Path] = (),
 ) -> None:
     """Every image of the prepared store ``prepared``, encoded into ``out``. ``reuse``: a store of other images at
-    ``out`` is set aside and its embeddings of unchanged images copied (``autoprompt train``'s work folder; the DVC
-    stage refuses such a store instead)."""
+    ``out`` is set aside and its embeddings of unchanged images copied, and so are those of the stores ``donors``
+    (``autoprompt train``'s work folder, and ``autoprompt suggest``'s store of the whole folder; the DVC stage
+    refuses such a store instead)."""
     images = zarr.open_group(prepared, mode="r")
     ids = tuple(images.attrs["ids"])
     keys = tuple(pixels_sha256(images["images"][i]) for i in range(len(ids))) if reuse else ()
     found = identity(encode, images.attrs["source_sha256"], ids, keys)
     previous = embeddings.set_aside(out, found) if reuse else None
-    encode_store(out, found, lambda rows: images["images"][rows], encode, label, part, Donor(previous, found))
+    donor = Donor(previous, found, donors if reuse else ())
+    encode_store(out, found, lambda rows: images["images"][rows], encode, label, part, donor)
     if previous is not None and out.exists():
         shutil.rmtree(previous)

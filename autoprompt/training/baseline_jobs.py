@@ -27,7 +27,7 @@ from autoprompt.settings import BaselineSettings, EncodeSettings, TrainSettings
 from autoprompt.sources import sources_sha256
 from autoprompt.training import runs
 from autoprompt.training.baselines import BaselineConfig, make_model, train_baseline
-from autoprompt.training.fewshot import Run, draw_areas, draw_subset, plan_runs
+from autoprompt.training.fewshot import Run, draw_areas, draw_features, draw_subset, plan_runs
 from autoprompt.training.inputs import task_checkpoint
 from autoprompt.training.pseudo_labels import array_sha256
 
@@ -66,6 +66,7 @@ def plan_method(task: Task, baseline: BaselineSettings, train: TrainSettings, na
         task.name,
         train.key("shots"),
         draw_areas(rows, train),
+        draw_features(rows, train, task.embeddings),
     )
 
 

@@ -2,9 +2,13 @@
 
 A run is named by its regime and number: ``fewshot/subset1-seed2`` trains on subset 1 of ``shots`` images with
 seed 2; ``all/seed0`` trains on every training image. Subsets are drawn from the training split with their own
-seed, so the same params give the same images on every machine: uniformly (``train.draw: uniform``), or one image
+seed, so the same params give the same images on every machine: uniformly (``train.draw: uniform``), one image
 from each of ``shots`` strata of tight-box area (``box_area``), so that the few shots cover the structure's sizes,
-small apex cavities and large basal ones alike, from boxes alone.
+small apex cavities and large basal ones alike, from boxes alone; or spread over the split's pooled embeddings by
+greedy k-center (``suggest``: ``training.suggest``, the way ``autoprompt suggest`` chooses the images a user boxes),
+with each volume slice's position in its volume as a feature. Subset 0 starts from the medoid, as ``autoprompt
+suggest`` does; subset k > 0 from an image drawn with ``subset_seed`` and k, so that several subsets differ. A subset
+always has ``shots`` images: near-duplicates are not skipped here (k-center takes them last anyway).
 """
 
 from __future__ import annotations
@@ -14,10 +18,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import zarr
 
+from autoprompt.data.embeddings import pooled
 from autoprompt.data.prepared import task_table
 from autoprompt.errors import InputError
 from autoprompt.settings import TrainSettings
+from autoprompt.training import suggest
 
 FEWSHOT = "fewshot"
 ALL = "all"
@@ -38,15 +45,24 @@ class Run:
 
 
 def draw_subset(
-    ids: list[str], shots: int, subset: int, subset_seed: int, areas: Mapping[str, float] | None = None
+    ids: list[str],
+    shots: int,
+    subset: int,
+    subset_seed: int,
+    areas: Mapping[str, float] | None = None,
+    features: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[str, ...]:
     """``shots`` ids drawn without replacement from the sorted ``ids``; the same arguments give the same ids.
 
     With ``areas`` (id -> tight-box area), the pool sorted by area is cut into ``shots`` strata of (nearly) equal
-    size and one id is drawn from each."""
+    size and one id is drawn from each. With ``features`` (id -> a vector, ``draw_features``), greedy k-center on
+    them (``suggest.choose``), from the medoid for subset 0 and from a seeded id for the others."""
     pool = sorted(ids)
     rng = np.random.default_rng([subset_seed, subset])
-    if areas is None:
+    if features is not None:
+        start = None if subset == 0 else int(rng.integers(len(pool)))
+        picked = suggest.choose(np.stack([features[i] for i in pool]), shots, start=start)
+    elif areas is None:
         picked = rng.choice(len(pool), size=shots, replace=False)
     else:
         by_area = sorted(range(len(pool)), key=lambda i: (areas[pool[i]], pool[i]))
@@ -65,6 +81,23 @@ def draw_areas(rows: pd.DataFrame, train: TrainSettings) -> dict[str, float] | N
     return box_areas(rows) if train.draw == "box_area" else None
 
 
+def draw_features(rows: pd.DataFrame, train: TrainSettings, store: zarr.Group | None) -> dict[str, np.ndarray] | None:
+    """Id -> the features that ``train.draw: suggest`` spreads the shots over, or None for the other draws: the
+    rows' pooled embeddings from the embedding ``store`` (their ``row``); where the rows are slices (a ``slice``
+    column), with each slice's position among its subject's rows (0 at the lowest slice, 1 at the highest,
+    ``suggest.CENTRE`` for a subject of one slice) as a feature (``suggest.with_positions``)."""
+    if train.draw != "suggest":
+        return None
+    assert store is not None, "train.draw: suggest reads the embedding store"
+    features = pooled(store["embeddings"], rows["row"].to_numpy())
+    if "slice" in rows:
+        by_subject = rows.groupby("subject")["slice"]
+        low, high = by_subject.transform("min"), by_subject.transform("max")
+        positions = ((rows["slice"] - low) / (high - low).where(high > low)).fillna(suggest.CENTRE)
+        features = suggest.with_positions(features, positions.to_numpy(dtype=np.float32))
+    return dict(zip(rows["id"], features, strict=True))
+
+
 def plan_runs(
     train_ids: list[str],
     shots: int | str,
@@ -75,10 +108,12 @@ def plan_runs(
     task: str = "task",
     key: str = "train.shots",
     areas: Mapping[str, float] | None = None,
+    features: Mapping[str, np.ndarray] | None = None,
 ) -> list[Run]:
     """Every run of a task: ``subsets x seeds`` few-shot runs of ``shots`` images (unless ``shots`` is ``all``), then
     ``seeds`` runs on every training image when ``all_images`` is set (or ``shots`` is ``all``). ``key`` names the
-    shots setting in messages; ``areas`` (id -> box area) stratifies the draw (``draw_subset``)."""
+    shots setting in messages; ``areas`` (id -> box area) stratifies the draw, ``features`` spreads it
+    (``draw_subset``)."""
     count = None if shots == ALL else int(shots)
     if not train_ids:
         raise InputError(f"{task}: no training images; check the split in the prepared index")
@@ -90,7 +125,7 @@ def plan_runs(
                 "to all"
             )
         for subset in range(subsets):
-            chosen = draw_subset(train_ids, count, subset, subset_seed, areas)
+            chosen = draw_subset(train_ids, count, subset, subset_seed, areas, features)
             runs += [Run(FEWSHOT, f"subset{subset}-seed{seed}", seed, chosen) for seed in seeds]
     if all_images or count is None:
         everything = tuple(sorted(train_ids))
@@ -98,19 +133,28 @@ def plan_runs(
     return runs
 
 
-def fewshot_ids(table: pd.DataFrame, tasks: dict[str, str], min_foreground: int, train: TrainSettings) -> list[str]:
+def fewshot_ids(
+    table: pd.DataFrame,
+    tasks: dict[str, str],
+    min_foreground: int,
+    train: TrainSettings,
+    store: zarr.Group | None = None,
+) -> list[str]:
     """The ids, in index order, of every image that a few-shot run of one of ``tasks`` (task name -> class, the
-    dataset's tasks) trains on, in the prepared index ``table``: the images whose encoded views the recipes draw."""
+    dataset's tasks) trains on, in the prepared index ``table``: the images whose encoded views the recipes draw.
+    ``store``: the dataset's embedding store, which ``train.draw: suggest`` reads (``draw_features``)."""
     wanted: set[str] = set()
     for task, class_name in tasks.items():
         rows = task_table(table, class_name, min_foreground)
-        rows = rows[rows["split"] == "train"]
+        if "slice" in table:  # as load_task carries it: the slice's position, for draw_features
+            rows = rows.assign(slice=table.loc[rows["row"], "slice"].to_numpy())
+        rows = rows[rows["split"] == "train"].reset_index(drop=True)
         train_ids = rows["id"].tolist()
         if not train_ids:
             continue
         key = train.key("shots")
-        plan = plan_runs(
-            train_ids, train.shots, train.subsets, [0], train.subset_seed, False, task, key, draw_areas(rows, train)
-        )
+        areas, features = draw_areas(rows, train), draw_features(rows, train, store)
+        shots, subsets, seed = train.shots, train.subsets, train.subset_seed
+        plan = plan_runs(train_ids, shots, subsets, [0], seed, False, task, key, areas, features)
         wanted.update(i for r in plan if r.regime == FEWSHOT for i in r.ids)
     return [i for i in table["id"] if i in wanted]

@@ -28,7 +28,7 @@ from autoprompt.model import backbones, checkpoints
 from autoprompt.settings import AugmentSettings, EncodeSettings, TrainSettings
 from autoprompt.sources import sources_sha256
 from autoprompt.training import fewshot, runs
-from autoprompt.training.fewshot import Run, draw_areas, plan_runs
+from autoprompt.training.fewshot import Run, draw_areas, draw_features, plan_runs
 from autoprompt.training.inputs import TaskInputs, task_checkpoint
 from autoprompt.training.loop import TrainConfig, train_head
 from autoprompt.training.pseudo_labels import array_sha256, save_inputs
@@ -102,8 +102,9 @@ def plan_head_jobs(
             f"{task.name} has {len(val_ids)} validation images: use last"
         )
     jobs = []
+    rows = task.rows("train")
+    areas, features = draw_areas(rows, train), draw_features(rows, train, task.embeddings)
     for recipe in train.recipe:
-        rows = task.rows("train")
         plan = plan_runs(
             rows["id"].tolist(),
             train.shots,
@@ -113,7 +114,8 @@ def plan_head_jobs(
             train.trains_all_images(recipe),
             task.name,
             train.key("shots"),
-            draw_areas(rows, train),
+            areas,
+            features,
         )
         for run in plan:
             config = TrainConfig.from_settings(train, recipe, run.regime)

@@ -1,0 +1,210 @@
+"""Which images of a folder to box, before any box is drawn (``autoprompt suggest``).
+
+``suggest_folder`` reads every image of ``DATA/images`` (2D files, NIfTI and other volumes, DICOM series: every slice
+of a volume), prepares each slice exactly as ``autoprompt train`` does (``images.frame_slices`` under the folder
+section's clip, spacing, crop and fit), encodes them all, and chooses ``n`` to box by greedy k-center on their pooled
+embeddings (``training.suggest``: from the medoid, never two near-duplicates, volume slices spread by their position
+in the volume). It writes, in ``OUT``:
+
+- ``boxes.csv``: a template listing the chosen images (and slices) in the order chosen, corners empty: the first rows
+  cover the folder best, so a user who boxes fewer may delete the last rows;
+- ``label-studio/``: ``tasks.json`` to import, ``config.xml`` (the labeling interface) and ``images/``, a PNG of each
+  chosen slice on its own pixel grid; the export of the boxes drawn there is read by ``autoprompt train --boxes``
+  (``data.box_templates``).
+
+What is reused: the embeddings are kept in the work folder (``own_data.suggest_store``: ``WORK/suggest/``, by default
+``DATA.work``, which is ``train``'s work folder for ``train DATA -o DATA.pt``). A second ``suggest`` encodes only the
+slices whose prepared pixels changed or are new (the rest are copied, as ``train`` copies its own), and ``train``
+copies from this store every boxed image whose pixels it holds (from its own work folder or from ``DATA.work``), so
+no image is encoded twice by the same encoder (``suggest`` and ``train`` use the same one: ``own_data.encode_for``).
+The images themselves are read again on each call (reading is cheap beside the encoder).
+
+Every output is written whole (a temporary, then renamed), and only over what ``suggest`` wrote: a ``boxes.csv``
+with a box in it, or a ``label-studio`` folder without its mark, is the user's and is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import cv2
+import numpy as np
+import zarr
+from tqdm import tqdm
+
+from autoprompt.data import embeddings
+from autoprompt.data.box_templates import Wanted, csv_template, is_template, studio_config, studio_task
+from autoprompt.data.folder import BOXES, IMAGES, case_id, image_files
+from autoprompt.data.images import as_stack, frame_slices, intensities, read_image, to_uint8
+from autoprompt.data.records import preprocessing
+from autoprompt.device import EXACT_NUMERICS, Numerics
+from autoprompt.encode.store import encode_store, identity, pixels_sha256
+from autoprompt.errors import InputError
+from autoprompt.io import atomic_path, write_text
+from autoprompt.outputs import clear_stale, hold
+from autoprompt.own_data import encode_for, folder_section, suggest_store
+from autoprompt.settings import FolderPrepare, Settings
+from autoprompt.training import suggest
+
+log = logging.getLogger(__name__)
+
+STUDIO = "label-studio"  # OUT's folder of the Label Studio project
+STUDIO_MARK = ".autoprompt-suggest"  # in STUDIO: the folder is suggest's own, and may be replaced
+LOCAL_FILES = "/data/local-files/?d="  # Label Studio's URL of a file under LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """What ``suggest_folder`` chose: the images (slices) to box in the order chosen, out of ``candidates``; the
+    files it wrote."""
+
+    picks: list[Wanted]
+    candidates: int
+    written: list[Path]
+
+
+def read_folder(images: Path, section: FolderPrepare) -> tuple[list[Wanted], np.ndarray, np.ndarray]:
+    """Every image and volume slice of ``images``: what each is, the N x S x S uint8 slices prepared as ``train``
+    prepares them, and each one's relative position in its volume (0 first, 1 last; ``suggest.CENTRE`` for a 2D
+    image or a volume of one slice)."""
+    steps = preprocessing(section)
+    wanted: list[Wanted] = []
+    slices, positions = [], []
+    for name, path in tqdm(image_files(images).items(), desc="read", unit="image"):
+        stack = as_stack(read_image(path))
+        framed = frame_slices(stack, steps).slices
+        depth = len(framed)
+        for k, plane in enumerate(framed):
+            wanted.append(Wanted(path.name, None if stack.is_2d else k, case_id(name, k, stack.is_2d)))
+            slices.append(plane)
+            positions.append(k / (depth - 1) if depth > 1 else suggest.CENTRE)
+    return wanted, np.stack(slices), np.asarray(positions, np.float32)
+
+
+def encode_folder(ids: list[str], slices: np.ndarray, settings: Settings, work: Path) -> Path:
+    """``slices`` (N x S x S uint8, ids ``ids``) encoded into the work folder's suggest store; rows whose pixels a
+    store there holds already (suggest's former one, ``train``'s) are copied, not encoded. Returns the store."""
+    keys = tuple(pixels_sha256(plane) for plane in slices)
+    source = hashlib.sha256("\n".join(keys).encode()).hexdigest()
+    found = identity(settings.encode, source, tuple(ids), keys)
+    out = suggest_store(work)
+    previous = embeddings.set_aside(out, found)
+    donor = embeddings.Donor(previous, found, [work / "embeddings.zarr"])
+    encode_store(out, found, lambda rows: slices[rows], settings.encode, "suggest", (0, 1), donor)
+    if previous is not None and out.exists():
+        shutil.rmtree(previous)
+    return out
+
+
+def pooled_features(store: Path) -> np.ndarray:
+    """N x 256: the store's embeddings pooled (``embeddings.pooled``), kept beside it for the store's next reader."""
+    group = zarr.open_group(store, mode="r")
+    cache = store.with_name("pooled.npz")
+    source = json.dumps([group.attrs.get(key) for key in embeddings.IDENTITY_KEYS])  # what the embeddings are
+    if cache.exists():
+        kept = np.load(cache)
+        if str(kept["source"]) == source:
+            return kept["features"]
+    features = embeddings.pooled(group["embeddings"], np.arange(group["embeddings"].shape[0]))
+    with atomic_path(cache) as tmp, tmp.open("wb") as handle:
+        np.savez(handle, features=features, source=np.array(source))
+    return features
+
+
+def pick(
+    features: np.ndarray, positions: np.ndarray, volumes: bool, n: int, min_distance: float = suggest.DUPLICATE
+) -> list[int]:
+    """``n`` rows to box (fewer where the rest are near-duplicates): greedy k-center on the pooled ``features``,
+    with the slices' ``positions`` as a feature where the folder has ``volumes`` (``training.suggest``)."""
+    spread = suggest.with_positions(features, positions) if volumes else features
+    return suggest.choose(spread, n, min_distance=min_distance, duplicates=features)
+
+
+def render(images: Path, picks: list[Wanted], section: FolderPrepare) -> dict[str, np.ndarray]:
+    """Id -> H x W uint8 of each pick: its slice clipped and rescaled as prepared, on the file's own pixel grid
+    (no resampling, no fit), so that a box drawn on it is in the file's pixels."""
+    steps = dataclasses.replace(preprocessing(section), spacing=None)
+    out: dict[str, np.ndarray] = {}
+    for file in dict.fromkeys(w.file for w in picks):
+        grid = to_uint8(intensities(as_stack(read_image(images / file)).stack, steps))
+        out.update({w.id: grid[w.slice or 0] for w in picks if w.file == file})
+    return out
+
+
+def check_outputs(out: Path) -> None:
+    """Refuse, before any work, to write over a ``boxes.csv`` that is not a template or a ``label-studio`` folder that
+    ``suggest`` did not write."""
+    boxes, studio = out / BOXES, out / STUDIO
+    if boxes.is_dir() or (boxes.exists() and not is_template(boxes)):
+        raise InputError(
+            f"{boxes}: holds boxes (not an empty template), so it is not replaced; give another -o, or move it away"
+        )
+    if studio.exists() and not (studio / STUDIO_MARK).exists():
+        raise InputError(f"{studio}: not written by autoprompt suggest, so it is not replaced; give another -o")
+
+
+def write_outputs(
+    out: Path, picks: list[Wanted], pictures: dict[str, np.ndarray], label: str, root: Path
+) -> list[Path]:
+    """``OUT/label-studio/`` and ``OUT/boxes.csv`` (see the module's docstring), each written whole; the tasks' URLs
+    name the PNGs relative to ``root``, Label Studio's document root of local files."""
+    studio, boxes = out / STUDIO, out / BOXES
+    tasks = []
+    with atomic_path(studio) as tmp:
+        (tmp / "images").mkdir(parents=True)
+        for w in picks:
+            png = tmp / "images" / f"{w.id}.png"
+            if not cv2.imwrite(str(png), pictures[w.id]):
+                raise OSError(f"{png}: not written; is the disk full?")
+            relative = os.path.relpath(studio / "images" / png.name, root)
+            tasks.append(studio_task(LOCAL_FILES + quote(Path(relative).as_posix()), w))
+        (tmp / "tasks.json").write_text(json.dumps(tasks, indent=1) + "\n")
+        (tmp / "config.xml").write_text(studio_config(label))
+        (tmp / STUDIO_MARK).write_text("written by autoprompt suggest; replaced by its next call\n")
+    write_text(boxes, csv_template(picks))
+    return [boxes, studio / "tasks.json", studio / "config.xml", studio / "images"]
+
+
+def suggest_folder(
+    data: Path,
+    out: Path,
+    work: Path,
+    settings: Settings,
+    n: int,
+    numerics: Numerics = EXACT_NUMERICS,
+    min_distance: float = suggest.DUPLICATE,
+    label: str = "structure",
+    studio_root: Path | None = None,
+) -> Suggestion:
+    """Choose ``n`` images (volume slices) of the folder ``data`` to box and write their templates into ``out`` (see
+    the module's docstring); the embeddings are kept in ``work``. ``settings``: the params (``prepare``'s folder
+    section, ``encode``); ``numerics``: the encoder's, as ``train`` would choose it; ``label``: the box's label in
+    Label Studio; ``studio_root``: Label Studio's document root of local files (default ``out``)."""
+    section = folder_section(settings)
+    settings = settings.model_copy(update={"encode": encode_for(settings.encode, numerics)})
+    check_outputs(out)
+    with hold(work, f"autoprompt suggest {data}", "autoprompt-train"):  # train's lock: one of them at a time
+        clear_stale(work)
+        wanted, slices, positions = read_folder(data / IMAGES, section)
+        store = encode_folder([w.id for w in wanted], slices, settings, work)
+        features = pooled_features(store)
+    volumes = any(w.slice is not None for w in wanted)
+    chosen = [wanted[i] for i in pick(features, positions, volumes, n, min_distance)]
+    if len(chosen) < min(n, len(wanted)):
+        log.warning(
+            "%d images and slices chosen, not %d: every other one lies within %g of a chosen one (a near-duplicate)",
+            len(chosen), n, min_distance,
+        )  # fmt: skip
+    for rank, w in enumerate(chosen, 1):
+        log.info("%2d. %s%s", rank, w.file, "" if w.slice is None else f" slice {w.slice}")
+    pictures = render(data / IMAGES, chosen, section)
+    written = write_outputs(out, chosen, pictures, label, out if studio_root is None else studio_root)
+    return Suggestion(chosen, len(wanted), written)
