@@ -211,7 +211,7 @@ def encode_for(encode: EncodeSettings, numerics: Numerics) -> EncodeSettings:
     if numerics.precision != "bfloat16" or encode.runtime == "torch" or not runtimes.openvino_available():
         return encode
     if encode.cpu_precision != "bfloat16":
-        log.info("encoder: OpenVINO bfloat16 on the fast path, not %s's %s (--exact keeps it)",
+        log.info("encoder: OpenVINO bfloat16 on the fast path, over %s %s (--exact keeps that)",
                  encode.key("cpu_precision"), encode.cpu_precision)  # fmt: skip
     return encode.model_copy(update={"cpu_precision": "bfloat16"})
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from autoprompt.evaluation import report, scoring
-from autoprompt.evaluation.metrics import dice, empty_misses, summarize
+from autoprompt.evaluation.metrics import dice, empty_misses, mask_dice, summarize
 
 
 def test_dice_values_and_the_empty_case():
@@ -18,6 +19,18 @@ def test_dice_values_and_the_empty_case():
     # image 3: empty prediction of a non-empty mask; image 0: empty against empty
     assert dice(pred, truth).tolist() == pytest.approx([1.0, 1.0, 2 * 8 / 24, 0.0])
     assert dice(truth[:1] | True, truth[:1]).item() == 0.0, "a full prediction of an empty mask scores 0"
+
+
+def test_mask_dice_takes_a_volume_whole_from_arrays_or_tensors():
+    """A volume's slices together (not their mean), any nonzero label as foreground; two empty masks agree."""
+    truth = np.zeros((2, 8, 8), np.uint8)
+    truth[0, 2:6, 2:6] = 3  # 16 pixels on slice 0, slice 1 empty
+    pred = np.zeros_like(truth)
+    pred[0, 2:6, 2:4] = 1  # 8 of them
+    pred[1, 0, 0:8] = 1  # 8 pixels where slice 1 is empty
+    assert mask_dice(pred, truth) == pytest.approx(2 * 8 / (16 + 16))
+    assert mask_dice(torch.from_numpy(pred) > 0, torch.from_numpy(truth) > 0) == mask_dice(pred, truth)
+    assert mask_dice(np.zeros((3, 3)), np.zeros((3, 3))) == 1.0
 
 
 def test_summaries_are_in_percent_with_the_population_std():

@@ -21,6 +21,12 @@ def dice(pred: Tensor, target: Tensor) -> Tensor:
     return torch.where(total > 0, 2 * overlap / total.clamp(min=1), torch.ones_like(total))
 
 
+def mask_dice(mask: Tensor | np.ndarray, reference: Tensor | np.ndarray) -> float:
+    """``dice`` of two masks taken whole (a volume's slices together; nonzero is foreground), in [0, 1]."""
+    mask, reference = torch.as_tensor(np.asarray(mask) != 0), torch.as_tensor(np.asarray(reference) != 0)
+    return float(dice(mask[None], reference[None])[0])
+
+
 def summarize(values: list[float] | np.ndarray) -> dict[str, float]:
     """Mean and (population) standard deviation, in Dice percent, as Table 1 reports them."""
     array = 100.0 * np.asarray(values, dtype=np.float64)

@@ -21,6 +21,7 @@ import torch
 from autoprompt.data.images import Framed, Stack, as_stack, frame_slices, to_input_grid
 from autoprompt.device import EXACT_NUMERICS, Numerics
 from autoprompt.errors import InputError
+from autoprompt.evaluation.metrics import mask_dice
 from autoprompt.inference.model import Model
 from autoprompt.inference.presence import Evidence, Presence, absent_slices, gather, slice_agreement
 from autoprompt.inference.reprompt import reprompt
@@ -171,7 +172,7 @@ class Predictor:
         agreement = None
         if len(each) > 1:
             ensemble = probs > self.threshold
-            agreement = float(np.mean([_dice(p > self.threshold, ensemble) for p in each]))
+            agreement = float(np.mean([mask_dice(p > self.threshold, ensemble) for p in each]))
         if self.reprompt_margin is not None:
             probs = reprompt(
                 self.decoder, embeddings, probs, self.reprompt_margin, self.threshold, self.batch_size, self.device,
@@ -211,9 +212,3 @@ class Predictor:
         probabilities = to_input_grid(frame, framed, stack)
         self.timings["postprocess"] += time.perf_counter() - start
         return Segmentation(probabilities, frame, framed, stack, agreement, refitted, absent, evidence)
-
-
-def _dice(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Dice of two masks taken whole (every slice together); 1 where both are empty."""
-    total = int(a.sum() + b.sum())
-    return 1.0 if total == 0 else 2 * float((a & b).sum()) / total

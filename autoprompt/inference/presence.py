@@ -29,11 +29,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_iou
 
+from autoprompt.geometry import inclusive_box_iou
 from autoprompt.inference.reprompt import mask_boxes
 
-EDGES = torch.tensor([0.0, 0.0, 1.0, 1.0])  # inclusive pixel indices -> pixel edges, for box IoU
 CUES = ("iou", "agreement", "sequence")
 
 
@@ -123,7 +122,7 @@ def _off_sequence(evidence: Evidence, i: int, inner: int | None, rule: Presence)
     """Whether slice ``i``'s box breaks the sequence of the slice further in (``inner``; None: there is none)."""
     if inner is None or not bool(evidence.found[inner]):
         return False
-    iou = float(box_iou((evidence.boxes[i] + EDGES)[None], (evidence.boxes[inner] + EDGES)[None])[0, 0])
+    iou = float(inclusive_box_iou(evidence.boxes[i][None], evidence.boxes[inner][None])[0, 0])
     return iou < rule.min_box_iou or float(evidence.area[i]) > rule.max_growth * float(evidence.area[inner])
 
 

@@ -20,10 +20,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import SimpleITK as sitk
+import torch
 
 from autoprompt.data.boxes import Box
 from autoprompt.data.images import as_stack, on_grid_of
 from autoprompt.errors import InputError
+from autoprompt.evaluation.metrics import mask_dice
+from autoprompt.geometry import inclusive_box_iou, largest_component_box
 from autoprompt.io import write_text
 
 THUMBNAIL = 256  # the longest side of a thumbnail, in pixels
@@ -108,7 +111,7 @@ def strip(
     for k in range(len(grey)):
         found = bool(mask[k].any())
         if reference is not None:
-            score = dice(mask[k], reference[k])
+            score = mask_dice(mask[k], reference[k])
         else:
             score = float(predicted_iou[k]) if predicted_iou is not None and found else None
         picture = np.clip((grey[k] - low) / max(high - low, 1e-6) * 255, 0, 255).astype(np.uint8)
@@ -121,21 +124,6 @@ def strip(
     return tuple(tiles)
 
 
-def dice(mask: np.ndarray, reference: np.ndarray) -> float:
-    mask, reference = mask > 0, reference > 0
-    total = int(mask.sum() + reference.sum())
-    return 1.0 if total == 0 else 2 * float((mask & reference).sum()) / total
-
-
-def _box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """The box (x_min, y_min, x_max, y_max, inclusive) of a 2D mask's largest 8-connected component."""
-    count, _, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)
-    if count < 2:
-        return None
-    x, y, w, h = stats[1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA])), :4]
-    return int(x), int(y), int(x + w - 1), int(y + h - 1)
-
-
 def box_iou(mask: np.ndarray, image: sitk.Image, boxes: tuple[Box, ...]) -> float:
     """Mean IoU, over the drawn ``boxes`` of an input, of each box with the box of the mask on its slice (the mask in
     the input's own layout; slices as ``images.as_stack`` cuts them)."""
@@ -145,16 +133,9 @@ def box_iou(mask: np.ndarray, image: sitk.Image, boxes: tuple[Box, ...]) -> floa
         k = drawn.slice or 0
         if k >= len(stack):
             raise InputError(f"slice {k} of a box is outside the input ({len(stack)} slices); fix the boxes file")
-        found = _box(stack[k])
-        if found is None:
-            scores.append(0.0)
-            continue
-        x0, y0 = max(found[0], drawn.x_min), max(found[1], drawn.y_min)
-        x1, y1 = min(found[2], drawn.x_max), min(found[3], drawn.y_max)
-        overlap = max(0, x1 - x0 + 1) * max(0, y1 - y0 + 1)
-        corners = (drawn.x_min, drawn.y_min, drawn.x_max, drawn.y_max)
-        areas = [(b[2] - b[0] + 1) * (b[3] - b[1] + 1) for b in (found, corners)]
-        scores.append(overlap / (sum(areas) - overlap))
+        found = largest_component_box(stack[k])
+        corners = torch.tensor([[drawn.x_min, drawn.y_min, drawn.x_max, drawn.y_max]])
+        scores.append(0.0 if found is None else float(inclusive_box_iou(torch.tensor([found]), corners)[0, 0]))
     return float(np.mean(scores))
 
 
@@ -174,7 +155,7 @@ def entry(
     if reference is not None:
         if reference.shape != mask.shape:
             raise InputError(f"{name}: its reference mask is {reference.shape}, its prediction {mask.shape}")
-        score, kind = dice(mask, reference), "dice"
+        score, kind = mask_dice(mask, reference), "dice"
     elif boxes:
         score, kind = box_iou(mask, image, boxes), "box_iou"
     else:

@@ -16,26 +16,14 @@ from __future__ import annotations
 
 import logging
 
-import cv2
-import numpy as np
 import torch
 from torch import Tensor
-from torchvision.ops import box_iou
 
+from autoprompt.geometry import inclusive_box_iou, largest_component_box
 from autoprompt.model.decoding import PromptDecoder, decode_scored
 from autoprompt.settings import RepromptSettings
 
 log = logging.getLogger(__name__)
-
-
-def largest_component_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """(x_min, y_min, x_max, y_max), inclusive pixel indices, of the largest 8-connected component of an S x S bool
-    mask; None when it is empty."""
-    count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    if count < 2:  # label 0 is the background
-        return None
-    x, y, w, h = stats[1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA])), :4]
-    return int(x), int(y), int(x + w - 1), int(y + h - 1)
 
 
 def loosen(boxes: Tensor, margin: float, size: int) -> Tensor:
@@ -91,8 +79,7 @@ def box_agreement(probs: Tensor, boxes: Tensor, threshold: float) -> Tensor:
     """N: IoU of the box of each mask's (``probs > threshold``) largest component with the given N x 4 tight box
     (label frame, inclusive pixel indices); 0 where a mask is empty."""
     found_boxes, found = mask_boxes(probs > threshold, 0.0)
-    ends = torch.tensor([0.0, 0.0, 1.0, 1.0])  # inclusive pixel indices -> pixel edges
-    return box_iou(found_boxes + ends, boxes.float() + ends).diagonal() * found
+    return inclusive_box_iou(found_boxes, boxes.float()).diagonal() * found
 
 
 def choose_margin(

@@ -24,14 +24,13 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_iou
 
+from autoprompt.geometry import inclusive_box_iou
 from autoprompt.inference.reprompt import loosen, mask_boxes
 from autoprompt.model.decoding import PromptDecoder, decode_scored
 
 GAP, OFF, END = "gap", "off", "end"  # why a slice is prompted again
 REASONS = (GAP, OFF, END)
-EDGES = torch.tensor([0.0, 0.0, 1.0, 1.0])  # inclusive pixel indices -> pixel edges, for box IoU
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,7 @@ def _between(boxes: Tensor, positions: Tensor, i: int, j: int, k: int) -> Tensor
 
 
 def _iou(a: Tensor, b: Tensor) -> float:
-    return float(box_iou((a + EDGES)[None], (b + EDGES)[None])[0, 0])
+    return float(inclusive_box_iou(a[None], b[None])[0, 0])
 
 
 def fit_sequence(boxes: Tensor, found: Tensor, positions: Tensor, min_iou: float, ends: bool) -> Fitted:

@@ -1,0 +1,201 @@
+"""Which ten images to box, on real images: the ten ``autoprompt suggest`` lists against uniform draws of ten.
+
+The HC18 sample is laid out as a user's folder (``examples/own-data/gather.py``: each subject's first image, masks
+from the annotated outlines). Each draw of ten images gets the tight boxes of their masks (as a user would draw
+them) and is trained as a user would train it: ``autoprompt train`` with ``examples/own-data/params.yaml`` on the
+default, fast CPU numerics. The draws: the ten that ``autoprompt suggest -n 10`` lists, and ``--uniform`` draws of ten
+taken uniformly without replacement (seeds 0, 1, ...).
+
+Every model is scored on the same images: those that no draw trained on. Each is encoded once (the fast path's
+encoder, as ``predict``'s) and decoded by each model as ``predict`` does (the runs' ensemble, re-prompted at the
+model's margin); Dice (%) on each image's own grid, and its misses (Dice under 50). The tight-box prompt on the same
+images is the bound.
+
+    python bench/draws.py [--hc18 ../shared/data/hc18-sample] [--uniform 5] [--shots 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import common
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+log = logging.getLogger("bench.draws")
+
+WALKTHROUGH = common.REPO / "examples" / "own-data"
+THREADS = 2
+
+
+def tight_boxes(masks: Path) -> dict[str, tuple[int, int, int, int]]:
+    """Image name -> the tight box (x_min, y_min, x_max, y_max, inclusive) of its mask."""
+    from autoprompt.data.images import read_image
+    from autoprompt.data.preprocess import tight_box
+
+    boxes = {}
+    for path in sorted(masks.glob("*.png")):
+        box = tight_box(sitk.GetArrayFromImage(read_image(path)) > 0)
+        if box is not None:
+            boxes[path.name] = box
+    return boxes
+
+
+def write_boxes(names: list[str], boxes: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "x_min", "y_min", "x_max", "y_max"])
+        writer.writerows([name, *boxes[name]] for name in names)
+
+
+def suggested(data: Path, shots: int, out: Path, env: dict) -> list[str]:
+    """The images ``autoprompt suggest`` lists, in its order."""
+    autoprompt = Path(sys.executable).with_name("autoprompt")
+    shutil.rmtree(out, ignore_errors=True)
+    subprocess.run([str(autoprompt), "suggest", "-i", str(data), "-n", str(shots), "-o", str(out), "--threads",
+                    str(THREADS)], check=True, env=env)  # fmt: skip
+    with (out / "boxes.csv").open() as handle:
+        return [row["image"] for row in csv.DictReader(handle)]
+
+
+def train(data: Path, names: list[str], boxes: dict, work: Path, env: dict) -> tuple[Path, float]:
+    """``autoprompt train`` on ``names``' tight boxes: the model file and the wall seconds."""
+    folder = work / "data"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    (folder / "images").symlink_to(data / "images")
+    write_boxes(names, boxes, folder / "boxes.csv")
+    model = work / "model.pt"
+    autoprompt = Path(sys.executable).with_name("autoprompt")
+    start = time.perf_counter()
+    subprocess.run([str(autoprompt), "train", str(folder), "-o", str(model), "--params", str(WALKTHROUGH /
+                    "params.yaml"), "--class", "head", "--threads", str(THREADS)], check=True, env=env)  # fmt: skip
+    return model, time.perf_counter() - start
+
+
+def score(models: dict[str, Path], data: Path, names: list[str], boxes: dict) -> dict[str, dict]:
+    """Per draw: Dice (%) of its model on each of ``names`` (each encoded once), and the tight-box prompt's."""
+    from autoprompt.data.images import as_stack, frame_slices, read_image, to_input_grid
+    from autoprompt.data.preprocess import fit_label, tight_box
+    from autoprompt.device import FAST, numerics
+    from autoprompt.inference import load_model
+    from autoprompt.inference.policy import resolve
+    from autoprompt.inference.predictor import Predictor
+    from autoprompt.model.decoding import decode
+
+    cpu, chosen = torch.device("cpu"), numerics(FAST, torch.device("cpu"), THREADS)
+    cache = common.BENCH / ".work" / "runtimes"
+    loaded = {draw: load_model(path) for draw, path in models.items()}
+    first = next(iter(loaded.values()))
+    encoder = Predictor(first, cpu, 8, cache_dir=cache, numerics=chosen)
+    inputs = []
+    for name in names:
+        image = read_image(data / "images" / name)
+        stack = as_stack(image)
+        framed = frame_slices(stack, first.preprocessing)
+        reference = sitk.GetArrayFromImage(read_image(data / "masks" / name)) > 0
+        inputs.append((stack, framed, encoder.encode(framed.slices), reference))
+    dice = {draw: [] for draw in [*loaded, "tight_box"]}
+    for draw, model in loaded.items():
+        policy, _ = resolve(model.policy, model.group())  # as predict applies it
+        predictor = Predictor(
+            model, cpu, 8, cache_dir=cache, reprompt_margin=policy.margin, volume_min_iou=policy.volume_min_iou,
+            presence=policy.presence, numerics=chosen,
+        )  # fmt: skip
+        for stack, framed, embeddings, reference in inputs:
+            grid = to_input_grid(predictor.decode(embeddings), framed, stack)
+            dice[draw].append(_dice(grid > 0.5, reference))
+    size = first.label_size
+    for stack, framed, embeddings, reference in inputs:
+        label = fit_label(reference.astype(np.uint8), size, framed.geometries[0])
+        box = torch.tensor([tight_box(label > 0)])
+        with chosen.autocast(cpu):
+            frame = decode(encoder.decoder, embeddings, size, 8, cpu, boxes=box)
+        dice["tight_box"].append(_dice(to_input_grid(frame.numpy(), framed, stack) > 0.5, reference))
+    return {
+        draw: {"mean": round(float(np.mean(v)), 2), "median": round(float(np.median(v)), 2),
+               "below_50": int((np.array(v) < 50).sum()), "per_image": [round(x, 2) for x in v]}
+        for draw, v in dice.items()
+    }  # fmt: skip
+
+
+def _dice(mask: np.ndarray, reference: np.ndarray) -> float:
+    from autoprompt.evaluation.metrics import dice
+
+    return 100.0 * float(dice(torch.from_numpy(mask)[None], torch.from_numpy(reference)[None])[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hc18", type=Path, default=common.DEFAULT_HC18, help="the HC18 sample (official layout)")
+    parser.add_argument("--work", type=Path, default=common.BENCH / ".work" / "draws")
+    parser.add_argument("--uniform", type=int, default=5, help="uniform draws of --shots images")
+    parser.add_argument("--shots", type=int, default=10)
+    args, machine = common.parse_and_start(parser)
+    if not (args.hc18 / "training_set").is_dir():
+        raise SystemExit(f"{args.hc18}: real HC18 sample not found (no training_set/); pass --hc18 PATH")
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    env = common.numerics_env(False, TORCHINDUCTOR_CACHE_DIR=str(work / "inductor"))
+    data = work / "fetal-head"
+    if not data.exists():
+        subprocess.run([sys.executable, str(WALKTHROUGH / "gather.py"), "--hc18", str(args.hc18.resolve()), "--boxes",
+                        str(WALKTHROUGH / "boxes.csv"), "--out", str(data)], check=True)  # fmt: skip
+    boxes = tight_boxes(data / "masks")
+    pool = sorted(boxes)
+    draws = {"suggested": suggested(data, args.shots, work / "suggested", env)}
+    for seed in range(args.uniform):
+        picks = np.random.default_rng(seed).choice(len(pool), size=args.shots, replace=False)
+        draws[f"uniform{seed}"] = sorted(pool[i] for i in picks)
+    models, seconds = {}, {}
+    for draw, names in draws.items():
+        log.info("%s: training on %s", draw, ", ".join(names))
+        models[draw], seconds[draw] = train(data, names, boxes, work / draw, env)
+    trained = {name for names in draws.values() for name in names}
+    test = [name for name in pool if name not in trained]
+    log.info("scoring %d models on the %d images that none trained on", len(models), len(test))
+    scores = score(models, data, test, boxes)
+    uniform = [scores[f"uniform{s}"]["mean"] for s in range(args.uniform)]
+    summary = {
+        "suggested": scores["suggested"]["mean"],
+        "uniform_mean": round(float(np.mean(uniform)), 2),
+        "uniform_each": uniform,
+        "tight_box": scores["tight_box"]["mean"],
+        "below_50": {draw: s["below_50"] for draw, s in scores.items()},
+    }
+    log.info("draws: %s", summary)
+    common.write_result(
+        "draws",
+        {
+            "what": "autoprompt train on ten tight boxes of the real HC18 sample: the ten autoprompt suggest lists "
+            "against uniform draws of ten; every model scored on the images no draw trained on (Dice %, each "
+            "image's own grid; the runs' ensemble re-prompted at the model's margin, as predict does), with the "
+            "tight-box prompt as the bound",
+            "settings": {
+                "params": "examples/own-data/params.yaml",
+                "threads": THREADS,
+                "shots": args.shots,
+                "uniform_draws": args.uniform,
+                "numerics": "fast (the default)",
+            },
+            "draws": draws,
+            "test_images": len(test),
+            "summary": summary,
+            "train_seconds": {k: round(v, 1) for k, v in seconds.items()},
+            "dice": scores,
+            "machine": machine,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
