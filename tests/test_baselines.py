@@ -19,7 +19,7 @@ from autoprompt.model.baselines import persam
 from autoprompt.settings import METHOD_SECTIONS, HeadInit, MethodSettings
 from autoprompt.training.baselines import BaselineConfig, make_model, predict_baseline, train_baseline
 from tests import helpers
-from tests.helpers import prepare_section
+from tests.helpers import RUNTIME_CACHE, prepare_section
 
 SIZE = 128  # the phantoms' label size here
 CPU = torch.device("cpu")
@@ -36,7 +36,7 @@ def phantoms(hc18_phantoms, lite_checkpoint):
     masks = F.interpolate(torch.from_numpy(np.stack([m for _, m in crops]) > 0)[:, None].float(), size=(SIZE, SIZE))
     masks = masks[:, 0] > 0.5
     boxes = torch.stack([_box(m) for m in masks])
-    encoder = runtimes.TorchEncoder(backbones.build_image_encoder("lite_medsam", lite_checkpoint), CPU)
+    encoder = runtimes.build_encoder("lite_medsam", lite_checkpoint, runtimes.choose("auto", CPU), CPU, RUNTIME_CACHE)
     embeddings = runtimes.embed(encoder, "lite_medsam", images, 5).float()
     decoder = backbones.build_prompt_decoder("lite_medsam", lite_checkpoint)
     return images, masks, boxes, embeddings, decoder
@@ -69,7 +69,7 @@ START = HeadInit()  # train.init's default: the mean training box's prompt
 OVERFIT = {
     "unet": settings("unet", 150, input_size=64, channels=[8, 16, 32, 64], strides=[2, 2, 2], res_units=1),
     "transunet": settings("transunet", 60, input_size=64, encoder="vit_tiny_r_s16_p8_224", weights=None),
-    "autosam": settings("autosam", 40, lr=3e-3, input_size=64, encoder="resnet18", weights=None),
+    "autosam": settings("autosam", 30, lr=3e-3, input_size=64, encoder="resnet18", weights=None),
     "head_masks": settings("head_masks", 12, lr=3e-3),
 }
 

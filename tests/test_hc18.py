@@ -23,7 +23,7 @@ from autoprompt.errors import InputError
 from autoprompt.model import backbones, checkpoints, runtimes
 from autoprompt.model.decoding import to_label_size
 from stages import prepare
-from tests.helpers import prepare_section
+from tests.helpers import RUNTIME_CACHE, prepare_section
 
 CROP = 640
 
@@ -311,7 +311,8 @@ def real_cases(hc18_sample: Path) -> dict:
     images = np.stack([crop_or_pad(case.image, CROP) for case in cases])
     labels = np.stack([crop_or_pad(case.label, CROP) for case in cases])
     checkpoint = checkpoints.resolve_checkpoint("lite_medsam", None)
-    encoder = runtimes.TorchEncoder(backbones.build_image_encoder("lite_medsam", checkpoint), torch.device("cpu"))
+    cpu = torch.device("cpu")  # the encode stage's CPU runtime (OpenVINO, float32), seconds where torch takes a minute
+    encoder = runtimes.build_encoder("lite_medsam", checkpoint, runtimes.choose("auto", cpu), cpu, RUNTIME_CACHE)
     encoded = runtimes.embed(encoder, "lite_medsam", torch.from_numpy(images), 1)
     return {
         "cases": cases,
