@@ -223,7 +223,7 @@ def suggest_command(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------------------------------------- predict
 def predict_command(args: argparse.Namespace) -> None:
     from autoprompt.device import numerics, select_device
-    from autoprompt.inference.files import predict
+    from autoprompt.inference.files import Compute, Part, PostProcessing, Review, Writing, predict
     from autoprompt.inference.policy import FROM_MODEL
 
     chosen = numerics(_numerics_mode(args), select_device(args.device, "--device"), args.threads)
@@ -234,29 +234,19 @@ def predict_command(args: argparse.Namespace) -> None:
         args.model,
         args.input,
         args.output,
-        device=args.device,
-        batch_size=args.batch_size,
-        threshold=args.threshold,
-        probabilities=args.probabilities,
-        label_value=args.label_value,
-        overlays=args.overlay,
-        overwrite=args.overwrite,
-        on_error=args.on_error,
-        checkpoint=args.checkpoint,
-        runtime=args.runtime,
-        cache_dir=args.runtime_cache,
-        part_id=args.part_id,
-        num_parts=args.num_parts,
-        reprompt_margin=margin,
-        reprompt_from=args.reprompt_from,
-        volume_min_iou=fit,
-        presence=presence,
-        report=args.report,
-        masks=args.masks,
-        boxes=args.boxes,
-        label=args.label,
-        output_format=args.output_format,
-        numerics=chosen,
+        Compute(args.device, args.batch_size, args.checkpoint, args.runtime, args.runtime_cache, chosen),
+        Writing(
+            threshold=args.threshold,
+            probabilities=args.probabilities,
+            label_value=args.label_value,
+            overlays=args.overlay,
+            output_format=args.output_format,
+            overwrite=args.overwrite,
+            on_error=args.on_error,
+        ),
+        PostProcessing(margin, fit, presence, args.reprompt_from),
+        Review(args.report, args.masks, args.boxes, args.label),
+        Part(args.part_id, args.num_parts),
     )
     if summary.failed:
         raise SystemExit(f"{len(summary.failed)} unreadable inputs were skipped (listed in the warnings above)")

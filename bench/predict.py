@@ -35,7 +35,7 @@ from autoprompt.data.phantoms.acdc import write_acdc_phantoms
 from autoprompt.data.phantoms.hc18 import write_hc18_phantoms
 from autoprompt.data.preprocess import Preprocessing
 from autoprompt.device import EXACT, EXACT_NUMERICS, FAST, Numerics, numerics
-from autoprompt.inference import Model, predict
+from autoprompt.inference import Compute, Model, Writing, predict
 from autoprompt.io import file_sha256
 from autoprompt.model import checkpoints
 from autoprompt.model.head import PromptHead
@@ -97,11 +97,11 @@ def measure(
 ) -> dict:
     """Median seconds per step and in all over ``repeats`` whole predictions of ``inputs`` (``units`` slices)."""
     rows, walls = [], []
-    kwargs = {"device": device, "overwrite": True, "cache_dir": CACHE, "numerics": numerics}
-    predict(model, inputs[:1], out, **kwargs)  # warm-up: builds, first calls
+    options = (Compute(device, cache_dir=CACHE, numerics=numerics), Writing(overwrite=True))
+    predict(model, inputs[:1], out, *options)  # warm-up: builds, first calls
     for _ in range(repeats):
         shutil.rmtree(out, ignore_errors=True)
-        summary = predict(model, inputs, out, **kwargs)
+        summary = predict(model, inputs, out, *options)
         assert len(summary.written) == len(inputs), "every input is written"
         rows.append({step: summary.timings.get(step, 0.0) for step in STEPS})
         walls.append(summary.seconds)

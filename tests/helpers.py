@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import yaml
 
+from autoprompt.inference.files import Compute
 from autoprompt.settings import DatasetPrepare, Settings, settings_from
 from autoprompt.training.loop import TrainConfig
 
@@ -18,6 +19,7 @@ DEMO_PARAMS = REPO / "demo" / "params.yaml"
 # Converted encoders (autoprompt.model.runtimes), shared by every test and kept between runs: one conversion per
 # backbone, checkpoint and OpenVINO release.
 RUNTIME_CACHE = Path(tempfile.gettempdir()) / "autoprompt-tests" / "runtimes"
+ON_CPU = Compute(device="cpu", cache_dir=RUNTIME_CACHE)  # predict on the CPU, converted encoders shared by the tests
 SOURCE = "test params"  # what the typed sections of the tests name as their file
 
 

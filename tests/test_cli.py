@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -27,12 +28,12 @@ from autoprompt.data.preprocess import fit_label
 from autoprompt.errors import InputError
 from autoprompt.evaluation.folders import evaluate_folder
 from autoprompt.inference import load_model
-from autoprompt.inference.files import predict
+from autoprompt.inference.files import Compute, PostProcessing, Review, Writing, predict
 from autoprompt.inference.model import export_model
 from autoprompt.inference.predictor import Predictor
 from autoprompt.model import runtimes
 from autoprompt.settings import VolumeFit
-from tests.helpers import BOXES, PICTURE, REPO, RUNTIME_CACHE, demo_recipes, write_csv, write_pictures
+from tests.helpers import BOXES, ON_CPU, PICTURE, REPO, RUNTIME_CACHE, demo_recipes, write_csv, write_pictures
 
 VOLUME = (5, 37, 29)  # slices, rows, columns
 SPACING = (0.7, 1.3, 5.0)  # x, y, slice (mm): anisotropic in-plane
@@ -294,11 +295,11 @@ def test_a_full_disk_leaves_no_output_that_looks_whole(trained: Path, tmp_path: 
     monkeypatch.setattr(images.sitk, "WriteImage", full_disk)
     out = tmp_path / "out"
     with pytest.raises(InputError, match=r"img0\.png: the output did not reach the disk whole \(is it full\?\)"):
-        predict(trained / "model.pt", [trained / "data/images"], out, device="cpu", cache_dir=RUNTIME_CACHE)
+        predict(trained / "model.pt", [trained / "data/images"], out, ON_CPU)
     left = [p.name for p in out.rglob("*") if p.is_file()]
     assert left == [".autoprompt-predict.txt"], "no output under a final name, no temporary left"
     monkeypatch.setattr(images.sitk, "WriteImage", real)
-    summary = predict(trained / "model.pt", [trained / "data/images"], out, device="cpu", cache_dir=RUNTIME_CACHE)
+    summary = predict(trained / "model.pt", [trained / "data/images"], out, ON_CPU)
     assert len(summary.written) == 7 and all(p.stat().st_size > 0 for p in summary.written)
 
 
@@ -306,9 +307,9 @@ def test_an_overlay_lost_to_a_kill_is_written_again(trained: Path, tmp_path: Pat
     from autoprompt.inference import predict
 
     out, inputs = tmp_path / "out", [trained / "data/images/img0.png", trained / "data/images/img1.png"]
-    predict(trained / "model.pt", inputs, out, device="cpu", cache_dir=RUNTIME_CACHE, overlays=True)
+    predict(trained / "model.pt", inputs, out, ON_CPU, Writing(overlays=True))
     (out / "img1_overlay.png").unlink()  # killed while the overlay was being written: the mask is there, it is not
-    again = predict(trained / "model.pt", inputs, out, device="cpu", cache_dir=RUNTIME_CACHE, overlays=True)
+    again = predict(trained / "model.pt", inputs, out, ON_CPU, Writing(overlays=True))
     assert again.written == [out / "img1.png"] and again.existing == [out / "img0.png"]
     assert (out / "img1_overlay.png").is_file()
 
@@ -383,7 +384,7 @@ def test_the_model_carries_reprompt_volume_to_predict(trained: Path, tmp_path: P
                    "-m", tmp_path / "off.pt", "-o", tmp_path / "d", "--volume-min-iou", 0.3)  # fmt: skip
     assert "volume fit: off, it needs re-prompting" in caplog.text, "an IoU asked for without a margin is named"
     with pytest.raises(InputError, match=r"volume min IoU is 1\.5; give a box IoU in \[0, 1\]"):
-        predict(off, [trained / "data/images"], tmp_path / "c", volume_min_iou=1.5)
+        predict(off, [trained / "data/images"], tmp_path / "c", post=PostProcessing(volume_min_iou=1.5))
 
 
 def test_predict_never_writes_into_or_over_its_inputs(trained: Path, tmp_path: Path) -> None:
@@ -394,25 +395,23 @@ def test_predict_never_writes_into_or_over_its_inputs(trained: Path, tmp_path: P
     before = {p.name: p.read_bytes() for p in images.iterdir()}
     for output in (images, images / "masks", tmp_path):
         with pytest.raises(InputError, match=r"^-o .* (is|lies inside|contains) the input -i .*; give an output"):
-            predict(trained / "model.pt", [images], output, device="cpu", overwrite=True, cache_dir=RUNTIME_CACHE)
+            predict(trained / "model.pt", [images], output, ON_CPU, Writing(overwrite=True))
     assert {p.name: p.read_bytes() for p in images.iterdir()} == before and not (images / "masks").exists()
     out = tmp_path / "out"
     (out / "sub").mkdir(parents=True)
     (out / "img0.png").write_bytes(before["img0.png"])  # a user's own file, named like an output
     for overwrite in (False, True):
         with pytest.raises(InputError, match=r"img0\.png: exists and autoprompt predict did not write it"):
-            predict(trained / "model.pt", [images / "img0.png"], out, device="cpu", overwrite=overwrite,
-                    cache_dir=RUNTIME_CACHE)  # fmt: skip
+            predict(trained / "model.pt", [images / "img0.png"], out, ON_CPU, Writing(overwrite=overwrite))
     assert (out / "img0.png").read_bytes() == before["img0.png"]
-    first = predict(trained / "model.pt", [images / "img1.png"], out, device="cpu", cache_dir=RUNTIME_CACHE)
-    again = predict(trained / "model.pt", [images / "img1.png"], out, device="cpu", cache_dir=RUNTIME_CACHE,
-                    overwrite=True)  # fmt: skip
+    first = predict(trained / "model.pt", [images / "img1.png"], out, ON_CPU)
+    again = predict(trained / "model.pt", [images / "img1.png"], out, ON_CPU, Writing(overwrite=True))
     assert first.written == again.written == [out / "img1.png"]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "predict.json").write_text("a user's notes")  # where predict records what made its outputs
     with pytest.raises(InputError, match=r"predict\.json: exists and autoprompt predict did not write it"):
-        predict(trained / "model.pt", [images / "img1.png"], elsewhere, device="cpu", cache_dir=RUNTIME_CACHE)
+        predict(trained / "model.pt", [images / "img1.png"], elsewhere, ON_CPU)
     assert (elsewhere / "predict.json").read_text() == "a user's notes"
 
 
@@ -444,7 +443,9 @@ def test_train_and_export_write_only_model_files_outside_their_inputs(trained: P
 
 def test_a_checkpoint_the_model_does_not_use_is_refused(trained: Path, tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"--checkpoint nowhere\.pth: the model's backbone lite_medsam uses its"):
-        predict(trained / "model.pt", [trained / "data/images/img0.png"], tmp_path / "o", checkpoint="nowhere.pth")
+        predict(
+            trained / "model.pt", [trained / "data/images/img0.png"], tmp_path / "o", Compute(checkpoint="nowhere.pth")
+        )
     with pytest.raises(InputError, match=r"--checkpoint nowhere\.pth: the backbone lite_medsam uses its packaged"):
         autoprompt("train", trained / "data", "-o", tmp_path / "m.pt", "--checkpoint", "nowhere.pth")
 
@@ -464,8 +465,7 @@ def test_a_reports_mask_of_another_size_is_refused_before_any_work(trained: Path
     masks.mkdir()
     cv2.imwrite(str(masks / "img0.png"), np.zeros((7, 9), np.uint8))
     with pytest.raises(InputError, match=r"masks/img0\.png: \(9, 7\) voxels, its image .*img0\.png \(\d+, \d+\)"):
-        predict(trained / "model.pt", [trained / "data/images"], tmp_path / "o", report=True, masks=masks,
-                device="cpu", cache_dir=RUNTIME_CACHE)  # fmt: skip
+        predict(trained / "model.pt", [trained / "data/images"], tmp_path / "o", ON_CPU, review=Review(True, masks))
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").glob("*.png"))
 
 
@@ -496,9 +496,9 @@ def test_outputs_kept_from_a_call_on_other_numerics_are_named(trained: Path, tmp
 
     image, out = trained / "data/images/img1.png", tmp_path / "out"
     fast = Numerics(FAST, "float32", True, "test")  # float32: this process stays on the exact code paths
-    predict(trained / "model.pt", [image], out, device="cpu", cache_dir=RUNTIME_CACHE, numerics=fast)
+    predict(trained / "model.pt", [image], out, replace(ON_CPU, numerics=fast))
     made = json.loads((out / "predict.json").read_text())["numerics"]
     assert made == {"mode": "fast", "precision": "float32", "isa": "test"}
     with caplog.at_level(logging.WARNING):
-        predict(trained / "model.pt", [image], out, device="cpu", cache_dir=RUNTIME_CACHE)
+        predict(trained / "model.pt", [image], out, ON_CPU)
     assert "1 outputs kept from a call on the fast numerics, not this call's exact" in caplog.text

@@ -12,7 +12,7 @@ import yaml
 
 from autoprompt.inference import predict
 from stages import encode, evaluate, prepare, train
-from tests.helpers import PICTURE, RUNTIME_CACHE, encode_section, train_section, write_pictures
+from tests.helpers import ON_CPU, PICTURE, encode_section, train_section, write_pictures
 
 SETTINGS = {"reader": "folder", "class": "lesion", "crop": 128, "fit": "resize"}
 
@@ -49,7 +49,7 @@ def test_boxes_alone_train_a_head_that_predicts_every_image(tmp_path):
     assert metrics["reference"]["masks"] == 0 and metrics["reference"]["box_prompted"] >= 1
     assert "dice" not in metrics and "workshop" in metrics["agreement"]["dice"]
     out = tmp_path / "out"
-    summary = predict(tmp_path / "models", [tmp_path / "raw/images"], out, device="cpu", cache_dir=RUNTIME_CACHE)
+    summary = predict(tmp_path / "models", [tmp_path / "raw/images"], out, ON_CPU)
     assert len(summary.written) == 6, "every image is segmented, boxed or not"
     for path in summary.written:
         mask = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))

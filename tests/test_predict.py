@@ -21,13 +21,13 @@ from autoprompt import cli
 from autoprompt.data.images import as_stack, frame_slices, resample_in_plane
 from autoprompt.data.preprocess import fit_label
 from autoprompt.errors import InputError
-from autoprompt.inference import export_model, load_model, predict
+from autoprompt.inference import PostProcessing, Writing, export_model, load_model, predict
 from autoprompt.inference.policy import resolve
 from autoprompt.inference.predictor import Predictor
 from autoprompt.inference.reprompt import reprompt
 from autoprompt.inference.volume import refine_volumes
 from stages import encode, evaluate, prepare, simulate, train
-from tests.helpers import RUNTIME_CACHE, encode_section, train_section
+from tests.helpers import ON_CPU, RUNTIME_CACHE, encode_section, train_section
 
 PARAMS = {
     "datasets": ["acdc"],
@@ -98,7 +98,7 @@ def test_volume_mask_has_the_input_grid_and_its_dice(trained, volume, tmp_path):
     """The written mask has the input's size, spacing, origin and direction, and its Dice in the input's grid is
     within 1 point of the Dice of the same prediction in the prepared frame."""
     path, label = volume
-    summary = predict(trained, [path], tmp_path / "out", device="cpu", cache_dir=RUNTIME_CACHE)
+    summary = predict(trained, [path], tmp_path / "out", ON_CPU)
     written = sitk.ReadImage(str(tmp_path / "out/oblique.nii.gz"))
     made = json.loads((tmp_path / "out/predict.json").read_text())  # what made the outputs, for the record
     assert made["numerics"]["mode"] == "exact" and made["encoder"] == {"runtime": "openvino", "precision": "float32"}
@@ -160,7 +160,7 @@ def test_png_mha_and_nifti_through_one_model_and_a_corrupt_file_skipped(trained,
                        r"scan\.mha's; rename one of them"):  # fmt: skip
         cli.main(args)
     (folder / "scan.nii.gz").unlink()
-    summary = predict(trained, [folder / "scan.mha", folder / "slice.png"], out, device="cpu", cache_dir=RUNTIME_CACHE)
+    summary = predict(trained, [folder / "scan.mha", folder / "slice.png"], out, ON_CPU)
     assert summary.written == [] and len(summary.existing) == 2, "existing outputs are kept"
 
 
@@ -274,9 +274,9 @@ def test_exported_model_predicts_the_same_masks_and_checks_its_backbone(trained,
     assert record["backbone"] == "lite_medsam" and len(record["heads"]) == 2 and record["label_value"] == LV
     assert record["preprocessing"] == {"crop": 192, "fit": "crop", "spacing": 1.0, "clip": [0.5, 99.5]}
     assert record["configs"][0]["train"]["epochs"] == 6, "the training params travel with the model"
-    settings = {"device": "cpu", "probabilities": True, "cache_dir": RUNTIME_CACHE}
-    predict(trained, [path], tmp_path / "from_runs", **settings)
-    predict(tmp_path / "model.pt", [path], tmp_path / "from_file", **settings)
+    probabilities = Writing(probabilities=True)
+    predict(trained, [path], tmp_path / "from_runs", ON_CPU, probabilities)
+    predict(tmp_path / "model.pt", [path], tmp_path / "from_file", ON_CPU, probabilities)
     a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / d / path.name))) for d in ("from_runs", "from_file"))
     assert a.dtype == np.float32 and a.min() >= 0 and a.max() <= 1
     np.testing.assert_array_equal(a, b)
@@ -284,7 +284,7 @@ def test_exported_model_predicts_the_same_masks_and_checks_its_backbone(trained,
     exported.checkpoint_sha256 = "0" * 64
     export_model(exported, tmp_path / "other.pt")
     with pytest.raises(InputError, match="differs from the 0000000000000000"):
-        predict(tmp_path / "other.pt", [path], tmp_path / "refused", device="cpu", cache_dir=RUNTIME_CACHE)
+        predict(tmp_path / "other.pt", [path], tmp_path / "refused", ON_CPU)
     assert not (tmp_path / "refused").exists()
 
 
@@ -385,9 +385,25 @@ def test_whole_volumes_show_the_false_slices_and_presence_rows_count_what_they_e
     counts = {}
     for name, presence in (("kept", None), ("emptied", "model")):
         out = tmp_path / name
-        predict(trained, [volume], out, device="cpu", cache_dir=RUNTIME_CACHE, reprompt_from=tmp_path / "m.json",
-                presence=presence)  # fmt: skip
+        predict(
+            trained, [volume], out, ON_CPU, post=PostProcessing(presence=presence, reprompt_from=tmp_path / "m.json")
+        )
         evaluate_folder(out, reference)
         counts[name] = json.loads((out / "evaluation.json").read_text())["slices"]
     assert counts["kept"]["false"] == before["false"], (counts, before)
     assert counts["emptied"] == {"false": after["false"], "missed": after["missed"]}, (counts, after)
+
+
+def test_predicts_option_groups_refuse_bad_values_when_built():
+    """The command builds each group once; a bad value is refused there, in one line, before any work."""
+    from autoprompt.inference import Part
+
+    with pytest.raises(InputError, match=r"on_error is 'ignore'; use stop or skip"):
+        Writing(on_error="ignore")
+    with pytest.raises(InputError, match=r"--threshold 1\.5: give a probability from 0 to 1"):
+        Writing(threshold=1.5)
+    with pytest.raises(InputError, match=r"output format 'png'; give one of auto, dicom-seg, nifti"):
+        Writing(output_format="png")
+    with pytest.raises(InputError, match=r"part 2 of 2: give 0 <= --part-id < --num-parts"):
+        Part(2, 2)
+    assert Part().suffix == "" and Part(1, 3).suffix == "-part1of3"

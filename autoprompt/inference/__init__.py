@@ -1,7 +1,8 @@
 """Inference: trained models applied to new images and volumes, and models exported to one file.
 
-``Model``, ``load_model``, ``export_model`` (``inference.model``), ``predict`` and ``Summary`` (``inference.files``)
-are imported on first use, so that a step that needs one module of this package (``reprompt``) loads only that one.
+``Model``, ``load_model``, ``export_model`` (``inference.model``), ``predict``, its options (``Compute``,
+``Writing``, ``PostProcessing``, ``Review``, ``Part``) and ``Summary`` (``inference.files``) are imported on first
+use, so that a step that needs one module of this package (``reprompt``) loads only that one.
 """
 
 from importlib import import_module
@@ -12,6 +13,11 @@ _EXPORTS = {
     "export_model": "model",
     "predict": "files",
     "Summary": "files",
+    "Compute": "files",
+    "Writing": "files",
+    "PostProcessing": "files",
+    "Review": "files",
+    "Part": "files",
 }
 
 

@@ -91,6 +91,93 @@ class Summary:
     seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class Compute:
+    """Where and how ``predict`` computes. ``device``: auto (the GPU when there is one), cpu, cuda, cuda:1, ...;
+    ``batch_size``: slices per encoder call; ``checkpoint``: the backbone checkpoint, where it is not the model's
+    configured path or packaged weights; ``runtime``: the encoder's on a CPU (``auto``: OpenVINO when installed;
+    ``predictor.encoder_choice``); ``cache_dir``: where converted encoders and decoders are kept
+    (``runtimes.default_cache_dir()`` when None); ``numerics``: how the encoder and decoder compute on a CPU
+    (``autoprompt.device.Numerics``; the default is the exact path)."""
+
+    device: str = "auto"
+    batch_size: int = 8
+    checkpoint: Path | str | None = None
+    runtime: str = "auto"
+    cache_dir: Path | str | None = None
+    numerics: Numerics = EXACT_NUMERICS
+
+
+@dataclass(frozen=True)
+class Writing:
+    """What ``predict`` writes for each input. ``threshold``: the probability above which a pixel is inside;
+    ``probabilities``: float32 probabilities instead of masks; ``label_value``: the value written inside masks (1 when
+    None; ``model``: the class's value in the training labels); ``overlays``: a PNG of the mask's outline on the input
+    beside each output; ``output_format``: a DICOM series' mask as a DICOM SEG of the series (``auto``,
+    ``dicom-seg``) or ``nifti``; ``overwrite``: redo outputs that exist (else they are kept, so a killed call
+    resumes); ``on_error``: ``stop`` raises an unreadable input's InputError, ``skip`` logs and counts it."""
+
+    threshold: float = 0.5
+    probabilities: bool = False
+    label_value: int | str | None = None
+    overlays: bool = False
+    output_format: str = "auto"
+    overwrite: bool = False
+    on_error: str = "stop"
+
+    def __post_init__(self) -> None:
+        if self.on_error not in ON_ERROR:
+            raise InputError(f"on_error is {self.on_error!r}; use stop or skip")
+        if not 0 <= self.threshold <= 1:
+            raise InputError(f"--threshold {self.threshold}: give a probability from 0 to 1")
+        if self.output_format not in SERIES_OUTPUTS:
+            raise InputError(f"output format {self.output_format!r}; give one of {', '.join(SERIES_OUTPUTS)}")
+
+
+@dataclass(frozen=True)
+class PostProcessing:
+    """The post-processing asked for, each setting over the model's own (``autoprompt.inference.policy.resolve``).
+    ``margin``: re-prompt the decoder with the masks' boxes loosened by this margin; ``volume_min_iou``: with
+    re-prompting, a volume's slices whose masks' boxes are missing between found ones or off the sequence of boxes
+    fitted across its slices are prompted again with the fitted box (``autoprompt.inference.volume``); ``presence``:
+    the slices (or 2D images) judged not to hold the structure get empty masks (``autoprompt.inference.presence``).
+    None turns one off; each left at ``FROM_MODEL`` is what ``reprompt_from`` (the evaluate stage's metrics JSON)
+    records for the model's recipe and regime, else the model's own."""
+
+    margin: float | str | None = FROM_MODEL
+    volume_min_iou: float | str | None = FROM_MODEL
+    presence: Presence | str | None = FROM_MODEL
+    reprompt_from: Path | str | None = None
+
+
+@dataclass(frozen=True)
+class Review:
+    """``report``: write ``output_dir/report.html``, each input scored against its mask in ``masks`` or its box in
+    ``boxes`` (``label``: the boxes' label, where the file holds several), else by the runs' agreement."""
+
+    report: bool = False
+    masks: Path | str | None = None
+    boxes: Path | str | None = None
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class Part:
+    """Part ``part_id`` of ``num_parts``: every ``num_parts``-th input, so that several processes share one job."""
+
+    part_id: int = 0
+    num_parts: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.part_id < self.num_parts:
+            raise InputError(f"part {self.part_id} of {self.num_parts}: give 0 <= --part-id < --num-parts")
+
+    @property
+    def suffix(self) -> str:
+        """What the part's own files add to their names: nothing for a whole job."""
+        return "" if self.num_parts == 1 else f"-part{self.part_id}of{self.num_parts}"
+
+
 def output_name(relative: Path, probabilities: bool, series: str | None = None) -> Path:
     """The output's path relative to ``output_dir``: the input's, with pictures as PNG (TIFF for probabilities); a
     DICOM series folder's name with ``series``'s suffix (``SERIES_OUTPUTS``)."""
@@ -268,67 +355,28 @@ def predict(
     model: Model | Path | str,
     inputs: list[Path | str],
     output_dir: Path | str,
-    *,
-    device: str = "auto",
-    batch_size: int = 8,
-    threshold: float = 0.5,
-    probabilities: bool = False,
-    label_value: int | str | None = None,
-    overlays: bool = False,
-    overwrite: bool = False,
-    on_error: str = "stop",
-    checkpoint: Path | str | None = None,
-    runtime: str = "auto",
-    cache_dir: Path | str | None = None,
-    part_id: int = 0,
-    num_parts: int = 1,
-    reprompt_margin: float | str | None = FROM_MODEL,
-    reprompt_from: Path | str | None = None,
-    volume_min_iou: float | str | None = FROM_MODEL,
-    presence: Presence | str | None = FROM_MODEL,
-    report: bool = False,
-    masks: Path | str | None = None,
-    boxes: Path | str | None = None,
-    label: str | None = None,
-    output_format: str = "auto",
-    numerics: Numerics = EXACT_NUMERICS,
+    compute: Compute = Compute(),
+    writing: Writing = Writing(),
+    post: PostProcessing = PostProcessing(),
+    review: Review = Review(),
+    part: Part = Part(),
 ) -> Summary:
     """Segment every input with ``model`` (a run folder, a folder of runs, an exported file, or a ``Model``) and
-    write the results under ``output_dir``; see the module's docstring. ``label_value``: the value written inside
-    masks (1 when None; ``model``: the class's value in the training labels). ``on_error``: ``stop`` raises an
-    unreadable input's InputError, ``skip`` logs and counts it.
-    ``checkpoint``: the backbone checkpoint, when not the model's configured path or packaged weights.
-    ``runtime``: the encoder's runtime on a CPU (``auto``: OpenVINO when installed; ``predictor.encoder_choice``);
-    ``cache_dir``: where converted encoders are kept (``runtimes.default_cache_dir()`` when None).
-    ``reprompt_margin``: re-prompt the decoder with the masks' boxes loosened by this margin (None: off).
-    ``volume_min_iou``: with re-prompting, a volume's slices whose masks' boxes are missing between found ones or
-    off the sequence of boxes fitted across its slices are prompted again with the fitted box
-    (``autoprompt.inference.volume``; None: not). ``presence``: the slices (or 2D images) judged not to hold the
-    structure get empty masks (``autoprompt.inference.presence``; None: none). Each of the three left at
-    ``FROM_MODEL`` is what ``reprompt_from`` (the evaluate stage's metrics JSON) records for the model's recipe and
-    regime, else the model's own (``autoprompt.inference.policy.resolve``).
-    ``report``: write ``output_dir/report.html``, each input scored against its mask in ``masks`` or its box in
-    ``boxes`` (``label``: the boxes' label, where the file holds several), else by the runs' agreement.
-    ``output_format``: a DICOM series' mask as a DICOM SEG of the series (``auto``, ``dicom-seg``) or ``nifti``.
-    ``numerics``: how the encoder computes on a CPU (``autoprompt.device.Numerics``; the default is the exact path).
-    What made the outputs (model, encoder, numerics, policy) goes into ``output_dir/predict.json``."""
-    if on_error not in ON_ERROR:
-        raise InputError(f"on_error is {on_error!r}; use stop or skip")
-    if not 0 <= part_id < num_parts:
-        raise InputError(f"part {part_id} of {num_parts}: give 0 <= --part-id < --num-parts")
-    if not 0 <= threshold <= 1:
-        raise InputError(f"--threshold {threshold}: give a probability from 0 to 1")
+    write the results under ``output_dir``; see the module's docstring. ``compute``: where and how; ``writing``: what
+    is written for each input; ``post``: the post-processing asked for, over the model's policy; ``review``: the
+    report; ``part``: this process's share of the inputs. What made the outputs (model, encoder, decoder, numerics,
+    policy) goes into ``output_dir/predict.json``."""
     output_dir = Path(output_dir)
-    check_overlap(model, inputs, output_dir, masks, boxes)
+    check_overlap(model, inputs, output_dir, review.masks, review.boxes)
     model = model if isinstance(model, Model) else load_model(model)
-    if checkpoint is not None and is_packaged(model.backbone):
+    if compute.checkpoint is not None and is_packaged(model.backbone):
         raise InputError(
-            f"--checkpoint {checkpoint}: the model's backbone {model.backbone} uses its packaged weights, not a "
-            "checkpoint file; leave --checkpoint out"
+            f"--checkpoint {compute.checkpoint}: the model's backbone {model.backbone} uses its packaged weights, not "
+            "a checkpoint file; leave --checkpoint out"
         )
     policy, sources = resolve(
-        model.policy, model.group(), margin=reprompt_margin, volume_min_iou=volume_min_iou, presence=presence,
-        reprompt_from=reprompt_from,
+        model.policy, model.group(), margin=post.margin, volume_min_iou=post.volume_min_iou, presence=post.presence,
+        reprompt_from=post.reprompt_from,
     )  # fmt: skip
     margin, volume_min_iou = policy.margin, policy.volume_min_iou
     if margin is None:
@@ -350,19 +398,20 @@ def predict(
     else:
         log.info("presence: slices emptied from each end in where %s (%s)", policy.presence.describe(),
                  sources["presence"])  # fmt: skip
-    targets = plan_targets(inputs, output_dir, probabilities, overlays, output_format)[part_id::num_parts]
-    references = _references(targets, masks, boxes, label) if report else {}
-    part = "" if num_parts == 1 else f"-part{part_id}of{num_parts}"
-    with hold(output_dir, f"autoprompt predict{part.replace('-', ' ')}", f"autoprompt-predict{part}"):
+    overlays, report = writing.overlays, review.report
+    targets = plan_targets(inputs, output_dir, writing.probabilities, overlays, writing.output_format)
+    targets = targets[part.part_id :: part.num_parts]
+    references = _references(targets, review.masks, review.boxes, review.label) if report else {}
+    with hold(output_dir, f"autoprompt predict{part.suffix.replace('-', ' ')}", f"autoprompt-predict{part.suffix}"):
         clear_stale(output_dir, TEMPORARY, own_host_only=True)
         clear_stale(output_dir)
-        provenance = output_dir / f"predict{part}.json"
+        provenance = output_dir / f"predict{part.suffix}.json"
         refuse_foreign_outputs(targets, output_dir, overlays, report, provenance)
         summary, todo, existing = Summary(), [], []
         for target in targets:
-            (existing if target.done(overlays) and not overwrite else todo).append(target)
+            (existing if target.done(overlays) and not writing.overwrite else todo).append(target)
         summary.existing = [target.output for target in existing]
-        _warn_if_kept_from_other_numerics(provenance, numerics, len(existing))
+        _warn_if_kept_from_other_numerics(provenance, compute.numerics, len(existing))
         log.info(
             "%s: %d inputs, %d already predicted (kept; --overwrite redoes them), %d to predict",
             model.describe(),
@@ -370,20 +419,23 @@ def predict(
             len(summary.existing),
             len(todo),
         )
-        entries = [_entry_of_existing(t, threshold, references) for t in existing] if report else []
+        entries = [_entry_of_existing(t, writing.threshold, references) for t in existing] if report else []
         if todo:
             predictor = Predictor(
-                model, select_device(device, "--device"), batch_size, checkpoint, runtime, cache_dir, margin, threshold,
-                volume_min_iou, policy.presence, numerics,
+                model, select_device(compute.device, "--device"), compute.batch_size, compute.checkpoint,
+                compute.runtime, compute.cache_dir, margin, writing.threshold, volume_min_iou, policy.presence,
+                compute.numerics,
             )  # fmt: skip
             log.info(
                 "encoder: %s %s; decoder: %s %s; %s", predictor.encoder_choice.runtime,
-                predictor.encoder_choice.precision, predictor.decoder_runtime, numerics.precision, numerics.describe(),
+                predictor.encoder_choice.precision, predictor.decoder_runtime, compute.numerics.precision,
+                compute.numerics.describe(),
             )  # fmt: skip
-            _predict_targets(todo, predictor, summary, threshold, probabilities, label_value, overlays, on_error,
-                             references if report else None, entries, output_dir)  # fmt: skip
+            _predict_targets(todo, predictor, summary, writing, references if report else None, entries, output_dir)
             record_output(output_dir, provenance)
-            write_text(provenance, json.dumps(_provenance(model, predictor, policy, threshold), indent=1) + "\n")
+            write_text(
+                provenance, json.dumps(_provenance(model, predictor, policy, writing.threshold), indent=1) + "\n"
+            )
         if report:
             title = f"autoprompt predict: {model.describe()}, {len(entries)} inputs"
             report_path = output_dir / REPORT
@@ -433,24 +485,21 @@ def _predict_targets(
     todo: list[Target],
     predictor: Predictor,
     summary: Summary,
-    threshold: float,
-    probabilities: bool,
-    label_value: int | str | None,
-    overlays: bool,
-    on_error: str,
+    writing: Writing,
     references: dict | None,
     entries: list[Entry],
     output_dir: Path,
 ) -> None:
-    """Segment and write each target of ``todo`` (each recorded in ``output_dir``'s record first); where
-    ``references`` is given, add its report entry."""
+    """Segment and write each target of ``todo`` as ``writing`` says (each recorded in ``output_dir``'s record
+    first); where ``references`` is given, add its report entry."""
     timings = predictor.timings
     model = predictor.model
-    value = model.label_value if label_value == "model" else 1 if label_value is None else int(label_value)
+    label = writing.label_value
+    value = model.label_value if label == "model" else 1 if label is None else int(label)
     started = time.perf_counter()
     for target, loaded in tqdm(_read_ahead(todo, predictor), total=len(todo), desc="predict", unit="input"):
         if isinstance(loaded, InputError):
-            if on_error == "stop":
+            if writing.on_error == "stop":
                 raise loaded
             log.warning("skipped: %s", loaded)
             summary.failed.append(str(loaded))
@@ -471,16 +520,15 @@ def _predict_targets(
                 ", ".join(map(str, segmentation.absent)) if segmentation.stack.slices > 1 else "",
             )
         start = time.perf_counter()
-        mask = (segmentation.probabilities > threshold).astype(np.uint8) * np.uint8(value)
-        result = segmentation.probabilities.astype(np.float32) if probabilities else mask
+        mask = (segmentation.probabilities > writing.threshold).astype(np.uint8) * np.uint8(value)
+        result = segmentation.probabilities.astype(np.float32) if writing.probabilities else mask
         record_output(output_dir, target.output)
         if target.output.name.endswith(SERIES_OUTPUTS["dicom-seg"]):  # a DICOM series' SEG
-            write_seg(
-                result, target.source, target.output, model.class_name, ("autoprompt", __version__), probabilities
-            )
+            made_by = ("autoprompt", __version__)
+            write_seg(result, target.source, target.output, model.class_name, made_by, writing.probabilities)
         else:
             write_atomic(result, image, target.output)
-        if overlays:
+        if writing.overlays:
             record_output(output_dir, target.overlay)
             write_overlay(image, mask, target.overlay)
         if references is not None:
