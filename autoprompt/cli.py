@@ -211,7 +211,16 @@ def suggest_command(args: argparse.Namespace) -> None:
     log.info("encoding on %s", chosen.describe(training=False))
     start = time.perf_counter()
     found = suggest_folder(
-        data, out, work, settings, args.n, chosen, args.min_distance, args.class_name or "structure", args.studio_root
+        data,
+        out,
+        work,
+        settings,
+        args.n,
+        chosen,
+        args.min_distance,
+        args.class_name or "structure",
+        args.studio_root,
+        args.method,
     )
     log.info(
         "wrote %s: %d of %d images and slices to box, in the order chosen (%s); embeddings kept in %s for train",
@@ -343,6 +352,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_real(lambda v: 0 <= v <= 2, "a distance from 0 to 2"),
         default=0.05,
         help="skip an image whose pooled, normalised embedding lies closer than this to a chosen one",
+    )
+    suggest.add_argument(
+        "--method",
+        choices=("kcenter", "typical"),
+        default="kcenter",
+        help="kcenter: each next image the farthest from those chosen; typical: the most central image of each of n "
+        "k-means clusters",
     )
     suggest.add_argument("--class", dest="class_name", help="the box's label in Label Studio (default: structure)")
     suggest.add_argument(

@@ -120,11 +120,19 @@ def pooled_features(store: Path) -> np.ndarray:
 
 
 def pick(
-    features: np.ndarray, positions: np.ndarray, volumes: bool, n: int, min_distance: float = suggest.DUPLICATE
+    features: np.ndarray,
+    positions: np.ndarray,
+    volumes: bool,
+    n: int,
+    min_distance: float = suggest.DUPLICATE,
+    method: str = "kcenter",
 ) -> list[int]:
-    """``n`` rows to box (fewer where the rest are near-duplicates): greedy k-center on the pooled ``features``,
-    with the slices' ``positions`` as a feature where the folder has ``volumes`` (``training.suggest``)."""
+    """``n`` rows to box (fewer where the rest are near-duplicates): greedy k-center on the pooled ``features``, or
+    each k-means cluster's most central row (``method``: ``training.suggest.METHODS``), with the slices'
+    ``positions`` as a feature where the folder has ``volumes`` (``training.suggest``)."""
     spread = suggest.with_positions(features, positions) if volumes else features
+    if method == "typical":
+        return suggest.typical(spread, n)
     return suggest.choose(spread, n, min_distance=min_distance, duplicates=features)
 
 
@@ -183,11 +191,13 @@ def suggest_folder(
     min_distance: float = suggest.DUPLICATE,
     label: str = "structure",
     studio_root: Path | None = None,
+    method: str = "kcenter",
 ) -> Suggestion:
     """Choose ``n`` images (volume slices) of the folder ``data`` to box and write their templates into ``out`` (see
     the module's docstring); the embeddings are kept in ``work``. ``settings``: the params (``prepare``'s folder
     section, ``encode``); ``numerics``: the encoder's, as ``train`` would choose it; ``label``: the box's label in
-    Label Studio; ``studio_root``: Label Studio's document root of local files (default ``out``)."""
+    Label Studio; ``studio_root``: Label Studio's document root of local files (default ``out``); ``method``: how the
+    images are chosen (``pick``)."""
     section = folder_section(settings)
     settings = settings.model_copy(update={"encode": encode_for(settings.encode, numerics)})
     check_outputs(out)
@@ -197,7 +207,7 @@ def suggest_folder(
         store = encode_folder([w.id for w in wanted], slices, settings, work)
         features = pooled_features(store)
     volumes = any(w.slice is not None for w in wanted)
-    chosen = [wanted[i] for i in pick(features, positions, volumes, n, min_distance)]
+    chosen = [wanted[i] for i in pick(features, positions, volumes, n, min_distance, method)]
     if len(chosen) < min(n, len(wanted)):
         log.warning(
             "%d images and slices chosen, not %d: every other one lies within %g of a chosen one (a near-duplicate)",

@@ -219,3 +219,23 @@ def test_suggest_never_writes_into_the_images_or_over_a_users_folder(tmp_path: P
     with pytest.raises(InputError, match="label-studio: not written by autoprompt suggest"):
         run_suggest(tmp_path)
     assert stand_in == [], "refused before any work"
+
+
+def test_typical_takes_each_clusters_most_central_image_largest_first():
+    """k-means into n clusters; of each, the image nearest its centre, the largest cluster first; an outlier, which
+    k-center reaches for, is left alone."""
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    sizes = [30, 20, 10]
+    points = np.concatenate([c + rng.normal(0, 0.5, (k, 2)) for c, k in zip(centres, sizes, strict=True)])
+    owner = np.repeat([0, 1, 2], sizes)
+    picks = suggest.typical(points, 3)
+    assert [int(owner[i]) for i in picks] == [0, 1, 2], "one per cluster, the largest first"
+    for i in picks:
+        members = points[owner == owner[i]]
+        spread = np.sort(np.linalg.norm(members - members.mean(0), axis=1))
+        assert np.linalg.norm(points[i] - members.mean(0)) <= spread[1], "the most central member"
+    with_outlier = np.concatenate([points, [[30.0, 30.0]]])
+    assert len(points) in suggest.choose(with_outlier, 3), "k-center reaches for the outlier"
+    assert len(points) not in suggest.typical(with_outlier, 3)
+    assert suggest.typical(with_outlier, 3) == suggest.typical(with_outlier, 3), "seeded: the same picks"

@@ -86,3 +86,42 @@ def choose(
         nearest = np.minimum(nearest, np.linalg.norm(features - features[candidate], axis=1))
         nearest_same = np.minimum(nearest_same, np.linalg.norm(same - same[candidate], axis=1))
     return picked
+
+
+METHODS = ("kcenter", "typical")  # greedy k-center (``choose``), or each k-means cluster's most central image
+
+
+def typical(features: np.ndarray, n: int, seed: int = 0, iterations: int = 100) -> list[int]:
+    """Up to ``n`` distinct rows of ``features`` (N x D): the folder cut into ``n`` clusters by k-means (k-means++
+    start, ``seed``), and of each cluster the row nearest its centre, the largest clusters first.
+
+    k-center takes the rows farthest from those chosen, the folder's outliers among them; with ten boxes a few
+    outliers are a few images that teach the rare case and leave the common one to chance. Here each pick stands for
+    a share of the folder (its cluster), the typical image of that share: diverse across clusters, typical within
+    them (``bench/results/draws.json`` compares both with uniform draws)."""
+    features = np.asarray(features, np.float64)
+    count = len(features)
+    if count == 0 or n <= 0:
+        return []
+    k = min(n, count)
+    rng = np.random.default_rng(seed)
+    centres = [features[int(rng.integers(count))]]
+    for _ in range(1, k):  # k-means++: each next centre drawn by squared distance to the nearest chosen one
+        nearest = np.min([np.sum((features - c) ** 2, axis=1) for c in centres], axis=0)
+        total = nearest.sum()
+        index = int(rng.choice(count, p=nearest / total)) if total > 0 else int(rng.integers(count))
+        centres.append(features[index])
+    centres = np.stack(centres)
+    for _ in range(iterations):
+        labels = np.argmin(((features[:, None, :] - centres[None]) ** 2).sum(-1), axis=1)
+        moved = np.stack([features[labels == c].mean(0) if np.any(labels == c) else centres[c] for c in range(k)])
+        if np.allclose(moved, centres):
+            break
+        centres = moved
+    labels = np.argmin(((features[:, None, :] - centres[None]) ** 2).sum(-1), axis=1)
+    picks = []
+    for c in sorted(range(k), key=lambda c: (-int(np.sum(labels == c)), c)):
+        members = np.flatnonzero(labels == c)
+        if len(members):
+            picks.append(int(members[np.argmin(np.linalg.norm(features[members] - centres[c], axis=1))]))
+    return picks
