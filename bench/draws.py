@@ -52,11 +52,11 @@ def tight_boxes(masks: Path) -> dict[str, tuple[int, int, int, int]]:
 
 
 def write_boxes(names: list[str], boxes: dict, path: Path) -> None:
+    """``names``' boxes as a ``boxes.csv`` (``autoprompt.data.boxes.to_csv``)."""
+    from autoprompt.data.boxes import Box, to_csv
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["image", "x_min", "y_min", "x_max", "y_max"])
-        writer.writerows([name, *boxes[name]] for name in names)
+    path.write_text(to_csv({name: (Box("", None, *boxes[name]),) for name in names}))
 
 
 def suggested(data: Path, shots: int, out: Path, env: dict, method: str) -> list[str]:
@@ -94,6 +94,7 @@ def score(models: dict[str, Path], data: Path, names: list[str], boxes: dict) ->
     from autoprompt.data.images import as_stack, frame_slices, read_image, to_input_grid
     from autoprompt.data.preprocess import fit_label, tight_box
     from autoprompt.device import FAST, numerics
+    from autoprompt.evaluation.metrics import mask_dice
     from autoprompt.inference import load_model
     from autoprompt.inference.policy import resolve
     from autoprompt.inference.predictor import Predictor
@@ -120,25 +121,19 @@ def score(models: dict[str, Path], data: Path, names: list[str], boxes: dict) ->
         )  # fmt: skip
         for stack, framed, embeddings, reference in inputs:
             grid = to_input_grid(predictor.decode(embeddings), framed, stack)
-            dice[draw].append(_dice(grid > 0.5, reference))
+            dice[draw].append(100.0 * mask_dice(grid > 0.5, reference))
     size = first.label_size
     for stack, framed, embeddings, reference in inputs:
         label = fit_label(reference.astype(np.uint8), size, framed.geometries[0])
         box = torch.tensor([tight_box(label > 0)])
         with chosen.autocast(cpu):
             frame = decode(encoder.decoder, embeddings, size, 8, cpu, boxes=box)
-        dice["tight_box"].append(_dice(to_input_grid(frame.numpy(), framed, stack) > 0.5, reference))
+        dice["tight_box"].append(100.0 * mask_dice(to_input_grid(frame.numpy(), framed, stack) > 0.5, reference))
     return {
         draw: {"mean": round(float(np.mean(v)), 2), "median": round(float(np.median(v)), 2),
                "below_50": int((np.array(v) < 50).sum()), "per_image": [round(x, 2) for x in v]}
         for draw, v in dice.items()
     }  # fmt: skip
-
-
-def _dice(mask: np.ndarray, reference: np.ndarray) -> float:
-    from autoprompt.evaluation.metrics import dice
-
-    return 100.0 * float(dice(torch.from_numpy(mask)[None], torch.from_numpy(reference)[None])[0])
 
 
 def main() -> None:

@@ -45,18 +45,12 @@ def command(*argv: object, env: dict | None = None) -> float:
     return time.perf_counter() - start
 
 
-def dice_percent(mask: np.ndarray, reference: np.ndarray) -> float:
-    """Dice (%) of one mask against its reference, on its own grid (``autoprompt.evaluation.metrics.dice``)."""
-    from autoprompt.evaluation.metrics import dice
-
-    return 100.0 * float(dice(torch.from_numpy(mask)[None], torch.from_numpy(reference)[None])[0])
-
-
 def variants(model_path: Path, data: Path, names: list[str], fallback: float) -> dict:
     """Dice (%) on each image's own grid of the model's margin, no re-prompting, the fallback margin and the tight
     box, all from one encoding of each image."""
     from autoprompt.data.images import as_stack, frame_slices, read_image, to_input_grid
     from autoprompt.data.preprocess import fit_label, tight_box
+    from autoprompt.evaluation.metrics import mask_dice
     from autoprompt.inference import load_model
     from autoprompt.inference.predictor import Predictor
     from autoprompt.inference.reprompt import reprompt
@@ -86,7 +80,7 @@ def variants(model_path: Path, data: Path, names: list[str], fallback: float) ->
             frames[key] = reprompt(predictor.decoder, embeddings, heads, margin, 0.5, 8, device) if again else heads
         for key, frame in frames.items():
             grid = to_input_grid(frame.numpy().astype(np.float32), framed, stack)
-            scores[key].append(dice_percent(grid > 0.5, reference))
+            scores[key].append(100.0 * mask_dice(grid > 0.5, reference))
     return {key: {"mean": round(float(np.mean(v)), 2), "median": round(float(np.median(v)), 2),
                   "below_50": int((np.array(v) < 50).sum())} for key, v in scores.items()}  # fmt: skip
 

@@ -228,12 +228,11 @@ class Policed:
 
 
 def predict_heads(
-    run_dirs: list[Path], task: Task, scope: Scope, decoder, val: pd.DataFrame, found: Runs, refs, scorer: Scorer,
-    agreeing: bool, batch: int, device: torch.device,
+    run_dirs: list[Path], task: Task, scope: Scope, decoder, val_embeddings: torch.Tensor | None, found: Runs, refs,
+    scorer: Scorer, agreeing: bool, batch: int, device: torch.device,
 ) -> None:  # fmt: skip
-    """Each head run's probabilities on the scope (and the validation rows, where they choose the margin) into
-    ``found``."""
-    val_embeddings = task.load_embeddings(val) if len(val) else None
+    """Each head run's probabilities on the scope (and on the validation rows' ``val_embeddings``, where they choose
+    the margin) into ``found``."""
     for run_dir in tqdm(run_dirs, desc=f"evaluate {task.name}", unit="run"):
         head, _ = runs.load_head(run_dir)
         key = runs.run_key(run_dir)
@@ -244,7 +243,7 @@ def predict_heads(
         if agreeing:
             found.probs.setdefault(group, []).append(probs.half())
         found.selected_epochs[key] = runs.load_record(run_dir).get("selected_epoch")
-        if len(val):
+        if val_embeddings is not None:
             found.val_sums[group] = found.val_sums.get(group, 0) + decode(
                 decoder, val_embeddings, task.label_size, batch, device, head=head
             )
@@ -265,12 +264,12 @@ def predict_baselines(
 
 def post_process(
     task: Task, scope: Scope, decoder, found: Runs, means: dict[str, torch.Tensor], head_groups: list[str],
-    reprompting: RepromptSettings, val: pd.DataFrame, threshold: float, batch: int, device: torch.device,
+    reprompting: RepromptSettings, val: pd.DataFrame, val_embeddings: torch.Tensor | None, threshold: float,
+    batch: int, device: torch.device,
 ) -> Policed:  # fmt: skip
     """Each head group's ensemble re-prompted at its margin (chosen on ``val``'s boxes where ``auto``), fitted across
     volumes and emptied where judged absent, as the module's docstring says."""
     val_means = {group: total / found.counts[group] for group, total in found.val_sums.items()}
-    val_embeddings = task.load_embeddings(val) if len(val) else None
     margins = group_margins(
         reprompting, decoder, head_groups, val_embeddings, task.boxes(val), val_means, threshold, batch, device
     )
@@ -422,14 +421,17 @@ def main(argv: list[str] | None = None) -> None:
 
     found = Runs({ref.name: {} for ref in refs})
     val = task.rows("val") if reprompting.auto else rows.iloc[:0]  # the images that choose the margins
-    predict_heads(run_dirs, task, scope, decoder, val, found, refs, scorer, agreeing, batch, device)
+    val_embeddings = task.load_embeddings(val) if len(val) else None
+    predict_heads(run_dirs, task, scope, decoder, val_embeddings, found, refs, scorer, agreeing, batch, device)
     planned = set(everything.baseline.methods)  # runs of methods no longer planned may be kept there: left out
     baseline_dirs = runs.finished_runs(args.baselines, runs.MODEL) if args.baselines else []
     baseline_dirs = [d for d in baseline_dirs if runs.run_key(d).split("/")[0] in planned]
     images = predict_baselines(baseline_dirs, task, scope, decoder, found, refs, scorer, batch, device)
     means = found.means()
     heads = sorted({runs.group_key(key) for key in found.selected_epochs}) if reprompting.margin is not None else []
-    policed = post_process(task, scope, decoder, found, means, heads, reprompting, val, threshold, batch, device)
+    policed = post_process(
+        task, scope, decoder, found, means, heads, reprompting, val, val_embeddings, threshold, batch, device
+    )
     scored = [
         score_rows(
             ref, found.scores[ref.name], means, tight_probs if ref.name == MASK else None, threshold,
