@@ -211,8 +211,8 @@ def encode_for(encode: EncodeSettings, numerics: Numerics) -> EncodeSettings:
     if numerics.precision != "bfloat16" or encode.runtime == "torch" or not runtimes.openvino_available():
         return encode
     if encode.cpu_precision != "bfloat16":
-        log.info("encoder: OpenVINO bfloat16 on the fast path, over %s %s (--exact keeps that)",
-                 encode.key("cpu_precision"), encode.cpu_precision)  # fmt: skip
+        log.info("encoder: OpenVINO in bfloat16, the fast path's (encode.cpu_precision %s is what --exact uses)",
+                 encode.cpu_precision)  # fmt: skip
     return encode.model_copy(update={"cpu_precision": "bfloat16"})
 
 

@@ -201,6 +201,11 @@ def suggest_folder(
     section = folder_section(settings)
     settings = settings.model_copy(update={"encode": encode_for(settings.encode, numerics)})
     check_outputs(out)
+    if studio_root is not None and not (out.resolve() / STUDIO).is_relative_to(Path(studio_root).resolve()):
+        raise InputError(
+            f"--studio-root {studio_root}: Label Studio serves local files only below its root, and {out / STUDIO} "
+            "is not below it; give a root that holds -o's folder"
+        )
     with hold(work, f"autoprompt suggest {data}", "autoprompt-train"):  # train's lock: one of them at a time
         clear_stale(work)
         wanted, slices, positions = read_folder(data / IMAGES, section)
@@ -213,6 +218,8 @@ def suggest_folder(
             "%d images and slices chosen, not %d: every other one lies within %g of a chosen one (a near-duplicate)",
             len(chosen), n, min_distance,
         )  # fmt: skip
+    if len(wanted) < n:
+        log.warning("%d images and slices in %s, fewer than -n %d: every one is listed", len(wanted), data, n)
     for rank, w in enumerate(chosen, 1):
         log.info("%2d. %s%s", rank, w.file, "" if w.slice is None else f" slice {w.slice}")
     pictures = render(data / IMAGES, chosen, section)

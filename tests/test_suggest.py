@@ -218,6 +218,11 @@ def test_suggest_never_writes_into_the_images_or_over_a_users_folder(tmp_path: P
     (data / "label-studio").mkdir()
     with pytest.raises(InputError, match="label-studio: not written by autoprompt suggest"):
         run_suggest(tmp_path)
+    (data / "label-studio").rmdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with pytest.raises(InputError, match=r"--studio-root .*elsewhere: Label Studio serves local files only below"):
+        run_suggest(tmp_path, "--studio-root", elsewhere)  # its task URLs would climb out of the root
     assert stand_in == [], "refused before any work"
 
 
