@@ -102,7 +102,7 @@ def label_value(text: str) -> int | str:
 # ----------------------------------------------------------------------------------------------------------- train
 def command_settings(args: argparse.Namespace, source: str):
     """The settings of ``train`` or ``suggest``: ``--params`` (else the defaults), with the options given on the
-    command line (backbone, checkpoint, device, threads; train's recipe and runs)."""
+    command line (backbone, checkpoint, device, threads; train's recipe, runs and self-training)."""
     from autoprompt.errors import InputError
     from autoprompt.model.runtimes import default_cache_dir
     from autoprompt.settings import load_settings, settings_from
@@ -120,6 +120,8 @@ def command_settings(args: argparse.Namespace, source: str):
     }
     for section, values in changes.items():
         sections[section].update({k: v for k, v in values.items() if v is not None})
+    if getattr(args, "self_training", None) is not None:
+        sections["train"]["self_training"]["enabled"] = args.self_training
     for section in ("encode", "train", "evaluate"):
         sections[section].update({"device": args.device, "threads": args.threads or sections[section]["threads"]})
     return settings_from(sections, str(args.params) if args.params else source)
@@ -161,10 +163,11 @@ def train_command(args: argparse.Namespace) -> None:
     summary = train_folder(data, out, work, settings, chosen)
     margin = "none" if summary.margin is None else f"{summary.margin:g}"
     steps = ", ".join(f"{name} {_duration(s)}" for name, s in summary.seconds.items())
+    second = f" and {len(summary.harvested.rows)} pseudo-boxed" if summary.harvested is not None else ""
     log.info(
-        "wrote %s: %d runs (%d trained now) on %d boxed images, re-prompt margin %s; %s (%s); work kept in %s",
-        out, summary.runs, summary.trained, summary.images, margin, _duration(time.perf_counter() - start), steps,
-        work,
+        "wrote %s: %d runs (%d trained now) on %d boxed images%s, re-prompt margin %s; %s (%s); work kept in %s",
+        out, summary.runs, summary.trained, summary.images, second, margin, _duration(time.perf_counter() - start),
+        steps, work,
     )  # fmt: skip
 
 
@@ -308,6 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--work", type=Path, help="folder for the steps' work, reused by later calls (default: OUTPUT.work)"
     )
     train.add_argument("--runs", type=positive, default=3, help="runs in the ensemble, one seed each")
+    train.add_argument(
+        "--self-training",
+        action=argparse.BooleanOptionalAction,
+        help="a second round: the first model segments the unboxed images, the masks its runs agree on give "
+        "pseudo-boxes, and a second ensemble trains on your boxes and those (default: train.self_training.enabled "
+        "of --params, else off)",
+    )
     train.add_argument(
         "--recipe", help="how to train the head: a recipe of train.recipes (default: augmented, the best measured)"
     )

@@ -23,35 +23,51 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from autoprompt.data import folder
+import numpy as np
+import pandas as pd
+import torch
+import zarr
+from tqdm import tqdm
+
+from autoprompt.data import embeddings, folder
+from autoprompt.data.box_templates import Wanted
 from autoprompt.data.boxes import read_boxes
-from autoprompt.data.embeddings import open_embeddings
+from autoprompt.data.folder import case_id, image_files
+from autoprompt.data.images import as_stack, frame_slices, read_image
 from autoprompt.data.prepare import prepare_dataset
 from autoprompt.data.prepared import read_index, write_prepared
+from autoprompt.data.records import preprocessing
 from autoprompt.data.tasks import TaskFiles, load_task
 from autoprompt.device import EXACT_NUMERICS, Numerics, select_device
 from autoprompt.encode.augmented import encode_views
-from autoprompt.encode.store import encode_prepared
+from autoprompt.encode.store import encode_prepared, encode_store, identity, pixels_sha256
 from autoprompt.errors import InputError
 from autoprompt.inference import policy
 from autoprompt.inference.model import Model, export_model, from_runs, run_folders
+from autoprompt.inference.predictor import Predictor
+from autoprompt.inference.presence import Presence
+from autoprompt.inference.pseudo_boxes import Harvest, harvest
 from autoprompt.inference.reprompt import choose_margin
 from autoprompt.io import write_text
 from autoprompt.model import backbones, checkpoints, runtimes
 from autoprompt.model.decoding import decode
 from autoprompt.outputs import clear_stale, hold
 from autoprompt.settings import EncodeSettings, FolderPrepare, Settings, TaskSpec, same_place, settings_from
+from autoprompt.training import suggest
 from autoprompt.training.fewshot import fewshot_ids
 from autoprompt.training.head_jobs import train_task
 from autoprompt.training.inputs import task_checkpoint
+from autoprompt.training.loop import PseudoBoxes
 
 log = logging.getLogger(__name__)
 
 DATASET = "data"  # the folder's dataset and task name inside the work folder
+SECOND_ROUND = "models-second-round"  # the work folder's runs of train.self_training's second round
 SUGGEST = "suggest"  # autoprompt suggest's part of a work folder: every slice of the folder, encoded
 
 
@@ -69,7 +85,8 @@ def default_work(data: Path) -> Path:
 
 @dataclass(frozen=True)
 class Summary:
-    """What ``train_folder`` did: the model it wrote, its images and runs, the margin and the seconds per step."""
+    """What ``train_folder`` did: the model it wrote, its images and runs, the margin, the seconds per step and,
+    with ``train.self_training``, what the first round gave the second (``harvested``)."""
 
     model: Path
     images: int
@@ -78,6 +95,7 @@ class Summary:
     margin: float | None
     how: str
     seconds: dict[str, float]
+    harvested: Harvest | None = None
 
 
 def folder_section(settings: Settings) -> FolderPrepare:
@@ -216,6 +234,43 @@ def encode_for(encode: EncodeSettings, numerics: Numerics) -> EncodeSettings:
     return encode.model_copy(update={"cpu_precision": "bfloat16"})
 
 
+def read_folder(images: Path, section: FolderPrepare) -> tuple[list[Wanted], np.ndarray, np.ndarray]:
+    """Every image and volume slice of ``images``: what each is, the N x S x S uint8 slices prepared as ``train``
+    prepares them, and each one's relative position in its volume (0 first, 1 last; ``suggest.CENTRE`` for a 2D
+    image or a volume of one slice)."""
+    steps = preprocessing(section)
+    wanted: list[Wanted] = []
+    slices, positions = [], []
+    for name, path in tqdm(image_files(images).items(), desc="read", unit="image"):
+        stack = as_stack(read_image(path))
+        framed = frame_slices(stack, steps).slices
+        depth = len(framed)
+        for k, plane in enumerate(framed):
+            wanted.append(Wanted(path.name, None if stack.is_2d else k, case_id(name, k, stack.is_2d)))
+            slices.append(plane)
+            positions.append(k / (depth - 1) if depth > 1 else suggest.CENTRE)
+    return wanted, np.stack(slices), np.asarray(positions, np.float32)
+
+
+def encode_folder(
+    ids: list[str], slices: np.ndarray, settings: Settings, work: Path, donors: list[Path] | None = None
+) -> Path:
+    """``slices`` (N x S x S uint8, ids ``ids``) encoded into the work folder's suggest store; rows whose pixels a
+    store there holds already (suggest's former one, ``train``'s, ``donors``) are copied, not encoded. Returns the
+    store."""
+    keys = tuple(pixels_sha256(plane) for plane in slices)
+    source = hashlib.sha256("\n".join(keys).encode()).hexdigest()
+    found = identity(settings.encode, source, tuple(ids), keys)
+    out = suggest_store(work)
+    previous = embeddings.set_aside(out, found)
+    stores = [work / "embeddings.zarr", *(d for d in donors or [] if Path(d).resolve() != out.resolve())]
+    donor = embeddings.Donor(previous, found, stores)
+    encode_store(out, found, lambda rows: slices[rows], settings.encode, "suggest", (0, 1), donor)
+    if previous is not None and out.exists():
+        shutil.rmtree(previous)
+    return out
+
+
 def train_folder(data: Path, out: Path, work: Path, settings: Settings, numerics: Numerics = EXACT_NUMERICS) -> Summary:
     """Train a model on the boxed images of the folder ``data`` (``settings``: ``folder_settings``'s) into the file
     ``out``, keeping every step's work in ``work``. ``numerics``: how the encoder and the training step compute on a
@@ -254,7 +309,7 @@ def _train_held(
     group, table = read_index(files.prepared, files.index)
     train_ids = table.loc[table["split"] == "train", "id"].tolist()
     train = settings.train.model_copy(update={"shots": len(train_ids), "subsets": 1, "all_images": False})
-    store = open_embeddings(files.embeddings)  # train.draw: suggest reads it
+    store = embeddings.open_embeddings(files.embeddings)  # train.draw: suggest reads it
     tasks = {DATASET: settings.task(DATASET).class_name}
     ids = fewshot_ids(table, tasks, settings.prepare.min_foreground, train, store)
     views = work / "views.zarr"
@@ -279,6 +334,78 @@ def _train_held(
     start = time.perf_counter()
     model = from_runs(run_folders(work / "models"))
     margin, how = choose_on_training_boxes(model, settings, files)
-    export_model(model.with_policy(policy.from_settings(settings.reprompt, margin, how)), out)
     seconds["margin"] = time.perf_counter() - start
-    return Summary(out, len(train_ids), len(jobs), trained, margin, how, seconds)
+    harvested = None
+    if settings.train.self_training.enabled:
+        start = time.perf_counter()
+        first = model.with_policy(policy.from_settings(settings.reprompt, margin, how))
+        extra, harvested = pseudo_boxed(data, work, settings, section, first, table, numerics)
+        seconds["pseudo-boxes"] = time.perf_counter() - start
+        if extra is None:
+            log.warning("self-training: %s; the model is the first round's", harvested.describe())
+        else:
+            start = time.perf_counter()
+            jobs, trained = train_task(
+                task, train, settings.encode, settings.augment, work / SECOND_ROUND,
+                views if settings.augment.count else None, numerics, extra,
+            )  # fmt: skip
+            model = from_runs(run_folders(work / SECOND_ROUND))
+            margin, how = choose_on_training_boxes(model, settings, files)
+            seconds["second round"] = time.perf_counter() - start
+    export_model(model.with_policy(policy.from_settings(settings.reprompt, margin, how)), out)
+    return Summary(out, len(train_ids), len(jobs), trained, margin, how, seconds, harvested)
+
+
+def pseudo_boxed(
+    data: Path,
+    work: Path,
+    settings: Settings,
+    section: FolderPrepare,
+    first: Model,
+    table: pd.DataFrame,
+    numerics: Numerics,
+) -> tuple[PseudoBoxes | None, Harvest]:
+    """``train.self_training``'s pseudo-boxes: every image and slice of ``data`` read and encoded (``suggest``'s
+    store in ``work``, copying what a store there or in ``DATA.work`` holds), the ``first`` round's model run on the
+    unboxed ones (``inference.pseudo_boxes``), and the slices that pass its rule with their embeddings (None where
+    none does)."""
+    rule = settings.train.self_training
+    wanted, slices, _ = read_folder(work / "raw" / folder.IMAGES, section)
+    ids = [w.id for w in wanted]
+    store = encode_folder(ids, slices, settings, work, [suggest_store(default_work(data))])
+    group = zarr.open_group(store, mode="r")
+    boxed_ids = set(table.loc[table["split"] == "train", "id"])
+    boxed = {row for row, i in enumerate(ids) if i in boxed_ids}
+    inputs: dict[str, list[int]] = {}
+    for row, w in enumerate(wanted):
+        inputs.setdefault(w.file, []).append(row)
+
+    def read(rows: list[int]) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(group["embeddings"][rows[0] : rows[-1] + 1]))
+
+    predictor = Predictor(
+        first, select_device(settings.train.device, settings.train.key("device")), settings.train.predict_batch_size,
+        runtime=settings.encode.runtime, cache_dir=settings.encode.runtime_cache, reprompt_margin=first.reprompt_margin,
+        threshold=settings.evaluate.threshold, volume_min_iou=first.volume_min_iou, numerics=numerics,
+    )  # fmt: skip
+    judged = Presence(("agreement", "sequence"), min_agreement=rule.min_agreement, min_box_iou=rule.min_box_iou,
+                      max_growth=rule.max_growth, images=True)  # fmt: skip
+    harvested = harvest(predictor, list(inputs.values()), read, boxed, judged)
+    log.info("self-training: %s (runs agreeing at %g)", harvested.describe(), rule.min_agreement)
+    if not harvested.rows:
+        return None, harvested
+    chosen = np.asarray(harvested.rows)
+    extra = PseudoBoxes(
+        torch.from_numpy(group["embeddings"].get_orthogonal_selection((chosen,))),
+        harvested.boxes,
+        None,
+        rule.weight,
+        rule.per_epoch or len(boxed),
+        {
+            "rule": judged.describe(),
+            "min_agreement": rule.min_agreement,
+            "looked": harvested.looked,
+            "left_out": dict(harvested.left_out),
+        },
+    )
+    return extra, harvested

@@ -511,13 +511,32 @@ class HeadInit(Section):
     scale: PositiveReal = 0.01
 
 
+class SelfTraining(Section):
+    """A second round on a folder's unboxed images (``autoprompt train`` only; the pipeline's stages leave it
+    aside). The first round's ensemble, post-processed as ``predict`` would (re-prompted, volumes fitted), segments
+    every unboxed image and slice; a slice whose runs agree (mean Dice of each run's mask with the ensemble's at
+    least ``min_agreement``), whose mask is not empty and, in a volume, whose box fits the sequence (the presence
+    rule's ``sequence`` cue, ``min_box_iou`` and ``max_growth``) gives a pseudo-box: its mask's box. A second
+    ensemble of the same recipe and seeds then trains on the drawn boxes and, each epoch, ``per_epoch`` pseudo-boxed
+    images more (null: as many as the drawn boxes), each counting ``weight`` in the losses (a drawn box counts 1).
+    Masks are never read."""
+
+    enabled: bool = False
+    min_agreement: Probability = 0.9
+    min_box_iou: Probability = 0.3
+    max_growth: PositiveReal = 1.5
+    weight: Annotated[float, BeforeValidator(_number), Field(gt=0, le=1)] = 0.5
+    per_epoch: Positive | None = None
+
+
 class TrainSettings(Section):
     """The head's runs: ``subsets`` x ``seeds`` few-shot runs of ``shots`` images (or ``all``), and with
     ``all_images`` (true, or a list of recipes) runs on every training image; each recipe of ``recipe`` trains
     them. ``draw``: the few shots drawn ``uniform``-ly, one from each of ``shots`` strata of tight-box area
     (``box_area``), or spread over the split's embeddings by greedy k-center (``suggest``, as ``autoprompt suggest``
     chooses the images to box). ``select``: the ``last`` epoch's head or the ``best`` by validation Dice against the
-    box-prompted masks."""
+    box-prompted masks. ``self_training``: ``autoprompt train``'s second round on the unboxed images
+    (``SelfTraining``)."""
 
     shots: Positive | Literal["all"] = 10
     subsets: Positive = 1
@@ -533,6 +552,7 @@ class TrainSettings(Section):
     device: Device = AUTO
     threads: Positive | None = None
     recipes: dict[str, Recipe] = Field(default_factory=lambda: {"augmented": Recipe.model_validate(AUGMENTED)})
+    self_training: SelfTraining = SelfTraining()
 
     @model_validator(mode="after")
     def _known_recipes(self) -> TrainSettings:

@@ -26,11 +26,9 @@ with a box in it, or a ``label-studio`` folder without its mark, is the user's a
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -38,19 +36,17 @@ from urllib.parse import quote
 import cv2
 import numpy as np
 import zarr
-from tqdm import tqdm
 
 from autoprompt.data import embeddings
 from autoprompt.data.box_templates import Wanted, csv_template, is_template, studio_config, studio_task
-from autoprompt.data.folder import BOXES, IMAGES, case_id, image_files
-from autoprompt.data.images import as_stack, frame_slices, intensities, read_image, to_uint8
+from autoprompt.data.folder import BOXES, IMAGES
+from autoprompt.data.images import as_stack, intensities, read_image, to_uint8
 from autoprompt.data.records import preprocessing
 from autoprompt.device import EXACT_NUMERICS, Numerics
-from autoprompt.encode.store import encode_store, identity, pixels_sha256
 from autoprompt.errors import InputError
 from autoprompt.io import atomic_path, write_text
 from autoprompt.outputs import clear_stale, hold
-from autoprompt.own_data import encode_for, folder_section, suggest_store
+from autoprompt.own_data import encode_folder, encode_for, folder_section, read_folder
 from autoprompt.settings import FolderPrepare, Settings
 from autoprompt.training import suggest
 
@@ -69,39 +65,6 @@ class Suggestion:
     picks: list[Wanted]
     candidates: int
     written: list[Path]
-
-
-def read_folder(images: Path, section: FolderPrepare) -> tuple[list[Wanted], np.ndarray, np.ndarray]:
-    """Every image and volume slice of ``images``: what each is, the N x S x S uint8 slices prepared as ``train``
-    prepares them, and each one's relative position in its volume (0 first, 1 last; ``suggest.CENTRE`` for a 2D
-    image or a volume of one slice)."""
-    steps = preprocessing(section)
-    wanted: list[Wanted] = []
-    slices, positions = [], []
-    for name, path in tqdm(image_files(images).items(), desc="read", unit="image"):
-        stack = as_stack(read_image(path))
-        framed = frame_slices(stack, steps).slices
-        depth = len(framed)
-        for k, plane in enumerate(framed):
-            wanted.append(Wanted(path.name, None if stack.is_2d else k, case_id(name, k, stack.is_2d)))
-            slices.append(plane)
-            positions.append(k / (depth - 1) if depth > 1 else suggest.CENTRE)
-    return wanted, np.stack(slices), np.asarray(positions, np.float32)
-
-
-def encode_folder(ids: list[str], slices: np.ndarray, settings: Settings, work: Path) -> Path:
-    """``slices`` (N x S x S uint8, ids ``ids``) encoded into the work folder's suggest store; rows whose pixels a
-    store there holds already (suggest's former one, ``train``'s) are copied, not encoded. Returns the store."""
-    keys = tuple(pixels_sha256(plane) for plane in slices)
-    source = hashlib.sha256("\n".join(keys).encode()).hexdigest()
-    found = identity(settings.encode, source, tuple(ids), keys)
-    out = suggest_store(work)
-    previous = embeddings.set_aside(out, found)
-    donor = embeddings.Donor(previous, found, [work / "embeddings.zarr"])
-    encode_store(out, found, lambda rows: slices[rows], settings.encode, "suggest", (0, 1), donor)
-    if previous is not None and out.exists():
-        shutil.rmtree(previous)
-    return out
 
 
 def pooled_features(store: Path) -> np.ndarray:

@@ -119,9 +119,16 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=common.BENCH / ".work" / "own_data")
     parser.add_argument("--fresh", action="store_true", help="start from an empty work folder (times a first run)")
     parser.add_argument("--exact", action="store_true", help="train and predict with --exact (the pipeline's numerics)")
-    parser.add_argument("--name", help="results file bench/results/<name>.json (default: own_data[_exact])")
+    parser.add_argument(
+        "--self-training", action="store_true", help="train with --self-training (a second round on the unboxed images)"
+    )
+    parser.add_argument(
+        "--name", help="results file bench/results/<name>.json (default: own_data[_exact][_self_training])"
+    )
     args, machine = common.parse_and_start(parser)
-    args.name = args.name or ("own_data_exact" if args.exact else "own_data")
+    args.name = args.name or "own_data" + ("_exact" if args.exact else "") + (
+        "_self_training" if args.self_training else ""
+    )
     if not (args.hc18 / "training_set").is_dir():
         raise SystemExit(f"{args.hc18}: real HC18 sample not found (no training_set/); pass --hc18 PATH")
     work = args.work.resolve()
@@ -130,6 +137,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     env = common.numerics_env(False, TORCHINDUCTOR_CACHE_DIR=str(work / "inductor"))  # --fresh: an empty cache
     exact = ["--exact"] if args.exact else []
+    second = ["--self-training"] if args.self_training else []
     data, model, predictions = work / "fetal-head", work / "fetal-head.pt", work / "predictions"
     if not data.exists():
         command(sys.executable, WALKTHROUGH / "gather.py", "--hc18", args.hc18.resolve(), "--boxes",
@@ -139,7 +147,7 @@ def main() -> None:
     predict = [autoprompt, "predict", "-m", model, "-i", data / "images", "-o", predictions, "--overwrite"]
     evaluate = [autoprompt, "evaluate", "--pred", predictions, "--masks", data / "masks", "--boxes", data / "boxes.csv"]
     seconds = {
-        "train": command(*train, "--threads", THREADS, *exact, env=env),
+        "train": command(*train, "--threads", THREADS, *exact, *second, env=env),
         "predict": command(*predict, "--threads", THREADS, "--report", "--masks", data / "masks", *exact, env=env),
         "evaluate": command(*evaluate),
     }
@@ -166,9 +174,15 @@ def main() -> None:
                 "threads": THREADS,
                 "fresh": args.fresh,
                 "numerics": "exact (--exact)" if args.exact else "fast (the default)",
+                "self_training": args.self_training,
             },
             "provenance": json.loads((predictions / "predict.json").read_text()),
-            "model": {"runs": len(trained.heads), "margin": trained.reprompt_margin, "how": trained.reprompt_how},
+            "model": {
+                "runs": len(trained.heads),
+                "margin": trained.reprompt_margin,
+                "how": trained.reprompt_how,
+                "self_training": trained.configs[0].get("self_training"),
+            },
             "seconds": {k: round(v, 1) for k, v in seconds.items()},
             "evaluate": evaluation,
             "dice_by_variant": compared,

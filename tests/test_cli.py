@@ -29,7 +29,7 @@ from autoprompt.errors import InputError
 from autoprompt.evaluation.folders import evaluate_folder
 from autoprompt.inference import load_model
 from autoprompt.inference.files import Compute, PostProcessing, Review, Writing, predict
-from autoprompt.inference.model import export_model
+from autoprompt.inference.model import export_model, from_runs, run_folders
 from autoprompt.inference.predictor import Predictor
 from autoprompt.model import runtimes
 from autoprompt.settings import VolumeFit
@@ -502,3 +502,29 @@ def test_outputs_kept_from_a_call_on_other_numerics_are_named(trained: Path, tmp
     with caplog.at_level(logging.WARNING):
         predict(trained / "model.pt", [image], out, ON_CPU)
     assert "1 outputs kept from a call on the fast numerics, not this call's exact" in caplog.text
+
+
+def test_self_training_trains_a_second_round_on_the_unboxed_slices_pseudo_boxes(tmp_path: Path, caplog) -> None:
+    """A first round of two runs, then a second on the pseudo-boxes of the unboxed pictures and slices they agree on."""
+    box_only_folder(tmp_path / "data")
+    path = params(tmp_path)
+    section = yaml.safe_load(path.read_text())
+    section["augment"]["count"] = 0
+    section["prepare"]["mine"]["crop"] = 128  # at 64, four epochs empty the heads' masks
+    section["evaluate"]["threshold"] = 0.25  # these heads are unsure: their masks at 0.5 are empty
+    section["train"].update(recipe=["workshop"], recipes={"workshop": demo_recipes({"workshop": (4, 3)})["workshop"]})
+    section["train"]["self_training"] = {"enabled": True, "min_agreement": 0.0, "weight": 0.5}
+    path.write_text(yaml.safe_dump(section))
+    with caplog.at_level(logging.INFO):
+        autoprompt("train", tmp_path / "data", "-o", tmp_path / "m.pt", "--params", path, "--runs", 2,
+                   "--device", "cpu", "--threads", 2)  # fmt: skip
+    second = load_model(tmp_path / "m.pt")
+    record = second.configs[0]["self_training"]
+    assert record["looked"] == 6, "three unboxed pictures and the volume's three unboxed slices"
+    assert record["images"] >= 1 and record["images"] + sum(record["left_out"].values()) == 6
+    assert record["weight"] == 0.5 and record["min_agreement"] == 0.0 and "run agreement" in record["rule"]
+    assert all(c["self_training"] == record for c in second.configs), "every run of the second round says so"
+    first = from_runs(run_folders(tmp_path / "m.work" / "models"))
+    changed = [k for k, v in first.heads[0].items() if not torch.equal(v, second.heads[0][k])]
+    assert changed, "the second round's heads are new ones"
+    assert f"and {record['images']} pseudo-boxed" in caplog.text

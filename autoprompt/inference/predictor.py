@@ -152,6 +152,12 @@ class Predictor:
         slices judged absent are zeros."""
         return self._decode(embeddings)[0]
 
+    def decode_with_evidence(self, embeddings: torch.Tensor) -> tuple[np.ndarray, Evidence]:
+        """``decode``'s probabilities (Z x S x S) and what each slice said about presence before any was emptied
+        (``autoprompt.inference.presence.Evidence``: the final masks' boxes, the runs' agreement, ...)."""
+        probs, _, _, _, evidence = self._decode(embeddings)
+        return probs, evidence
+
     def _decode(self, embeddings: torch.Tensor) -> tuple[np.ndarray, float | None, Counter, list[int], Evidence]:
         """``decode``'s probabilities, the mean Dice of each head's mask with the ensemble's (None: one head), the
         slices prompted again from their neighbours' boxes, per reason, the slices emptied as absent and the

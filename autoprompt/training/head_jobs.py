@@ -30,8 +30,8 @@ from autoprompt.sources import sources_sha256
 from autoprompt.training import fewshot, runs
 from autoprompt.training.fewshot import Run, draw_areas, draw_features, plan_runs
 from autoprompt.training.inputs import TaskInputs, task_checkpoint
-from autoprompt.training.loop import TrainConfig, train_head
-from autoprompt.training.pseudo_labels import array_sha256, save_inputs
+from autoprompt.training.loop import PseudoBoxes, TrainConfig, train_head
+from autoprompt.training.pseudo_labels import array_sha256, box_prompted_masks, save_inputs
 from autoprompt.training.validation import ValidationSet
 
 log = logging.getLogger(__name__)
@@ -90,11 +90,31 @@ def view_hashes(data: TaskInputs, ids: tuple[str, ...]) -> dict[str, str]:
     }
 
 
+def extra_record(extra: PseudoBoxes) -> dict:
+    """What a second round's pseudo-boxed images add to its runs' records: how they were chosen, how many, their
+    weight and share of each epoch, and the hashes of their embeddings and boxes."""
+    return {
+        **extra.source,
+        "images": len(extra.boxes),
+        "weight": extra.weight,
+        "per_epoch": extra.per_epoch,
+        "embeddings_sha256": array_sha256(extra.embeddings),
+        "boxes_sha256": array_sha256(extra.boxes),
+    }
+
+
 def plan_head_jobs(
-    task: Task, train: TrainSettings, data: TaskInputs, numerics: Numerics = EXACT_NUMERICS
+    task: Task,
+    train: TrainSettings,
+    data: TaskInputs,
+    numerics: Numerics = EXACT_NUMERICS,
+    extra: PseudoBoxes | None = None,
 ) -> list[HeadJob]:
-    """Every run of every recipe, with the hashes of its boxes, pseudo-labels and (for ``best``) validation boxes."""
+    """Every run of every recipe, with the hashes of its boxes, pseudo-labels and (for ``best``) validation boxes;
+    ``extra``: a second round's pseudo-boxed images, which every run trains on too (their record is ``extra_record``).
+    """
     code = sources_sha256(__name__)
+    second = extra_record(extra) if extra is not None else None
     val_ids = tuple(task.rows("val")["id"])
     if train.select == "best" and (not val_ids or not train.validate_every):
         raise InputError(
@@ -126,11 +146,10 @@ def plan_head_jobs(
                 hashes.update(view_hashes(data, run.ids))
             if config.select == "best" and val_ids:
                 hashes["validation_boxes"] = array_sha256(data.boxes(val_ids))
-            jobs.append(
-                HeadJob(
-                    f"{recipe}/{run.key}", run, config, run_record(task, recipe, run, config, hashes, code, numerics)
-                )
-            )
+            record = run_record(task, recipe, run, config, hashes, code, numerics)
+            if second is not None:
+                record["self_training"] = second
+            jobs.append(HeadJob(f"{recipe}/{run.key}", run, config, record))
     return jobs
 
 
@@ -142,11 +161,15 @@ def train_head_job(
     out: Path,
     checkpoint: str | None,
     numerics: Numerics = EXACT_NUMERICS,
+    extra: PseudoBoxes | None = None,
 ) -> None:
     """Train one run into ``out/<key>`` (whole or not at all), with its dvclive logs and its inputs.
     ``checkpoint``: the configured backbone checkpoint path, recorded for ``predict`` (None for packaged weights).
-    ``numerics``: how the training step computes on a CPU."""
+    ``numerics``: how the training step computes on a CPU; ``extra``: a second round's pseudo-boxed images, with
+    their box-prompted masks where the recipe's pseudo-label loss needs them."""
     pseudo = data.pseudo(job.run.ids) if job.config.loss.pseudo_label else None
+    if extra is not None and pseudo is None:
+        extra = dataclasses.replace(extra, masks=None)
     with (
         atomic_path(out / job.key) as folder,
         tqdm(total=job.config.epochs, desc=f"train {task.name} {job.key}", unit="epoch") as bar,
@@ -175,6 +198,7 @@ def train_head_job(
             on_epoch=on_epoch,
             views=data.views(job.run.ids) if uses_views(job.config, job.run, data) else None,
             numerics=numerics,
+            extra=extra,
         )
         live.end()
         save_inputs(folder, list(job.run.ids), data.boxes(job.run.ids), pseudo)
@@ -204,10 +228,13 @@ def train_task(
     out: Path,
     views_store: Path | None = None,
     numerics: Numerics = EXACT_NUMERICS,
+    extra: PseudoBoxes | None = None,
 ) -> tuple[list[HeadJob], int]:
     """Train every planned run of ``task`` that ``out`` does not hold already, then remove the run folders of earlier
     plans; returns the plan and how many of its runs were trained. ``views_store``: the augment stage's encoded views
-    (None: no views). ``numerics``: the training step's CPU numerics (the stages keep the exact default)."""
+    (None: no views). ``numerics``: the training step's CPU numerics (the stages keep the exact default).
+    ``extra``: a second round's pseudo-boxed images (``autoprompt train``'s ``train.self_training``), which every
+    run also trains on."""
     if task.preprocessing is None:
         raise InputError(f"{task.files.prepared}: made before stores recorded their preprocessing; prepare it again")
     checkpoint = task_checkpoint(task, encode)
@@ -215,15 +242,18 @@ def train_task(
     decoder = backbones.build_prompt_decoder(encode.backbone, checkpoint).to(device)
     store = open_views(views_store, task, augment) if views_store else None
     data = TaskInputs(task, decoder, device, train.predict_batch_size, store, augment)
-    jobs = plan_head_jobs(task, train, data, numerics)
+    jobs = plan_head_jobs(task, train, data, numerics, extra)
     todo = [job for job in jobs if not runs.is_done(out / job.key, job.record)]
+    if extra is not None and todo and any(job.config.loss.pseudo_label for job in todo):
+        masks = box_prompted_masks(decoder, extra.embeddings, extra.boxes, task.label_size, data.batch_size, device)
+        extra = dataclasses.replace(extra, masks=masks)
     log.info(
         "%s: %d runs planned, %d already trained, %d to train", task.name, len(jobs), len(jobs) - len(todo), len(todo)
     )
     validation = data.validation(with_masks=True) if todo and train.validate_every else None
     configured = None if checkpoints.is_packaged(encode.backbone) else encode.checkpoint
     for job in todo:
-        train_head_job(job, task, data, validation, out, configured, numerics)
+        train_head_job(job, task, data, validation, out, configured, numerics, extra)
     removed = runs.remove_stale(out, {job.key for job in jobs})
     if removed:
         log.info("%s: removed runs of earlier params: %s", task.name, ", ".join(removed))

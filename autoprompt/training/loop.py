@@ -87,6 +87,42 @@ def schedule(section: Schedule, regime: str) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class PseudoBoxes:
+    """A second round's extra images (``training.self_training``): M x 256 x 64 x 64 ``embeddings``, their M x 4
+    pseudo-boxes (label frame) from the first round's masks, their M x S x S box-prompted ``masks`` (the pseudo-label
+    loss's targets; None where the recipe has none), the ``weight`` each counts in the losses (the drawn boxes count
+    1) and how many join each epoch (``per_epoch``, drawn in turn from a shuffled order): an epoch keeps its drawn
+    boxes and schedule, and takes ``per_epoch`` pseudo-boxed images more. ``source``: how they were chosen (the
+    rule and its counts), recorded with the runs that train on them."""
+
+    embeddings: Tensor
+    boxes: Tensor
+    masks: Tensor | None
+    weight: float
+    per_epoch: int
+    source: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        m = len(self.embeddings)
+        assert self.boxes.shape == (m, 4), f"{m} pseudo-boxed images, boxes {tuple(self.boxes.shape)}"
+        assert self.masks is None or len(self.masks) == m, f"{m} pseudo-boxed images, masks {tuple(self.masks.shape)}"
+        assert self.per_epoch > 0, "per_epoch must be positive"
+
+
+class _Cycle:
+    """Indices 0..m-1 in turn, reshuffled (by ``generator``) each time they run out."""
+
+    def __init__(self, m: int, generator: torch.Generator) -> None:
+        self.m, self.generator, self.queue = m, generator, torch.empty(0, dtype=torch.long)
+
+    def take(self, k: int) -> Tensor:
+        while len(self.queue) < k:
+            self.queue = torch.cat([self.queue, torch.randperm(self.m, generator=self.generator)])
+        out, self.queue = self.queue[:k], self.queue[k:]
+        return out
+
+
 @dataclass
 class TrainResult:
     """The selected head, the epoch it comes from (1-based), the last head, and the validation history."""
@@ -175,6 +211,7 @@ def train_head(
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     views: Views | None = None,
     numerics: Numerics = EXACT_NUMERICS,
+    extra: PseudoBoxes | None = None,
 ) -> TrainResult:
     """Train a head on N embeddings (N x 256 x 64 x 64, any float dtype) and their N x 4 tight boxes (label frame).
 
@@ -184,7 +221,8 @@ def train_head(
     box-prompted masks is returned. Adam with weight decay, a multi-step schedule and optional gradient clipping;
     batches and transforms are drawn by generators seeded with ``seed``. ``on_epoch(epoch, terms)`` receives the
     epoch's mean loss terms, learning rate, barrier t and validation scores. ``numerics``: how the step computes on a
-    CPU (``step_logits``; the default is the exact float32 path).
+    CPU (``step_logits``; the default is the exact float32 path). ``extra``: pseudo-boxed images that join each
+    epoch at their lower weight (``PseudoBoxes``; they draw no views).
     """
     assert embeddings.ndim == 4 and boxes.shape == (len(embeddings), 4), (
         f"expected N x 256 x 64 x 64 embeddings and N x 4 boxes, got {tuple(embeddings.shape)}, {tuple(boxes.shape)}"
@@ -209,19 +247,31 @@ def train_head(
     picks = torch.Generator().manual_seed(seed + 2_000_003)  # its own stream: without views, nothing changes
     check_start(head, decoder, embeddings[: config.batch_size].to(device).float(), label_size)
     logits = step_logits(numerics)
+    drawn, weights, cycle = len(embeddings), None, None
+    if extra is not None:
+        assert (pseudo is None) == (extra.masks is None), "the pseudo-boxed images need box-prompted masks too"
+        embeddings = torch.cat([embeddings, extra.embeddings.to(embeddings.dtype)])
+        boxes = torch.cat([boxes, extra.boxes.to(boxes.dtype)])
+        pseudo = torch.cat([pseudo, extra.masks.to(pseudo.dtype)]) if pseudo is not None else None
+        weights = torch.cat([torch.ones(drawn), torch.full((len(extra.boxes),), float(extra.weight))])
+        cycle = _Cycle(len(extra.boxes), torch.Generator().manual_seed(seed + 3_000_003))
 
     history: list[dict[str, float]] = []
     best: tuple[float, int, dict] | None = None
     for epoch in range(config.epochs):
         t = config.loss.barrier_t(epoch)
         totals: dict[str, float] = {}
-        for batch in torch.randperm(len(embeddings), generator=order).split(config.batch_size):
+        rows = torch.arange(drawn)
+        if cycle is not None:
+            rows = torch.cat([rows, drawn + cycle.take(min(extra.per_epoch, cycle.m))])
+        for batch in rows[torch.randperm(len(rows), generator=order)].split(config.batch_size):
             x, b, target = embeddings[batch], boxes[batch], pseudo[batch] if pseudo is not None else None
             if views is not None and config.augment.views:
                 x, b, target = _with_views(batch, x, b, target, views, config.augment.views, picks)
             target = target.to(device) if target is not None else None
+            w = weights[batch].to(device) if weights is not None else None
             terms = _batch_terms(
-                head, decoder, x.to(device).float(), b.to(device), target, label_size, config, t, transforms, logits
+                head, decoder, x.to(device).float(), b.to(device), target, label_size, config, t, transforms, logits, w
             )
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
@@ -229,7 +279,7 @@ def train_head(
                 torch.nn.utils.clip_grad_norm_(head.parameters(), config.clip_grad_norm)
             optimizer.step()
             for name, value in terms.items():
-                totals[name] = totals.get(name, 0.0) + float(value.detach()) * len(batch) / len(embeddings)
+                totals[name] = totals.get(name, 0.0) + float(value.detach()) * len(batch) / len(rows)
         totals["lr"], totals["t"] = optimizer.param_groups[0]["lr"], t
         schedule.step()
         last_epoch = epoch + 1 == config.epochs
@@ -257,8 +307,9 @@ def _with_views(
     batch: Tensor, x: Tensor, boxes: Tensor, pseudo: Tensor | None, views: Views, probability: float, generator
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """The batch's embeddings, boxes and pseudo-labels, each image replaced by one of its views with
-    ``probability``."""
+    ``probability``; rows past the views' (a second round's pseudo-boxed images) have none and stay as they are."""
     which = pick_views(len(batch), views.embeddings.shape[1], probability, generator)
+    which[batch >= len(views.embeddings)] = -1
     chosen = which >= 0
     if not chosen.any():
         return x, boxes, pseudo
@@ -283,17 +334,18 @@ def _batch_terms(
     t: float,
     generator: torch.Generator,
     logits: Callable[[PromptHead, PromptDecoder, Tensor], Tensor] = head_logits,
+    weights: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """The loss terms of one batch: box losses (and the pseudo-label loss) at the label size, and the consistency
     of the prediction on transformed embeddings with the transformed prediction, at 64 x 64. ``logits``: the
-    decoder's forward (``step_logits``)."""
+    decoder's forward (``step_logits``); ``weights``: B, how much each image counts in the box losses (None: 1)."""
     if config.augment.moves_inputs:
         moves = random_inputs(len(x), config.augment, generator).to(x.device)
         x, boxes = warp(x, moves), warp_boxes(boxes, moves, label_size)
         if pseudo is not None:
             pseudo = warp(pseudo[:, None].float(), moves, mode="nearest")[:, 0] > 0.5
     low_res = logits(head, decoder, x)
-    terms = box_loss(to_label_size(low_res, label_size), boxes, config.loss, t, pseudo)
+    terms = box_loss(to_label_size(low_res, label_size), boxes, config.loss, t, pseudo, weights)
     if config.loss.consistency:
         matrices = random_affine(len(x), config.augment, generator).to(x.device)
         probs = _grid_probs(low_res)
@@ -323,6 +375,7 @@ def check_start(head: PromptHead, decoder: PromptDecoder, embeddings: Tensor, la
 
 
 __all__ = [
+    "PseudoBoxes",
     "TrainConfig",
     "TrainResult",
     "check_start",

@@ -1,0 +1,104 @@
+"""A first round's masks on the images nobody boxed, turned into pseudo-boxes for a second round
+(``train.self_training``).
+
+The first round's ensemble segments every unboxed image and slice, post-processed as ``predict`` does (re-prompted,
+volumes fitted). A slice gives a pseudo-box when its mask is not empty, its runs agree (``presence``'s ``agreement``
+cue: the mean Dice of each run's mask with the ensemble's) and, in a volume, its box fits the sequence (the
+``sequence`` cue, against the next slice towards the volume's middle): the evidence the presence rule judges a slice
+by, asked here of every slice rather than walked in from a volume's ends. The pseudo-box is the box of the final
+mask's largest component, in the prepared frame where the embeddings are, so the second round trains on it as on a
+drawn box. Only boxes leave this module: no mask is ever used as a target.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from autoprompt.inference.predictor import Predictor
+from autoprompt.inference.presence import Evidence, Presence, judge
+
+log = logging.getLogger(__name__)
+
+REASONS = ("empty", "agreement", "sequence")  # why a slice gives no pseudo-box, in the order they are asked
+
+
+@dataclass(frozen=True)
+class Harvest:
+    """What the first round gave: ``rows`` (the store rows that gave a pseudo-box), their M x 4 ``boxes`` (label
+    frame, inclusive pixels), how many slices were ``looked`` at, and how many were left out, by reason."""
+
+    rows: list[int]
+    boxes: Tensor
+    looked: int
+    left_out: Counter
+
+    def describe(self) -> str:
+        why = ", ".join(f"{self.left_out[r]} {r}" for r in REASONS if self.left_out[r]) or "none"
+        return f"{len(self.rows)} of {self.looked} unboxed slices gave a pseudo-box (left out: {why})"
+
+
+def inner_slice(i: int, z: int) -> int | None:
+    """The slice next to ``i`` towards the middle of ``z`` slices (None: ``i`` is the middle, or ``z`` is 1)."""
+    middle = (z - 1) / 2
+    if i < middle:
+        return i + 1
+    if i > middle:
+        return i - 1
+    return None
+
+
+def reason_left_out(evidence: Evidence, i: int, rule: Presence) -> str | None:
+    """Why slice ``i`` gives no pseudo-box under ``rule`` (one of ``REASONS``), or None where it gives one."""
+    if not bool(evidence.found[i]):
+        return "empty"
+    if "agreement" in rule.cues and float(evidence.agreement[i]) < rule.min_agreement:
+        return "agreement"
+    z = len(evidence)
+    if "sequence" in rule.cues and judge(evidence, i, inner_slice(i, z), Presence(("sequence",), **_sequence(rule))):
+        return "sequence"
+    return None
+
+
+def _sequence(rule: Presence) -> dict:
+    return {"min_box_iou": rule.min_box_iou, "max_growth": rule.max_growth}
+
+
+def harvest(
+    predictor: Predictor,
+    inputs: Sequence[list[int]],
+    embeddings: Callable[[list[int]], Tensor],
+    boxed: set[int],
+    rule: Presence,
+) -> Harvest:
+    """Pseudo-boxes of the unboxed rows of a store: ``inputs`` lists each image's (volume's) rows in slice order,
+    ``embeddings(rows)`` reads them (Z x 256 x 64 x 64), ``boxed``: the rows a user boxed, segmented with their volume
+    (the volume fit needs every slice) but never harvested. ``predictor``: the first round's model, post-processed
+    as it says and with no presence rule (a slice's evidence is judged here, by ``rule``)."""
+    assert predictor.presence is None, "judge the evidence here: a presence rule would empty slices first"
+    rows: list[int] = []
+    boxes: list[Tensor] = []
+    left_out: Counter = Counter()
+    looked = 0
+    for volume in tqdm(inputs, desc="first round on the unboxed images", unit="input"):
+        if all(r in boxed for r in volume):
+            continue
+        _, evidence = predictor.decode_with_evidence(embeddings(volume))
+        for i, row in enumerate(volume):
+            if row in boxed:
+                continue
+            looked += 1
+            reason = reason_left_out(evidence, i, rule)
+            if reason is None:
+                rows.append(row)
+                boxes.append(evidence.boxes[i])
+            else:
+                left_out[reason] += 1
+    stacked = torch.stack(boxes).long() if boxes else torch.zeros(0, 4, dtype=torch.long)
+    return Harvest(rows, stacked, looked, left_out)
