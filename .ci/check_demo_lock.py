@@ -4,8 +4,9 @@ CI reruns the demo and compares its metrics with the committed ones (``check_met
 means something when the committed metrics were computed from the same params and data: a changed param or a
 replaced image with the old metrics still committed reads as a drop (or hides one). ``dvc status`` knows, from
 each demo's ``dvc.lock``, which params and files each committed output was computed from; this script fails on any
-of them that has changed since. Code is left out: a refactor that keeps the numbers need not rerun the demo, and one
-that moves them fails the metric check itself.
+of them that has changed since. Code is left out, and so are its fingerprints (``<demo>/fingerprints/<module>.json``,
+what the stages depend on: ``stages/fingerprint.py``): a refactor that keeps the numbers need not rerun the demo, and
+one that moves them fails the metric check itself.
 
 Run from the repository root: ``python .ci/check_demo_lock.py`` (exit 1, one line per stale input).
 """
@@ -22,17 +23,19 @@ import yaml
 
 PIPELINES = ("demo/dvc.yaml", "demo/cardiac/dvc.yaml")  # the README's first command, then the cardiac phantoms
 
-CODE = ("autoprompt/", "stages/")  # the package's Python code: checked by the metric comparison, not here
+CODE = ("autoprompt", "stages")  # the package's Python code: checked by the metric comparison, not here
+FINGERPRINTS = "fingerprints"  # the folder where each pipeline's fingerprint stage writes the hashes of that code
 STALE = {"modified", "new", "deleted"}  # an input changed or removed since the lock, or one the lock never saw
 
 
 def is_code(path: str) -> bool:
-    """A Python file (or package folder) of the project's code; its data (``autoprompt/reference``) is not code."""
-    return (
-        path.startswith(CODE)
-        and not path.startswith("autoprompt/reference")
-        and (path.endswith(".py") or "." not in path.rsplit("/", 1)[-1])
-    )
+    """A Python file or package folder of the project's code (its data, ``autoprompt/reference``, is not code), or
+    the fingerprint of a stage's code (``demo/fingerprints/stages.train.json``)."""
+    parts = path.split("/")
+    if parts[-2:-1] == [FINGERPRINTS] and path.endswith(".json"):
+        return True
+    data = parts[:2] == ["autoprompt", "reference"]
+    return parts[0] in CODE and not data and (path.endswith(".py") or "." not in parts[-1])
 
 
 def stale_inputs(status: dict, outputs: set[str]) -> list[str]:

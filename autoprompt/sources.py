@@ -1,20 +1,26 @@
-"""The project's Python sources that a module runs: its import closure, and one hash of it.
+"""The project's Python sources that a module runs: its import closure, and the hashes of its code.
 
-A DVC stage lists its code among its deps, and a trained run's fingerprint hashes the code that trained it; both must
+A DVC stage depends on the code it runs, and a trained run's fingerprint hashes the code that trained it; both must
 cover every file the step imports, directly or not, or a change to one of them leaves a stale result that looks
 current. ``closure`` finds those files by reading the sources (``ast``, nothing is imported): every ``import`` and
 ``from ... import`` anywhere in a module (imports inside functions too: heavy libraries are imported lazily here), and
 the package ``__init__`` files that each import runs. A module-level ``__getattr__`` (a lazy export) is not followed:
-importing its package does not run it. ``tests/test_deps.py`` checks every stage's deps in the ``dvc.yaml`` files
-against the closure of its module.
+importing its package does not run it.
 
-    python -m autoprompt.sources stages.train      # the files a stage's deps must list
+Both hash the parsed code, not the bytes (``code_sha256``): comments, docstrings, blank lines and layout do not count,
+so a docstring edit neither retrains a run nor reruns a stage. The hash is stable across machines and across Python
+versions whose parsers build the same tree for the code (new optional fields, empty, are left out); a Python release
+that parses a construct into another tree changes it once. ``fingerprint_text`` is what the ``fingerprint`` stage of
+each pipeline writes for a stage's module (``stages/fingerprint.py``), and the other stages depend on that file.
+
+    python -m autoprompt.sources stages.train      # the files of a stage's import closure
 """
 
 from __future__ import annotations
 
 import ast
 import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -83,13 +89,54 @@ def closure(module: str, root: Path = ROOT) -> list[Path]:
     return sorted(files)
 
 
+def code_sha256(source: str, filename: str = "<code>") -> str:
+    """The SHA-256 of a module's parsed code: its syntax tree without line numbers, and without the strings that
+    stand alone as statements (docstrings, attribute docstrings), which only ``__doc__`` and ``help`` read. Comments
+    and layout never reach the tree. A ``SyntaxError`` names ``filename``."""
+    return hashlib.sha256(_canonical(ast.parse(source, filename)).encode()).hexdigest()
+
+
+def _canonical(value: object) -> str:
+    """``value`` (a syntax tree, a list of them, or a literal) as text: each node's type and its fields by name;
+    a field left empty (``None`` or ``[]``) is left out, so a field that a newer Python adds, empty, changes nothing."""
+    if isinstance(value, ast.AST):
+        fields = []
+        for name in value._fields:
+            item = getattr(value, name, None)
+            if isinstance(item, list):
+                item = [node for node in item if not _is_string_statement(node)]
+            if item is None or (isinstance(item, list) and not item):
+                continue
+            fields.append(f"{name}={_canonical(item)}")
+        return f"{type(value).__name__}({','.join(fields)})"
+    if isinstance(value, list):
+        return f"[{','.join(_canonical(item) for item in value)}]"
+    return repr(value)
+
+
+def _is_string_statement(node: object) -> bool:
+    """A string literal standing alone as a statement: a docstring, or a comment written as a string."""
+    return isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+
+
+def closure_hashes(module: str, root: Path = ROOT) -> dict[str, str]:
+    """``closure(module)`` as ``{path relative to root: code_sha256 of the file}``, sorted by path."""
+    return {
+        relative.as_posix(): code_sha256((root / relative).read_text(), str(root / relative))
+        for relative in closure(module, root)
+    }
+
+
+def fingerprint_text(module: str, root: Path = ROOT) -> str:
+    """The fingerprint of the code ``module`` runs, as its file holds it: ``closure_hashes`` as indented JSON. The
+    same code gives the same bytes, whatever its comments, docstrings and layout; the path of every file counts too
+    (a module moved or newly imported changes it)."""
+    return json.dumps(closure_hashes(module, root), indent=2, sort_keys=True) + "\n"
+
+
 def sources_sha256(module: str, root: Path = ROOT) -> str:
-    """One hash of the paths and bytes of ``closure(module)``: code that trained a run, say."""
-    digest = hashlib.sha256()
-    for relative in closure(module, root):
-        digest.update(relative.as_posix().encode() + b"\0")
-        digest.update((root / relative).read_bytes())
-    return digest.hexdigest()
+    """One hash of the code ``module`` runs (the SHA-256 of its ``fingerprint_text``): the code that trained a run."""
+    return hashlib.sha256(fingerprint_text(module, root).encode()).hexdigest()
 
 
 if __name__ == "__main__":

@@ -52,9 +52,12 @@ def test_a_changed_param_or_image_under_committed_demo_metrics_is_named() -> Non
             {"changed deps": {"demo/data/raw/hc18": "modified", "demo/params.yaml": {"prepare.hc18": "modified"}}},
             {"changed outs": {"demo/data/prepared/hc18.zarr": "not in cache"}},
         ],
+        "demo/dvc.yaml:fingerprint": [{"changed deps": {"autoprompt": "modified", "stages": "modified"}}],
         "demo/dvc.yaml:train@hc18": [
-            {"changed deps": {"autoprompt/training/loop.py": "modified", "demo/embeddings/x.zarr": "deleted"}},
+            {"changed deps": {"demo/fingerprints/stages.train.json": "modified", "demo/embeddings/x.zarr": "deleted"}},
         ],
+        "demo/cardiac/dvc.yaml:report": [{"changed deps": {"demo/cardiac/fingerprints/stages.report.json": "deleted"}}],
+        "demo/dvc.yaml:report": [{"changed deps": {"autoprompt/training/loop.py": "modified"}}],
         "demo/dvc.yaml:prepare@camus": [
             {"changed deps": {"autoprompt/reference/splits": "modified", "demo/data/raw/camus": "deleted"}},
         ],
@@ -65,7 +68,10 @@ def test_a_changed_param_or_image_under_committed_demo_metrics_is_named() -> Non
         "demo/dvc.yaml:prepare@hc18: demo/data/raw/hc18 modified",
         "demo/dvc.yaml:prepare@hc18: demo/params.yaml: prepare.hc18 modified",
         "demo/dvc.yaml:prepare@camus: autoprompt/reference/splits modified",
-    ], "code, and outputs missing or left from an older run, are not stale; a replaced image and a changed param are"
+    ], (
+        "code, its fingerprints, and outputs missing or left from an older run, are not stale; a replaced image and a "
+        "changed param are"
+    )
 
 
 @pytest.mark.parametrize("pipeline", ["demo/dvc.yaml", "demo/cardiac/dvc.yaml"])

@@ -1,6 +1,8 @@
-"""Every DVC stage lists, among its deps, exactly the project's Python files that its module imports (its import
-closure, ``autoprompt.sources``): a file left out would leave stale results looking current, a file too many would
-rerun the stage for nothing. Also: the layers point one way."""
+"""Every DVC stage depends on exactly the code its module runs (its import closure, ``autoprompt.sources``): a file
+left out would leave stale results looking current, a file too many would rerun the stage for nothing. A stage lists
+one file for it, the fingerprint of its module (``fingerprints/<module>.json``), which hashes every file of that
+closure and no other; each pipeline's ``fingerprint`` stage writes those files from the package folders, which hold
+every closure. Also: the layers point one way."""
 
 from __future__ import annotations
 
@@ -12,15 +14,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from autoprompt.sources import closure, imported_names
+from autoprompt.sources import PACKAGES, closure, closure_hashes, imported_names
+from stages.fingerprint import arguments
 from tests.helpers import REPO, sources_of
 
 PIPELINES = ("dvc.yaml", "demo/dvc.yaml", "demo/cardiac/dvc.yaml", "examples/own-data/dvc.yaml")
 MODULE = re.compile(r"python -m (stages\.\w+)|^(autoprompt) \w+")
+FINGERPRINT = "fingerprint"  # the stage that writes the fingerprints, and the module it runs (stages.fingerprint)
 
 
-def stage_modules(pipeline: Path) -> dict[str, tuple[str, list[Path]]]:
-    """Stage name -> (the module its command runs, its deps as paths relative to the repository)."""
+def stage_modules(pipeline: Path, root: Path = REPO) -> dict[str, tuple[str, list[Path]]]:
+    """Stage name -> (the module its command runs, its deps as paths relative to the repository ``root``)."""
     stages = yaml.safe_load(pipeline.read_text())["stages"]
     out = {}
     for name, stage in stages.items():
@@ -29,39 +33,100 @@ def stage_modules(pipeline: Path) -> dict[str, tuple[str, list[Path]]]:
         if found:
             module = found[1] or "autoprompt.cli"  # the autoprompt command
             deps = [next(iter(d)) if isinstance(d, dict) else d for d in body.get("deps", [])]
-            out[name] = (module, [(pipeline.parent / d).resolve().relative_to(REPO) for d in deps if "$" not in d])
+            out[name] = (module, [(pipeline.parent / d).resolve().relative_to(root) for d in deps if "$" not in d])
     return out
 
 
-def code_problems(module: str, deps: list[Path], root: Path = REPO) -> list[str]:
-    """What is wrong with a stage's code deps: closure files it does not list, and Python files it lists that its
-    module does not import (a listed folder must hold closure files only, data files aside)."""
-    needed = set(closure(module, root))
-    listed: set[Path] = set()
-    for dep in deps:
-        path = root / dep
-        if path.is_dir():
-            listed |= {p.relative_to(root) for p in path.rglob("*.py")}
-        elif dep.suffix == ".py":
-            listed.add(dep)
-    missing = sorted(p.as_posix() for p in needed - listed)
-    extra = sorted(p.as_posix() for p in listed - needed)
-    return [f"missing {p}" for p in missing] + [f"not imported {p}" for p in extra]
+def is_code(dep: Path) -> bool:
+    """A dep on the project's Python code itself (a file or a package folder); its data files are not code."""
+    return dep.parts[0] in PACKAGES and dep.parts[:2] != ("autoprompt", "reference") and dep.suffix in (".py", "")
+
+
+def fingerprint_problems(pipeline: str, root: Path = REPO) -> list[str]:
+    """What is wrong with a pipeline's code deps: a stage that lists code rather than its module's fingerprint, or
+    no fingerprint, or another module's; a fingerprint stage that does not write the fingerprint of every module the
+    stages run, or whose deps are not the package folders."""
+    path = root / pipeline
+    folder = path.parent.relative_to(root)
+    stages = stage_modules(path, root)
+    problems = []
+    modules = {module for name, (module, _) in stages.items() if name != FINGERPRINT}
+    for name, (module, deps) in stages.items():
+        if name == FINGERPRINT:
+            continue
+        problems += [f"{name}: lists code {d.as_posix()}" for d in deps if is_code(d)]
+        prints = [d for d in deps if d.parent == folder / "fingerprints"]
+        if prints != [folder / "fingerprints" / f"{module}.json"]:
+            problems.append(f"{name}: its code deps should be fingerprints/{module}.json, not {prints}")
+    if FINGERPRINT not in stages:
+        return [*problems, "no fingerprint stage"]
+    module, deps = stages[FINGERPRINT]
+    body = yaml.safe_load(path.read_text())["stages"][FINGERPRINT]
+    args = arguments().parse_args(body["cmd"].split()[3:])
+    if (
+        module != "stages.fingerprint"
+        or (path.parent / args.root).resolve() != root.resolve()
+        or args.out != Path("fingerprints")
+    ):
+        problems.append(
+            f"{FINGERPRINT}: its command should be python -m stages.fingerprint --root <repository> --out fingerprints"
+        )
+    if set(args.modules) != modules:
+        problems.append(f"{FINGERPRINT}: writes {sorted(args.modules)}; the stages run {sorted(modules)}")
+    if sorted(deps) != sorted(Path(p) for p in PACKAGES):
+        problems.append(f"{FINGERPRINT}: deps {deps}, not the package folders {PACKAGES}")
+    if body["outs"] != [{"fingerprints": {"cache": False}}]:
+        problems.append(f"{FINGERPRINT}: outs {body['outs']}, not fingerprints (cache: false)")
+    return problems
 
 
 @pytest.mark.parametrize("pipeline", PIPELINES)
-def test_every_stage_lists_its_import_closure(pipeline: str) -> None:
-    problems = {
-        name: found
-        for name, (module, deps) in stage_modules(REPO / pipeline).items()
-        if (found := code_problems(module, deps))
-    }
-    assert not problems, f"{pipeline}: fix the deps of {problems} (python -m autoprompt.sources <module> lists them)"
+def test_every_stage_depends_on_the_fingerprint_of_its_module(pipeline: str) -> None:
+    assert not (found := fingerprint_problems(pipeline)), f"{pipeline}: {found}"
 
 
-def test_the_check_catches_an_omitted_file(tmp_path: Path) -> None:
-    """A stage module importing a module lazily, inside a function, through a package: leaving any file of that
-    chain out of the deps is reported, and so is a file listed that nothing imports."""
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_the_package_folders_hold_every_closure(pipeline: str) -> None:
+    """What the fingerprint stage's deps cover: every file of every stage module's closure, so no edit of the code
+    a stage runs goes unseen."""
+    for module, _ in stage_modules(REPO / pipeline).values():
+        outside = [p for p in closure(module) if p.parts[0] not in PACKAGES]
+        assert not outside, f"{module} imports {outside}, outside the fingerprint stage's deps"
+
+
+def test_the_check_catches_code_deps_and_a_missing_fingerprint(tmp_path: Path) -> None:
+    """A stage that lists a Python file, one that depends on another module's fingerprint, and a fingerprint stage
+    that leaves a module out are each reported; the right form is not."""
+    stage = "    cmd: python -m stages.{0}\n    deps:\n      - {1}\n"
+    right = {"train": "fingerprints/stages.train.json", "evaluate": "fingerprints/stages.evaluate.json"}
+    fingerprint = (
+        "  fingerprint:\n    cmd: python -m stages.fingerprint --root .. --out fingerprints {0}\n"
+        "    deps: [../autoprompt, ../stages]\n    outs:\n      - fingerprints:\n          cache: false\n"
+    )
+
+    def problems(deps: dict[str, str], modules: str) -> list[str]:
+        text = fingerprint.format(modules) + "".join(f"  {k}:\n" + stage.format(k, v) for k, v in deps.items())
+        (tmp_path / "demo").mkdir(exist_ok=True)
+        (tmp_path / "demo/dvc.yaml").write_text("stages:\n" + text)
+        return fingerprint_problems("demo/dvc.yaml", tmp_path.resolve())
+
+    assert problems(right, "stages.train stages.evaluate") == []
+    assert problems({**right, "train": "../autoprompt/training/loop.py"}, "stages.train stages.evaluate") == [
+        "train: lists code autoprompt/training/loop.py",
+        "train: its code deps should be fingerprints/stages.train.json, not []",
+    ]
+    assert problems({**right, "evaluate": right["train"]}, "stages.train stages.evaluate") == [
+        "evaluate: its code deps should be fingerprints/stages.evaluate.json, not "
+        f"[{Path('demo/fingerprints/stages.train.json')!r}]"
+    ]
+    assert problems(right, "stages.train") == [
+        "fingerprint: writes ['stages.train']; the stages run ['stages.evaluate', 'stages.train']"
+    ]
+
+
+def test_a_fingerprint_hashes_the_import_closure(tmp_path: Path) -> None:
+    """A stage module importing a module lazily, inside a function, through a package: every file of that chain is
+    in its fingerprint, and no file that nothing imports (a lazy export, ``__getattr__``, is not followed)."""
     root = sources_of(
         tmp_path,
         {
@@ -78,17 +143,12 @@ def test_the_check_catches_an_omitted_file(tmp_path: Path) -> None:
     chain = ["stages/__init__.py", "stages/train.py", "autoprompt/__init__.py", "autoprompt/training/__init__.py"]
     chain += ["autoprompt/training/loop.py", "autoprompt/training/augment.py"]
     assert [p.as_posix() for p in closure("stages.train", root)] == sorted(chain)
-    assert code_problems("stages.train", [Path(p) for p in chain], root) == []
-    omitted = [Path(p) for p in chain if p != "autoprompt/training/augment.py"]
-    assert code_problems("stages.train", omitted, root) == ["missing autoprompt/training/augment.py"]
-    folder = [Path("stages"), Path("autoprompt/__init__.py"), Path("autoprompt/training")]
-    assert code_problems("stages.train", folder, root) == []
-    assert code_problems("stages.train", [Path("autoprompt")], root) == [
-        "missing stages/__init__.py",
-        "missing stages/train.py",
-        "not imported autoprompt/inference.py",
-        "not imported autoprompt/unused.py",
-    ]
+    assert list(closure_hashes("stages.train", root)) == sorted(chain)
+    before = closure_hashes("stages.train", root)
+    (root / "autoprompt/training/augment.py").write_text("import numpy as np\n")
+    (root / "autoprompt/unused.py").write_text("x = 1\n")
+    after = closure_hashes("stages.train", root)
+    assert [p for p in chain if before[p] != after[p]] == ["autoprompt/training/augment.py"]
 
 
 def test_relative_imports_resolve_against_the_package(tmp_path: Path) -> None:
