@@ -6,9 +6,11 @@ atria and great vessels, the apical cap, the liver), few-shot heads only, up to 
 group's re-prompt margin). Then each recipe's few-shot ensemble segments every test volume whole, as ``predict`` does
 (re-prompted with the margin evaluate chose, volumes fitted), and each candidate rule of presence
 (``autoprompt.inference.presence``) decides which slices keep their mask. For each recipe and rule: false slices (a
-mask where the reference is empty), missed slices (no mask where it is not), 3D Dice, HD95 and NSD per volume.
+mask where the reference is empty), missed slices (no mask where it is not), 3D Dice, HD95 and NSD per volume. The
+pipeline's own metrics of the same runs (its evaluate stage's JSON) are kept beside the result, as
+``presence_pipeline_acdc-rv.json``.
 
-    python bench/presence.py --keep /tmp/presence-clone   # writes bench/results/presence.json
+    python -m bench.studies.presence --keep /tmp/presence-clone   # writes bench/results/presence.json
 """
 
 from __future__ import annotations
@@ -16,22 +18,22 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import common
 import numpy as np
 import SimpleITK as sitk
 import torch
 import yaml
-from demo_time import timed_lines
 
 from autoprompt.evaluation.surface import hd95, nsd
 from autoprompt.inference.model import load_model
 from autoprompt.inference.predictor import Predictor
 from autoprompt.inference.presence import Evidence, Presence, absent_slices
+from bench.lib import common
 
 log = common.log.getChild("presence")
 
@@ -84,7 +86,7 @@ def run_pipeline(clone: Path, args: argparse.Namespace) -> tuple[dict, str, floa
     setup = configure(clone / "demo" / "params.yaml", args)
     log.info("running the ACDC phantom pipeline in %s (several minutes)", clone)
     command = [sys.executable, "-m", "dvc", "repro", f"demo/dvc.yaml:evaluate@{TASK}"]
-    lines, status = timed_lines(command, clone)
+    lines, status = common.timed_lines(command, clone)
     if status != 0:
         sys.exit("\n".join(line for _, line in lines[-20:]) + f"\ndvc repro failed (exit {status})")
     return setup, commit, lines[-1][0] if lines else 0.0
@@ -193,6 +195,9 @@ def main() -> None:
                 "evidence": evidence_table(volumes),
             }
             log.info("%s: %s", recipe, json.dumps({k: v for k, v in scored.items()}))
+        pipeline_rows = common.RESULTS / f"presence_pipeline_{TASK}.json"  # the pipeline's own rows of these runs
+        shutil.copyfile(clone / "demo" / "metrics" / f"{TASK}.json", pipeline_rows)
+        log.info("wrote %s", pipeline_rows)
     common.write_result(
         "presence",
         {

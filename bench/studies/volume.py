@@ -9,8 +9,8 @@ ensemble re-prompted, and that row with the boxes fitted across each test volume
 reason), each with its Dice and misses (under 50 Dice; empty masks), and the mean Dice of the basal, middle and apical
 third of each test volume's slices, as a cardiac reader looks at them.
 
-    python bench/volume.py                      # writes bench/results/volume_tail.json
-    python bench/volume.py --anatomy classic    # the earlier phantoms: bench/results/volume_classic.json
+    python -m bench.studies.volume                      # writes bench/results/volume_tail.json
+    python -m bench.studies.volume --anatomy classic    # the earlier phantoms: bench/results/volume_classic.json
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import common
 import pandas as pd
 import yaml
-from demo_time import timed_lines
+
+from bench.lib import common
 
 log = common.log.getChild("volume")
 
@@ -103,7 +103,7 @@ def main() -> None:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True).stdout
         setup = configure(clone / "demo" / "params.yaml", args)
         log.info("running the ACDC phantom pipeline in %s (several minutes)", clone)
-        lines, status = timed_lines([sys.executable, "-m", "dvc", "repro", "demo/dvc.yaml"], clone)
+        lines, status = common.timed_lines([sys.executable, "-m", "dvc", "repro", "demo/dvc.yaml"], clone)
         if status != 0:
             sys.exit("\n".join(line for _, line in lines[-20:]) + f"\ndvc repro failed (exit {status})")
         results = {}

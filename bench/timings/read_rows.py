@@ -6,7 +6,7 @@ one image per chunk, unsharded). For each store and count, a random set of rows 
 picks them) is read both ways, each read in a fresh process so that its peak memory is its own; repeats are
 interleaved and the medians are reported, with the ratios of the two.
 
-    python bench/read_rows.py [--images 240] [--counts 30 120] [--repeats 3]
+    python -m bench.timings read_rows [--images 240] [--counts 30 120] [--repeats 3]
 
 Writes ``bench/results/read_rows.json``.
 """
@@ -19,12 +19,12 @@ import multiprocessing
 import time
 from pathlib import Path
 
-import common
 import numpy as np
 import zarr
 
 from autoprompt.data import embeddings
 from autoprompt.data.tasks import _select
+from bench.lib import common
 
 log = logging.getLogger("bench.read_rows")
 
@@ -131,7 +131,3 @@ def main() -> None:
             "autoprompt.data.tasks._select, one slice per run of consecutive rows",
         },
     )
-
-
-if __name__ == "__main__":
-    main()
