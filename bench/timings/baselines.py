@@ -3,7 +3,8 @@
 
 Images are random uint8, masks random discs, embeddings random normal stored as float16: the cost of a step does
 not depend on the values. The CPU numerics are pinned as the stages pin them (``pin_cpu_numerics``); on a GPU
-(when there is one) the same epochs run there too. Medians of ``--repeats`` epochs after one warm-up epoch.
+(when there is one) the same epochs run there too. Medians of ``--repeats`` epochs after one warm-up epoch. PerSAM
+has no training.
 
     python -m bench.timings baselines [--repeats 3] [--configs paper demo] [--threads 2]
 """

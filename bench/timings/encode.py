@@ -17,8 +17,17 @@ attention; the encoder exactly as the encode stage builds it on this GPU (``runt
 (the reference of the bfloat16 difference); LiteMedSAM bfloat16 and float32. Both the encoder alone (inputs already on
 the GPU) and the whole ``embed`` call are timed.
 
+On the GPU, the folded attention also runs through cuDNN (``CudnnFoldedAttention``, what the encode stage runs on an
+H100 or H200 with cuDNN 9.11 or later: v padded to 128 in the global blocks), eager and compiled, compiled with v at
+its own width 64, and the bias through cuDNN, compiled. Every compiled variant starts from ``torch._dynamo.reset()``:
+the encoder's code objects are shared, and dynamo stops compiling a frame after 8 recompilations. ``--gpu-only
+PART...`` runs the variants whose label holds one of the parts (float32, the reference, always runs); each repeat
+encodes ``--gpu-images`` (the sample, tiled). OpenVINO's conversion (``build_seconds``, with compilation) happens once
+per checkpoint, cached in ``bench/.work/runtimes/``.
+
 MedSAM's ViT-B weights cannot be downloaded here: unless ``--vit-checkpoint`` names the real file, a seeded random
-ViT-B is written in the same format and loaded through the same path; the speed of a random model is the real one's.
+ViT-B is written in the same format and loaded through the same path; the speed of a random model is the real one's,
+its embedding differences are not those of the real weights.
 
     python -m bench.timings encode [--hc18 /path/to/hc18-sample]
 """

@@ -4,7 +4,8 @@ Two stores laid out as the pipeline writes them, filled with random values: embe
 one image per chunk, ``encode.shard_size`` images per shard, Blosc zstd) and prepared images (N x 640 x 640 uint8,
 one image per chunk, unsharded). For each store and count, a random set of rows (as a split or a few-shot subset
 picks them) is read both ways, each read in a fresh process so that its peak memory is its own; repeats are
-interleaved and the medians are reported, with the ratios of the two.
+interleaved and the medians are reported, with the ratios of the two, beside a process that reads one row into an
+output of the same size (``one_row``: imports and zarr's set-up).
 
     python -m bench.timings read_rows [--images 240] [--counts 30 120] [--repeats 3]
 
