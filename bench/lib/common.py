@@ -40,7 +40,7 @@ def parse_and_start(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own)")
     run_as = getattr(sys.modules["__main__"], "__spec__", None)  # python -m bench.studies.NAME
     if parser.prog.endswith(".py") and run_as is not None:
-        parser.prog = f"python -m {run_as.name}"
+        parser.prog = f"python -m {run_as.name.removesuffix('.__main__')}"
     args = parser.parse_args()
     setup_logging()
     if args.threads:
