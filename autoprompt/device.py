@@ -37,7 +37,7 @@ def pin_cpu_numerics(threads: int | None) -> None:
 
     oneDNN picks its convolution kernels and blocking by the CPU's cache sizes, so its sums differ between
     machines; without it convolutions run as im2col + MKL GEMM, which ``MKL_CBWR`` (``autoprompt.cpu_paths``) makes
-    reproducible. The CPU cost is measured by ``bench/onednn.py``; GPU runs are unaffected."""
+    reproducible. The CPU cost is measured by ``bench/timings/onednn.py``; GPU runs are unaffected."""
     if threads:
         torch.set_num_threads(int(threads))
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -71,7 +71,7 @@ class Numerics:
     ``fast``: the CPU's own instructions and oneDNN; ``precision`` bfloat16 autocast where the CPU has AVX-512 BF16 or
     AMX (float32 weights, losses and optimiser), and ``compile`` the decoder's forward and backward through
     ``torch.compile`` where a C++ compiler is found. Its numbers depend on the CPU, and are recorded with what they
-    made (``record``). On a GPU both are the device's float32 path. ``bench/train_step.py`` times each lever.
+    made (``record``). On a GPU both are the device's float32 path. ``bench/timings/train_step.py`` times each lever.
     """
 
     mode: str = EXACT

@@ -14,7 +14,7 @@ or in ``DATA.work``, suggest's default); a run is trained again only where its b
 The margin: every box trains, so no image is left to choose the margin on as ``evaluate`` does (``reprompt.margin:
 auto`` on the validation split). With ``auto``, ``choose_margin`` runs on the training images themselves: the
 ensemble's masks there, re-prompted at each candidate margin, against their own tight boxes (``how`` in the model
-says so); ``bench/own_data.py`` compares that choice with ``reprompt.fallback`` on real images.
+says so); ``bench/studies/own_data.py`` compares that choice with ``reprompt.fallback`` on real images.
 """
 
 from __future__ import annotations

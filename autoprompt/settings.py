@@ -686,7 +686,7 @@ class PresenceSettings(Section):
     evidence judges (``iou``: the decoder's predicted IoU under ``min_iou``; ``agreement``: the runs' mean Dice with
     the ensemble under ``min_agreement``; ``sequence``: the mask's box overlaps the next slice in by less than
     ``min_box_iou``, or its area is more than ``max_growth`` times that slice's). The defaults are the rule measured
-    on cardiac phantoms (``bench/presence.py``, docs/volumes.md: Presence); ``agreement`` needs an ensemble.
+    on cardiac phantoms (``bench/studies/presence.py``, docs/volumes.md: Presence); ``agreement`` needs an ensemble.
     ``images``: 2D images are judged too (off: the rule was measured on volumes, and an emptied picture that holds
     the structure is a miss)."""
 

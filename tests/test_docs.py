@@ -39,7 +39,9 @@ def test_the_readme_is_read_in_five_minutes() -> None:
 SOURCES = [
     *sorted((REPO / "autoprompt").rglob("*.py")),
     *sorted((REPO / "stages").glob("*.py")),
-    *sorted((REPO / "bench").glob("*.py")),
+    *sorted((REPO / "bench").rglob("*.py")),
+    *sorted((REPO / ".ci").rglob("*.py")),
+    *sorted((REPO / "docs").rglob("*.py")),
     *[REPO / f for f in ("params.yaml", "demo/params.yaml", "demo/cardiac/params.yaml")],
     REPO / "examples/own-data/params.yaml",
 ]

@@ -60,7 +60,7 @@ def test_fast_numerics_enter_the_runs_record_and_the_exact_path_adds_nothing():
 def _bfloat16_step_is_deterministic_and_near_the_exact_one() -> None:
     """Under bfloat16 autocast (float32 weights, losses and Adam) two runs give the same head, and a trained head's
     logits through the bfloat16 step are its float32 logits to within a few percent. (What the precision does to
-    held-out Dice after a whole training is ``bench/own_data.py``'s measure, on real images.)"""
+    held-out Dice after a whole training is ``bench/studies/own_data.py``'s measure, on real images.)"""
     decoder = _decoder()
     generator = torch.Generator().manual_seed(0)
     embeddings = torch.randn(4, 256, 64, 64, generator=generator).half()

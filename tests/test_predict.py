@@ -355,7 +355,7 @@ def test_whole_volumes_show_the_false_slices_and_presence_rows_count_what_they_e
     """Past the heart the heads draw masks where there is nothing to find: evaluate scores the test volume whole
     (its empty slices too) and counts them; its presence row empties no more than the false and true slices it
     says, and predict --reprompt-from with autoprompt evaluate count the same false slices as evaluate's rows. (How
-    many the rule empties depends on the model: bench/presence.py measures it on a trained ensemble.)"""
+    many the rule empties depends on the model: bench/studies/presence.py measures it on a trained ensemble.)"""
     from autoprompt.evaluation.folders import evaluate_folder
 
     data = ["--prepared", str(beyond / "acdc.zarr"), "--index", str(beyond / "acdc.csv"), "--embeddings",

@@ -27,8 +27,7 @@ TOLERANCE = 1e-4  # the largest relative difference to torch float32 that a runt
 @pytest.fixture(scope="module")
 def hc18_images(tmp_path_factory: pytest.TempPathFactory) -> torch.Tensor:
     """Four prepared 640 x 640 HC18 images: real ones from the shared sample when present, phantoms otherwise."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    import common
+    from bench.lib import common
 
     root = SHARED / "data/hc18-sample"
     if not (root / "training_set").is_dir():

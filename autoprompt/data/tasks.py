@@ -111,7 +111,7 @@ def _select(array: zarr.Array, index: np.ndarray) -> np.ndarray:
     """``array[index]`` along the first axis, in the order of ``index``, each run of consecutive rows read as one slice.
 
     On the sharded embedding store, zarr's orthogonal selection of 120 scattered rows of 240 took 41.5 times as long
-    as these slices and 7.6 GiB more memory than a one-row read (``bench/read_rows.py``)."""
+    as these slices and 7.6 GiB more memory than a one-row read (``bench/timings/read_rows.py``)."""
     rows, inverse = np.unique(index, return_inverse=True)
     data = np.empty((len(rows), *array.shape[1:]), dtype=array.dtype)
     starts = [i for i in range(len(rows)) if i == 0 or rows[i] != rows[i - 1] + 1]  # where runs of rows begin

@@ -543,7 +543,7 @@ def _predict_targets(
 def _read_ahead(todo: list[Target], predictor: Predictor) -> Iterator[tuple[Target, tuple | InputError]]:
     """Each target of ``todo`` with its image read and prepared (``Predictor.prepare``), or the InputError that its
     reading raised: the next target is read on a second thread while the caller segments this one, which overlaps
-    the file's decoding and the preprocessing with the encoder (``bench/predict.py`` times both)."""
+    the file's decoding and the preprocessing with the encoder (``bench/timings/predict.py`` times both)."""
 
     def load(target: Target) -> tuple | InputError:
         start = time.perf_counter()

@@ -4,7 +4,7 @@
 computed on ``encoder.device``) -> B x 256 x 64 x 64 embeddings (torch: on its device, in its compute dtype;
 OpenVINO: float32 on the CPU). OpenVINO runs a graph converted once per backbone, checkpoint sha256 and OpenVINO
 release, and cached as ``<cache_dir>/<backbone>-<sha256[:16]>-openvino-<release>/`` (float32 weights); nothing is
-fetched. Its float32 embeddings agree with torch's within 1e-4 relative (``bench/encode.py`` measures it,
+fetched. Its float32 embeddings agree with torch's within 1e-4 relative (``bench/timings/encode.py`` measures it,
 ``tests/test_runtimes.py`` checks it); ``bfloat16`` is the reduced-precision mode, an explicit choice (README:
 encoder runtimes).
 """
@@ -237,7 +237,7 @@ class OpenVinoDecoder(PromptDecoder):
 
     ``scored`` takes 1 x 2 x 256 sparse prompts per image (a head's two tokens, or a box's two corners), the single
     mask, no semantic prompt: ``predict``'s calls. Any other call runs the torch decoder it was built from.
-    ``bench/predict.py`` measures it against torch's decoder under bfloat16 autocast."""
+    ``bench/timings/predict.py`` measures it against torch's decoder under bfloat16 autocast."""
 
     runtime = "openvino"
 

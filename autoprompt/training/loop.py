@@ -159,7 +159,7 @@ def make_head(decoder: PromptDecoder, prompt: str, scale: float, seed: int, boxe
 
 _COMPILED: dict[tuple, Callable] = {}
 # inductor's pattern matcher turns the decoder's attention (7 tokens against 4096) into the CPU flash-attention
-# kernel, whose backward took a third of the compiled step; without it the step is faster (bench/train_step.py)
+# kernel, whose backward took a third of the compiled step; without it the step is faster (bench/timings/train_step.py)
 COMPILE_OPTIONS = {"pattern_matcher": False}
 
 
@@ -170,8 +170,8 @@ def step_logits(
     ``options``, default ``COMPILE_OPTIONS``; the batch size dynamic, so the last short batch of an epoch and every run
     reuse one compiled graph; inductor keeps its kernels in its cache across processes), the embeddings in
     channels-last memory format when compiled (``channels_last``), and under bfloat16 autocast where ``numerics`` says
-    so. The logits come back in float32, so the losses are always taken in float32. ``bench/train_step.py`` times
-    each of these levers alone and together."""
+    so. The logits come back in float32, so the losses are always taken in float32.
+    ``bench/timings/train_step.py`` times each of these levers alone and together."""
     forward = head_logits
     if numerics.compile:
         options = COMPILE_OPTIONS if options is None else options

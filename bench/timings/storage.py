@@ -4,7 +4,7 @@ Writes the store exactly as the encode stage does (``embeddings.open_for_writing
 ``finalize``, one image per chunk, Blosc zstd + shuffle), once with the real embeddings and once with random-normal
 float16 embeddings of the same count, and compares both with raw float16 (256 * 64 * 64 * 2 bytes).
 
-    python bench/storage.py [--hc18 /path/to/hc18-sample]
+    python -m bench.timings storage [--hc18 /path/to/hc18-sample]
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ import logging
 import time
 from pathlib import Path
 
-import common
 import numpy as np
 import torch
 
 from autoprompt.data import embeddings
 from autoprompt.io import file_sha256
 from autoprompt.model import backbones, checkpoints, runtimes
+from bench.lib import common
 
 log = logging.getLogger("bench.storage")
 
@@ -134,7 +134,3 @@ def main() -> None:
             ),
         },
     )
-
-
-if __name__ == "__main__":
-    main()

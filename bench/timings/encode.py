@@ -17,10 +17,19 @@ attention; the encoder exactly as the encode stage builds it on this GPU (``runt
 (the reference of the bfloat16 difference); LiteMedSAM bfloat16 and float32. Both the encoder alone (inputs already on
 the GPU) and the whole ``embed`` call are timed.
 
-MedSAM's ViT-B weights cannot be downloaded here: unless ``--vit-checkpoint`` names the real file, a seeded random
-ViT-B is written in the same format and loaded through the same path; the speed of a random model is the real one's.
+On the GPU, the folded attention also runs through cuDNN (``CudnnFoldedAttention``, what the encode stage runs on an
+H100 or H200 with cuDNN 9.11 or later: v padded to 128 in the global blocks), eager and compiled, compiled with v at
+its own width 64, and the bias through cuDNN, compiled. Every compiled variant starts from ``torch._dynamo.reset()``:
+the encoder's code objects are shared, and dynamo stops compiling a frame after 8 recompilations. ``--gpu-only
+PART...`` runs the variants whose label holds one of the parts (float32, the reference, always runs); each repeat
+encodes ``--gpu-images`` (the sample, tiled). OpenVINO's conversion (``build_seconds``, with compilation) happens once
+per checkpoint, cached in ``bench/.work/runtimes/``.
 
-    python bench/encode.py [--hc18 /path/to/hc18-sample]
+MedSAM's ViT-B weights cannot be downloaded here: unless ``--vit-checkpoint`` names the real file, a seeded random
+ViT-B is written in the same format and loaded through the same path; the speed of a random model is the real one's,
+its embedding differences are not those of the real weights.
+
+    python -m bench.timings encode [--hc18 /path/to/hc18-sample]
 """
 
 from __future__ import annotations
@@ -31,11 +40,9 @@ import json
 import logging
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import common
 import torch
 from segment_anything.modeling.image_encoder import Attention
 from torch import Tensor, nn
@@ -49,22 +56,13 @@ from autoprompt.model.attention import (
     cudnn_takes_folded,
     use_folded,
 )
+from bench.lib import common
 
 log = logging.getLogger("bench.encode")
 
 CACHE = common.BENCH / ".work" / "runtimes"
 REFERENCES = ("float32 sdpa", "float32 b32")  # what the GPU variants' differences are measured against
 CPU = torch.device("cpu")
-
-
-def random_vit_b_checkpoint(folder: Path) -> Path:
-    """A MedSAM-format checkpoint (a plain SAM ViT-B state dict) of a seeded random model."""
-    from segment_anything import sam_model_registry
-
-    path = folder / "medsam_vit_b.pth"
-    torch.manual_seed(0)
-    torch.save(sam_model_registry["vit_b"]().state_dict(), path)
-    return path
 
 
 def cpu_encoders(name: str, checkpoint: Path, group: str) -> tuple[dict, dict]:
@@ -304,7 +302,7 @@ def run_cpu(args: argparse.Namespace, scratch: Path, vit_checkpoint: Path) -> di
     for group in ("pipeline", "native"):
         env = {**os.environ, **(CPU_CODE_PATHS if group == "pipeline" else native_code_paths())}
         out = scratch / f"{group}.json"
-        command = [sys.executable, __file__, "--cpu-group", group, "--child-out", str(out), "--hc18", str(args.hc18)]
+        command = common.timing_command("encode", "--cpu-group", group, "--child-out", out, "--hc18", args.hc18)
         command += ["--vit-checkpoint", str(vit_checkpoint), "--repeats", str(args.repeats)]
         command += ["--lite-images", str(args.lite_images), "--vit-images", str(args.vit_images)]
         if args.threads:
@@ -340,7 +338,7 @@ def main() -> None:
         if args.vit_checkpoint:
             weights["medsam_vit_b"] = checkpoints.resolve_checkpoint("medsam_vit_b", str(args.vit_checkpoint))
         else:
-            weights["medsam_vit_b"] = random_vit_b_checkpoint(scratch)
+            weights["medsam_vit_b"] = common.random_vit_b_checkpoint(scratch)
         if args.cpu_group:
             child(args, data, weights)
             return
@@ -366,7 +364,3 @@ def main() -> None:
             "gpu": gpu,
         },
     )
-
-
-if __name__ == "__main__":
-    main()

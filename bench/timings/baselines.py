@@ -3,9 +3,10 @@
 
 Images are random uint8, masks random discs, embeddings random normal stored as float16: the cost of a step does
 not depend on the values. The CPU numerics are pinned as the stages pin them (``pin_cpu_numerics``); on a GPU
-(when there is one) the same epochs run there too. Medians of ``--repeats`` epochs after one warm-up epoch.
+(when there is one) the same epochs run there too. Medians of ``--repeats`` epochs after one warm-up epoch. PerSAM
+has no training.
 
-    python bench/baselines.py [--repeats 3] [--configs paper demo] [--threads 2]
+    python -m bench.timings baselines [--repeats 3] [--configs paper demo] [--threads 2]
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import argparse
 import logging
 
-import common
 import torch
 
 from autoprompt.device import pin_cpu_numerics
@@ -21,6 +21,7 @@ from autoprompt.model import backbones, checkpoints
 from autoprompt.model.baselines import METHODS
 from autoprompt.settings import Epochs, HeadInit, MethodSettings, Milestones, load_settings
 from autoprompt.training.baselines import BaselineConfig, make_model, train_baseline
+from bench.lib import common
 
 log = logging.getLogger("bench.baselines")
 
@@ -88,14 +89,10 @@ def main() -> None:
         {
             "what": f"seconds per training epoch of {IMAGES} images (batches as configured), label size {LABEL_SIZE}, "
             "median of the repeats after a warm-up epoch; PerSAM has no training",
-            "command": f"python bench/baselines.py --repeats {args.repeats} --configs {' '.join(args.configs)}"
+            "command": f"python -m bench.timings baselines --repeats {args.repeats} --configs {' '.join(args.configs)}"
             + (f" --threads {args.threads}" if args.threads else ""),
             "gpu": "measured" if "gpu" in devices else common.NO_GPU,
             "machine": machine,
             "results": results,
         },
     )
-
-
-if __name__ == "__main__":
-    main()

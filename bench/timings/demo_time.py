@@ -6,43 +6,27 @@ print is stamped as it arrives; a stage's time runs from its "Running stage" lin
 the process's start. The result gives the total, each stage, each stage kind (prepare, train, ...), and the training
 runs each kind trained, to show what a shorter demo would have to give up.
 
-    python bench/demo_time.py                                     # the README's first command: demo_time.json
-    python bench/demo_time.py --pipeline demo/cardiac/dvc.yaml    # the cardiac demo: demo_time_cardiac.json
+    python -m bench.timings demo_time                                     # the README's first command: demo_time.json
+    python -m bench.timings demo_time --pipeline demo/cardiac/dvc.yaml    # the cardiac demo: demo_time_cardiac.json
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import subprocess
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 
-import common
+from bench.lib import common
 
 log = common.log.getChild("demo_time")
 
 STAGE = re.compile(r"Running stage '([^']+)'")
 PLANNED = re.compile(r"(\d+) (?:baseline )?runs planned")
 FIRST = "demo/dvc.yaml"  # the README's first command
-
-
-def timed_lines(command: list[str], cwd: Path) -> tuple[list[tuple[float, str]], int]:
-    """Run ``command`` in ``cwd``; every line of its output with the seconds since the start, and the exit status."""
-    bin_dir = Path(sys.executable).parent  # the stages' ``python`` is this environment's
-    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
-    start = time.perf_counter()
-    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    for line in proc.stdout:
-        lines.append((time.perf_counter() - start, line.rstrip("\n")))
-    proc.wait()
-    lines.append((time.perf_counter() - start, ""))
-    return lines, proc.returncode
 
 
 def stage_times(lines: list[tuple[float, str]]) -> tuple[dict[str, float], dict[str, int]]:
@@ -93,7 +77,7 @@ def main() -> None:
         log.info("running the demo in %s (this takes a while; progress in the stage logs)", clone)
         if not (clone / pipeline).is_file():
             sys.exit(f"{pipeline}: no such pipeline in the committed repository")
-        lines, status = timed_lines([sys.executable, "-m", "dvc", "repro", pipeline], clone)
+        lines, status = common.timed_lines([sys.executable, "-m", "dvc", "repro", pipeline], clone)
     if status != 0:
         sys.exit("\n".join(line for _, line in lines[-20:]) + f"\ndvc repro {pipeline} failed (exit {status})")
     times, runs = stage_times(lines)
@@ -112,7 +96,3 @@ def main() -> None:
             "machine": machine,
         },
     )
-
-
-if __name__ == "__main__":
-    main()

@@ -7,7 +7,7 @@ records ``--calls`` calls. Per kernel: calls and device milliseconds per image; 
 attention, the compiler's fused Triton kernels, the rest): its share of the device time. The measured rate of the
 matrix products and the attention (TFLOP/s) comes from the FLOPs counted in the docstring of ``vit_b_flops``.
 
-    python bench/profile_encode.py [--batch 32] [--calls 3]
+    python -m bench.timings profile_encode [--batch 32] [--calls 3]
 """
 
 from __future__ import annotations
@@ -17,14 +17,13 @@ import logging
 from collections import defaultdict
 from pathlib import Path
 
-import common
 import torch
-from encode import random_vit_b_checkpoint
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from autoprompt.model import runtimes
 from autoprompt.model.attention import cudnn_takes_folded
+from bench.lib import common
 
 log = logging.getLogger("bench.profile_encode")
 
@@ -123,7 +122,7 @@ def main() -> None:
         gpu: dict | str = common.NO_GPU
     else:
         with common.scratch_dir() as scratch:
-            gpu = profile_gpu(args, device, random_vit_b_checkpoint(Path(scratch)))
+            gpu = profile_gpu(args, device, common.random_vit_b_checkpoint(Path(scratch)))
     common.write_result(
         "profile_encode",
         {
@@ -135,7 +134,3 @@ def main() -> None:
             "gpu": gpu,
         },
     )
-
-
-if __name__ == "__main__":
-    main()

@@ -3,7 +3,7 @@ every demo task again, under the other CPU code paths of ``spread.py``, on the c
 embeddings and head runs; then the same comparison as ``spread.py`` (the head's rows move only by what
 ``evaluate``'s own arithmetic moves):
 
-    python bench/spread_baselines.py [--out /tmp/spread-baselines] [--compare-only]
+    python .ci/calibrate/spread_baselines.py [--out /tmp/spread-baselines] [--compare-only]
 
 Writes ``bench/results/spread_baselines.json``. Needs the demo's outputs (``dvc repro demo/dvc.yaml`` first).
 """
@@ -17,18 +17,21 @@ import subprocess
 import sys
 from pathlib import Path
 
-import common
-import spread
 import yaml
+from metrics_spread import PERTURBATION, means, spread
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # the benchmarks' library: the machine record and the result file
+from bench.lib import common  # noqa: E402
 
 log = logging.getLogger("bench.spread_baselines")
 
-DEMO = common.REPO / "demo"
+DEMO = REPO / "demo"
 
 
 def perturbed_env() -> dict[str, str]:
-    """This environment with ``spread.PERTURBATION``'s variables set (``stages/__init__.py`` leaves them alone)."""
-    pairs = dict(item.split("=", 1) for item in spread.PERTURBATION.split())
+    """This environment with ``PERTURBATION``'s variables set (``stages/__init__.py`` leaves them alone)."""
+    pairs = dict(item.split("=", 1) for item in PERTURBATION.split())
     return {**os.environ, **pairs}
 
 
@@ -45,7 +48,7 @@ def main() -> None:
                 f"data/prepared/{dataset}.csv", "--embeddings", f"embeddings/{backbone}/{dataset}.zarr"]  # fmt: skip
         runs = args.out / "baselines" / task
         metrics = args.out / "metrics"
-        log.info("%s: baseline and evaluate under %s", task, spread.PERTURBATION)
+        log.info("%s: baseline and evaluate under %s", task, PERTURBATION)
         for stage in (
             ["stages.baseline", *data, "--out", str(runs)],
             ["stages.evaluate", *data, "--models", f"models/{task}", "--baselines", str(runs),
@@ -56,10 +59,10 @@ def main() -> None:
     result = {
         "what": "change of the demo's metrics (points; HD95 in mm) when the baseline and evaluate stages run again "
         "under other CPU code paths (the head runs, embeddings and prepared data are the committed demo's)",
-        "perturbation": spread.PERTURBATION,
-        "command": "python bench/spread_baselines.py",
+        "perturbation": PERTURBATION,
+        "command": "python .ci/calibrate/spread_baselines.py",
         "machine": machine,
-        "spread": spread.spread(spread.means(DEMO / "metrics"), spread.means(args.out / "metrics")),
+        "spread": spread(means(DEMO / "metrics"), means(args.out / "metrics")),
     }
     for family, numbers in result["spread"].items():
         log.info("%s: %s", family, {k: v for k, v in numbers.items() if k != "rows"})

@@ -6,9 +6,12 @@ relative difference to float32 (per image, median and largest); the tight-box pr
 ``--shots`` training images' embeddings of that precision (params.yaml's ``--recipe``, few-shot settings, seed 0) and
 its test Dice; and the float32 head applied to the reduced-precision embeddings (trained at one precision, deployed at
 the other). The images are the sample's first ``--images`` prepared as the paper configuration prepares HC18 (crop
-640); the first ``--shots`` train, the rest test.
+640); the first ``--shots`` train, the rest test. On a CPU both precisions run with the code paths unpinned (bfloat16
+needs that). A machine with neither bfloat16 instructions nor a GPU has nothing to compare: the study stops there and
+writes nothing. ``--save-npz`` writes the prepared images to one file (``common.save_hc18``) that ``--hc18`` of the
+benchmarks also reads: that is how the images travel to a GPU machine without SimpleITK.
 
-    python bench/precision.py [--hc18 PATH] [--images 100]
+    python -m bench.studies.precision [--hc18 PATH] [--images 100]
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import logging
 import time
 from pathlib import Path
 
-import common
 import torch
 
 from autoprompt.model import backbones, checkpoints, runtimes
@@ -26,6 +28,7 @@ from autoprompt.model.decoding import decode
 from autoprompt.settings import load_settings
 from autoprompt.training.loop import TrainConfig, train_head
 from autoprompt.training.pseudo_labels import box_prompted_masks
+from bench.lib import common
 
 log = logging.getLogger("bench.precision")
 
@@ -116,6 +119,8 @@ def main() -> None:
     if device is not None:
         choices = {f"torch {p}": runtimes.Choice("torch", p) for p in ("float32", "bfloat16")}
         gpu = compare(device, choices, data, args)
+    if isinstance(cpu, str) and isinstance(gpu, str):  # two "not run"s would replace a measured result
+        raise SystemExit(f"precision: nothing to compare on this machine (CPU: {cpu}; GPU: {gpu})")
     common.write_result(
         "precision",
         {

@@ -2,12 +2,14 @@
 
 Ten images drawn uniformly rarely include the smallest heads, and the misses of a few-shot head are mostly there.
 ``train.draw: box_area`` cuts the training split, sorted by tight-box area, into ``shots`` strata and draws one
-image from each. This script trains the same recipe on ``--subsets`` subsets of each draw (seed 0), on the real
-HC18 sample prepared and encoded as ``bench/accuracy.py`` does (its work folder layout, its worker processes), with
-the last epoch's head, and scores the test split: each run, the ensemble of the runs, and the ensemble re-prompted
-at the margin ``reprompt.margin: auto`` chooses on the validation boxes. Misses: test images under 50 Dice, and
-masks empty where the reference is not (``autoprompt.evaluation.metrics``). It also records which box-area
-percentiles each subset covers.
+image from each. This study trains the same recipe on ``--subsets`` subsets of each draw (seed 0), on the real
+HC18 sample prepared and encoded as ``bench.studies.accuracy`` does (``bench.lib.workspace``: its work folder, its
+worker processes), with the last epoch's head, and scores the test split: each run, the ensemble of the runs, and
+the ensemble re-prompted at the margin ``reprompt.margin: auto`` chooses on the validation boxes. Misses: test
+images under 50 Dice, and masks empty where the reference is not (``autoprompt.evaluation.metrics``). It also
+records which box-area percentiles each subset covers.
+
+    python -m bench.studies.draw [--subsets 4] [--recipe augmented]
 
 Writes ``bench/results/draw.json``.
 """
@@ -21,11 +23,8 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import common
 import numpy as np
 import torch
-import yaml
-from accuracy import CPU, THRESHOLD, data_record, load_workspace, start, train_one, workspace, workspace_parser
 
 from autoprompt.evaluation.metrics import MISS, dice, empty_misses, summarize
 from autoprompt.inference.reprompt import choose_margin, reprompt
@@ -33,6 +32,18 @@ from autoprompt.model.decoding import decode
 from autoprompt.settings import settings_from
 from autoprompt.training.fewshot import box_areas, draw_areas, plan_runs
 from autoprompt.training.loop import TrainConfig
+from bench.lib import common
+from bench.lib.workspace import (
+    CPU,
+    THRESHOLD,
+    data_record,
+    load_workspace,
+    start,
+    study_params,
+    train_one,
+    workspace,
+    workspace_parser,
+)
 
 log = logging.getLogger("bench.draw")
 
@@ -115,7 +126,7 @@ def main() -> None:
     parser = workspace_parser(__doc__, "draw", 4, "subsets of each draw, seed 0 each")
     parser.add_argument("--recipe", default="augmented", help="the recipe trained (train.recipes of --params)")
     args, machine = start(parser)
-    params = yaml.safe_load(args.params.read_text())
+    params = study_params(args)
     draws: dict[str, dict] = {}
     for draw in DRAWS:  # the result is written after each draw: a stopped run keeps what it measured
         draws[draw] = run_draw(args, params, draw, args.recipe)
@@ -140,6 +151,7 @@ def write(args: argparse.Namespace, machine: dict, draws: dict[str, dict]) -> No
                 "seeds": [0],
                 "select": "last",
                 "params": str(args.params.resolve().relative_to(common.REPO)),
+                "set": args.set,
                 "jobs": args.jobs,
             },
             "tight_box": scored(tight, task.load_masks(test)),

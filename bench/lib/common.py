@@ -1,7 +1,7 @@
-"""Shared helpers of the benchmark scripts: machine facts, timing, result files and real HC18 images.
+"""Shared helpers of the benchmarks: machine facts, timing, result files, real HC18 images and child processes.
 
-The scripts are run as ``python bench/<name>.py`` from the repository root, which puts this folder on
-``sys.path``; each writes ``bench/results/<name>.json``.
+The benchmarks run from the repository root (``python -m bench.timings NAME``, ``python -m bench.studies.NAME``);
+each writes ``bench/results/<name>.json``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import logging
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,7 +26,7 @@ import torch
 
 log = logging.getLogger("bench")
 
-BENCH = Path(__file__).resolve().parent
+BENCH = Path(__file__).resolve().parents[1]
 RESULTS = BENCH / "results"
 REPO = BENCH.parent
 DEFAULT_HC18 = REPO.parent / "shared" / "data" / "hc18-sample"
@@ -36,6 +38,9 @@ T = TypeVar("T")
 def parse_and_start(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, dict]:
     """Add ``--threads``, parse, set up logging and torch's threads; return the arguments and the machine."""
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own)")
+    run_as = getattr(sys.modules["__main__"], "__spec__", None)  # python -m bench.studies.NAME
+    if parser.prog.endswith(".py") and run_as is not None:
+        parser.prog = f"python -m {run_as.name.removesuffix('.__main__')}"
     args = parser.parse_args()
     setup_logging()
     if args.threads:
@@ -233,3 +238,33 @@ def numerics_env(pinned: bool, **extra: str) -> dict[str, str]:
 
 def scratch_dir() -> tempfile.TemporaryDirectory:
     return tempfile.TemporaryDirectory(prefix="autoprompt-bench-")
+
+
+def timing_command(name: str, *argv: object) -> list[str]:
+    """The command that runs timing benchmark ``name`` with ``argv`` in a process of its own (its workers: the CPU
+    code paths are read once, when torch loads)."""
+    return [sys.executable, "-m", "bench.timings", name, *map(str, argv)]
+
+
+def timed_lines(command: list[str], cwd: Path) -> tuple[list[tuple[float, str]], int]:
+    """Run ``command`` in ``cwd``; every line of its output with the seconds since the start, and the exit status."""
+    bin_dir = Path(sys.executable).parent  # the stages' ``python`` is this environment's
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append((time.perf_counter() - start, line.rstrip("\n")))
+    proc.wait()
+    lines.append((time.perf_counter() - start, ""))
+    return lines, proc.returncode
+
+
+def random_vit_b_checkpoint(folder: Path) -> Path:
+    """A MedSAM-format checkpoint (a plain SAM ViT-B state dict) of a seeded random model."""
+    from segment_anything import sam_model_registry
+
+    path = folder / "medsam_vit_b.pth"
+    torch.manual_seed(0)
+    torch.save(sam_model_registry["vit_b"]().state_dict(), path)
+    return path

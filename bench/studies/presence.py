@@ -1,14 +1,16 @@
 """Presence: which slices of a whole volume hold the structure, on ACDC phantoms with slices past each end.
 
-The committed code is cloned into a scratch folder (``--keep``: this one, reused) and its demo pipeline runs there on
-the RV task of ACDC phantoms with ``simulate.acdc.beyond`` unlabelled slices above the base and below the apex (the
-atria and great vessels, the apical cap, the liver), few-shot heads only, up to the evaluate stage (which chooses each
-group's re-prompt margin). Then each recipe's few-shot ensemble segments every test volume whole, as ``predict`` does
-(re-prompted with the margin evaluate chose, volumes fitted), and each candidate rule of presence
-(``autoprompt.inference.presence``) decides which slices keep their mask. For each recipe and rule: false slices (a
-mask where the reference is empty), missed slices (no mask where it is not), 3D Dice, HD95 and NSD per volume.
+The committed code is cloned into a scratch folder (``--keep``: this one, reused) and its cardiac demo
+(``demo/cardiac``) runs there on the RV task of ACDC phantoms with ``simulate.acdc.beyond`` unlabelled slices above the
+base and below the apex (the atria and great vessels, the apical cap, the liver), few-shot heads only, up to the
+evaluate stage (which chooses each group's re-prompt margin). Then each recipe's few-shot ensemble segments every test
+volume whole, as ``predict`` does (re-prompted with the margin evaluate chose, volumes fitted), and each candidate rule
+of presence (``autoprompt.inference.presence``) decides which slices keep their mask. For each recipe and rule: false
+slices (a mask where the reference is empty), missed slices (no mask where it is not), 3D Dice, HD95 and NSD per volume.
+The pipeline's own metrics of the same runs (its evaluate stage's JSON) are kept beside the result, as
+``presence_pipeline_acdc-rv.json``.
 
-    python bench/presence.py --keep /tmp/presence-clone   # writes bench/results/presence.json
+    python -m bench.studies.presence --keep /tmp/presence-clone   # writes bench/results/presence.json
 """
 
 from __future__ import annotations
@@ -16,25 +18,26 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import common
 import numpy as np
 import SimpleITK as sitk
 import torch
 import yaml
-from demo_time import timed_lines
 
 from autoprompt.evaluation.surface import hd95, nsd
 from autoprompt.inference.model import load_model
 from autoprompt.inference.predictor import Predictor
 from autoprompt.inference.presence import Evidence, Presence, absent_slices
+from bench.lib import common
 
 log = common.log.getChild("presence")
 
+DEMO = Path("demo/cardiac")  # the cardiac demo: ACDC phantoms, written by its simulate stage
 TASK = "acdc-rv"
 RV = 1
 TOLERANCE_MM = 2.0  # the demo's evaluate.nsd_tolerance_mm
@@ -63,7 +66,7 @@ def candidates() -> dict[str, Presence | None]:
 
 
 def configure(params: Path, args: argparse.Namespace) -> dict:
-    """The demo's params, cut to the ACDC RV task on phantoms with slices past each end, few-shot heads only."""
+    """The cardiac demo's params, cut to the ACDC RV task on phantoms with slices past each end, few-shot heads only."""
     data = yaml.safe_load(params.read_text())
     data["datasets"] = ["acdc"]
     data["tasks"] = {k: v for k, v in data["tasks"].items() if k == TASK}
@@ -81,10 +84,10 @@ def run_pipeline(clone: Path, args: argparse.Namespace) -> tuple[dict, str, floa
     if not (clone / ".git").is_dir():  # a kept clone is reused: dvc repro resumes it
         subprocess.run(["git", "clone", "-q", str(common.REPO), str(clone)], check=True)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True).stdout.strip()
-    setup = configure(clone / "demo" / "params.yaml", args)
+    setup = configure(clone / DEMO / "params.yaml", args)
     log.info("running the ACDC phantom pipeline in %s (several minutes)", clone)
-    command = [sys.executable, "-m", "dvc", "repro", f"demo/dvc.yaml:evaluate@{TASK}"]
-    lines, status = timed_lines(command, clone)
+    command = [sys.executable, "-m", "dvc", "repro", f"{DEMO}/dvc.yaml:evaluate@{TASK}"]
+    lines, status = common.timed_lines(command, clone)
     if status != 0:
         sys.exit("\n".join(line for _, line in lines[-20:]) + f"\ndvc repro failed (exit {status})")
     return setup, commit, lines[-1][0] if lines else 0.0
@@ -93,13 +96,13 @@ def run_pipeline(clone: Path, args: argparse.Namespace) -> tuple[dict, str, floa
 def segment_volumes(clone: Path, recipe: str) -> list[dict]:
     """Each test volume segmented whole by the recipe's few-shot ensemble as ``predict`` does (re-prompted with the
     margin evaluate chose, volumes fitted, no presence rule): its masks, reference, spacing and evidence."""
-    metrics = json.loads((clone / "demo" / "metrics" / f"{TASK}.json").read_text())
+    metrics = json.loads((clone / DEMO / "metrics" / f"{TASK}.json").read_text())
     margin = metrics["reprompt"]["groups"][f"{recipe}/fewshot"]["margin"]
     fit = (metrics["reprompt"].get("volume") or {}).get("min_iou")
-    model = load_model(clone / "demo" / "models" / TASK / recipe / "fewshot")
+    model = load_model(clone / DEMO / "models" / TASK / recipe / "fewshot")
     predictor = Predictor(model, torch.device("cpu"), reprompt_margin=margin, volume_min_iou=fit)
     out = []
-    for folder in sorted((clone / "demo" / "data" / "raw" / "acdc" / "testing").iterdir()):
+    for folder in sorted((clone / DEMO / "data" / "raw" / "acdc" / "testing").iterdir()):
         image = sitk.ReadImage(str(folder / f"{folder.name}_frame01.nii.gz"))
         truth = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / f"{folder.name}_frame01_gt.nii.gz"))) == RV
         segmentation = predictor.segment(image)
@@ -193,6 +196,9 @@ def main() -> None:
                 "evidence": evidence_table(volumes),
             }
             log.info("%s: %s", recipe, json.dumps({k: v for k, v in scored.items()}))
+        pipeline_rows = common.RESULTS / f"presence_pipeline_{TASK}.json"  # the pipeline's own rows of these runs
+        shutil.copyfile(clone / DEMO / "metrics" / f"{TASK}.json", pipeline_rows)
+        log.info("wrote %s", pipeline_rows)
     common.write_result(
         "presence",
         {

@@ -18,10 +18,10 @@ every round runs every lever once, in a rotated order, so a change in the machin
 The first steps of a compiled lever are its compile: ``compile_seconds`` gives the first step of the first round (an
 empty inductor cache) and of the later ones (the cache that ``autoprompt train`` keeps across calls). Embeddings are
 random normal, stored as float16 and cast to float32 in the step, as the loop does with cached embeddings; boxes are
-tight boxes of real HC18 images (640 x 640 crops). Whether a lever keeps the held-out Dice is ``bench/own_data.py``'s
-question (``--exact`` against the default).
+tight boxes of real HC18 images (640 x 640 crops). Whether a lever keeps the held-out Dice is
+``bench/studies/own_data.py``'s question (``--exact`` against the default).
 
-    python bench/train_step.py [--hc18 /path/to/hc18-sample] [--rounds 3] [--steps 5]
+    python -m bench.timings train_step [--hc18 /path/to/hc18-sample] [--rounds 3] [--steps 5]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import common
+from bench.lib import common
 
 log = common.log.getChild("train_step")
 
@@ -141,7 +141,7 @@ def worker(name: str, args: argparse.Namespace) -> dict:
 def spawn(name: str, args: argparse.Namespace, data: Path, cache: Path) -> dict:
     """Run ``worker(name)`` in a new process with the environment its lever needs."""
     env = common.numerics_env(LEVERS[name][0], TORCHINDUCTOR_CACHE_DIR=str(cache))
-    command = [sys.executable, __file__, "--worker", name, "--data", str(data), "--steps", str(args.steps)]
+    command = common.timing_command("train_step", "--worker", name, "--data", data, "--steps", args.steps)
     command += ["--warmup", str(args.warmup)] + (["--threads", str(args.threads)] if args.threads else [])
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode:
@@ -229,7 +229,3 @@ def main() -> None:
             "levers": result,
         },
     )
-
-
-if __name__ == "__main__":
-    main()

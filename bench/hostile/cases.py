@@ -1,38 +1,33 @@
-"""Hostile inputs and faults, each run as a user would run it, and how the tool answers: a table.
+"""Hostile inputs and faults, each run as a user would run it, and how the tool answers.
 
 Every case is a command (``autoprompt`` or a stage module) on a small box-only folder and a model trained on it, with
 one thing wrong: a params typo or a value out of range, a corrupt or truncated image, NaN voxels, a boxes file that
 says nothing or the wrong thing, an output path that cannot be written, a device that is not there, and so on. Each
 is expected to end in one line naming the file or key and the fix (exit status 2, no traceback), or to succeed
-where the input is valid but unusual (a grey PNG with an alpha channel). The table counts the answers that were not
-the expected one; ``tests/`` holds one test per class of failure, this script the whole set.
+where the input is valid but unusual (a grey PNG with an alpha channel). ``tests/`` holds one test per class of
+failure; this package the whole set, run two ways:
 
-    python bench/hostile.py
+    python -m pytest bench/hostile       # one test per case: it passes when the case is answered as expected
+    python -m bench.hostile              # the table of answers, into bench/results/hostile.json
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import common
 import numpy as np
 import SimpleITK as sitk
 import yaml
 
-log = logging.getLogger("bench.hostile")
-
-sys.path.insert(0, str(common.REPO))
-from tests.dicom_series import oblique_volume, series_datasets, slicer_roi, write_series  # noqa: E402
-from tests.helpers import RUNTIME_CACHE, demo_recipes, write_pictures  # noqa: E402
+from bench.lib import common
+from tests.dicom_series import oblique_volume, series_datasets, slicer_roi, write_series
+from tests.helpers import RUNTIME_CACHE, demo_recipes, write_pictures
 
 ONE_LINE, OK = "one line", "ok"
 
@@ -56,9 +51,11 @@ class Probe:
     """A folder, a tiny params file and a model trained on them, in a scratch folder; cases run against copies."""
 
     def __init__(self, root: Path) -> None:
+        """The probe's paths under ``root``; ``build`` writes them."""
         self.root = root
-        self.data = write_pictures(root / "data", masked=())
+        self.data = root / "data"
         self.params = root / "params.yaml"
+        self.model = root / "model.pt"
         recipe = demo_recipes({"augmented": (1, 1)})["augmented"]
         self.base = {
             "prepare": {"mine": {"reader": "folder", "crop": 64}},
@@ -66,9 +63,13 @@ class Probe:
             "augment": {"count": 0},
             "train": {"recipes": {"augmented": recipe}, "threads": 2},
         }
+
+    def build(self) -> Probe:
+        """The folder, the params file and the model trained on them (``autoprompt train``, one epoch)."""
+        write_pictures(self.data, masked=())
         self.params.write_text(yaml.safe_dump(self.base))
-        self.model = root / "model.pt"
         self.autoprompt("train", self.data, "-o", self.model, "--params", self.params, "--runs", 1, check=True)
+        return self
 
     def autoprompt(self, *argv: object, check: bool = False) -> subprocess.CompletedProcess:
         command = [sys.executable, "-m", "autoprompt.cli", *map(str, argv)]
@@ -544,39 +545,20 @@ def _write(path: Path, text: str) -> Path:
 EXPECTED_OK = {"a grey PNG with alpha (valid: segmented)", "train from inside a Git repository (valid: no .dvc)"}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--name", default="hostile", help="results file bench/results/<name>.json")
-    args, machine = common.parse_and_start(parser)
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="hostile-") as scratch:
-        probe = Probe(Path(scratch))
-        for kind, name, run in cases(probe):
-            done = run()
-            found = outcome(done)
-            expected = OK if name in EXPECTED_OK else ONE_LINE
-            errors = [line.split(" ERROR ", 1)[1] for line in done.stderr.splitlines() if " ERROR " in line]
-            errors = errors or [line for line in done.stderr.splitlines() if line.startswith("autoprompt")]
-            message = common.relative_paths(errors[0]).replace(f"{scratch}/", "") if errors else ""
-            rows.append({"class": kind, "case": name, "expected": expected, "answer": found, "message": message})
-            log.info("%-8s %-45s %-10s %s", kind, name, found, message[:100])
-    failures = [r for r in rows if r["answer"] != r["expected"]]
-    log.info("%d cases, %d answered as expected, %d not", len(rows), len(rows) - len(failures), len(failures))
-    table = ["| class | case | answer | message |", "|---|---|---|---|"]
-    table += [f"| {r['class']} | {r['case']} | {r['answer']} | {r['message'][:90]} |" for r in rows]
-    print("\n".join(table))
-    common.write_result(
-        args.name,
-        {
-            "what": "hostile inputs and faults run as commands; each expected to answer in one line (exit 2, no "
-            "traceback) or, for the valid ones, to succeed",
-            "cases": len(rows),
-            "not_as_expected": len(failures),
-            "rows": rows,
-            "machine": machine,
-        },
-    )
+def names() -> list[tuple[str, str]]:
+    """(class of failure, case) of every case, without building a probe (nothing is written or run)."""
+    return [(kind, name) for kind, name, _ in cases(Probe(Path("/nonexistent/hostile-probe")))]
 
 
-if __name__ == "__main__":
-    main()
+def expected(name: str) -> str:
+    """The answer a case should get: ``ok`` for the valid ones, one line for the others."""
+    return OK if name in EXPECTED_OK else ONE_LINE
+
+
+def answer(kind: str, name: str, done: subprocess.CompletedProcess, scratch: Path) -> dict:
+    """A case's row: its class, name, expected answer, the answer found and the error line it printed (this
+    machine's paths made relative)."""
+    errors = [line.split(" ERROR ", 1)[1] for line in done.stderr.splitlines() if " ERROR " in line]
+    errors = errors or [line for line in done.stderr.splitlines() if line.startswith("autoprompt")]
+    message = common.relative_paths(errors[0]).replace(f"{scratch}/", "") if errors else ""
+    return {"class": kind, "case": name, "expected": expected(name), "answer": outcome(done), "message": message}

@@ -4,7 +4,7 @@ and the pixel boxes ``autoprompt`` reads from them, on a synthetic oblique, anis
 Each picture is made by the readers themselves: the series is written as DICOM files, the ROIs and the napari CSV
 are written as the viewers save them, ``read_boxes`` reads them, and the boxes it returns are what is drawn.
 
-    python bench/viewer_figures.py
+    python docs/figures/viewer_figures.py
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import common
 import matplotlib
 
 matplotlib.use("Agg")
@@ -24,13 +23,13 @@ import numpy as np
 import SimpleITK as sitk
 from matplotlib.patches import Rectangle
 
-sys.path.insert(0, str(common.REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: autoprompt and tests
 from autoprompt.data.boxes import read_boxes
 from autoprompt.data.images import read_image
 from tests.dicom_series import napari_csv, oblique_volume, series_datasets, slicer_roi, write_series
 
-log = logging.getLogger("bench.viewer_figures")
-FIGURES = common.REPO / "docs" / "figures"
+log = logging.getLogger("viewer_figures")
+FIGURES = Path(__file__).resolve().parent
 SLICES = (2, 4, 6, 8, 10)
 
 

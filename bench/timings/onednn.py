@@ -5,7 +5,7 @@ LiteMedSAM decoder, batch 8 of seeded random embeddings, backward, Adam) with ``
 interleaved (the order alternates each repeat), after one warm-up of each. Importing ``stages`` pins the CPU code
 paths as the pipeline does. Writes ``bench/results/onednn.json``.
 
-    python bench/onednn.py [--threads 2] [--repeats 5]
+    python -m bench.timings onednn [--threads 2] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ import argparse
 import logging
 import time
 
-import common
 import torch
 
 import stages  # noqa: F401  (pins the CPU code paths before the model runs)
 from autoprompt.model import backbones, checkpoints
 from autoprompt.model.decoding import head_logits
 from autoprompt.model.head import PromptHead
+from bench.lib import common
 
 log = logging.getLogger("bench.onednn")
 BACKBONE = "lite_medsam"
@@ -67,7 +67,3 @@ def main() -> None:
         result[work] = {"median_on_s": round(on, 3), "median_off_s": round(off, 3), "off_over_on": round(off / on, 3)}
         log.info("%s: oneDNN on %.3f s, off %.3f s (x%.3f)", work, on, off, off / on)
     common.write_result("onednn", result)
-
-
-if __name__ == "__main__":
-    main()

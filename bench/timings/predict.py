@@ -13,9 +13,9 @@ output written, less than the steps' sum where reading ahead overlaps them.
 On the CPU, each of predict's numerics runs in its own process (the CPU code paths are read when torch loads):
 ``fast``, the default (the CPU's own instructions; OpenVINO's bfloat16 encoder and the decoder under bfloat16 autocast
 where the CPU has AVX-512 BF16 or AMX), and ``exact`` (``--exact``: float32, pinned to AVX2, oneDNN off). Whether the
-fast path keeps the masks' Dice is ``bench/own_data.py``'s question.
+fast path keeps the masks' Dice is ``bench/studies/own_data.py``'s question.
 
-    python bench/predict.py [--hc18 /path/to/hc18-sample] [--images 8] [--volumes 2] [--repeats 3]
+    python -m bench.timings predict [--hc18 /path/to/hc18-sample] [--images 8] [--volumes 2] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import common
 import torch
 
 from autoprompt.data.phantoms.acdc import write_acdc_phantoms
@@ -39,6 +38,7 @@ from autoprompt.inference import Compute, Model, Writing, predict
 from autoprompt.io import file_sha256
 from autoprompt.model import checkpoints
 from autoprompt.model.head import PromptHead
+from bench.lib import common
 
 log = logging.getLogger("bench.predict")
 
@@ -164,7 +164,8 @@ def cpu_worker(mode: str, args: argparse.Namespace) -> dict:
 def spawn(mode: str) -> dict:
     """``cpu_worker(mode)`` in a new process, its CPU code paths pinned for ``exact`` and left alone for ``fast``."""
     env = common.numerics_env(mode == EXACT)
-    done = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--worker", mode], env=env, stdout=subprocess.PIPE)
+    command = common.timing_command("predict", *sys.argv[1:], "--worker", mode)
+    done = subprocess.run(command, env=env, stdout=subprocess.PIPE)
     if done.returncode:
         raise RuntimeError(f"the {mode} worker failed (its log is above)")
     return json.loads(done.stdout.decode().strip().splitlines()[-1])
@@ -207,7 +208,3 @@ def main() -> None:
             "gpu": gpu,
         },
     )
-
-
-if __name__ == "__main__":
-    main()

@@ -13,7 +13,7 @@ Beside the model's own margin, on the same images and the same encoded slices: t
 re-prompted at ``reprompt.fallback`` (0.1), and the backbone prompted with each image's tight box (the box of its
 mask in the prepared frame): what the margin chosen from boxes alone is worth against the fixed fallback.
 
-    python bench/own_data.py [--hc18 ../shared/data/hc18-sample] [--fresh]
+    python -m bench.studies.own_data [--hc18 ../shared/data/hc18-sample] [--fresh]
 """
 
 from __future__ import annotations
@@ -27,10 +27,11 @@ import sys
 import time
 from pathlib import Path
 
-import common
 import numpy as np
 import SimpleITK as sitk
 import torch
+
+from bench.lib import common
 
 log = logging.getLogger("bench.own_data")
 

@@ -12,7 +12,7 @@ encoder, as ``predict``'s) and decoded by each model as ``predict`` does (the ru
 model's margin); Dice (%) on each image's own grid, and its misses (Dice under 50). The tight-box prompt on the same
 images is the bound.
 
-    python bench/draws.py [--hc18 ../shared/data/hc18-sample] [--uniform 5] [--shots 10]
+    python -m bench.studies.draws [--hc18 ../shared/data/hc18-sample] [--uniform 5] [--shots 10]
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import common
 import numpy as np
 import SimpleITK as sitk
 import torch
 
 from autoprompt.training.suggest import METHODS
+from bench.lib import common
 
 log = logging.getLogger("bench.draws")
 
@@ -71,7 +71,7 @@ def suggested(data: Path, shots: int, out: Path, env: dict, method: str) -> list
 
 def train(data: Path, names: list[str], boxes: dict, work: Path, env: dict) -> Path:
     """``autoprompt train`` on ``names``' tight boxes: the model file (this benchmark compares Dice, not times:
-    ``bench/own_data.py`` times ``train``)."""
+    ``bench/studies/own_data.py`` times ``train``)."""
     folder, model = work / "data", work / "model.pt"
     wanted = work / "boxes.wanted.csv"
     write_boxes(names, boxes, wanted)

@@ -4,9 +4,10 @@ Two stores laid out as the pipeline writes them, filled with random values: embe
 one image per chunk, ``encode.shard_size`` images per shard, Blosc zstd) and prepared images (N x 640 x 640 uint8,
 one image per chunk, unsharded). For each store and count, a random set of rows (as a split or a few-shot subset
 picks them) is read both ways, each read in a fresh process so that its peak memory is its own; repeats are
-interleaved and the medians are reported, with the ratios of the two.
+interleaved and the medians are reported, with the ratios of the two, beside a process that reads one row into an
+output of the same size (``one_row``: imports and zarr's set-up).
 
-    python bench/read_rows.py [--images 240] [--counts 30 120] [--repeats 3]
+    python -m bench.timings read_rows [--images 240] [--counts 30 120] [--repeats 3]
 
 Writes ``bench/results/read_rows.json``.
 """
@@ -19,12 +20,12 @@ import multiprocessing
 import time
 from pathlib import Path
 
-import common
 import numpy as np
 import zarr
 
 from autoprompt.data import embeddings
 from autoprompt.data.tasks import _select
+from bench.lib import common
 
 log = logging.getLogger("bench.read_rows")
 
@@ -131,7 +132,3 @@ def main() -> None:
             "autoprompt.data.tasks._select, one slice per run of consecutive rows",
         },
     )
-
-
-if __name__ == "__main__":
-    main()

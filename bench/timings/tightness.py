@@ -15,7 +15,7 @@ forward+backward, in the first ``--build-repeats`` rounds only (building the mas
 case in a fresh subprocess, the increase of peak RSS (VmHWM, reset through /proc/self/clear_refs after the inputs
 exist) over one forward+backward; on a GPU, torch.cuda.max_memory_allocated.
 
-    python bench/tightness.py
+    python -m bench.timings tightness
 """
 
 from __future__ import annotations
@@ -26,23 +26,22 @@ import logging
 import re
 import resource
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import common
 import torch
 from torch import Tensor
 
 from autoprompt.model import losses
+from bench.lib import common
 
 log = logging.getLogger("bench.tightness")
 
 MEMORY_METHOD = (
-    "CPU: each case in a fresh subprocess (python bench/tightness.py --memory-worker CASE); the inputs are built "
-    "(and, for reference_prebuilt, the padded masks of the whole batch), then the peak RSS high-water mark is reset "
-    "(/proc/self/clear_refs = 5) and one forward+backward runs; peak_rss_increase_mib = VmHWM after - VmRSS "
+    "CPU: each case in a fresh subprocess (python -m bench.timings tightness --memory-worker CASE); the inputs are "
+    "built (and, for reference_prebuilt, the padded masks of the whole batch), then the peak RSS high-water mark is "
+    "reset (/proc/self/clear_refs = 5) and one forward+backward runs; peak_rss_increase_mib = VmHWM after - VmRSS "
     "before. reference_prebuilt's masks are resident before the baseline, so its number excludes them (see "
     "reference_mask_bytes_per_image_padded); reference builds them inside the measured call. GPU: "
     "torch.cuda.max_memory_allocated - memory_allocated before, the same three cases, in process."
@@ -293,8 +292,7 @@ def measure_cpu_memory(args: argparse.Namespace) -> dict:
     for name in ("ours", "reference_prebuilt", "reference"):
         with tempfile.NamedTemporaryFile(suffix=".json") as handle:
             command = [
-                sys.executable,
-                __file__,
+                *common.timing_command("tightness"),
                 "--memory-worker",
                 name,
                 "--memory-out",
@@ -415,7 +413,3 @@ def main() -> None:
             "gpu": gpu,
         },
     )
-
-
-if __name__ == "__main__":
-    main()
