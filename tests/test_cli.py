@@ -512,8 +512,8 @@ def test_self_training_trains_a_second_round_on_the_unboxed_slices_pseudo_boxes(
     section["augment"]["count"] = 0
     section["prepare"]["mine"]["crop"] = 128  # at 64, four epochs empty the heads' masks
     section["evaluate"]["threshold"] = 0.25  # these heads are unsure: their masks at 0.5 are empty
-    section["train"].update(recipe=["workshop"], recipes={"workshop": demo_recipes({"workshop": (4, 3)})["workshop"]})
-    section["train"]["self_training"] = {"enabled": True, "min_agreement": 0.0, "weight": 0.5}
+    section["train"].update(recipe=["workshop"], recipes={"workshop": demo_recipes({"workshop": (2, 1)})["workshop"]})
+    section["train"]["self_training"] = {"enabled": True, "min_agreement": 0.0, "weight": 0.5, "per_epoch": 2}
     path.write_text(yaml.safe_dump(section))
     with caplog.at_level(logging.INFO):
         autoprompt("train", tmp_path / "data", "-o", tmp_path / "m.pt", "--params", path, "--runs", 2,
