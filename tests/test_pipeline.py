@@ -62,7 +62,7 @@ PARAMS = {
         "brightness": 10.0,
         "seed": 0,
     },
-    "train": train_section(4, 2, {"workshop": (12, 9), "followup": (10, 8)}, validate_every=5),
+    "train": train_section(4, 2, {"workshop": (10, 8), "followup": (9, 7)}, validate_every=9),
     "baseline": {
         "methods": ["unet", "transunet", "autosam", "head_masks", "persam"],
         "all_images": False,
