@@ -198,8 +198,9 @@ def test_a_changed_box_retrains_only_the_runs_and_a_changed_image_only_its_embed
     (root / "model.work/raw/images").unlink()  # the link points at the first folder's images: train relinks it
     text = (root / "data/boxes.csv").read_text().replace("img1.png,10,20,50,60,", "img1.png,12,20,50,60,")
     (root / "data/boxes.csv").write_text(text)
+    # one run of the fixture's two: half the training
     argv = ["train", root / "data", "-o", root / "model.pt", "--params", params(root), "--runs", 1,
-            "--device", "cpu", "--threads", 2]  # fmt: skip  (one run of the fixture's two: half the training)
+            "--device", "cpu", "--threads", 2]  # fmt: skip
 
     def no_encoder(*args, **kwargs):
         raise AssertionError("nothing to encode: no image changed")
