@@ -12,11 +12,24 @@ import torch
 
 from autoprompt.data.phantoms.hc18 import write_hc18_phantoms
 from autoprompt.model import checkpoints
+from tests import encodings
 from tests.helpers import SHARED
 
 # autoprompt train and predict on the exact path, as --exact does (tests of the fast path set it themselves): the
 # suite's numbers then hold on any x86 machine, and no test waits on torch.compile
 os.environ.setdefault("AUTOPROMPT_NUMERICS", "exact")
+encodings.install()  # each image encoded once per encoder, whatever the test (tests/encodings.py)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Before the test's fixtures: the modules that test the encoders themselves always encode."""
+    encodings.MEMO.active = item.module.__name__ not in encodings.BYPASS
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    memo = encodings.MEMO
+    terminalreporter.write_line(f"encoded images: {memo.misses} encoded, {memo.hits} looked up (tests/encodings.py)")
 
 
 @pytest.fixture(scope="session")
