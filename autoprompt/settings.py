@@ -58,7 +58,6 @@ def _number(value: Any) -> Any:
 Int = Annotated[int, BeforeValidator(_number)]
 Count = Annotated[int, BeforeValidator(_number), Field(ge=0)]
 Positive = Annotated[int, BeforeValidator(_number), Field(gt=0)]
-Real = Annotated[float, BeforeValidator(_number)]
 Fraction = Annotated[float, BeforeValidator(_number), Field(ge=0)]
 PositiveReal = Annotated[float, BeforeValidator(_number), Field(gt=0)]
 MIN_CROP = 32  # pixels: the smallest prepared frame; a frame of a few pixels (crop: 3) holds no box worth prompting,

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 import yaml
 
+from autoprompt.data.splits import assign_splits
 from autoprompt.inference.files import Compute
 from autoprompt.settings import DatasetPrepare, Settings, settings_from
 from autoprompt.training.loop import TrainConfig
@@ -142,3 +144,12 @@ def write_pictures(root: Path, masked: tuple[str, ...] = MASKED, boxes: dict | N
     boxes = BOXES if boxes is None else boxes
     write_csv(root, [f"{name},{','.join(map(str, box))}" for name, box in boxes.items()])
     return root
+
+
+def split_table(table: pd.DataFrame, proportions: dict[str, float], seed: int) -> pd.Series:
+    """The split of every row, by subject, dealt by ``proportions`` (``data.splits.assign_splits``); rows whose split
+    the dataset fixes keep it."""
+    sizes = table.groupby("subject").size().to_dict()
+    fixed = table.dropna(subset=["split"]).groupby("subject")["split"].first().to_dict()
+    by_subject = assign_splits(sizes, proportions, seed, fixed)
+    return table["subject"].map(by_subject)

@@ -12,12 +12,12 @@ import SimpleITK as sitk
 
 from autoprompt.data import acdc
 from autoprompt.data.phantoms import WRITERS
-from autoprompt.data.prepare import apply_split, prepare_cases, split_table
+from autoprompt.data.prepare import apply_split, prepare_cases
 from autoprompt.data.readers import get_reader
 from autoprompt.data.records import Case
 from autoprompt.errors import InputError
 from autoprompt.settings import AcdcPrepare
-from tests.helpers import prepare_section, settings
+from tests.helpers import prepare_section, settings, split_table
 
 ROTATED = (0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0)  # 90 degrees in-plane, and the slice axis flipped
 

@@ -13,12 +13,12 @@ import SimpleITK as sitk
 from autoprompt.data import camus
 from autoprompt.data.phantoms import WRITERS
 from autoprompt.data.phantoms.camus import write_camus_phantoms
-from autoprompt.data.prepare import apply_split, prepare_cases, split_table
+from autoprompt.data.prepare import apply_split, prepare_cases
 from autoprompt.data.preprocess import clip_rescale
 from autoprompt.data.readers import get_reader
 from autoprompt.data.records import Case
 from autoprompt.errors import InputError
-from tests.helpers import prepare_section, settings
+from tests.helpers import prepare_section, settings, split_table
 
 SIZE = (96, 120)  # width, height: small, for speed
 

@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from autoprompt.data.prepare import apply_split, split_settings, split_table
+from autoprompt.data.prepare import apply_split, split_settings
 from autoprompt.data.splits import SplitLists, assign_splits, authors_lists, listed_subjects, read_list
 from autoprompt.errors import InputError
-from tests.helpers import prepare_section
+from tests.helpers import prepare_section, split_table
 
 PAPER = {"train": 507, "val": 77, "test": 148}
 

@@ -37,9 +37,16 @@ from tests.test_cli import write_volume
 def clusters(k: int, per: int, dims: int = 16, spread: float = 0.01, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``k`` tight clusters of ``per`` unit vectors each: the features, and each row's cluster."""
     rng = np.random.default_rng(seed)
-    centres = suggest.normalise(rng.normal(size=(k, dims)))
+    centres = normalise(rng.normal(size=(k, dims)))
     labels = np.repeat(np.arange(k), per)
-    return suggest.normalise(centres[labels] + spread * rng.normal(size=(k * per, dims))), labels
+    return normalise(centres[labels] + spread * rng.normal(size=(k * per, dims))), labels
+
+
+def normalise(features: np.ndarray) -> np.ndarray:
+    """N x D rows scaled to unit L2 norm (a zero row stays zero), float32."""
+    features = np.asarray(features, np.float32)
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    return features / np.where(norms > 0, norms, 1)
 
 
 def test_k_center_takes_one_image_from_each_cluster() -> None:
@@ -64,7 +71,7 @@ def test_slices_spread_across_a_volume() -> None:
     middle; two volumes, each still spread; the duplicate test reads the embeddings alone."""
     rng = np.random.default_rng(1)
     volumes = [rng.normal(size=(1, 8)).repeat(21, 0) + 0.02 * rng.normal(size=(21, 8)) for _ in range(2)]
-    look = suggest.normalise(np.concatenate(volumes))
+    look = normalise(np.concatenate(volumes))
     positions = np.tile(np.linspace(0, 1, 21), 2)
     features = suggest.with_positions(look, positions)
     picked = suggest.choose(features, 6)
@@ -104,7 +111,7 @@ def test_the_suggest_draw_gives_distinct_spread_shots_as_augment_draws_them() ->
     for shots in (first, second):
         assert len(set(shots)) == 4 and len({labels[ids.index(i)] for i in shots}) == 4, shots
     assert draw_subset(ids, 4, 0, 0, features=found) == first, "the same arguments, the same shots"
-    spread = dict(zip(ids, suggest.normalise(np.random.default_rng(4).normal(size=(10, 16))), strict=True))
+    spread = dict(zip(ids, normalise(np.random.default_rng(4).normal(size=(10, 16))), strict=True))
     assert len({draw_subset(ids, 4, s, 0, features=spread) for s in range(3)}) > 1, "subsets start apart"
     plan = plan_runs(ids, 4, 2, [0], 0, False, features=found)
     assert fewshot_ids(table, {"hc18": "head"}, 10, train, store) == sorted({i for r in plan for i in r.ids})

@@ -186,14 +186,6 @@ def log_losses(table: pd.DataFrame, dataset: str, classes: list[str], fit: str, 
         )
 
 
-def split_table(table: pd.DataFrame, proportions: dict[str, float], seed: int) -> pd.Series:
-    """The split of every row, by subject, dealt by ``proportions``; rows whose split the dataset fixes keep it."""
-    sizes = table.groupby("subject").size().to_dict()
-    fixed = table.dropna(subset=["split"]).groupby("subject")["split"].first().to_dict()
-    by_subject = assign_splits(sizes, proportions, seed, fixed)
-    return table["subject"].map(by_subject)
-
-
 def split_settings(dataset: str, section: DatasetPrepare) -> tuple[SplitLists | None, dict[str, float] | None]:
     """``section``'s split: the authors' lists (None for a split by proportions or by boxes) and the proportions that
     deal the subjects nothing else assigns (None where there are none to deal). ``split: boxes`` (a user's folder)

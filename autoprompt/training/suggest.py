@@ -30,13 +30,6 @@ POSITION_WEIGHT = 1.0  # a volume's full extent, in units of the median distance
 CENTRE = 0.5  # the position of a 2D image: the middle, so that it is no nearer one end of a volume than the other
 
 
-def normalise(features: np.ndarray) -> np.ndarray:
-    """N x D rows scaled to unit L2 norm (a zero row stays zero), float32."""
-    features = np.asarray(features, np.float32)
-    norms = np.linalg.norm(features, axis=1, keepdims=True)
-    return features / np.where(norms > 0, norms, 1)
-
-
 def medoid(features: np.ndarray) -> int:
     """The row of N x D ``features`` nearest their mean (the lowest index among ties)."""
     return int(np.argmin(np.linalg.norm(features - features.mean(axis=0), axis=1)))
