@@ -12,6 +12,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from autoprompt import sources
 from autoprompt.console import run
 from autoprompt.errors import InputError
 from autoprompt.io import write_text
@@ -31,11 +32,19 @@ def arguments() -> argparse.ArgumentParser:
         default=ROOT,
         help="folder that holds autoprompt/ and stages/ (default: the imported ones')",
     )
+    args.add_argument(
+        "--package",
+        action="append",
+        default=[],
+        help="one more top-level package under --root whose imports are followed too (bench, for the benchmark "
+        "studies); repeat for several",
+    )
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = arguments().parse_args(argv)
+    sources.PACKAGES = tuple(dict.fromkeys((*sources.PACKAGES, *args.package)))
     for module in args.modules:
         if module_file(module, args.root) is None:
             raise InputError(f"{module}: no such module under {args.root}")

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 from autoprompt import sources
@@ -17,6 +16,7 @@ from tests.helpers import REPO, sources_of
 
 SCRIPT_FOLDERS = ("bench", ".ci", "docs/figures")
 STUDY = re.compile(r"python -m (bench\.studies\.\w+)")
+FINGERPRINT, FINGERPRINTS = "fingerprint", "fingerprints"  # bench/dvc.yaml's fingerprint stage and its folder
 
 
 def is_script(path: Path) -> bool:
@@ -99,6 +99,8 @@ def study_stages() -> dict[str, dict]:
     params = yaml.safe_load((REPO / "bench" / "params.yaml").read_text())
     out = {}
     for name, stage in pipeline.items():
+        if name == FINGERPRINT:
+            continue
         body = stage.get("do", stage)
         keys = list(params[stage["foreach"].strip("${}")]) if "foreach" in stage else [name]
         metrics = [
@@ -120,18 +122,25 @@ def test_every_study_is_a_stage_writing_a_committed_result() -> None:
     assert not missing, f"bench/dvc.yaml's metrics name results that are not committed: {missing}"
 
 
-def test_every_study_stage_lists_its_import_closure(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A study's code deps hold its module's import closure (the bench package included), so that a change to any
-    file it runs marks its result stale; a study that runs commands lists their code too (not checked here)."""
-    monkeypatch.setattr(sources, "PACKAGES", (*sources.PACKAGES, "bench"))
+def test_every_study_depends_on_its_fingerprint_and_lists_no_code() -> None:
+    """A study depends on the fingerprint of its module (its import closure, the bench package included, hashed
+    without comments and docstrings) and on those of the commands it runs, which the fingerprint stage writes from
+    the package folders; no study lists a Python file of the packages, which a docstring edit would make stale."""
+    stage = yaml.safe_load((REPO / "bench" / "dvc.yaml").read_text())["stages"][FINGERPRINT]
+    written = set(stage["cmd"].split("--package bench", 1)[1].split())
+    assert set(stage["deps"]) >= {"autoprompt", "stages", "bench/lib", "bench/studies"}, "the code it hashes"
+    commands = {"own_data": {"autoprompt.cli"}, "draws": {"autoprompt.cli"}}
     problems = {}
-    for name, stage in study_stages().items():
-        listed = {Path(d) for d in stage["deps"]}
-        listed |= {p.relative_to(REPO) for d in stage["deps"] if (REPO / d).is_dir() for p in (REPO / d).rglob("*")}
-        missing = sorted(p.as_posix() for p in sources.closure(stage["module"], REPO) if p not in listed)
-        absent = sorted(d for d in stage["deps"] if not (REPO / d).exists() and not d.startswith(".."))
-        if missing or absent:
-            problems[name] = [f"missing {p}" for p in missing] + [f"no such file {p}" for p in absent]
+    for name, study in study_stages().items():
+        fingerprints = {Path(d).stem for d in study["deps"] if d.startswith(f"bench/{FINGERPRINTS}/")}
+        code = [d for d in study["deps"] if d.startswith(("autoprompt/", "stages/", "bench/")) and d.endswith(".py")]
+        wanted = {study["module"], *commands.get(name, ())}
+        if not wanted <= fingerprints or code or not fingerprints <= written:
+            problems[name] = {
+                "missing": sorted(wanted - fingerprints),
+                "code": code,
+                "unwritten": sorted(fingerprints - written),
+            }
     assert not problems, f"fix the deps of bench/dvc.yaml: {problems}"
 
 
