@@ -394,9 +394,8 @@ def pseudo_boxed(
     log.info("self-training: %s (runs agreeing at %g)", harvested.describe(), rule.min_agreement)
     if not harvested.rows:
         return None, harvested
-    chosen = np.asarray(harvested.rows)
     extra = PseudoBoxes(
-        torch.from_numpy(group["embeddings"].get_orthogonal_selection((chosen,))),
+        harvested.embeddings,
         harvested.boxes,
         None,
         rule.weight,

@@ -118,7 +118,7 @@ class Presence:
         return said if self.images else f"{said} (volumes only)"
 
 
-def _off_sequence(evidence: Evidence, i: int, inner: int | None, rule: Presence) -> bool:
+def off_sequence(evidence: Evidence, i: int, inner: int | None, rule: Presence) -> bool:
     """Whether slice ``i``'s box breaks the sequence of the slice further in (``inner``; None: there is none)."""
     if inner is None or not bool(evidence.found[inner]):
         return False
@@ -134,7 +134,7 @@ def judge(evidence: Evidence, i: int, inner: int | None, rule: Presence) -> bool
     return (
         ("iou" in rule.cues and float(evidence.iou[i]) < rule.min_iou)
         or ("agreement" in rule.cues and float(evidence.agreement[i]) < rule.min_agreement)
-        or ("sequence" in rule.cues and _off_sequence(evidence, i, inner, rule))
+        or ("sequence" in rule.cues and off_sequence(evidence, i, inner, rule))
     )
 
 

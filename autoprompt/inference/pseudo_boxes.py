@@ -22,7 +22,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from autoprompt.inference.predictor import Predictor
-from autoprompt.inference.presence import Evidence, Presence, judge
+from autoprompt.inference.presence import Evidence, Presence, off_sequence
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +32,12 @@ REASONS = ("empty", "agreement", "sequence")  # why a slice gives no pseudo-box,
 @dataclass(frozen=True)
 class Harvest:
     """What the first round gave: ``rows`` (the store rows that gave a pseudo-box), their M x 4 ``boxes`` (label
-    frame, inclusive pixels), how many slices were ``looked`` at, and how many were left out, by reason."""
+    frame, inclusive pixels) and M x 256 x 64 x 64 ``embeddings`` (as read, kept so that they are read once), how many
+    slices were ``looked`` at, and how many were left out, by reason."""
 
     rows: list[int]
     boxes: Tensor
+    embeddings: Tensor
     looked: int
     left_out: Counter
 
@@ -60,14 +62,9 @@ def reason_left_out(evidence: Evidence, i: int, rule: Presence) -> str | None:
         return "empty"
     if "agreement" in rule.cues and float(evidence.agreement[i]) < rule.min_agreement:
         return "agreement"
-    z = len(evidence)
-    if "sequence" in rule.cues and judge(evidence, i, inner_slice(i, z), Presence(("sequence",), **_sequence(rule))):
+    if "sequence" in rule.cues and off_sequence(evidence, i, inner_slice(i, len(evidence)), rule):
         return "sequence"
     return None
-
-
-def _sequence(rule: Presence) -> dict:
-    return {"min_box_iou": rule.min_box_iou, "max_growth": rule.max_growth}
 
 
 def harvest(
@@ -84,12 +81,14 @@ def harvest(
     assert predictor.presence is None, "judge the evidence here: a presence rule would empty slices first"
     rows: list[int] = []
     boxes: list[Tensor] = []
+    kept: list[Tensor] = []
     left_out: Counter = Counter()
     looked = 0
     for volume in tqdm(inputs, desc="first round on the unboxed images", unit="input"):
         if all(r in boxed for r in volume):
             continue
-        _, evidence = predictor.decode_with_evidence(embeddings(volume))
+        read = embeddings(volume)
+        _, evidence = predictor.decode_with_evidence(read)
         for i, row in enumerate(volume):
             if row in boxed:
                 continue
@@ -98,7 +97,9 @@ def harvest(
             if reason is None:
                 rows.append(row)
                 boxes.append(evidence.boxes[i])
+                kept.append(read[i])
             else:
                 left_out[reason] += 1
-    stacked = torch.stack(boxes).long() if boxes else torch.zeros(0, 4, dtype=torch.long)
-    return Harvest(rows, stacked, looked, left_out)
+    if not rows:
+        return Harvest(rows, torch.zeros(0, 4, dtype=torch.long), torch.zeros(0), looked, left_out)
+    return Harvest(rows, torch.stack(boxes).long(), torch.stack(kept), looked, left_out)
