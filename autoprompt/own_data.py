@@ -391,9 +391,9 @@ def pseudo_boxed(
     judged = Presence(("agreement", "sequence"), min_agreement=rule.min_agreement, min_box_iou=rule.min_box_iou,
                       max_growth=rule.max_growth, images=True)  # fmt: skip
     harvested = harvest(predictor, list(inputs.values()), read, boxed, judged)
-    log.info("self-training: %s (runs agreeing at %g)", harvested.describe(), rule.min_agreement)
     if not harvested.rows:
-        return None, harvested
+        return None, harvested  # the caller says so, once
+    log.info("self-training: %s; runs agreeing at %g", harvested.describe(), rule.min_agreement)
     extra = PseudoBoxes(
         harvested.embeddings,
         harvested.boxes,
