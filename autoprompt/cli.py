@@ -162,6 +162,8 @@ def train_command(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     summary = train_folder(data, out, work, settings, chosen)
     margin = "none" if summary.margin is None else f"{summary.margin:g}"
+    if summary.margin is not None and summary.box_threshold is not None:
+        margin += f" (boxes above {summary.box_threshold:g})"
     steps = ", ".join(f"{name} {_duration(s)}" for name, s in summary.seconds.items())
     second = f" and {len(summary.harvested.rows)} pseudo-boxed" if summary.harvested is not None else ""
     log.info(

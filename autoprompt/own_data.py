@@ -13,8 +13,9 @@ or in ``DATA.work``, suggest's default); a run is trained again only where its b
 
 The margin: every box trains, so no image is left to choose the margin on as ``evaluate`` does (``reprompt.margin:
 auto`` on the validation split). With ``auto``, ``choose_margin`` runs on the training images themselves: the
-ensemble's masks there, re-prompted at each candidate margin, against their own tight boxes (``how`` in the model
-says so); ``bench/studies/own_data.py`` compares that choice with ``reprompt.fallback`` on real images.
+ensemble's masks there, re-prompted at each candidate margin and box threshold (``reprompt.box_thresholds``),
+against their own tight boxes (``how`` in the model says so); ``bench/studies/own_data.py`` compares that choice with
+``reprompt.fallback`` on real images.
 """
 
 from __future__ import annotations
@@ -85,8 +86,9 @@ def default_work(data: Path) -> Path:
 
 @dataclass(frozen=True)
 class Summary:
-    """What ``train_folder`` did: the model it wrote, its images and runs, the margin, the seconds per step and,
-    with ``train.self_training``, what the first round gave the second (``harvested``)."""
+    """What ``train_folder`` did: the model it wrote, its images and runs, the margin, the seconds per step,
+    with ``train.self_training`` what the first round gave the second (``harvested``), and the margin's box
+    threshold (None: the mask's)."""
 
     model: Path
     images: int
@@ -96,6 +98,7 @@ class Summary:
     how: str
     seconds: dict[str, float]
     harvested: Harvest | None = None
+    box_threshold: float | None = None
 
 
 def folder_section(settings: Settings) -> FolderPrepare:
@@ -201,12 +204,16 @@ def prepare_boxed(raw: Path, section: FolderPrepare, work: Path, seed: int) -> N
     write_text(marker, stamp)
 
 
-def choose_on_training_boxes(model: Model, settings: Settings, task_files: TaskFiles) -> tuple[float | None, str]:
-    """The re-prompt margin of the ``reprompt`` section, chosen where it says ``auto`` on the training images' own
-    boxes (see the module's docstring); and how it was chosen, in words."""
+def choose_on_training_boxes(
+    model: Model, settings: Settings, task_files: TaskFiles
+) -> tuple[float | None, float | None, str]:
+    """The re-prompt margin of the ``reprompt`` section and its box threshold (None: the mask's), chosen where it
+    says ``auto`` on the training images' own boxes (see the module's docstring); and how, in words."""
     reprompt = settings.reprompt
+    threshold = settings.evaluate.threshold
+    cores = reprompt.thresholds(threshold)
     if not reprompt.auto:
-        return reprompt.margin, "reprompt.margin as set"
+        return reprompt.margin, _unless_mask(cores[0], threshold), "reprompt.margin as set"
     spec = settings.task(DATASET)
     task = load_task(DATASET, spec, task_files, settings.prepare.min_foreground, settings.encode.backbone)
     rows = task.rows("train")
@@ -215,12 +222,15 @@ def choose_on_training_boxes(model: Model, settings: Settings, task_files: TaskF
     embeddings, boxes, batch = task.load_embeddings(rows), task.boxes(rows), settings.train.predict_batch_size
     heads = model.build_heads()
     mean = sum(decode(decoder, embeddings, task.label_size, batch, device, head=h) for h in heads) / len(heads)
-    threshold = settings.evaluate.threshold
-    margin, scores = choose_margin(
-        decoder, embeddings, boxes, mean, list(reprompt.candidates), threshold, batch, device
-    )
-    log.info("re-prompt margin %s: mean box IoU on the training boxes by margin %s", margin, scores)
-    return margin, f"auto, on the {len(rows)} training boxes"
+    chosen = choose_margin(decoder, embeddings, boxes, mean, list(reprompt.candidates), threshold, batch, device, cores)
+    log.info("re-prompt margin %s, boxes above %g: mean box IoU on the training boxes by choice %s", chosen.margin,
+             chosen.box_threshold, chosen.scores)  # fmt: skip
+    return chosen.margin, _unless_mask(chosen.box_threshold, threshold), f"auto, on the {len(rows)} training boxes"
+
+
+def _unless_mask(box_threshold: float, threshold: float) -> float | None:
+    """A box threshold as a model records it: None where it is the mask's ``threshold``."""
+    return None if box_threshold == threshold else box_threshold
 
 
 def encode_for(encode: EncodeSettings, numerics: Numerics) -> EncodeSettings:
@@ -333,12 +343,12 @@ def _train_held(
 
     start = time.perf_counter()
     model = from_runs(run_folders(work / "models"))
-    margin, how = choose_on_training_boxes(model, settings, files)
+    margin, core, how = choose_on_training_boxes(model, settings, files)
     seconds["margin"] = time.perf_counter() - start
     harvested = None
     if settings.train.self_training.enabled:
         start = time.perf_counter()
-        first = model.with_policy(policy.from_settings(settings.reprompt, margin, how))
+        first = model.with_policy(policy.from_settings(settings.reprompt, margin, how, core))
         extra, harvested = pseudo_boxed(data, work, settings, section, first, table, numerics)
         seconds["pseudo-boxes"] = time.perf_counter() - start
         if extra is None:
@@ -350,10 +360,10 @@ def _train_held(
                 views if settings.augment.count else None, numerics, extra,
             )  # fmt: skip
             model = from_runs(run_folders(work / SECOND_ROUND))
-            margin, how = choose_on_training_boxes(model, settings, files)
+            margin, core, how = choose_on_training_boxes(model, settings, files)
             seconds["second round"] = time.perf_counter() - start
-    export_model(model.with_policy(policy.from_settings(settings.reprompt, margin, how)), out)
-    return Summary(out, len(train_ids), len(jobs), trained, margin, how, seconds, harvested)
+    export_model(model.with_policy(policy.from_settings(settings.reprompt, margin, how, core)), out)
+    return Summary(out, len(train_ids), len(jobs), trained, margin, how, seconds, harvested, core)
 
 
 def pseudo_boxed(
@@ -387,6 +397,7 @@ def pseudo_boxed(
         first, select_device(settings.train.device, settings.train.key("device")), settings.train.predict_batch_size,
         runtime=settings.encode.runtime, cache_dir=settings.encode.runtime_cache, reprompt_margin=first.reprompt_margin,
         threshold=settings.evaluate.threshold, volume_min_iou=first.volume_min_iou, numerics=numerics,
+        box_threshold=first.reprompt_box_threshold,
     )  # fmt: skip
     judged = Presence(("agreement", "sequence"), min_agreement=rule.min_agreement, min_box_iou=rule.min_box_iou,
                       max_growth=rule.max_growth, images=True)  # fmt: skip

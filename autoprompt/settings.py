@@ -697,22 +697,45 @@ class PresenceSettings(Section):
     images: bool = False
 
 
+def _box_threshold(value: Any) -> Any:
+    if value == AUTO or (isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 1):
+        return value
+    raise PydanticCustomError(
+        "box_threshold", "{value} is not a box threshold; give a probability between 0 and 1, or auto",
+        {"value": repr(value)},
+    )  # fmt: skip
+
+
 class RepromptSettings(Section):
     """The ensemble's masks -> their boxes, each side moved out by ``margin`` x the box's side -> the decoder prompted
     again. ``margin``: null (off), a fraction, or ``auto``: per task and recipe, the one of ``candidates`` (or none)
-    whose masks' boxes best match the validation images' tight boxes; ``fallback`` where there are none. ``volume``:
-    the boxes fitted across each volume's slices (``VolumeFit``; null: off). ``presence``: last, the slices judged
-    not to hold the structure emptied (``PresenceSettings``; null: off)."""
+    whose masks' boxes best match the validation images' tight boxes; ``fallback`` where there are none.
+    ``box_threshold``: the heads' probability above which a pixel counts towards the box (where no pixel does, the
+    mask's threshold, ``evaluate.threshold``); ``auto``: chosen with an ``auto`` margin from ``box_thresholds``, the
+    pair whose boxes match best (a set margin, or none to choose on: the mask's threshold). ``volume``: the boxes
+    fitted across each volume's slices (``VolumeFit``; null: off). ``presence``: last, the slices judged not to hold
+    the structure emptied (``PresenceSettings``; null: off)."""
 
     margin: Annotated[Literal["auto"] | float | None, BeforeValidator(_margin)] = AUTO
     candidates: tuple[Fraction, ...] = Field((0.0, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2), min_length=1)
     fallback: Fraction | None = 0.1
+    box_threshold: Annotated[Literal["auto"] | float, BeforeValidator(_box_threshold)] = AUTO
+    box_thresholds: tuple[Annotated[float, BeforeValidator(_number), Field(gt=0, lt=1)], ...] = Field(
+        (0.5, 0.7, 0.8, 0.9, 0.95), min_length=1
+    )
     volume: VolumeFit | None = VolumeFit()
     presence: PresenceSettings | None = PresenceSettings()
 
     @property
     def auto(self) -> bool:
         return self.margin == AUTO
+
+    def thresholds(self, mask_threshold: float) -> list[float]:
+        """The box thresholds to choose among (one: no choice): ``box_thresholds`` where both ``box_threshold`` and
+        the margin are ``auto``, the ``box_threshold`` set, else ``mask_threshold`` (``evaluate.threshold``)."""
+        if self.box_threshold != AUTO:
+            return [float(self.box_threshold)]
+        return list(self.box_thresholds) if self.auto else [mask_threshold]
 
 
 # -------------------------------------------------------------------------------------------------------- evaluate

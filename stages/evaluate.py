@@ -276,12 +276,14 @@ def post_process(
     out, ious = Policed(margins), {}
     for group in head_groups:  # each ensemble (or its one run), re-prompted with its masks' loosened boxes
         ious[group] = found.iou_sums[group] / found.counts[group]
-        m = margins[group]["margin"]
-        out.rows[f"{group}_{REPROMPTED}"] = (
-            means[group]
-            if m is None
-            else reprompt(decoder, scope.embeddings, means[group], m, threshold, batch, device, iou=ious[group])
-        )
+        m, core = margins[group]["margin"], margins[group].get("box_threshold", threshold)
+        if m is None:
+            out.rows[f"{group}_{REPROMPTED}"] = means[group]
+        else:
+            out.rows[f"{group}_{REPROMPTED}"] = reprompt(
+                decoder, scope.embeddings, means[group], m, threshold, batch, device, iou=ious[group],
+                box_threshold=core,
+            )  # fmt: skip
     fit = reprompting.volume if task.volumes else None
     rule = presence_rule(reprompting.presence)
     for group in head_groups:
@@ -318,7 +320,8 @@ def post_process(
             log.info("%s: %s slices judged absent, emptied: %s", task.name, group, out.emptied[group])
     for group, choice in margins.items():
         margin = choice["margin"] if choice["margin"] is not None else "none (off)"
-        log.info("%s: %s re-prompted with margin %s", task.name, group, margin)
+        core = f", boxes above {choice['box_threshold']:g}" if "box_threshold" in choice else ""
+        log.info("%s: %s re-prompted with margin %s%s", task.name, group, margin, core)
     return out
 
 

@@ -333,6 +333,8 @@ def evaluate_with(root: Path, tmp_path: Path, reprompt_params: dict) -> Path:
         ({"margin": -0.1}, r"params\.yaml: reprompt\.margin: -0\.1 is not a margin; give null"),
         ({"margin": "auto", "candidates": [0.1, -1]}, r"params\.yaml: reprompt\.candidates\.1 is -1; it should be"),
         ({"margin": "auto", "candidates": [0.1], "fallback": "x"}, r"params\.yaml: reprompt\.fallback is 'x'; it"),
+        ({"box_threshold": 1.5}, r"params\.yaml: reprompt\.box_threshold: 1\.5 is not a box threshold; give a"),
+        ({"box_thresholds": [0.5, 1.0]}, r"params\.yaml: reprompt\.box_thresholds\.1 is 1\.0; it should be"),
     ],
 )
 def test_a_bad_reprompt_section_is_refused_in_one_line(pipeline, tmp_path, section, message):
@@ -342,27 +344,39 @@ def test_a_bad_reprompt_section_is_refused_in_one_line(pipeline, tmp_path, secti
 
 
 def test_auto_margin_is_chosen_on_the_validation_boxes_and_recorded(pipeline, tmp_path):
-    """reprompt.margin: auto picks each group's margin with choose_margin on the validation images' tight boxes and
-    the group's ensemble there; the re-prompted row uses it, and the metrics JSON records it."""
-    candidates = [0.0, 0.05, 0.2]
-    result = json.loads(evaluate_with(pipeline, tmp_path, {"margin": "auto", "candidates": candidates}).read_text())
+    """reprompt.margin: auto picks each group's margin and box threshold with choose_margin on the validation images'
+    tight boxes and the group's ensemble there; the re-prompted row uses them, and the metrics JSON records them."""
+    candidates, cores = [0.0, 0.05, 0.2], [0.5, 0.9]
+    section = {"margin": "auto", "candidates": candidates, "box_thresholds": cores}
+    result = json.loads(evaluate_with(pipeline, tmp_path, section).read_text())
     task = pipeline_task(pipeline)
     val = task.rows("val")
     decoder, embeddings, mean, masks = followup_ensemble(pipeline)
     val_embeddings, cpu = task.load_embeddings(val), torch.device("cpu")
     folders = sorted((pipeline / "models/followup/fewshot").iterdir())
     val_mean = torch.stack([decode(decoder, val_embeddings, 640, 8, cpu, head=runs.load_head(f)[0]) for f in folders])
-    margin, scores = choose_margin(decoder, val_embeddings, task.boxes(val), val_mean.mean(0), candidates, 0.5, 8, cpu)
+    chosen = choose_margin(decoder, val_embeddings, task.boxes(val), val_mean.mean(0), candidates, 0.5, 8, cpu, cores)
     recorded = result["reprompt"]["groups"]["followup/fewshot"]
     assert result["reprompt"]["margin"] == "auto" and set(result["reprompt"]["groups"]) == {
         "followup/fewshot",
         "workshop/fewshot",
     }
-    assert recorded["margin"] == margin and recorded["choices"] == [None, *candidates]
-    assert recorded["validation_box_iou"] == list(scores.values()) and recorded["validation_images"] == len(val) > 0
-    refined = mean if margin is None else reprompt(decoder, embeddings, mean, margin, 0.5, 8, cpu)
+    pairs = [[m, c] for c in cores for m in candidates]
+    assert recorded["margin"] == chosen.margin and recorded["choices"] == [None, *pairs]
+    assert recorded.get("box_threshold", 0.5) == chosen.box_threshold
+    assert recorded["validation_box_iou"] == list(chosen.scores.values())
+    assert recorded["validation_images"] == len(val) > 0
+    refined = (
+        mean
+        if chosen.margin is None
+        else reprompt(decoder, embeddings, mean, chosen.margin, 0.5, 8, cpu, box_threshold=chosen.box_threshold)
+    )
     expected = 100 * float(dice(refined > 0.5, masks).mean())
     assert result["dice"]["followup"]["fewshot_reprompted"]["mean"] == pytest.approx(expected, abs=1e-3)
+
+    one = json.loads(evaluate_with(pipeline, tmp_path, {**section, "box_threshold": 0.5}).read_text())
+    recorded = one["reprompt"]["groups"]["followup/fewshot"]
+    assert recorded["choices"] == [None, *candidates] and "box_threshold" not in recorded, "one box threshold, set"
 
 
 def test_views_are_encoded_for_every_image_a_few_shot_run_trains_on(pipeline):

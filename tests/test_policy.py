@@ -61,3 +61,20 @@ def test_a_metrics_json_without_presence_leaves_the_models(tmp_path: Path) -> No
     assert chosen.margin is None and chosen.presence == MODEL.presence and sources["presence"] == "the model's"
     with pytest.raises(InputError, match=r"old\.json: no margin recorded for other/fewshot; evaluate"):
         resolve(MODEL, "other/fewshot", reprompt_from=path)
+
+
+def test_the_box_threshold_goes_with_the_margin(tmp_path: Path) -> None:
+    """Chosen together, kept together: the model's with the model's margin, the metrics JSON's with its margin, and
+    the mask's own boxes (None) with a margin asked for, which was chosen with no box threshold."""
+    model = Policy(0.15, "auto", 0.5, None, box_threshold=0.8)
+    assert Policy.from_record(model.record()) == model
+    assert Policy.from_record({"margin": 0.05, "how": "set"}).box_threshold is None, "files before it: the mask's"
+    assert "above 0.8" in model.describe()
+    assert resolve(model, GROUP)[0].box_threshold == 0.8
+    assert resolve(model, GROUP, margin=0.1)[0].box_threshold is None
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"reprompt": {"groups": {GROUP: {"margin": 0.1, "box_threshold": 0.9}}}}))
+    assert resolve(model, GROUP, reprompt_from=metrics)[0].box_threshold == 0.9
+    metrics.write_text(json.dumps({"reprompt": {"groups": {GROUP: {"margin": 0.1}}}}))
+    assert resolve(model, GROUP, reprompt_from=metrics)[0].box_threshold is None, "absent: the mask's threshold"
+    assert from_settings(RepromptSettings(), 0.1, "auto", 0.9).box_threshold == 0.9

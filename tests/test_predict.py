@@ -187,6 +187,10 @@ def test_reprompt_margin_replaces_the_ensembles_probabilities_by_its_boxes_answe
     expected = reprompt(plain.decoder, embeddings, probs, 0.1, 0.5, plain.batch_size, device).numpy()
     np.testing.assert_allclose(again.decode(embeddings), expected, atol=1e-6)
     assert not np.allclose(expected, probs.numpy()), "the box prompts answer differently"
+    core = float(np.quantile(probs.numpy()[probs.numpy() > 0.5], 0.5))  # half of the mask's pixels are above it
+    cored = Predictor(load_model(trained), device, cache_dir=RUNTIME_CACHE, reprompt_margin=0.1, box_threshold=core)
+    expected = reprompt(plain.decoder, embeddings, probs, 0.1, 0.5, plain.batch_size, device, box_threshold=core)
+    np.testing.assert_allclose(cored.decode(embeddings), expected.numpy(), atol=1e-6)
     with pytest.raises(InputError, match=r"reprompt margin is -0\.1"):
         Predictor(load_model(trained), device, cache_dir=RUNTIME_CACHE, reprompt_margin=-0.1)
 

@@ -84,9 +84,61 @@ def test_choose_margin_keeps_masks_whose_boxes_are_tight_and_loosens_short_ones(
     probs[1, 100:141, 20:121] = 0.9
     masks_boxes, _ = mask_boxes(probs > 0.5, 0.0)
     candidates = [0.0, 0.1, 0.3]
-    chosen, scores = choose_margin(BoxPainter(), embeddings, masks_boxes, probs, candidates, 0.5, 2, CPU)
-    assert chosen is None and scores["off"] == scores["0.0"] == 1.0 and scores["0.3"] < 1.0
+    chosen = choose_margin(BoxPainter(), embeddings, masks_boxes, probs, candidates, 0.5, 2, CPU)
+    scores = chosen.scores
+    assert chosen.margin is None and scores["off"] == scores["0.0"] == 1.0 and scores["0.3"] < 1.0
+    assert chosen.box_threshold == 0.5, "one box threshold, the mask's, where none are given"
 
     tight = loosen(masks_boxes, 0.1, 256)  # the structures are larger than the head's masks
-    chosen, scores = choose_margin(BoxPainter(), embeddings, tight, probs, candidates, 0.5, 2, CPU)
-    assert chosen == 0.1 and scores["0.1"] == 1.0 and max(scores["off"], scores["0.0"], scores["0.3"]) < 1.0
+    chosen = choose_margin(BoxPainter(), embeddings, tight, probs, candidates, 0.5, 2, CPU)
+    scores = chosen.scores
+    assert chosen.margin == 0.1 and scores["0.1"] == 1.0 and max(scores["off"], scores["0.0"], scores["0.3"]) < 1.0
+
+
+def test_a_box_threshold_takes_the_box_of_the_confident_core_and_falls_back_to_the_mask():
+    """The heads spill over onto a look-alike neighbour with lower confidence: above the box threshold only the
+    structure is left, and its box is what the decoder is prompted with; a mask with no pixel above it keeps the
+    mask's box."""
+    embeddings = torch.zeros(2, 256, 64, 64)
+    probs = torch.zeros(2, 256, 256)
+    probs[0, 20:200, 20:200] = 0.6  # the spill-over
+    probs[0, 100:141, 100:161] = 0.95  # the structure, a confident core
+    probs[1, 50:91, 60:121] = 0.7  # confident nowhere
+    plain = reprompt(BoxPainter(), embeddings, probs, 0.0, 0.5, 2, CPU) > 0.5
+    cored = reprompt(BoxPainter(), embeddings, probs, 0.0, 0.5, 2, CPU, box_threshold=0.9) > 0.5
+    assert mask_boxes(plain, 0.0)[0][0].tolist() == [20, 20, 199, 199], "the mask's box: the spill-over's"
+    assert mask_boxes(cored, 0.0)[0][0].tolist() == [100, 100, 160, 140], "the core's box"
+    assert torch.equal(cored[1], plain[1]), "no core: the mask's box"
+
+
+def test_choose_margin_picks_the_box_threshold_whose_boxes_match_the_tight_ones():
+    """Several box thresholds: each is tried with every margin, and the pair whose answers' boxes match the tight
+    boxes wins; where the cores are the structures, that is the core's threshold."""
+    embeddings = torch.zeros(2, 256, 64, 64)
+    probs = torch.zeros(2, 256, 256)
+    probs[:, 20:200, 20:200] = 0.6
+    probs[0, 100:141, 100:161] = 0.95
+    probs[1, 40:81, 30:91] = 0.95
+    cores, _ = mask_boxes(probs > 0.9, 0.0)
+    tight = loosen(cores, 0.1, 256)
+    chosen = choose_margin(BoxPainter(), embeddings, tight, probs, [0.0, 0.1], 0.5, 2, CPU, [0.5, 0.9])
+    assert (chosen.margin, chosen.box_threshold) == (0.1, 0.9) and chosen.scores["0.1@0.9"] == 1.0
+    assert list(chosen.scores) == ["off", "0.0@0.5", "0.1@0.5", "0.0@0.9", "0.1@0.9"]
+    assert max(v for k, v in chosen.scores.items() if k != "0.1@0.9") < 1.0
+
+
+def test_a_box_threshold_that_gives_the_same_boxes_is_not_decoded_again_and_loses_the_tie():
+    class Counting(BoxPainter):
+        calls = 0
+
+        def scored(self, embeddings, sparse, dense):
+            Counting.calls += 1
+            return super().scored(embeddings, sparse, dense)
+
+    embeddings = torch.zeros(2, 256, 64, 64)
+    probs = torch.zeros(2, 256, 256)
+    probs[:, 30:91, 40:91] = 0.99  # confident throughout: every box threshold gives the mask's box
+    tight, _ = mask_boxes(probs > 0.5, 0.1)
+    chosen = choose_margin(Counting(), embeddings, tight, probs, [0.0, 0.1], 0.5, 2, CPU, [0.5, 0.9])
+    assert Counting.calls == 2, "one batch of two images per margin, for the first box threshold only"
+    assert chosen.scores["0.1@0.9"] == chosen.scores["0.1@0.5"] == 1.0 and chosen.box_threshold == 0.5

@@ -382,7 +382,8 @@ def predict(
     if margin is None:
         log.info("re-prompting: off (%s); the heads' masks are kept", sources["margin"])
     else:
-        log.info("re-prompting with margin %g (%s)", margin, policy.how or sources["margin"])
+        core = "" if policy.box_threshold is None else f", boxes of the heads' masks above {policy.box_threshold:g}"
+        log.info("re-prompting with margin %g%s (%s)", margin, core, policy.how or sources["margin"])
     if volume_min_iou is None:
         log.info("volume fit: off (%s)", sources["volume_min_iou"])
     elif margin is None:
@@ -424,7 +425,7 @@ def predict(
             predictor = Predictor(
                 model, select_device(compute.device, "--device"), compute.batch_size, compute.checkpoint,
                 compute.runtime, compute.cache_dir, margin, writing.threshold, volume_min_iou, policy.presence,
-                compute.numerics,
+                compute.numerics, policy.box_threshold,
             )  # fmt: skip
             log.info(
                 "encoder: %s %s; decoder: %s %s; %s", predictor.encoder_choice.runtime,
@@ -476,6 +477,7 @@ def _provenance(model: Model, predictor: Predictor, policy: Policy, threshold: f
         "numerics": {k: v for k, v in predictor.numerics.record().items() if k != "compile"},  # training's only
         "threshold": threshold,
         "reprompt_margin": policy.margin,
+        "reprompt_box_threshold": policy.box_threshold,
         "volume_min_iou": policy.volume_min_iou,
         "presence": None if policy.presence is None else policy.presence.describe(),
     }

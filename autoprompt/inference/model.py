@@ -28,7 +28,7 @@ from autoprompt.training import runs
 log = logging.getLogger(__name__)
 
 FORMAT = "autoprompt-model"
-VERSION = 2  # 2: the re-prompt margin; version 1 files (without it) still load
+VERSION = 3  # 2: the re-prompt margin; 3: its box threshold; files of versions 1 and 2 (without them) still load
 SHARED = (
     "task",
     "class",
@@ -49,7 +49,8 @@ class Model:
     side ``label_size`` (S), the backbone's name, its checkpoint's sha256 and configured path (None for packaged
     weights), the runtime and precision of the training embeddings' encoder, the preprocessing of the training
     images, and each run's config (params, inputs' hashes, fingerprint); the margin ``predict`` re-prompts with by
-    default (None: not re-prompted) and how it was chosen, and the box IoU under which it refits a volume's slices
+    default (None: not re-prompted), how it was chosen and the probability its boxes are taken above
+    (``reprompt_box_threshold``; None: the mask's threshold), and the box IoU under which it refits a volume's slices
     (``volume_min_iou``, ``autoprompt.inference.volume``; None: not refitted), and the rule that empties the slices
     judged absent (``presence``, ``autoprompt.inference.presence``; None: none): together its ``policy``."""
 
@@ -70,6 +71,7 @@ class Model:
     reprompt_how: str = ""
     volume_min_iou: float | None = Policy().volume_min_iou
     presence: Presence | None = None
+    reprompt_box_threshold: float | None = None
 
     def build_heads(self) -> list[PromptHead]:
         """The heads, built and loaded, in eval mode."""
@@ -104,7 +106,9 @@ class Model:
     @property
     def policy(self) -> Policy:
         """The post-processing the model applies by default (``autoprompt.inference.policy``)."""
-        return Policy(self.reprompt_margin, self.reprompt_how, self.volume_min_iou, self.presence)
+        return Policy(
+            self.reprompt_margin, self.reprompt_how, self.volume_min_iou, self.presence, self.reprompt_box_threshold
+        )
 
     def group(self) -> str | None:
         """``recipe/regime`` of the runs when they all share one (the key of evaluate's rows), else None."""
@@ -123,6 +127,7 @@ class Model:
             reprompt_how=policy.how,
             volume_min_iou=policy.volume_min_iou,
             presence=policy.presence,
+            reprompt_box_threshold=policy.box_threshold,
         )
 
 
@@ -177,7 +182,7 @@ def from_file(path: Path) -> Model:
         raise InputError(f"{path}: not a readable model file ({error.__class__.__name__}); export it again") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise InputError(f"{path}: not an exported autoprompt model; give a run folder or `autoprompt export` output")
-    if record.get("version") not in (1, VERSION):
+    if record.get("version") not in range(1, VERSION + 1):
         raise InputError(
             f"{path}: model format version {record.get('version')}, this autoprompt reads 1 to {VERSION}; export it "
             "again, or update autoprompt"
@@ -201,6 +206,7 @@ def from_file(path: Path) -> Model:
         reprompt_how=policy.how,
         volume_min_iou=policy.volume_min_iou,
         presence=policy.presence,
+        reprompt_box_threshold=policy.box_threshold,
     )
 
 

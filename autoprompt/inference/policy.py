@@ -1,12 +1,13 @@
 """The post-processing policy: what is done to the heads' masks after decoding, as one record.
 
-Three rules follow the heads, in this order: re-prompting with the masks' loosened boxes (``margin``,
-``autoprompt.inference.reprompt``), the boxes fitted across a volume's slices (``volume_min_iou``,
-``autoprompt.inference.volume``; it needs re-prompting) and presence, the slices judged not to hold the structure
-emptied (``presence``, ``autoprompt.inference.presence``). ``train`` writes the policy into the model file, ``evaluate``
-into the metrics JSON (its margins per recipe and regime), and ``predict`` reads it through ``resolve``, with one
-precedence for each of the three: an explicit option, then ``--reprompt-from``'s metrics JSON, then the model file,
-then the default.
+Three rules follow the heads, in this order: re-prompting with the masks' loosened boxes (``margin``, the boxes
+taken above ``box_threshold``, ``autoprompt.inference.reprompt``), the boxes fitted across a volume's slices
+(``volume_min_iou``, ``autoprompt.inference.volume``; it needs re-prompting) and presence, the slices judged not to
+hold the structure emptied (``presence``, ``autoprompt.inference.presence``). ``train`` writes the policy into the
+model file, ``evaluate`` into the metrics JSON (its margins per recipe and regime), and ``predict`` reads it through
+``resolve``, with one precedence for each of the three: an explicit option, then ``--reprompt-from``'s metrics JSON,
+then the model file, then the default. The box threshold goes with the margin, chosen with it: from where the
+margin comes, or the mask's threshold for a margin asked for.
 """
 
 from __future__ import annotations
@@ -28,19 +29,22 @@ DEFAULT_VOLUME_MIN_IOU = VolumeFit().min_iou  # a model file that records no vol
 
 @dataclass(frozen=True)
 class Policy:
-    """``margin``: the re-prompt margin (None: not re-prompted) and ``how`` it was chosen; ``volume_min_iou``: the
-    volume fit's box IoU (None: off); ``presence``: the presence rule (None: every mask kept)."""
+    """``margin``: the re-prompt margin (None: not re-prompted) and ``how`` it was chosen; ``box_threshold``: the
+    heads' probability above which the boxes are taken (None: the mask's threshold); ``volume_min_iou``: the volume
+    fit's box IoU (None: off); ``presence``: the presence rule (None: every mask kept)."""
 
     margin: float | None = None
     how: str = ""
     volume_min_iou: float | None = DEFAULT_VOLUME_MIN_IOU
     presence: Presence | None = None
+    box_threshold: float | None = None
 
     def record(self) -> dict:
         """The model file's ``reprompt`` block: plain types only."""
         return {
             "margin": self.margin,
             "how": self.how,
+            "box_threshold": self.box_threshold,
             "volume_min_iou": self.volume_min_iou,
             "presence": self.presence.as_dict() if self.presence is not None else None,
         }
@@ -48,7 +52,8 @@ class Policy:
     @classmethod
     def from_record(cls, record: dict | None) -> Policy:
         """A model file's ``reprompt`` block (absent in version 1 files); a file that records no volume fit fits at
-        the default IoU, one that records no presence rule keeps every mask, as ``predict`` did when it was written."""
+        the default IoU, one that records no presence rule keeps every mask, one with no box threshold takes the
+        mask's boxes, as ``predict`` did when it was written."""
         record = record or {}
         presence = record.get("presence")
         return cls(
@@ -56,10 +61,13 @@ class Policy:
             how=str(record.get("how", "")),
             volume_min_iou=record.get("volume_min_iou", DEFAULT_VOLUME_MIN_IOU),
             presence=Presence.from_dict(presence) if presence else None,
+            box_threshold=record.get("box_threshold"),
         )
 
     def describe(self) -> str:
         margin = f"re-prompted at margin {self.margin:g}" if self.margin is not None else "not re-prompted"
+        if self.margin is not None and self.box_threshold is not None:
+            margin += f" from the boxes of the heads' masks above {self.box_threshold:g}"
         fit = "volume fit off" if self.volume_min_iou is None else f"volume fit below box IoU {self.volume_min_iou:g}"
         if self.margin is None and self.volume_min_iou is not None:
             fit += " (inactive: it needs re-prompting)"
@@ -81,11 +89,13 @@ def presence_rule(settings: PresenceSettings | None) -> Presence | None:
     )
 
 
-def from_settings(settings: RepromptSettings, margin: float | None, how: str) -> Policy:
-    """The policy that ``train`` writes: the margin it chose (``how``), the ``reprompt`` section's volume fit and
-    presence rule."""
+def from_settings(
+    settings: RepromptSettings, margin: float | None, how: str, box_threshold: float | None = None
+) -> Policy:
+    """The policy that ``train`` writes: the margin it chose (``how``) and its box threshold (None: the mask's), the
+    ``reprompt`` section's volume fit and presence rule."""
     fit = settings.volume.min_iou if settings.volume is not None else None
-    return Policy(margin, how, fit, presence_rule(settings.presence))
+    return Policy(margin, how, fit, presence_rule(settings.presence), box_threshold)
 
 
 def metrics_record(settings: RepromptSettings, volumes: bool) -> dict:
@@ -100,8 +110,8 @@ def metrics_record(settings: RepromptSettings, volumes: bool) -> dict:
 
 
 def _recorded(metrics: Path, group: str | None) -> dict:
-    """The policy ``evaluate``'s metrics JSON records for ``group`` (``recipe/regime``): ``margin``, and where it
-    records them, ``volume_min_iou`` and ``presence``."""
+    """The policy ``evaluate``'s metrics JSON records for ``group`` (``recipe/regime``): ``margin`` with its
+    ``box_threshold``, and where it records them, ``volume_min_iou`` and ``presence``."""
     try:
         recorded = json.loads(Path(metrics).read_text())["reprompt"]
         groups = dict(recorded["groups"].items())
@@ -114,7 +124,7 @@ def _recorded(metrics: Path, group: str | None) -> dict:
         raise InputError(f"{metrics}: its margins are per recipe and regime; give a model of one (e.g. one folder)")
     if group not in groups:
         raise InputError(f"{metrics}: no margin recorded for {group}; evaluate the model's task with it first")
-    out = {"margin": groups[group]["margin"]}
+    out = {"margin": groups[group]["margin"], "box_threshold": groups[group].get("box_threshold")}
     if "volume" in recorded:
         out["volume_min_iou"] = (recorded["volume"] or {}).get("min_iou")
     if "presence" in recorded:
@@ -146,4 +156,8 @@ def resolve(
         else:
             chosen[key], sources[key] = getattr(model, key), "the model's"
     how = model.how if sources["margin"] == "the model's" else sources["margin"]
+    if sources["margin"] == "as asked":
+        chosen["box_threshold"] = None  # the model's was chosen with its own margin, not with this one
+    elif sources["margin"] != "the model's":
+        chosen["box_threshold"] = recorded["box_threshold"]
     return replace(model, how=how, **chosen), sources

@@ -91,7 +91,8 @@ class Predictor:
     """Everything one model needs to segment inputs on ``device``; ``batch_size`` slices per encoder call;
     ``runtime`` and ``cache_dir`` as in ``encoder_choice`` and ``runtimes.build_encoder``; ``reprompt_margin``: when
     set, the heads' mean probabilities are replaced by the decoder's answer to the boxes of their masks
-    (``> threshold``) loosened by that margin (``autoprompt.inference.reprompt``); ``volume_min_iou``: then, for a
+    (``> threshold``, or of their cores, ``> box_threshold``) loosened by that margin
+    (``autoprompt.inference.reprompt``); ``volume_min_iou``: then, for a
     volume, the boxes are fitted across its slices and the slices missing between found ones or off the sequence are
     prompted again (``autoprompt.inference.volume``; None: not; the volume's end slices are left alone, since slices
     beyond a structure are rightly empty); ``presence``: last, the slices (or the 2D image) judged not to hold the
@@ -110,13 +111,14 @@ class Predictor:
         volume_min_iou: float | None = None,
         presence: Presence | None = None,
         numerics: Numerics = EXACT_NUMERICS,
+        box_threshold: float | None = None,
     ) -> None:
         if reprompt_margin is not None and reprompt_margin < 0:
             raise InputError(f"reprompt margin is {reprompt_margin}; give a fraction >= 0 of the box's side")
         if volume_min_iou is not None and not 0 <= volume_min_iou <= 1:
             raise InputError(f"volume min IoU is {volume_min_iou}; give a box IoU in [0, 1]")
         self.reprompt_margin, self.threshold, self.volume_min_iou = reprompt_margin, threshold, volume_min_iou
-        self.presence = presence
+        self.presence, self.box_threshold = presence, box_threshold
         path = checked_checkpoint(model, checkpoint)
         state = backbones.load_state_dict(path)
         self.model, self.device, self.batch_size = model, device, batch_size
@@ -182,7 +184,7 @@ class Predictor:
         if self.reprompt_margin is not None:
             probs = reprompt(
                 self.decoder, embeddings, probs, self.reprompt_margin, self.threshold, self.batch_size, self.device,
-                iou=iou,
+                iou=iou, box_threshold=self.box_threshold,
             )  # fmt: skip
         refitted = Counter()
         if self.reprompt_margin is not None and self.volume_min_iou is not None and len(probs) > 1:

@@ -5,16 +5,22 @@ little larger than the structure than with the tight one (docs/results.md). ``ma
 mask's largest connected component and moves each side out by ``margin`` times the box's width or height;
 ``reprompt`` decodes those boxes. Images whose mask is empty keep the head's probabilities.
 
-``choose_margin`` picks the margin from boxes alone (``group_margins``: for each recipe's ensemble): on images with a
-tight box (the validation split), the margin whose re-prompted masks' boxes overlap those tight boxes best, or none (no
-re-prompting) when the head's own masks do better. On real HC18 images this criterion ranks margins as Dice does; on the
-demo's phantoms it turns re-prompting off for the CAMUS atrium, whose masks a loosened box makes worse
-(docs/results.md).
+The box is taken from the pixels whose probability is above a ``box_threshold``, the mask's threshold by default. A
+higher one takes the box of the heads' confident core: where the heads spill over from the structure onto a
+neighbour that looks alike (the amniotic fluid around a small fetal head), the core's box is the structure's, and the
+decoder, prompted with it, keeps to the structure. Where no pixel is above it, the mask's box is used.
+
+``choose_margin`` picks the margin, and with several box thresholds the pair, from boxes alone (``group_margins``:
+for each recipe's ensemble): on images with a tight box (the validation split, or a user's training boxes), the one
+whose re-prompted masks' boxes overlap those tight boxes best, or none (no re-prompting) when the head's own masks do
+better. On real HC18 images this criterion ranks margins as Dice does; on the demo's phantoms it turns re-prompting
+off for the CAMUS atrium, whose masks a loosened box makes worse (docs/results.md).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -48,6 +54,18 @@ def mask_boxes(masks: Tensor, margin: float) -> tuple[Tensor, Tensor]:
     return loosen(boxes, margin, masks.shape[-1]) * found[:, None], found
 
 
+def prompt_boxes(
+    probs: Tensor, margin: float, threshold: float, box_threshold: float | None = None
+) -> tuple[Tensor, Tensor]:
+    """``mask_boxes`` of the masks (``probs > threshold``), or of their cores (``probs > box_threshold``) where a
+    core is found: the boxes ``reprompt`` prompts with (N x 4), and which masks have any (N bool)."""
+    boxes, found = mask_boxes(probs > threshold, margin)
+    if box_threshold is not None and box_threshold != threshold:
+        cores, in_core = mask_boxes(probs > box_threshold, margin)
+        boxes[in_core] = cores[in_core]
+    return boxes, found
+
+
 @torch.no_grad()
 def reprompt(
     decoder: PromptDecoder,
@@ -58,12 +76,14 @@ def reprompt(
     batch_size: int,
     device: torch.device,
     iou: Tensor | None = None,
+    box_threshold: float | None = None,
 ) -> Tensor:
     """N x 256 x 64 x 64 embeddings and the head's N x S x S probabilities -> N x S x S probabilities of the decoder
-    prompted with the loosened boxes of the masks (``probs > threshold``); an empty mask keeps its probabilities.
-    ``iou`` (N, the decoder's predicted IoU of each mask given): updated in place for the masks decoded again."""
+    prompted with the loosened boxes of the masks (``probs > threshold``), or of their cores (``probs >
+    box_threshold``) where a core is found; an empty mask keeps its probabilities. ``iou`` (N, the decoder's predicted
+    IoU of each mask given): updated in place for the masks decoded again."""
     assert len(embeddings) == len(probs), f"{len(embeddings)} embeddings for {len(probs)} probability maps"
-    boxes, found = mask_boxes(probs > threshold, margin)
+    boxes, found = prompt_boxes(probs, margin, threshold, box_threshold)
     out = probs.clone()
     if found.any():
         index = torch.nonzero(found).flatten()
@@ -82,6 +102,17 @@ def box_agreement(probs: Tensor, boxes: Tensor, threshold: float) -> Tensor:
     return inclusive_box_iou(found_boxes, boxes.float()).diagonal() * found
 
 
+@dataclass(frozen=True)
+class MarginChoice:
+    """What ``choose_margin`` picked: the ``margin`` (None: no re-prompting), the ``box_threshold`` its boxes are
+    taken at, and each choice's mean box IoU (``scores``: key ``off``, the margin, or ``margin@box_threshold`` where
+    there were several box thresholds)."""
+
+    margin: float | None
+    box_threshold: float
+    scores: dict[str, float]
+
+
 def choose_margin(
     decoder: PromptDecoder,
     embeddings: Tensor,
@@ -91,17 +122,29 @@ def choose_margin(
     threshold: float,
     batch_size: int,
     device: torch.device,
-) -> tuple[float | None, dict[str, float]]:
-    """The margin of ``candidates`` (or None: no re-prompting) whose masks' boxes agree best with the tight boxes of
-    N images (N x 4), from the head's N x S x S probabilities on them; and each choice's mean box IoU (key ``off``
-    or the margin). Ties keep the earlier choice, ``off`` first."""
+    box_thresholds: list[float] | None = None,
+) -> MarginChoice:
+    """The margin of ``candidates`` (or None: no re-prompting), and the box threshold of ``box_thresholds`` (default:
+    the mask's ``threshold`` alone), whose masks' boxes agree best with the tight boxes of N images (N x 4), from the
+    head's N x S x S probabilities on them. Ties keep the earlier choice: ``off`` first, then each box threshold in
+    order, each with every margin."""
     assert len(boxes) == len(probs) > 0, f"{len(boxes)} tight boxes for {len(probs)} probability maps"
-    scores = {"off": float(box_agreement(probs, boxes, threshold).mean())}
-    for margin in candidates:
-        refined = reprompt(decoder, embeddings, probs, margin, threshold, batch_size, device)
-        scores[str(margin)] = float(box_agreement(refined, boxes, threshold).mean())
+    cores = list(box_thresholds) if box_thresholds else [threshold]
+    scores, pairs = {"off": float(box_agreement(probs, boxes, threshold).mean())}, {"off": (None, threshold)}
+    seen: dict[bytes, float] = {}  # a core whose boxes an earlier one gave: the same answers, not decoded again
+    for core in cores:
+        same = seen.setdefault(prompt_boxes(probs, 0.0, threshold, core)[0].numpy().tobytes(), core)
+        for margin in candidates:
+            key = str(margin) if len(cores) == 1 else f"{margin}@{core}"
+            if same != core:
+                scores[key] = scores[f"{margin}@{same}"]
+            else:
+                again = reprompt(decoder, embeddings, probs, margin, threshold, batch_size, device, box_threshold=core)
+                scores[key] = float(box_agreement(again, boxes, threshold).mean())
+            pairs[key] = (float(margin), core)
     best = max(scores, key=scores.__getitem__)  # the first of equals: dicts keep their order
-    return (None if best == "off" else float(best)), {k: round(v, 4) for k, v in scores.items()}
+    margin, core = pairs[best]
+    return MarginChoice(margin, core, {k: round(v, 4) for k, v in scores.items()})
 
 
 def group_margins(
@@ -117,10 +160,13 @@ def group_margins(
 ) -> dict[str, dict]:
     """Each head group's margin (``recipe/regime``): the configured one, or with ``auto`` the one ``choose_margin``
     picks on the N validation images (N x 256 x 64 x 64 ``embeddings``, N x 4 tight ``boxes``, each group's N x S x S
-    ensemble probabilities), with the mean box IoU of each choice (``choices``: None is no re-prompting). ``auto``
-    without validation images (``embeddings`` None): the fallback for every group."""
+    ensemble probabilities), with the mean box IoU of each choice (``choices``: None is no re-prompting; a margin, or
+    ``[margin, box threshold]`` where several box thresholds were tried). ``box_threshold`` is there only where it is
+    not the mask's ``threshold``. ``auto`` without validation images (``embeddings`` None): the fallback for every
+    group, at the mask's threshold."""
+    cores = settings.thresholds(threshold)
     if not settings.auto:
-        return {group: {"margin": settings.margin} for group in head_groups}
+        return {group: with_box_threshold({"margin": settings.margin}, cores[0], threshold) for group in head_groups}
     if embeddings is None:
         log.warning(
             "no validation images to choose the re-prompt margin on: reprompt.fallback (%s) it is", settings.fallback
@@ -128,13 +174,18 @@ def group_margins(
         return {group: {"margin": settings.fallback, "validation_images": 0} for group in head_groups}
     out = {}
     for group in head_groups:
-        chosen, scores = choose_margin(
-            decoder, embeddings, boxes, ensembles[group], list(settings.candidates), threshold, batch, device
+        chosen = choose_margin(
+            decoder, embeddings, boxes, ensembles[group], list(settings.candidates), threshold, batch, device, cores
         )
-        out[group] = {
-            "margin": chosen,
-            "choices": [None, *settings.candidates],
-            "validation_box_iou": list(scores.values()),
+        pairs = settings.candidates if len(cores) == 1 else [[m, c] for c in cores for m in settings.candidates]
+        out[group] = with_box_threshold({"margin": chosen.margin}, chosen.box_threshold, threshold) | {
+            "choices": [None, *pairs],
+            "validation_box_iou": list(chosen.scores.values()),
             "validation_images": len(boxes),
         }
     return out
+
+
+def with_box_threshold(record: dict, box_threshold: float, threshold: float) -> dict:
+    """``record`` with its ``box_threshold`` where that is not the mask's ``threshold`` (a reader's default)."""
+    return record if box_threshold == threshold else record | {"box_threshold": box_threshold}

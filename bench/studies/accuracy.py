@@ -110,8 +110,8 @@ def reprompt_study(outcomes: list[dict], task: Task, decoder: PromptDecoder) -> 
             )
         out[split] = {"head": common.dice_percent(runs[-1], masks), "by_margin": grid}
         if split == "val":  # as reprompt.margin: auto chooses, from the validation boxes alone
-            chosen, scores = choose_margin(decoder, embeddings, boxes, runs[-1], list(MARGINS), THRESHOLD, 8, CPU)
-            out["chosen_on_validation_boxes"] = {"margin": chosen, "box_iou": scores}
+            chosen = choose_margin(decoder, embeddings, boxes, runs[-1], list(MARGINS), THRESHOLD, 8, CPU)
+            out["chosen_on_validation_boxes"] = {"margin": chosen.margin, "box_iou": chosen.scores}
     out["chosen_on_validation"] = max(MARGINS, key=lambda m: out["val"]["by_margin"][str(m)]["ensemble"])
     return out
 

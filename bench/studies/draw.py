@@ -103,9 +103,9 @@ def run_draw(args: argparse.Namespace, params: dict, draw: str, recipe: str) -> 
     ensemble = torch.stack([o["probs"]["last"].float() for o in outcomes]).mean(0)
     val_ensemble = torch.stack([o["val_probs"]["last"].float() for o in outcomes]).mean(0)
     candidates = list(settings_from({"reprompt": params["reprompt"]}, str(args.params)).reprompt.candidates)
-    margin, _ = choose_margin(
+    margin = choose_margin(
         decoder, task.load_embeddings(val), task.boxes(val), val_ensemble, candidates, THRESHOLD, 8, CPU
-    )
+    ).margin
     again = ensemble if margin is None else reprompt(decoder, embeddings, ensemble, margin, THRESHOLD, 8, CPU)
     result = {
         "runs": runs,
