@@ -117,7 +117,7 @@ def score(models: dict[str, Path], data: Path, names: list[str], boxes: dict) ->
         policy, _ = resolve(model.policy, model.group())  # as predict applies it
         predictor = Predictor(
             model, cpu, 8, cache_dir=cache, reprompt_margin=policy.margin, volume_min_iou=policy.volume_min_iou,
-            presence=policy.presence, numerics=chosen,
+            presence=policy.presence, numerics=chosen, box_threshold=policy.box_threshold,
         )  # fmt: skip
         for stack, framed, embeddings, reference in inputs:
             grid = to_input_grid(predictor.decode(embeddings), framed, stack)

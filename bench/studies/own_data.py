@@ -9,8 +9,9 @@ left empty (``--fresh``, which also empties torch.compile's kernel cache: a firs
 ``train`` and ``predict`` run on their default, fast CPU numerics, or with ``--exact`` on the pipeline's path
 (``autoprompt.device.Numerics``); ``own_data.json`` and ``own_data_exact.json`` hold one each.
 
-Beside the model's own margin, on the same images and the same encoded slices: the heads' masks not re-prompted,
-re-prompted at ``reprompt.fallback`` (0.1), and the backbone prompted with each image's tight box (the box of its
+Beside the model's own margin (and box threshold), on the same images and the same encoded slices: the heads' masks
+not re-prompted, re-prompted from the masks' boxes at ``reprompt.fallback`` (0.1), and the backbone prompted with each
+image's tight box (the box of its
 mask in the prepared frame): what the margin chosen from boxes alone is worth against the fixed fallback.
 
     python -m bench.studies.own_data [--hc18 ../shared/data/hc18-sample] [--fresh]
@@ -61,6 +62,7 @@ def variants(model_path: Path, data: Path, names: list[str], fallback: float) ->
     device = torch.device("cpu")
     predictor = Predictor(model, device, batch_size=8, cache_dir=common.BENCH / ".work" / "runtimes")
     size, margins = model.label_size, {"model_margin": model.reprompt_margin, "fallback": fallback}
+    cores = {"model_margin": model.reprompt_box_threshold, "fallback": None}  # a margin set: the masks' own boxes
     scores: dict[str, list[float]] = {"not_reprompted": [], "model_margin": [], "fallback": [], "tight_box": []}
     for name in names:
         image = read_image(data / "images" / name)
@@ -78,7 +80,11 @@ def variants(model_path: Path, data: Path, names: list[str], fallback: float) ->
         }
         for key, margin in margins.items():
             again = margin is not None
-            frames[key] = reprompt(predictor.decoder, embeddings, heads, margin, 0.5, 8, device) if again else heads
+            frames[key] = (
+                reprompt(predictor.decoder, embeddings, heads, margin, 0.5, 8, device, box_threshold=cores[key])
+                if again
+                else heads
+            )
         for key, frame in frames.items():
             grid = to_input_grid(frame.numpy().astype(np.float32), framed, stack)
             scores[key].append(100.0 * mask_dice(grid > 0.5, reference))
@@ -182,6 +188,7 @@ def main() -> None:
             "model": {
                 "runs": len(trained.heads),
                 "margin": trained.reprompt_margin,
+                "box_threshold": trained.reprompt_box_threshold,
                 "how": trained.reprompt_how,
                 "self_training": trained.configs[0].get("self_training"),
             },

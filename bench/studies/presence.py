@@ -97,10 +97,13 @@ def segment_volumes(clone: Path, recipe: str) -> list[dict]:
     """Each test volume segmented whole by the recipe's few-shot ensemble as ``predict`` does (re-prompted with the
     margin evaluate chose, volumes fitted, no presence rule): its masks, reference, spacing and evidence."""
     metrics = json.loads((clone / DEMO / "metrics" / f"{TASK}.json").read_text())
-    margin = metrics["reprompt"]["groups"][f"{recipe}/fewshot"]["margin"]
+    group = metrics["reprompt"]["groups"][f"{recipe}/fewshot"]
     fit = (metrics["reprompt"].get("volume") or {}).get("min_iou")
     model = load_model(clone / DEMO / "models" / TASK / recipe / "fewshot")
-    predictor = Predictor(model, torch.device("cpu"), reprompt_margin=margin, volume_min_iou=fit)
+    predictor = Predictor(
+        model, torch.device("cpu"), reprompt_margin=group["margin"], volume_min_iou=fit,
+        box_threshold=group.get("box_threshold"),
+    )  # fmt: skip
     out = []
     for folder in sorted((clone / DEMO / "data" / "raw" / "acdc" / "testing").iterdir()):
         image = sitk.ReadImage(str(folder / f"{folder.name}_frame01.nii.gz"))
@@ -110,7 +113,7 @@ def segment_volumes(clone: Path, recipe: str) -> list[dict]:
         assert masks.shape == truth.shape, f"{folder.name}: {masks.shape} != {truth.shape}"
         spacing = image.GetSpacing()[::-1]  # (slice, row, column)
         out.append({"volume": folder.name, "masks": masks, "truth": truth, "spacing": spacing,
-                    "evidence": segmentation.evidence, "margin": margin, "fit": fit})  # fmt: skip
+                    "evidence": segmentation.evidence, "margin": group["margin"], "fit": fit})  # fmt: skip
     return out
 
 
