@@ -441,12 +441,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reprompting = predict.add_mutually_exclusive_group()
     reprompting.add_argument(
-        "--no-reprompt", action="store_true", help="keep the heads' masks (default: re-prompt with the model's margin)"
+        "--no-reprompt",
+        action="store_true",
+        help="keep the heads' masks (default: re-prompt with the model's margin and box threshold)",
     )
     reprompting.add_argument(
         "--reprompt-margin",
         type=fraction,
-        help="prompt the decoder again with each mask's box, each side moved out by this fraction of the box",
+        help="prompt the decoder again with each mask's own box (not the model's box threshold), each side moved out "
+        "by this fraction of the box",
     )
     reprompting.add_argument(
         "--reprompt-from",

@@ -211,9 +211,9 @@ def choose_on_training_boxes(
     says ``auto`` on the training images' own boxes (see the module's docstring); and how, in words."""
     reprompt = settings.reprompt
     threshold = settings.evaluate.threshold
-    cores = reprompt.thresholds(threshold)
+    box_thresholds = reprompt.thresholds(threshold)
     if not reprompt.auto:
-        return reprompt.margin, _unless_mask(cores[0], threshold), "reprompt.margin as set"
+        return reprompt.margin, _unless_mask(box_thresholds[0], threshold), "reprompt.margin as set"
     spec = settings.task(DATASET)
     task = load_task(DATASET, spec, task_files, settings.prepare.min_foreground, settings.encode.backbone)
     rows = task.rows("train")
@@ -222,7 +222,9 @@ def choose_on_training_boxes(
     embeddings, boxes, batch = task.load_embeddings(rows), task.boxes(rows), settings.train.predict_batch_size
     heads = model.build_heads()
     mean = sum(decode(decoder, embeddings, task.label_size, batch, device, head=h) for h in heads) / len(heads)
-    chosen = choose_margin(decoder, embeddings, boxes, mean, list(reprompt.candidates), threshold, batch, device, cores)
+    chosen = choose_margin(
+        decoder, embeddings, boxes, mean, list(reprompt.candidates), threshold, batch, device, box_thresholds
+    )
     log.info("re-prompt margin %s, boxes above %g: mean box IoU on the training boxes by choice %s", chosen.margin,
              chosen.box_threshold, chosen.scores)  # fmt: skip
     return chosen.margin, _unless_mask(chosen.box_threshold, threshold), f"auto, on the {len(rows)} training boxes"
@@ -343,12 +345,12 @@ def _train_held(
 
     start = time.perf_counter()
     model = from_runs(run_folders(work / "models"))
-    margin, core, how = choose_on_training_boxes(model, settings, files)
+    margin, box_threshold, how = choose_on_training_boxes(model, settings, files)
     seconds["margin"] = time.perf_counter() - start
     harvested = None
     if settings.train.self_training.enabled:
         start = time.perf_counter()
-        first = model.with_policy(policy.from_settings(settings.reprompt, margin, how, core))
+        first = model.with_policy(policy.from_settings(settings.reprompt, margin, how, box_threshold))
         extra, harvested = pseudo_boxed(data, work, settings, section, first, table, numerics)
         seconds["pseudo-boxes"] = time.perf_counter() - start
         if extra is None:
@@ -360,10 +362,10 @@ def _train_held(
                 views if settings.augment.count else None, numerics, extra,
             )  # fmt: skip
             model = from_runs(run_folders(work / SECOND_ROUND))
-            margin, core, how = choose_on_training_boxes(model, settings, files)
+            margin, box_threshold, how = choose_on_training_boxes(model, settings, files)
             seconds["second round"] = time.perf_counter() - start
-    export_model(model.with_policy(policy.from_settings(settings.reprompt, margin, how, core)), out)
-    return Summary(out, len(train_ids), len(jobs), trained, margin, how, seconds, harvested, core)
+    export_model(model.with_policy(policy.from_settings(settings.reprompt, margin, how, box_threshold)), out)
+    return Summary(out, len(train_ids), len(jobs), trained, margin, how, seconds, harvested, box_threshold)
 
 
 def pseudo_boxed(

@@ -723,6 +723,17 @@ class RepromptSettings(Section):
     box_thresholds: tuple[Annotated[float, BeforeValidator(_number), Field(gt=0, lt=1)], ...] = Field(
         (0.5, 0.7, 0.8, 0.9, 0.95), min_length=1
     )
+
+    @model_validator(mode="after")
+    def _distinct_box_thresholds(self) -> RepromptSettings:
+        if len(set(self.box_thresholds)) != len(self.box_thresholds):
+            raise PydanticCustomError(
+                "box_thresholds",
+                "box_thresholds {value} repeats a value; give each once",
+                {"value": self.box_thresholds},
+            )
+        return self
+
     volume: VolumeFit | None = VolumeFit()
     presence: PresenceSettings | None = PresenceSettings()
 

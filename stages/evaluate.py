@@ -276,13 +276,13 @@ def post_process(
     out, ious = Policed(margins), {}
     for group in head_groups:  # each ensemble (or its one run), re-prompted with its masks' loosened boxes
         ious[group] = found.iou_sums[group] / found.counts[group]
-        m, core = margins[group]["margin"], margins[group].get("box_threshold", threshold)
+        m, box_threshold = margins[group]["margin"], margins[group].get("box_threshold", threshold)
         if m is None:
             out.rows[f"{group}_{REPROMPTED}"] = means[group]
         else:
             out.rows[f"{group}_{REPROMPTED}"] = reprompt(
                 decoder, scope.embeddings, means[group], m, threshold, batch, device, iou=ious[group],
-                box_threshold=core,
+                box_threshold=box_threshold,
             )  # fmt: skip
     fit = reprompting.volume if task.volumes else None
     rule = presence_rule(reprompting.presence)
@@ -320,8 +320,9 @@ def post_process(
             log.info("%s: %s slices judged absent, emptied: %s", task.name, group, out.emptied[group])
     for group, choice in margins.items():
         margin = choice["margin"] if choice["margin"] is not None else "none (off)"
-        core = f", boxes above {choice['box_threshold']:g}" if "box_threshold" in choice else ""
-        log.info("%s: %s re-prompted with margin %s%s", task.name, group, margin, core)
+        taken = "box_threshold" in choice and choice["margin"] is not None
+        above = f", boxes of the masks above {choice['box_threshold']:g}" if taken else ""
+        log.info("%s: %s re-prompted with margin %s%s", task.name, group, margin, above)
     return out
 
 

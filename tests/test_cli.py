@@ -113,8 +113,11 @@ def test_predict_uses_the_models_margin_and_reports_worst_first(trained: Path, c
         autoprompt("predict", "-m", trained / "model.pt", "-i", trained / "data/images", "-o", out, "--report",
                    "--boxes", trained / "data/boxes.csv", "--device", "cpu", "--threads", 2)  # fmt: skip
     model = load_model(trained / "model.pt")
+    provenance = json.loads((out / "predict.json").read_text())
+    assert provenance["reprompt_margin"] == model.reprompt_margin, "the model's margin, as train chose it"
+    assert provenance["reprompt_box_threshold"] == model.reprompt_box_threshold, "and the box threshold chosen with it"
     if model.reprompt_margin is not None:
-        assert f"re-prompting with the model's margin {model.reprompt_margin:g}" in caplog.text
+        assert f"re-prompting with margin {model.reprompt_margin:g}" in caplog.text
     for i in range(6):
         assert sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"img{i}.png"))).shape == PICTURE
     volume = sitk.ReadImage(str(out / "scan.nii.gz"))
@@ -236,7 +239,10 @@ def test_evaluate_scores_on_each_files_grid_as_the_frame_does(tmp_path: Path, tr
     assert table["image"].tolist() == ["img3.png", "img4.png"], "img0 has a box: it trained"
     summary = json.loads((out / "evaluation.json").read_text())
     assert summary["images"] == 2 and summary["dice"]["mean"] == pytest.approx(table["dice"].mean(), abs=1e-3)
-    predictor = Predictor(model, torch.device("cpu"), cache_dir=RUNTIME_CACHE, reprompt_margin=model.reprompt_margin)
+    predictor = Predictor(
+        model, torch.device("cpu"), cache_dir=RUNTIME_CACHE, reprompt_margin=model.reprompt_margin,
+        box_threshold=model.reprompt_box_threshold,
+    )  # fmt: skip
     for name, dice in zip(table["image"], table["dice"], strict=True):
         segmentation = predictor.segment(sitk.ReadImage(str(root / "images" / name)))
         reference = cv2.imread(str(root / "masks" / name), cv2.IMREAD_GRAYSCALE) > 0

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from autoprompt.inference.reprompt import box_agreement, choose_margin, loosen, mask_boxes, reprompt
+from autoprompt.inference.reprompt import box_agreement, choose_margin, group_margins, loosen, mask_boxes, reprompt
 from autoprompt.model import backbones
 from autoprompt.model.decoding import decode
+from autoprompt.settings import RepromptSettings
 
 CPU = torch.device("cpu")
 
@@ -128,6 +129,9 @@ def test_choose_margin_picks_the_box_threshold_whose_boxes_match_the_tight_ones(
 
 
 def test_a_box_threshold_that_gives_the_same_boxes_is_not_decoded_again_and_loses_the_tie():
+    """Where every box threshold boxes the same pixels, the answers are the same: the later thresholds reuse the
+    first's scores, and the tie keeps the first, the mask's own boxes."""
+
     class Counting(BoxPainter):
         calls = 0
 
@@ -142,3 +146,20 @@ def test_a_box_threshold_that_gives_the_same_boxes_is_not_decoded_again_and_lose
     chosen = choose_margin(Counting(), embeddings, tight, probs, [0.0, 0.1], 0.5, 2, CPU, [0.5, 0.9])
     assert Counting.calls == 2, "one batch of two images per margin, for the first box threshold only"
     assert chosen.scores["0.1@0.9"] == chosen.scores["0.1@0.5"] == 1.0 and chosen.box_threshold == 0.5
+
+
+def test_group_margins_keeps_a_set_box_threshold_and_records_only_a_core():
+    """A margin and box threshold set are recorded as set; with ``auto`` and no validation images, the fallback keeps a
+    box threshold set, but has none to choose one on: the masks' own boxes, which the record leaves out."""
+    set_both = RepromptSettings(margin=0.1, box_threshold=0.8)
+    assert group_margins(set_both, None, ["a/fewshot"], None, None, {}, 0.5, 2, CPU) == {
+        "a/fewshot": {"margin": 0.1, "box_threshold": 0.8}
+    }
+    fallback = group_margins(RepromptSettings(box_threshold=0.9), None, ["a/fewshot"], None, None, {}, 0.5, 2, CPU)
+    assert fallback == {"a/fewshot": {"margin": 0.1, "validation_images": 0, "box_threshold": 0.9}}
+    nothing_to_choose_on = group_margins(RepromptSettings(), None, ["a/fewshot"], None, None, {}, 0.5, 2, CPU)
+    assert nothing_to_choose_on == {"a/fewshot": {"margin": 0.1, "validation_images": 0}}
+    masks = group_margins(
+        RepromptSettings(margin=0.1, box_threshold=0.5), None, ["a/fewshot"], None, None, {}, 0.5, 2, CPU
+    )
+    assert masks == {"a/fewshot": {"margin": 0.1}}, "the mask's threshold is the reader's default: not recorded"

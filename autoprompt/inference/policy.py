@@ -144,7 +144,8 @@ def resolve(
 ) -> tuple[Policy, dict[str, str]]:
     """The policy ``predict`` applies, and where each of its three settings came from. For each: the value asked for
     (anything but ``FROM_MODEL``; None turns it off), else what ``reprompt_from`` (evaluate's metrics JSON, for the
-    model's ``group``) records, else the ``model``'s own."""
+    model's ``group``) records, else the ``model``'s own. The box threshold follows the margin's source: a margin
+    asked for takes the masks' own boxes (None)."""
     recorded = _recorded(Path(reprompt_from), group) if reprompt_from is not None else {}
     chosen, sources = {}, {}
     asked = {"margin": margin, "volume_min_iou": volume_min_iou, "presence": presence}

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from autoprompt.geometry import inclusive_box_iou, largest_component_box
 from autoprompt.model.decoding import PromptDecoder, decode_scored
-from autoprompt.settings import RepromptSettings
+from autoprompt.settings import AUTO, RepromptSettings
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,8 @@ def prompt_boxes(
     core is found: the boxes ``reprompt`` prompts with (N x 4), and which masks have any (N bool)."""
     boxes, found = mask_boxes(probs > threshold, margin)
     if box_threshold is not None and box_threshold != threshold:
-        cores, in_core = mask_boxes(probs > box_threshold, margin)
-        boxes[in_core] = cores[in_core]
+        core_boxes, in_core = mask_boxes(probs > box_threshold, margin)
+        boxes[in_core] = core_boxes[in_core]
     return boxes, found
 
 
@@ -129,22 +129,22 @@ def choose_margin(
     head's N x S x S probabilities on them. Ties keep the earlier choice: ``off`` first, then each box threshold in
     order, each with every margin."""
     assert len(boxes) == len(probs) > 0, f"{len(boxes)} tight boxes for {len(probs)} probability maps"
-    cores = list(box_thresholds) if box_thresholds else [threshold]
+    tried = list(box_thresholds) if box_thresholds else [threshold]
     scores, pairs = {"off": float(box_agreement(probs, boxes, threshold).mean())}, {"off": (None, threshold)}
-    seen: dict[bytes, float] = {}  # a core whose boxes an earlier one gave: the same answers, not decoded again
-    for core in cores:
-        same = seen.setdefault(prompt_boxes(probs, 0.0, threshold, core)[0].numpy().tobytes(), core)
+    seen: dict[bytes, float] = {}  # a threshold whose boxes an earlier one gave: the same answers, not decoded again
+    for taken in tried:
+        same = seen.setdefault(prompt_boxes(probs, 0.0, threshold, taken)[0].numpy().tobytes(), taken)
         for margin in candidates:
-            key = str(margin) if len(cores) == 1 else f"{margin}@{core}"
-            if same != core:
+            key = str(margin) if len(tried) == 1 else f"{margin}@{taken}"
+            if same != taken:
                 scores[key] = scores[f"{margin}@{same}"]
             else:
-                again = reprompt(decoder, embeddings, probs, margin, threshold, batch_size, device, box_threshold=core)
+                again = reprompt(decoder, embeddings, probs, margin, threshold, batch_size, device, box_threshold=taken)
                 scores[key] = float(box_agreement(again, boxes, threshold).mean())
-            pairs[key] = (float(margin), core)
+            pairs[key] = (float(margin), taken)
     best = max(scores, key=scores.__getitem__)  # the first of equals: dicts keep their order
-    margin, core = pairs[best]
-    return MarginChoice(margin, core, {k: round(v, 4) for k, v in scores.items()})
+    margin, taken = pairs[best]
+    return MarginChoice(margin, taken, {k: round(v, 4) for k, v in scores.items()})
 
 
 def group_margins(
@@ -163,21 +163,33 @@ def group_margins(
     ensemble probabilities), with the mean box IoU of each choice (``choices``: None is no re-prompting; a margin, or
     ``[margin, box threshold]`` where several box thresholds were tried). ``box_threshold`` is there only where it is
     not the mask's ``threshold``. ``auto`` without validation images (``embeddings`` None): the fallback for every
-    group, at the mask's threshold."""
-    cores = settings.thresholds(threshold)
+    group, at the box threshold set (or the mask's threshold, there being nothing to choose one on)."""
+    box_thresholds = settings.thresholds(threshold)
     if not settings.auto:
-        return {group: with_box_threshold({"margin": settings.margin}, cores[0], threshold) for group in head_groups}
+        return {
+            group: with_box_threshold({"margin": settings.margin}, box_thresholds[0], threshold)
+            for group in head_groups
+        }
     if embeddings is None:
         log.warning(
             "no validation images to choose the re-prompt margin on: reprompt.fallback (%s) it is", settings.fallback
         )
-        return {group: {"margin": settings.fallback, "validation_images": 0} for group in head_groups}
+        fixed = box_thresholds[0] if settings.box_threshold != AUTO else threshold
+        return {
+            group: with_box_threshold({"margin": settings.fallback, "validation_images": 0}, fixed, threshold)
+            for group in head_groups
+        }
     out = {}
     for group in head_groups:
         chosen = choose_margin(
-            decoder, embeddings, boxes, ensembles[group], list(settings.candidates), threshold, batch, device, cores
+            decoder, embeddings, boxes, ensembles[group], list(settings.candidates), threshold, batch, device,
+            box_thresholds,
+        )  # fmt: skip
+        pairs = (
+            settings.candidates
+            if len(box_thresholds) == 1
+            else [[m, b] for b in box_thresholds for m in settings.candidates]
         )
-        pairs = settings.candidates if len(cores) == 1 else [[m, c] for c in cores for m in settings.candidates]
         out[group] = with_box_threshold({"margin": chosen.margin}, chosen.box_threshold, threshold) | {
             "choices": [None, *pairs],
             "validation_box_iou": list(chosen.scores.values()),
