@@ -375,10 +375,6 @@ def test_auto_margin_is_chosen_on_the_validation_boxes_and_recorded(pipeline, tm
     expected = 100 * float(dice(refined > 0.5, masks).mean())
     assert result["dice"]["followup"]["fewshot_reprompted"]["mean"] == pytest.approx(expected, abs=1e-3)
 
-    one = json.loads(evaluate_with(pipeline, tmp_path, {**section, "box_threshold": 0.5}).read_text())
-    recorded = one["reprompt"]["groups"]["followup/fewshot"]
-    assert recorded["choices"] == [None, *candidates] and "box_threshold" not in recorded, "one box threshold, set"
-
 
 def test_views_are_encoded_for_every_image_a_few_shot_run_trains_on(pipeline):
     store = zarr.open_group(pipeline / VIEWS, mode="r")
