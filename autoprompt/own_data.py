@@ -225,8 +225,14 @@ def choose_on_training_boxes(
     chosen = choose_margin(
         decoder, embeddings, boxes, mean, list(reprompt.candidates), threshold, batch, device, box_thresholds
     )
-    log.info("re-prompt margin %s, boxes above %g: mean box IoU on the training boxes by choice %s", chosen.margin,
-             chosen.box_threshold, chosen.scores)  # fmt: skip
+    if chosen.margin is None:
+        log.info("re-prompting off: the heads' own masks match the training boxes best (mean box IoU %.4f)",
+                 chosen.scores["off"])  # fmt: skip
+    else:
+        best, off = max(chosen.scores.values()), chosen.scores["off"]
+        log.info("re-prompt margin %g, boxes above %g: mean box IoU %.4f with the training boxes (not re-prompted: "
+                 "%.4f)", chosen.margin, chosen.box_threshold, best, off)  # fmt: skip
+    log.debug("mean box IoU by choice: %s", chosen.scores)
     return chosen.margin, _unless_mask(chosen.box_threshold, threshold), f"auto, on the {len(rows)} training boxes"
 
 
