@@ -53,7 +53,7 @@ from autoprompt.inference.model import Model, export_model, from_runs, run_folde
 from autoprompt.inference.predictor import Predictor
 from autoprompt.inference.presence import Presence
 from autoprompt.inference.pseudo_boxes import Harvest, harvest
-from autoprompt.inference.reprompt import choose_margin
+from autoprompt.inference.reprompt import choose_margin, recorded_box_threshold
 from autoprompt.io import write_text
 from autoprompt.model import backbones, checkpoints, runtimes
 from autoprompt.model.decoding import decode
@@ -213,7 +213,7 @@ def choose_on_training_boxes(
     threshold = settings.evaluate.threshold
     box_thresholds = reprompt.thresholds(threshold)
     if not reprompt.auto:
-        return reprompt.margin, _unless_mask(box_thresholds[0], threshold), "reprompt.margin as set"
+        return reprompt.margin, recorded_box_threshold(box_thresholds[0], threshold), "reprompt.margin as set"
     spec = settings.task(DATASET)
     task = load_task(DATASET, spec, task_files, settings.prepare.min_foreground, settings.encode.backbone)
     rows = task.rows("train")
@@ -233,12 +233,8 @@ def choose_on_training_boxes(
         log.info("re-prompt margin %g, boxes above %g: mean box IoU %.4f with the training boxes (not re-prompted: "
                  "%.4f)", chosen.margin, chosen.box_threshold, best, off)  # fmt: skip
     log.debug("mean box IoU by choice: %s", chosen.scores)
-    return chosen.margin, _unless_mask(chosen.box_threshold, threshold), f"auto, on the {len(rows)} training boxes"
-
-
-def _unless_mask(box_threshold: float, threshold: float) -> float | None:
-    """A box threshold as a model records it: None where it is the mask's ``threshold``."""
-    return None if box_threshold == threshold else box_threshold
+    how = f"auto, on the {len(rows)} training boxes"
+    return chosen.margin, recorded_box_threshold(chosen.box_threshold, threshold), how
 
 
 def encode_for(encode: EncodeSettings, numerics: Numerics) -> EncodeSettings:

@@ -198,6 +198,13 @@ def group_margins(
     return out
 
 
+def recorded_box_threshold(box_threshold: float, threshold: float) -> float | None:
+    """A box threshold as the model file and the metrics JSON record it: None where it is the mask's ``threshold``
+    (their readers' default)."""
+    return None if box_threshold == threshold else box_threshold
+
+
 def with_box_threshold(record: dict, box_threshold: float, threshold: float) -> dict:
-    """``record`` with its ``box_threshold`` where that is not the mask's ``threshold`` (a reader's default)."""
-    return record if box_threshold == threshold else record | {"box_threshold": box_threshold}
+    """``record`` with its ``box_threshold`` where one is recorded (``recorded_box_threshold``)."""
+    kept = recorded_box_threshold(box_threshold, threshold)
+    return record if kept is None else record | {"box_threshold": kept}
