@@ -448,8 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     reprompting.add_argument(
         "--reprompt-margin",
         type=fraction,
-        help="prompt the decoder again with each mask's own box (not the model's box threshold), each side moved out "
-        "by this fraction of the box",
+        help="prompt the decoder again with each mask's box (at the mask threshold, instead of the model's box "
+        "threshold), each side moved out by this fraction of the box",
     )
     reprompting.add_argument(
         "--reprompt-from",

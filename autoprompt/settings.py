@@ -724,15 +724,12 @@ class RepromptSettings(Section):
         (0.5, 0.7, 0.8, 0.9, 0.95), min_length=1
     )
 
-    @model_validator(mode="after")
-    def _distinct_box_thresholds(self) -> RepromptSettings:
-        if len(set(self.box_thresholds)) != len(self.box_thresholds):
-            raise PydanticCustomError(
-                "box_thresholds",
-                "box_thresholds {value} repeats a value; give each once",
-                {"value": self.box_thresholds},
-            )
-        return self
+    @field_validator("box_thresholds")
+    @classmethod
+    def _distinct(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if len(set(value)) != len(value):
+            raise PydanticCustomError("distinct", "{value} repeats a value; give each once", {"value": list(value)})
+        return value
 
     volume: VolumeFit | None = VolumeFit()
     presence: PresenceSettings | None = PresenceSettings()

@@ -335,7 +335,7 @@ def evaluate_with(root: Path, tmp_path: Path, reprompt_params: dict) -> Path:
         ({"margin": "auto", "candidates": [0.1], "fallback": "x"}, r"params\.yaml: reprompt\.fallback is 'x'; it"),
         ({"box_threshold": 1.5}, r"params\.yaml: reprompt\.box_threshold: 1\.5 is not a box threshold; give a"),
         ({"box_thresholds": [0.5, 1.0]}, r"params\.yaml: reprompt\.box_thresholds\.1 is 1\.0; it should be"),
-        ({"box_thresholds": [0.5, 0.8, 0.5]}, r"params\.yaml: reprompt: box_thresholds \(0\.5, 0\.8, 0\.5\) repeats"),
+        ({"box_thresholds": [0.5, 0.8, 0.5]}, r"params\.yaml: reprompt\.box_thresholds: \[0\.5, 0\.8, 0\.5\] repeats"),
     ],
 )
 def test_a_bad_reprompt_section_is_refused_in_one_line(pipeline, tmp_path, section, message):

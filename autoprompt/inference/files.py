@@ -382,7 +382,11 @@ def predict(
     if margin is None:
         log.info("re-prompting: off (%s); the heads' masks are kept", sources["margin"])
     else:
-        core = "" if policy.box_threshold is None else f", boxes of the heads' masks above {policy.box_threshold:g}"
+        core = (
+            ", from the masks' own boxes"
+            if policy.box_threshold is None
+            else f", boxes of the heads' masks above {policy.box_threshold:g}"
+        )
         log.info("re-prompting with margin %g%s (%s)", margin, core, policy.how or sources["margin"])
     if volume_min_iou is None:
         log.info("volume fit: off (%s)", sources["volume_min_iou"])
