@@ -54,7 +54,7 @@ def workspace(work: Path, hc18: Path, params: dict, shots: int, subsets: int) ->
     if not store.exists():
         prepare.main([*p, "--dataset", "hc18", "--raw", str(raw), "--store", str(store), "--index", str(index)])
     encode.main([*p, "--dataset", "hc18", "--store", str(store), "--out", str(emb)])
-    views = ["--store", str(store), "--index", str(index), "--out", str(work / "views.zarr")]
+    views = ["--store", str(store), "--index", str(index), "--out", str(work / "views.zarr"), "--embeddings", str(emb)]
     augment.main([*p, "--dataset", "hc18", *views])
     return work
 

@@ -12,7 +12,14 @@ encoder, as ``predict``'s) and decoded by each model as ``predict`` does (the ru
 model's margin); Dice (%) on each image's own grid, and its misses (Dice under 50). The tight-box prompt on the same
 images is the bound.
 
+``--split authors`` takes the draws from the authors' training split alone (a folder of its images: what ``suggest``
+lists from and what the second round harvests) and scores every model on their test split, the images the pipeline's
+studies score. ``--self-training`` also trains each draw with ``train --self-training`` (the second round on the
+folder's unboxed images, reusing the first round's runs) and scores that model beside the first; it needs
+``--split authors``, where the unboxed images are not the scored ones.
+
     python -m bench.studies.draws [--hc18 ../shared/data/hc18-sample] [--uniform 5] [--shots 10]
+    python -m bench.studies.draws --name draws_authors --split authors --methods kcenter --self-training
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from autoprompt.data.splits import authors_lists
+from autoprompt.io import atomic_path
 from autoprompt.training.suggest import METHODS
 from bench.lib import common
 
@@ -36,6 +45,7 @@ log = logging.getLogger("bench.draws")
 
 WALKTHROUGH = common.REPO / "examples" / "own-data"
 THREADS = 2
+SECOND_ROUND = "second_round"  # a draw's model trained with --self-training: "<draw>_second_round"
 
 
 def tight_boxes(masks: Path) -> dict[str, tuple[int, int, int, int]]:
@@ -69,23 +79,47 @@ def suggested(data: Path, shots: int, out: Path, env: dict, method: str) -> list
         return [row["image"] for row in csv.DictReader(handle)]
 
 
-def train(data: Path, names: list[str], boxes: dict, work: Path, env: dict) -> Path:
-    """``autoprompt train`` on ``names``' tight boxes: the model file (this benchmark compares Dice, not times:
-    ``bench/studies/own_data.py`` times ``train``)."""
-    folder, model = work / "data", work / "model.pt"
+def authors_split(data: Path, work: Path) -> tuple[Path, list[str]]:
+    """The authors' training split of the sample as a folder of its own (``images/``: links), and the names of their
+    test split's images (the lists: ``autoprompt.data.splits.authors_lists``)."""
+    lists = {split: set(ids) for split, ids in authors_lists("hc18").entries.items()}
+    names = sorted(p.name for p in (data / "images").glob("*.png"))
+    train = [n for n in names if Path(n).stem in lists["train"]]
+    test = [n for n in names if Path(n).stem in lists["test"]]
+    pool = work / "authors-train"
+    if not pool.exists():
+        with atomic_path(pool) as tmp:
+            (tmp / "images").mkdir(parents=True)
+            for name in train:
+                (tmp / "images" / name).symlink_to((data / "images" / name).resolve())
+    log.info("the authors' split: %d training images to draw from, %d test images", len(train), len(test))
+    return pool, test
+
+
+def train(data: Path, names: list[str], boxes: dict, work: Path, env: dict, second_round: bool = False) -> Path:
+    """``autoprompt train`` on ``names``' tight boxes, the images of ``data`` unboxed: the model file (this benchmark
+    compares Dice, not times: ``bench/studies/own_data.py`` times ``train``). ``second_round``: with
+    ``--self-training``, in the first round's work folder (its runs are not trained again)."""
+    folder = work / "data"
+    model = work / (f"model-{SECOND_ROUND}.pt" if second_round else "model.pt")
     wanted = work / "boxes.wanted.csv"
     write_boxes(names, boxes, wanted)
     trained = (folder / "boxes.csv").read_text() if (folder / "boxes.csv").is_file() else None
     if model.is_file() and trained == wanted.read_text():
         log.info("%s: trained on these boxes already (delete it to train again)", model)
         return model
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    (folder / "images").symlink_to(data / "images")
-    write_boxes(names, boxes, folder / "boxes.csv")
+    if trained != wanted.read_text():  # other boxes: neither round's model nor runs are theirs
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(work / "model.pt.work", ignore_errors=True)
+        for old in work.glob("model*.pt"):
+            old.unlink()
+        folder.mkdir(parents=True)
+        (folder / "images").symlink_to(data / "images")
+        write_boxes(names, boxes, folder / "boxes.csv")
     autoprompt = Path(sys.executable).with_name("autoprompt")
-    subprocess.run([str(autoprompt), "train", str(folder), "-o", str(model), "--params", str(WALKTHROUGH /
-                    "params.yaml"), "--class", "head", "--threads", str(THREADS)], check=True, env=env)  # fmt: skip
+    subprocess.run([str(autoprompt), "train", str(folder), "-o", str(model), "--work", str(work / "model.pt.work"),
+                    "--params", str(WALKTHROUGH / "params.yaml"), "--class", "head", "--threads", str(THREADS),
+                    "--self-training" if second_round else "--no-self-training"], check=True, env=env)  # fmt: skip
     return model
 
 
@@ -136,16 +170,45 @@ def score(models: dict[str, Path], data: Path, names: list[str], boxes: dict) ->
     }  # fmt: skip
 
 
+def summarised(scores: dict[str, dict], methods: list[str], uniform: int, suffix: str) -> dict:
+    """Mean Dice of each suggested ten and of the uniform draws (each, and their mean), the tight box's, and every
+    draw's misses: of the models whose key ends with ``suffix`` (``""``: the first round)."""
+    each = [scores[f"uniform{s}{suffix}"]["mean"] for s in range(uniform)]
+    drawn = [f"suggested_{m}" for m in methods] + [f"uniform{s}" for s in range(uniform)]
+    return {
+        **{f"suggested_{m}": scores[f"suggested_{m}{suffix}"]["mean"] for m in methods},
+        "uniform_mean": round(float(np.mean(each)), 2),
+        "uniform_each": each,
+        "tight_box": scores["tight_box"]["mean"],
+        "below_50": {d: scores[f"{d}{suffix}"]["below_50"] for d in [*drawn, "tight_box"] if f"{d}{suffix}" in scores},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hc18", type=Path, default=common.DEFAULT_HC18, help="the HC18 sample (official layout)")
-    parser.add_argument("--work", type=Path, default=common.BENCH / ".work" / "draws")
+    parser.add_argument("--work", type=Path, help="kept between calls (default: bench/.work/NAME)")
+    parser.add_argument("--name", default="draws", help="the results file: bench/results/NAME.json")
     parser.add_argument("--uniform", type=int, default=5, help="uniform draws of --shots images")
     parser.add_argument("--shots", type=int, default=10)
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="suggest's methods")
+    parser.add_argument(
+        "--split",
+        choices=("folder", "authors"),
+        default="folder",
+        help="folder: draw from every image, score the images no draw trained on; authors: draw from the authors' "
+        "training split, score their test split",
+    )
+    parser.add_argument(
+        "--self-training", action="store_true", help="also train each draw with a second round, scored beside it"
+    )
     args, machine = common.parse_and_start(parser)
     if not (args.hc18 / "training_set").is_dir():
         raise SystemExit(f"{args.hc18}: real HC18 sample not found (no training_set/); pass --hc18 PATH")
-    work = args.work.resolve()
+    if args.self_training and args.split == "folder":
+        raise SystemExit("--self-training with --split folder: the second round would learn from the scored images; "
+                         "add --split authors")  # fmt: skip
+    work = (args.work or common.BENCH / ".work" / args.name).resolve()
     work.mkdir(parents=True, exist_ok=True)
     env = common.numerics_env(False, TORCHINDUCTOR_CACHE_DIR=str(work / "inductor"))
     data = work / "fetal-head"
@@ -153,40 +216,44 @@ def main() -> None:
         subprocess.run([sys.executable, str(WALKTHROUGH / "gather.py"), "--hc18", str(args.hc18.resolve()), "--boxes",
                         str(WALKTHROUGH / "boxes.csv"), "--out", str(data)], check=True)  # fmt: skip
     boxes = tight_boxes(data / "masks")
-    pool = sorted(boxes)
-    draws = {f"suggested_{m}": suggested(data, args.shots, work / f"suggest-{m}", env, m) for m in METHODS}
+    folder, held_out = (data, None) if args.split == "folder" else authors_split(data, work)
+    pool = sorted(p.name for p in (folder / "images").glob("*.png") if p.name in boxes)
+    draws = {f"suggested_{m}": suggested(folder, args.shots, work / f"suggest-{m}", env, m) for m in args.methods}
     for seed in range(args.uniform):
         picks = np.random.default_rng(seed).choice(len(pool), size=args.shots, replace=False)
         draws[f"uniform{seed}"] = sorted(pool[i] for i in picks)
     models = {}
     for draw, names in draws.items():
         log.info("%s: training on %s", draw, ", ".join(names))
-        models[draw] = train(data, names, boxes, work / draw, env)
+        models[draw] = train(folder, names, boxes, work / draw, env)
+        if args.self_training:
+            models[f"{draw}_{SECOND_ROUND}"] = train(folder, names, boxes, work / draw, env, second_round=True)
     trained = {name for names in draws.values() for name in names}
-    test = [name for name in pool if name not in trained]
-    log.info("scoring %d models on the %d images that none trained on", len(models), len(test))
+    test = held_out if held_out is not None else [name for name in pool if name not in trained]
+    assert not trained & set(test), "a test image was boxed"
+    log.info("scoring %d models on %d images that none trained on", len(models), len(test))
     scores = score(models, data, test, boxes)
-    uniform = [scores[f"uniform{s}"]["mean"] for s in range(args.uniform)]
-    summary = {
-        **{f"suggested_{m}": scores[f"suggested_{m}"]["mean"] for m in METHODS},
-        "uniform_mean": round(float(np.mean(uniform)), 2),
-        "uniform_each": uniform,
-        "tight_box": scores["tight_box"]["mean"],
-        "below_50": {draw: s["below_50"] for draw, s in scores.items()},
-    }
+    summary = summarised(scores, args.methods, args.uniform, "")
+    if args.self_training:
+        summary[SECOND_ROUND] = summarised(scores, args.methods, args.uniform, f"_{SECOND_ROUND}")
     log.info("draws: %s", summary)
     common.write_result(
-        "draws",
+        args.name,
         {
             "what": "autoprompt train on ten tight boxes of the real HC18 sample: the ten autoprompt suggest lists "
             "(each method) against uniform draws of ten; every model scored on the images no draw trained on "
+            "(split authors: the authors' test split) "
             "(Dice %, each image's own grid; the runs' ensemble re-prompted at the model's margin, as predict "
-            "does), with the tight-box prompt as the bound",
+            "does), with the tight-box prompt as the bound; <draw>_second_round: the same boxes with "
+            "train --self-training",
             "settings": {
                 "params": "examples/own-data/params.yaml",
                 "threads": THREADS,
                 "shots": args.shots,
                 "uniform_draws": args.uniform,
+                "methods": args.methods,
+                "split": args.split,
+                "self_training": args.self_training,
                 "numerics": "fast (the default)",
             },
             "draws": draws,
