@@ -37,7 +37,7 @@ import torch
 from autoprompt.evaluation.metrics import MISS, dice, empty_misses, summarize
 from autoprompt.inference.reprompt import choose_margin, reprompt
 from autoprompt.model.decoding import decode
-from autoprompt.settings import settings_from
+from autoprompt.settings import RepromptSettings, settings_from
 from autoprompt.training.fewshot import box_areas, draw_areas, draw_features, plan_runs
 from autoprompt.training.loop import TrainConfig
 from bench.lib import common
@@ -56,7 +56,6 @@ from bench.lib.workspace import (
 log = logging.getLogger("bench.draw")
 
 DRAWS = ("uniform", "box_area", "suggest")
-BOXES = {"masks_boxes": None, "box_threshold_auto": "auto"}  # how a re-prompt's boxes are taken: reprompt.box_threshold
 
 
 def scored(probs: torch.Tensor, masks: torch.Tensor) -> dict:
@@ -92,33 +91,31 @@ def draw_folder(work: Path, draw: str, first: str) -> Path:
 
 
 class Reprompter:
-    """Re-prompting as ``reprompt.margin: auto`` does it, for one workspace: the margin (and box threshold) chosen
-    on the validation boxes from a head's (or an ensemble's) validation probabilities, then the test masks decoded
-    again. ``box_thresholds``: None for the masks' own boxes, else those to choose among."""
+    """Re-prompting as ``reprompt.margin: auto`` does it, for one workspace and a ``reprompt`` section: the margin
+    (and box threshold) chosen on the validation boxes from a head's (or an ensemble's) validation probabilities,
+    then the test masks decoded again. The validation and test embeddings are read once."""
 
-    def __init__(self, work: Path, params: dict, params_path: Path, box_thresholds: list[float] | None) -> None:
+    def __init__(self, work: Path, reprompt: RepromptSettings) -> None:
         task, self.decoder, _, _ = load_workspace(work)
         val, test = task.rows("val"), task.rows("test")
         self.val_embeddings, self.val_boxes = task.load_embeddings(val), task.boxes(val)
         self.test_embeddings = task.load_embeddings(test)
-        self.candidates = list(settings_from({"reprompt": params["reprompt"]}, str(params_path)).reprompt.candidates)
-        self.box_thresholds = box_thresholds
+        self.candidates, self.box_thresholds = list(reprompt.candidates), list(reprompt.box_thresholds)
 
-    def __call__(self, val_probs: torch.Tensor, test_probs: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """N x S x S test probabilities re-prompted, and the margin and box threshold chosen."""
+    def __call__(
+        self, val_probs: torch.Tensor, test_probs: torch.Tensor, core: bool = False
+    ) -> tuple[torch.Tensor, dict]:
+        """N x S x S test probabilities re-prompted, and the margin and box threshold chosen. ``core``: the box
+        threshold chosen with the margin among ``reprompt.box_thresholds`` (``box_threshold: auto``); else the masks'
+        own boxes."""
         choice = choose_margin(self.decoder, self.val_embeddings, self.val_boxes, val_probs.float(), self.candidates,
-                               THRESHOLD, 8, CPU, self.box_thresholds)  # fmt: skip
+                               THRESHOLD, 8, CPU, self.box_thresholds if core else None)  # fmt: skip
         chosen = {"margin": choice.margin, "box_threshold": choice.box_threshold}
         if choice.margin is None:
             return test_probs.float(), chosen
         again = reprompt(self.decoder, self.test_embeddings, test_probs.float(), choice.margin, THRESHOLD, 8, CPU,
                          box_threshold=choice.box_threshold)  # fmt: skip
         return again, chosen
-
-
-def box_thresholds(params: dict, params_path: Path) -> list[float]:
-    """``reprompt.box_thresholds`` of the params, as ``box_threshold: auto`` chooses among them."""
-    return list(settings_from({"reprompt": params["reprompt"]}, str(params_path)).reprompt.box_thresholds)
 
 
 def over_runs(runs: list[dict]) -> dict:
@@ -148,21 +145,21 @@ def run_draw(args: argparse.Namespace, params: dict, draw: str, recipe: str) -> 
         outcomes = [f.result() for f in [pool.submit(train_one, work, config, recipe, run) for run in plan]]
     masks = task.load_masks(task.rows("test"))
     runs = [scored(o["probs"]["last"], masks) | {"run": o["run"].key, "ids": list(o["run"].ids)} for o in outcomes]
+    areas = box_areas(train_rows)
     for run, outcome in zip(runs, outcomes, strict=True):
-        run["box_area_percentiles"] = percentile_ranks(outcome["run"].ids, box_areas(train_rows))
+        run["box_area_percentiles"] = percentile_ranks(outcome["run"].ids, areas)
     ensemble = torch.stack([o["probs"]["last"].float() for o in outcomes]).mean(0)
     val_ensemble = torch.stack([o["val_probs"]["last"].float() for o in outcomes]).mean(0)
     result = {"runs": runs, "over_runs": over_runs(runs), "ensemble": scored(ensemble, masks)}
-    for name, how in BOXES.items():
-        again = Reprompter(work, params, args.params, None if how is None else box_thresholds(params, args.params))
-        if how is None:  # each run too; with several box thresholds, the ensemble alone (a run costs a few minutes)
-            each = []
-            for run, outcome in zip(runs, outcomes, strict=True):
-                probs, chosen = again(outcome["val_probs"]["last"], outcome["probs"]["last"])
-                each.append(scored(probs, masks) | chosen | {"run": run["run"]})
-            result[f"runs_reprompted_{name}"] = each
-            result[f"over_runs_reprompted_{name}"] = over_runs(each)
-        probs, chosen = again(val_ensemble, ensemble)
+    again = Reprompter(work, settings_from({"reprompt": params["reprompt"]}, str(args.params)).reprompt)
+    each = []  # each run from the masks' own boxes; five box thresholds would cost each run minutes of decoding
+    for run, outcome in zip(runs, outcomes, strict=True):
+        probs, chosen = again(outcome["val_probs"]["last"], outcome["probs"]["last"])
+        each.append(scored(probs, masks) | chosen | {"run": run["run"]})
+    result["runs_reprompted_masks_boxes"] = each
+    result["over_runs_reprompted_masks_boxes"] = over_runs(each)
+    for name, core in (("masks_boxes", False), ("box_threshold_auto", True)):
+        probs, chosen = again(val_ensemble, ensemble, core)
         result[f"ensemble_reprompted_{name}"] = scored(probs, masks) | chosen
     log.info("%s: runs %s, re-prompted %s; ensemble %s, re-prompted %s", draw, result["over_runs"]["dice"],
              result["over_runs_reprompted_masks_boxes"]["dice"], result["ensemble"],
