@@ -318,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         help="a second round: the first model segments the unboxed images, the masks its runs agree on give "
         "pseudo-boxes, and a second ensemble trains on your boxes and those (default: train.self_training.enabled "
-        "of --params, else off)",
+        "of --params, else auto: on where the folder holds at least 20 images or slices without a box)",
     )
     train.add_argument(
         "--recipe", help="how to train the head: a recipe of train.recipes (default: augmented, the best measured)"

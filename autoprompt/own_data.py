@@ -350,12 +350,14 @@ def _train_held(
     margin, box_threshold, how = choose_on_training_boxes(model, settings, files)
     seconds["margin"] = time.perf_counter() - start
     harvested = None
-    if settings.train.self_training.enabled:
+    if settings.train.self_training.enabled is not False:
         start = time.perf_counter()
         first = model.with_policy(policy.from_settings(settings.reprompt, margin, how, box_threshold))
         extra, harvested = pseudo_boxed(data, work, settings, section, first, table, numerics)
         seconds["pseudo-boxes"] = time.perf_counter() - start
-        if extra is None:
+        if harvested is None:
+            del seconds["pseudo-boxes"]  # auto, and too few unboxed images: nothing was done (logged)
+        elif extra is None:
             log.warning("self-training: %s; the model is the first round's", harvested.describe())
         else:
             start = time.perf_counter()
@@ -378,18 +380,31 @@ def pseudo_boxed(
     first: Model,
     table: pd.DataFrame,
     numerics: Numerics,
-) -> tuple[PseudoBoxes | None, Harvest]:
+) -> tuple[PseudoBoxes | None, Harvest | None]:
     """``train.self_training``'s pseudo-boxes: every image and slice of ``data`` read and encoded (``suggest``'s
     store in ``work``, copying what a store there or in ``DATA.work`` holds), the ``first`` round's model run on the
     unboxed ones (``inference.pseudo_boxes``), and the slices that pass its rule with their embeddings (None where
-    none does)."""
+    none does). (None, None) where the rule is ``auto`` and the folder holds too few unboxed images and slices
+    (``SelfTraining.wants_second_round``): then nothing is encoded."""
     rule = settings.train.self_training
     wanted, slices, _ = read_folder(work / "raw" / folder.IMAGES, section)
     ids = [w.id for w in wanted]
-    store = encode_folder(ids, slices, settings, work, [suggest_store(default_work(data))])
-    group = zarr.open_group(store, mode="r")
     boxed_ids = set(table.loc[table["split"] == "train", "id"])
     boxed = {row for row, i in enumerate(ids) if i in boxed_ids}
+    unboxed = len(ids) - len(boxed)
+    if not rule.wants_second_round(unboxed):
+        log.info(
+            "self-training: off (auto): %d images and slices without a box, fewer than train.self_training."
+            "min_unboxed (%d); --self-training runs the second round anyway", unboxed, rule.min_unboxed,
+        )  # fmt: skip
+        return None, None
+    if rule.enabled == "auto":
+        log.info(
+            "self-training: on (auto): %d images and slices without a box, a second round learns from them "
+            "(--no-self-training skips it)", unboxed,
+        )  # fmt: skip
+    store = encode_folder(ids, slices, settings, work, [suggest_store(default_work(data))])
+    group = zarr.open_group(store, mode="r")
     inputs: dict[str, list[int]] = {}
     for row, w in enumerate(wanted):
         inputs.setdefault(w.file, []).append(row)

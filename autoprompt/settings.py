@@ -510,6 +510,13 @@ class HeadInit(Section):
     scale: PositiveReal = 0.01
 
 
+def _on_off_auto(value: Any) -> Any:
+    if isinstance(value, bool) or value == AUTO:
+        return value
+    message = "{value} is not on or off; give true, false or auto"
+    raise PydanticCustomError("on_off_auto", message, {"value": repr(value)})
+
+
 class SelfTraining(Section):
     """A second round on a folder's unboxed images (``autoprompt train`` only; the pipeline's stages leave it
     aside). The first round's ensemble, post-processed as ``predict`` would (re-prompted, volumes fitted), segments
@@ -518,14 +525,22 @@ class SelfTraining(Section):
     rule's ``sequence`` cue, ``min_box_iou`` and ``max_growth``) gives a pseudo-box: its mask's box. A second
     ensemble of the same recipe and seeds then trains on the drawn boxes and, each epoch, ``per_epoch`` pseudo-boxed
     images more (null: as many as the drawn boxes), each counting ``weight`` in the losses (a drawn box counts 1).
-    Masks are never read."""
+    Masks are never read. ``enabled``: true, false, or ``auto``: on where the folder holds at least ``min_unboxed``
+    images and slices without a box (``wants_second_round``). On real HC18 the round never lowered Dice and lifted
+    each ten towards the tight box (``bench/results/own_data_self_training.json``, ``draws_authors.json``); a folder
+    of a few unboxed images would give the second round the same few pseudo-boxes every epoch."""
 
-    enabled: bool = False
+    enabled: Annotated[bool | Literal["auto"], BeforeValidator(_on_off_auto)] = AUTO
+    min_unboxed: Positive = 20
     min_agreement: Probability = 0.9
     min_box_iou: Probability = 0.3
     max_growth: PositiveReal = 1.5
     weight: Annotated[float, BeforeValidator(_number), Field(gt=0, le=1)] = 0.5
     per_epoch: Positive | None = None
+
+    def wants_second_round(self, unboxed: int) -> bool:
+        """Whether the second round runs on a folder with ``unboxed`` images and slices without a box."""
+        return self.enabled is True or (self.enabled == "auto" and unboxed >= self.min_unboxed)
 
 
 class TrainSettings(Section):

@@ -105,6 +105,9 @@ def test_a_box_only_folder_trains_a_model_with_its_margin(trained: Path) -> None
     assert model.preprocessing.crop == 64 and model.preprocessing.fit == "resize"
     assert model.volume_min_iou == VolumeFit().min_iou, "reprompt.volume's default, recorded for predict"
     assert not (trained / "model.work" / "raw" / "masks").exists(), "training reads boxes only"
+    # train.self_training is auto by default: six unboxed pictures and slices are too few for a second round
+    assert not (trained / "model.work" / "models-second-round").exists()
+    assert all("self_training" not in c for c in model.configs), "the first round's runs"
 
 
 def test_predict_uses_the_models_margin_and_reports_worst_first(trained: Path, caplog) -> None:
@@ -512,7 +515,8 @@ def test_outputs_kept_from_a_call_on_other_numerics_are_named(trained: Path, tmp
 
 
 def test_self_training_trains_a_second_round_on_the_unboxed_slices_pseudo_boxes(tmp_path: Path, caplog) -> None:
-    """A first round of two runs, then a second on the pseudo-boxes of the unboxed pictures and slices they agree on."""
+    """A first round of two runs, then a second on the pseudo-boxes of the unboxed pictures and slices they agree on:
+    ``auto`` turns it on, the folder holding ``min_unboxed`` unboxed ones."""
     box_only_folder(tmp_path / "data")
     path = params(tmp_path)
     section = yaml.safe_load(path.read_text())
@@ -521,7 +525,13 @@ def test_self_training_trains_a_second_round_on_the_unboxed_slices_pseudo_boxes(
     section["evaluate"]["threshold"] = 0.25  # these heads are unsure: their masks at 0.5 are empty
     section["reprompt"] = {"margin": 0.1}  # not chosen on the boxes, twice: the rounds are what is tested
     section["train"].update(recipe=["workshop"], recipes={"workshop": demo_recipes({"workshop": (2, 1)})["workshop"]})
-    section["train"]["self_training"] = {"enabled": True, "min_agreement": 0.0, "weight": 0.5, "per_epoch": 2}
+    section["train"]["self_training"] = {
+        "enabled": "auto",
+        "min_unboxed": 6,
+        "min_agreement": 0.0,
+        "weight": 0.5,
+        "per_epoch": 2,
+    }
     path.write_text(yaml.safe_dump(section))
     with caplog.at_level(logging.INFO):
         autoprompt("train", tmp_path / "data", "-o", tmp_path / "m.pt", "--params", path, "--runs", 2,
@@ -536,3 +546,4 @@ def test_self_training_trains_a_second_round_on_the_unboxed_slices_pseudo_boxes(
     changed = [k for k, v in first.heads[0].items() if not torch.equal(v, second.heads[0][k])]
     assert changed, "the second round's heads are new ones"
     assert f"and {record['images']} pseudo-boxed" in caplog.text
+    assert "self-training: on (auto): 6 images and slices without a box" in caplog.text

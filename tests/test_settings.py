@@ -98,6 +98,10 @@ def test_misspelt_keys_are_refused_with_the_known_keys(tmp_path: Path) -> None:
         (lambda p: p["prepare"].update(ours={"crop": 64}), "no reader for dataset ours; give prepare.ours a reader"),
         (lambda p: p["baseline"].pop("unet"), "baseline: method unet has no section"),
         (lambda p: p["evaluate"].update(threshold=1.5), "evaluate.threshold is 1.5; it should be less than 1"),
+        (
+            lambda p: p["train"].update(self_training={"enabled": "sometimes"}),
+            "train.self_training.enabled: 'sometimes' is not on or off; give true, false or auto",
+        ),
     ],
 )
 def test_wrong_values_are_refused_naming_the_key(tmp_path: Path, change, message: str) -> None:
@@ -129,6 +133,7 @@ def test_an_empty_file_is_every_default() -> None:
     settings = Settings()
     assert settings.encode.backbone == "lite_medsam" and settings.train.recipe == ("augmented",)
     assert settings.train.seeds == (0, 1, 2) and settings.augment.count == 8 and settings.reprompt.auto
+    assert settings.train.self_training.enabled == "auto", "a second round where the folder has unboxed images"
 
 
 def test_the_committed_json_schema_is_current() -> None:
