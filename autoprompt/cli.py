@@ -318,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         help="a second round: the first model segments the unboxed images, the masks its runs agree on give "
         "pseudo-boxes, and a second ensemble trains on your boxes and those (default: train.self_training.enabled "
-        "of --params, else auto: on where the folder holds at least 20 images or slices without a box)",
+        "of --params, else auto: on where the folder holds at least train.self_training.min_unboxed, 20, images or "
+        "slices without a box)",
     )
     train.add_argument(
         "--recipe", help="how to train the head: a recipe of train.recipes (default: augmented, the best measured)"
@@ -367,10 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     suggest.add_argument(
         "--method",
-        choices=("kcenter", "typical"),
+        choices=("kcenter", "typical", "cover"),
         default="kcenter",
-        help="kcenter: each next image the farthest from those chosen; typical: the most central image of each of n "
-        "k-means clusters",
+        help="kcenter (the default): each next image the farthest from those chosen; typical: the most central image "
+        "of each of n k-means clusters; cover: each next image the one whose neighbourhood holds the most images not "
+        "yet covered",
     )
     suggest.add_argument("--class", dest="class_name", help="the box's label in Label Studio (default: structure)")
     suggest.add_argument(

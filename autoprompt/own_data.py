@@ -39,7 +39,7 @@ from autoprompt.data import embeddings, folder
 from autoprompt.data.box_templates import Wanted
 from autoprompt.data.boxes import read_boxes
 from autoprompt.data.folder import case_id, image_files
-from autoprompt.data.images import as_stack, frame_slices, read_image
+from autoprompt.data.images import as_stack, frame_slices, read_image, stack_size
 from autoprompt.data.prepare import prepare_dataset
 from autoprompt.data.prepared import read_index, write_prepared
 from autoprompt.data.records import preprocessing
@@ -58,7 +58,15 @@ from autoprompt.io import write_text
 from autoprompt.model import backbones, checkpoints, runtimes
 from autoprompt.model.decoding import decode
 from autoprompt.outputs import clear_stale, hold
-from autoprompt.settings import EncodeSettings, FolderPrepare, Settings, TaskSpec, same_place, settings_from
+from autoprompt.settings import (
+    EncodeSettings,
+    FolderPrepare,
+    SelfTraining,
+    Settings,
+    TaskSpec,
+    same_place,
+    settings_from,
+)
 from autoprompt.training import suggest
 from autoprompt.training.fewshot import fewshot_ids
 from autoprompt.training.head_jobs import train_task
@@ -350,14 +358,12 @@ def _train_held(
     margin, box_threshold, how = choose_on_training_boxes(model, settings, files)
     seconds["margin"] = time.perf_counter() - start
     harvested = None
-    if settings.train.self_training.enabled is not False:
+    if second_round(settings.train.self_training, work / "raw" / folder.IMAGES, len(train_ids)):
         start = time.perf_counter()
         first = model.with_policy(policy.from_settings(settings.reprompt, margin, how, box_threshold))
         extra, harvested = pseudo_boxed(data, work, settings, section, first, table, numerics)
         seconds["pseudo-boxes"] = time.perf_counter() - start
-        if harvested is None:
-            del seconds["pseudo-boxes"]  # auto, and too few unboxed images: nothing was done (logged)
-        elif extra is None:
+        if extra is None:
             log.warning("self-training: %s; the model is the first round's", harvested.describe())
         else:
             start = time.perf_counter()
@@ -372,6 +378,29 @@ def _train_held(
     return Summary(out, len(train_ids), len(jobs), trained, margin, how, seconds, harvested, box_threshold)
 
 
+def second_round(rule: SelfTraining, images: Path, boxed: int) -> bool:
+    """Whether ``train.self_training``'s second round runs on the folder ``images`` of which ``boxed`` images and
+    slices have a box (``SelfTraining.wants_second_round``), logged with why; the slices are counted from the files'
+    headers, so that a folder too small for ``auto`` is not read."""
+    if rule.enabled is False:
+        log.info("self-training: off (train.self_training.enabled or --no-self-training)")
+        return False
+    unboxed = sum(stack_size(path)[2] for path in image_files(images).values()) - boxed
+    wanted = rule.wants_second_round(unboxed)
+    if rule.enabled is True:
+        log.info("self-training: on (train.self_training.enabled or --self-training): %d images and slices without "
+                 "a box", unboxed)  # fmt: skip
+    elif wanted:
+        log.info("self-training: on (auto): %d images and slices without a box, a second round learns from them "
+                 "(--no-self-training skips it)", unboxed)  # fmt: skip
+    else:
+        log.info(
+            "self-training: off (auto): %d images and slices without a box, fewer than train.self_training.min_unboxed "
+            "(%d); --self-training runs the second round anyway", unboxed, rule.min_unboxed,
+        )  # fmt: skip
+    return wanted
+
+
 def pseudo_boxed(
     data: Path,
     work: Path,
@@ -380,31 +409,18 @@ def pseudo_boxed(
     first: Model,
     table: pd.DataFrame,
     numerics: Numerics,
-) -> tuple[PseudoBoxes | None, Harvest | None]:
+) -> tuple[PseudoBoxes | None, Harvest]:
     """``train.self_training``'s pseudo-boxes: every image and slice of ``data`` read and encoded (``suggest``'s
     store in ``work``, copying what a store there or in ``DATA.work`` holds), the ``first`` round's model run on the
     unboxed ones (``inference.pseudo_boxes``), and the slices that pass its rule with their embeddings (None where
-    none does). (None, None) where the rule is ``auto`` and the folder holds too few unboxed images and slices
-    (``SelfTraining.wants_second_round``): then nothing is encoded."""
+    none does)."""
     rule = settings.train.self_training
     wanted, slices, _ = read_folder(work / "raw" / folder.IMAGES, section)
     ids = [w.id for w in wanted]
-    boxed_ids = set(table.loc[table["split"] == "train", "id"])
-    boxed = {row for row, i in enumerate(ids) if i in boxed_ids}
-    unboxed = len(ids) - len(boxed)
-    if not rule.wants_second_round(unboxed):
-        log.info(
-            "self-training: off (auto): %d images and slices without a box, fewer than train.self_training."
-            "min_unboxed (%d); --self-training runs the second round anyway", unboxed, rule.min_unboxed,
-        )  # fmt: skip
-        return None, None
-    if rule.enabled == "auto":
-        log.info(
-            "self-training: on (auto): %d images and slices without a box, a second round learns from them "
-            "(--no-self-training skips it)", unboxed,
-        )  # fmt: skip
     store = encode_folder(ids, slices, settings, work, [suggest_store(default_work(data))])
     group = zarr.open_group(store, mode="r")
+    boxed_ids = set(table.loc[table["split"] == "train", "id"])
+    boxed = {row for row, i in enumerate(ids) if i in boxed_ids}
     inputs: dict[str, list[int]] = {}
     for row, w in enumerate(wanted):
         inputs.setdefault(w.file, []).append(row)

@@ -511,9 +511,10 @@ class HeadInit(Section):
 
 
 def _on_off_auto(value: Any) -> Any:
+    """true, false or ``auto``, as given; anything else refused in one line (YAML's yes and no are true and false)."""
     if isinstance(value, bool) or value == AUTO:
         return value
-    message = "{value} is not on or off; give true, false or auto"
+    message = "{value} is not true, false or auto; give one of them"
     raise PydanticCustomError("on_off_auto", message, {"value": repr(value)})
 
 
@@ -540,7 +541,7 @@ class SelfTraining(Section):
 
     def wants_second_round(self, unboxed: int) -> bool:
         """Whether the second round runs on a folder with ``unboxed`` images and slices without a box."""
-        return self.enabled is True or (self.enabled == "auto" and unboxed >= self.min_unboxed)
+        return self.enabled is True or (self.enabled == AUTO and unboxed >= self.min_unboxed)
 
 
 class TrainSettings(Section):

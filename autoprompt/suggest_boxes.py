@@ -96,6 +96,8 @@ def pick(
     spread = suggest.with_positions(features, positions) if volumes else features
     if method == "typical":
         return suggest.typical(spread, n)
+    if method == "cover":
+        return suggest.cover(spread, n, min_distance=min_distance, duplicates=features)
     return suggest.choose(spread, n, min_distance=min_distance, duplicates=features)
 
 

@@ -3,6 +3,7 @@ pseudo-boxes, and ``autoprompt train --self-training`` on a box-only folder."""
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 
 import pytest
@@ -126,3 +127,28 @@ def test_harvest_skips_the_boxed_rows_and_counts_why_others_give_nothing() -> No
     assert found.rows == [0, 3] and found.looked == 3 and found.left_out == Counter({"agreement": 1})
     assert found.boxes.tolist() == [[10, 10, 30, 30], [1, 2, 3, 4]]
     assert found.describe() == "2 of 3 unboxed slices gave a pseudo-box (left out: 1 agreement)"
+
+
+@pytest.mark.parametrize(
+    ("enabled", "min_unboxed", "runs", "said"),
+    [
+        ("auto", 6, True, "self-training: on (auto): 6 images and slices without a box"),
+        ("auto", 7, False, "self-training: off (auto): 6 images and slices without a box, fewer than"),
+        (True, 99, True, "self-training: on (train.self_training.enabled or --self-training)"),
+        (False, 1, False, "self-training: off (train.self_training.enabled or --no-self-training)"),
+    ],
+)
+def test_the_second_round_runs_where_enough_slices_are_unboxed(tmp_path, caplog, enabled, min_unboxed, runs, said):
+    """Three pictures and a volume of five slices, two of them boxed: six unboxed, counted from the headers."""
+    import SimpleITK as sitk
+
+    from autoprompt.own_data import second_round
+    from autoprompt.settings import SelfTraining
+
+    for i in range(3):
+        sitk.WriteImage(sitk.Image(16, 12, sitk.sitkUInt8), str(tmp_path / f"img{i}.png"))
+    sitk.WriteImage(sitk.Image(16, 12, 5, sitk.sitkFloat32), str(tmp_path / "scan.nii.gz"))
+    rule = SelfTraining(enabled=enabled, min_unboxed=min_unboxed)
+    with caplog.at_level(logging.INFO):
+        assert second_round(rule, tmp_path, boxed=2) is runs
+    assert said in caplog.text

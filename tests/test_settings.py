@@ -100,7 +100,7 @@ def test_misspelt_keys_are_refused_with_the_known_keys(tmp_path: Path) -> None:
         (lambda p: p["evaluate"].update(threshold=1.5), "evaluate.threshold is 1.5; it should be less than 1"),
         (
             lambda p: p["train"].update(self_training={"enabled": "sometimes"}),
-            "train.self_training.enabled: 'sometimes' is not on or off; give true, false or auto",
+            "train.self_training.enabled: 'sometimes' is not true, false or auto; give one of them",
         ),
     ],
 )

@@ -19,7 +19,7 @@ import yaml
 import zarr
 from pydantic import ValidationError
 
-from autoprompt import cli
+from autoprompt import cli, suggest_boxes
 from autoprompt.data.box_templates import is_template
 from autoprompt.data.boxes import read_boxes
 from autoprompt.data.prepared import task_table
@@ -251,3 +251,35 @@ def test_typical_takes_each_clusters_most_central_image_largest_first():
     assert len(points) in suggest.choose(with_outlier, 3), "k-center reaches for the outlier"
     assert len(points) not in suggest.typical(with_outlier, 3)
     assert suggest.typical(with_outlier, 3) == suggest.typical(with_outlier, 3), "seeded: the same picks"
+
+
+def test_cover_takes_the_dense_shares_first_and_an_outlier_last():
+    """Max coverage: the first picks lie in the folder's dense shares, largest first, one per share; an outlier,
+    which k-center reaches for, comes only once the shares are covered; copies are skipped."""
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    sizes = [30, 20, 10]
+    points = np.concatenate([c + rng.normal(0, 0.5, (k, 2)) for c, k in zip(centres, sizes, strict=True)])
+    owner = np.repeat([0, 1, 2], sizes)
+    with_outlier = np.concatenate([points, [[30.0, 30.0]]])
+    picks = suggest.cover(with_outlier, 3)
+    assert [int(owner[i]) for i in picks] == [0, 1, 2], "one per share, the largest first"
+    assert len(points) not in picks and len(points) in suggest.choose(with_outlier, 3), "k-center takes the outlier"
+    assert suggest.cover(with_outlier, 3) == picks, "deterministic"
+    tight, labels = clusters(k=3, per=10)
+    five = suggest.cover(tight, 5)
+    assert sorted(labels[five[:3]]) == [0, 1, 2] and len(set(five)) == 5, "three cover all; two more, the farthest"
+    everything = suggest.cover(with_outlier, len(with_outlier) + 5)
+    assert sorted(everything) == list(range(len(with_outlier))), "n over the rows: every row, once"
+    assert (
+        suggest.cover(points, 0) == []
+        and suggest.cover(points[:1], 3) == [0]
+        and len(suggest.cover(points[:2], 5)) == 2
+    )
+    # near-duplicates by another measure (a volume's slices: alike in the embedding, apart by position) are skipped
+    alike = points + 0.001  # the embedding without the positions: every row a near-copy of its neighbour below
+    positions = np.concatenate([points, np.repeat([[0.0], [50.0]], [30, 30], axis=0)], axis=1)
+    skipped = suggest.cover(positions, 6, min_distance=0.05, duplicates=np.concatenate([alike[:30], alike[:30]]))
+    firsts = [i % 30 for i in skipped]
+    assert len(set(firsts)) == len(firsts), "never two rows whose duplicates-features coincide"
+    assert suggest_boxes.pick(with_outlier, np.full(len(with_outlier), 0.5), False, 3, method="cover") == picks

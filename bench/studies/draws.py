@@ -4,13 +4,15 @@ The HC18 sample is laid out as a user's folder (``examples/own-data/gather.py``:
 from the annotated outlines). Each draw of ten images gets the tight boxes of their masks (as a user would draw
 them) and is trained as a user would train it: ``autoprompt train`` with ``examples/own-data/params.yaml`` on the
 default, fast CPU numerics. The draws: the ten that ``autoprompt suggest -n 10`` lists with each of its methods
-(``kcenter``, ``typical``), and ``--uniform`` draws of ten taken uniformly without replacement (seeds 0, 1, ...). A
-draw whose model was trained on the same boxes by an earlier call is not trained again.
+(``kcenter``, ``typical``, ``cover``), and ``--uniform`` draws of ten taken uniformly without replacement (seeds 0,
+1, ...). A draw whose model was trained on the same boxes by an earlier call is not trained again.
 
 Every model is scored on the same images: those that no draw trained on. Each is encoded once (the fast path's
 encoder, as ``predict``'s) and decoded by each model as ``predict`` does (the runs' ensemble, re-prompted at the
 model's margin); Dice (%) on each image's own grid, and its misses (Dice under 50). The tight-box prompt on the same
-images is the bound.
+images is the bound. The results also give each model's Dice on the thirds of the scored images by tight-box area,
+and where each ten's boxes lie among the pool's sizes (percentiles): a ten that leaves out the smallest or the
+largest heads is what misses them.
 
 ``--split authors`` takes the draws from the authors' training split alone (a folder of its images: what ``suggest``
 lists from and what the second round harvests) and scores every model on their test split, the images the pipeline's
@@ -170,6 +172,31 @@ def score(models: dict[str, Path], data: Path, names: list[str], boxes: dict) ->
     }  # fmt: skip
 
 
+def box_area(box: tuple[int, int, int, int]) -> int:
+    """Pixels of an inclusive box (x_min, y_min, x_max, y_max)."""
+    return (box[2] - box[0] + 1) * (box[3] - box[1] + 1)
+
+
+def by_size(scores: dict[str, dict], test: list[str], boxes: dict) -> dict:
+    """Each model's mean Dice on the thirds of the scored images ``test`` by tight-box area (smallest, middle,
+    largest): where a ten's boxes leave a size out, its model misses there."""
+    areas = np.array([box_area(boxes[name]) for name in test])
+    thirds = np.array_split(np.argsort(areas, kind="stable"), 3)
+    return {
+        "area_px": [[int(areas[t].min()), int(areas[t].max())] for t in thirds],
+        "dice": {
+            model: [round(float(np.mean(np.asarray(score["per_image"])[t])), 2) for t in thirds]
+            for model, score in scores.items()
+        },
+    }
+
+
+def area_percentiles(names: list[str], pool: list[str], boxes: dict) -> list[int]:
+    """The percentile of each of ``names``' tight-box areas among the ``pool``'s, sorted: which sizes a ten spans."""
+    pool_areas = np.array([box_area(boxes[name]) for name in pool])
+    return sorted(round(100 * float(np.mean(pool_areas < box_area(boxes[name])))) for name in names)
+
+
 def summarised(scores: dict[str, dict], methods: list[str], uniform: int, suffix: str) -> dict:
     """Mean Dice of each suggested ten and of the uniform draws (each, and their mean), the tight box's, and every
     draw's misses: of the models whose key ends with ``suffix`` (``""``: the first round)."""
@@ -186,18 +213,20 @@ def summarised(scores: dict[str, dict], methods: list[str], uniform: int, suffix
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hc18", type=Path, default=common.DEFAULT_HC18, help="the HC18 sample (official layout)")
+    parser.add_argument(
+        "--hc18", type=Path, default=common.DEFAULT_HC18, help="the HC18 sample, official layout (default: %(default)s)"
+    )
     parser.add_argument("--work", type=Path, help="kept between calls (default: bench/.work/NAME)")
-    parser.add_argument("--name", default="draws", help="the results file: bench/results/NAME.json")
-    parser.add_argument("--uniform", type=int, default=5, help="uniform draws of --shots images")
-    parser.add_argument("--shots", type=int, default=10)
+    parser.add_argument("--name", default="draws", help="the results file: bench/results/NAME.json (default: draws)")
+    parser.add_argument("--uniform", type=int, default=5, help="uniform draws of --shots images (default: 5)")
+    parser.add_argument("--shots", type=int, default=10, help="boxed images in each draw (default: 10)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="suggest's methods")
     parser.add_argument(
         "--split",
         choices=("folder", "authors"),
         default="folder",
-        help="folder: draw from every image, score the images no draw trained on; authors: draw from the authors' "
-        "training split, score their test split",
+        help="folder (the default): draw from every image, score the images no draw trained on; authors: draw from "
+        "the authors' training split, score their test split",
     )
     parser.add_argument(
         "--self-training", action="store_true", help="also train each draw with a second round, scored beside it"
@@ -257,7 +286,9 @@ def main() -> None:
                 "numerics": "fast (the default)",
             },
             "draws": draws,
+            "draws_area_percentiles": {draw: area_percentiles(names, pool, boxes) for draw, names in draws.items()},
             "test_images": len(test),
+            "by_size": by_size(scores, test, boxes),
             "summary": summary,
             "dice": scores,
             "machine": machine,
