@@ -90,9 +90,9 @@ def pick(
     min_distance: float = suggest.DUPLICATE,
     method: str = "kcenter",
 ) -> list[int]:
-    """``n`` rows to box (fewer where the rest are near-duplicates): greedy k-center on the pooled ``features``, or
-    each k-means cluster's most central row (``method``: ``training.suggest.METHODS``), with the slices'
-    ``positions`` as a feature where the folder has ``volumes`` (``training.suggest``)."""
+    """``n`` rows to box (fewer where the rest are near-duplicates): greedy k-center on the pooled ``features``,
+    each k-means cluster's most central row, or greedy maximum coverage (``method``: ``training.suggest.METHODS``),
+    with the slices' ``positions`` as a feature where the folder has ``volumes`` (``training.suggest``)."""
     spread = suggest.with_positions(features, positions) if volumes else features
     if method == "typical":
         return suggest.typical(spread, n)

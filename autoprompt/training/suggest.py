@@ -1,5 +1,7 @@
 """Which images to box: greedy k-center (farthest-point) selection in embedding space, so that a few boxes cover a
-folder (``autoprompt suggest``) or a training split (``train.draw: suggest``).
+folder (``autoprompt suggest``) or a training split (``train.draw: suggest``); ``autoprompt suggest --method``
+also offers ``typical`` (k-means clusters' central images) and ``cover`` (greedy maximum coverage), which
+``bench/results/draws.json`` and ``draws_authors.json`` compare with uniform draws.
 
 The features are the backbone's embeddings pooled to one vector per image (``data.embeddings.pooled``: the mean over
 the 64 x 64 grid of each of the 256 channels, L2-normalised): cheap, one read of the store, and blind to where in

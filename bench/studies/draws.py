@@ -10,9 +10,9 @@ default, fast CPU numerics. The draws: the ten that ``autoprompt suggest -n 10``
 Every model is scored on the same images: those that no draw trained on. Each is encoded once (the fast path's
 encoder, as ``predict``'s) and decoded by each model as ``predict`` does (the runs' ensemble, re-prompted at the
 model's margin); Dice (%) on each image's own grid, and its misses (Dice under 50). The tight-box prompt on the same
-images is the bound. The results also give each model's Dice on the thirds of the scored images by tight-box area,
-and where each ten's boxes lie among the pool's sizes (percentiles): a ten that leaves out the smallest or the
-largest heads is what misses them.
+images is the bound. The results also give each model's Dice on the thirds of the scored images by tight-box area
+in pixels (``by_size``), and where each ten's boxes lie among the pool's box areas (``draws_area_percentiles``), to
+see whether the heads a ten scores worst on are the sizes its boxes leave out.
 
 ``--split authors`` takes the draws from the authors' training split alone (a folder of its images: what ``suggest``
 lists from and what the second round harvests) and scores every model on their test split, the images the pipeline's
@@ -21,7 +21,8 @@ folder's unboxed images, reusing the first round's runs) and scores that model b
 ``--split authors``, where the unboxed images are not the scored ones.
 
     python -m bench.studies.draws [--hc18 ../shared/data/hc18-sample] [--uniform 5] [--shots 10]
-    python -m bench.studies.draws --name draws_authors --split authors --methods kcenter --self-training
+    python -m bench.studies.draws --name draws_authors --split authors --methods kcenter typical cover --uniform 5 \
+        --self-training
 """
 
 from __future__ import annotations
