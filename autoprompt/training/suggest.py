@@ -60,27 +60,45 @@ def choose(
     ``features``) is closer than ``min_distance``: then fewer than ``n`` rows come back. No randomness: the same
     features give the same picks."""
     features = np.asarray(features, np.float32)
-    count = len(features)
-    if count == 0 or n <= 0:
+    if len(features) == 0 or n <= 0:
         return []
-    same = features if duplicates is None else np.asarray(duplicates, np.float32)
-    assert len(same) == count, f"duplicates has {len(same)} rows, features {count}"
     first = medoid(features) if start is None else int(start)
-    assert 0 <= first < count, f"start {first} is outside 0..{count - 1}"
-    picked = [first]
-    nearest = np.linalg.norm(features - features[first], axis=1)  # to the nearest chosen row
-    nearest_same = np.linalg.norm(same - same[first], axis=1)
-    open_ = np.ones(count, bool)  # neither picked nor skipped
-    open_[first] = False
-    while len(picked) < n and open_.any():
-        candidate = int(np.argmax(np.where(open_, nearest, -np.inf)))
-        open_[candidate] = False
-        if nearest_same[candidate] < min_distance:
-            continue
-        picked.append(candidate)
-        nearest = np.minimum(nearest, np.linalg.norm(features - features[candidate], axis=1))
-        nearest_same = np.minimum(nearest_same, np.linalg.norm(same - same[candidate], axis=1))
-    return picked
+    assert 0 <= first < len(features), f"start {first} is outside 0..{len(features) - 1}"
+    picks = _Picks(features, duplicates, min_distance)
+    picks.take(first)
+    while len(picks.rows) < n and picks.open.any():
+        picks.take(picks.farthest())
+    return picks.rows
+
+
+class _Picks:
+    """The rows of N x D ``features`` chosen so far (``rows``, in order), those still open (neither chosen nor
+    skipped), and each row's distance to the nearest chosen one, in ``features`` and in ``duplicates`` (N x D',
+    default ``features``), where a row nearer a chosen one than ``min_distance`` is a near-duplicate."""
+
+    def __init__(self, features: np.ndarray, duplicates: np.ndarray | None, min_distance: float) -> None:
+        self.features = features
+        self.same = features if duplicates is None else np.asarray(duplicates, np.float32)
+        assert len(self.same) == len(features), f"duplicates has {len(self.same)} rows, features {len(features)}"
+        self.min_distance = min_distance
+        self.rows: list[int] = []
+        self.open = np.ones(len(features), bool)
+        self.nearest = np.full(len(features), np.inf, np.float32)
+        self.nearest_same = np.full(len(features), np.inf, np.float32)
+
+    def farthest(self) -> int:
+        """The open row farthest from every chosen one (the lowest index among ties)."""
+        return int(np.argmax(np.where(self.open, self.nearest, -np.inf)))
+
+    def take(self, row: int) -> bool:
+        """Close ``row`` and choose it, unless it is a near-duplicate of a chosen row; whether it was chosen."""
+        self.open[row] = False
+        if self.nearest_same[row] < self.min_distance:
+            return False
+        self.rows.append(row)
+        self.nearest = np.minimum(self.nearest, np.linalg.norm(self.features - self.features[row], axis=1))
+        self.nearest_same = np.minimum(self.nearest_same, np.linalg.norm(self.same - self.same[row], axis=1))
+        return True
 
 
 METHODS = ("kcenter", "typical", "cover")  # greedy k-center (``choose``), k-means' typical rows, max coverage
@@ -101,33 +119,20 @@ def cover(features: np.ndarray, n: int, min_distance: float = 0.0, duplicates: n
     count = len(features)
     if count == 0 or n <= 0:
         return []
-    same = features if duplicates is None else np.asarray(duplicates, np.float32)
-    assert len(same) == count, f"duplicates has {len(same)} rows, features {count}"
+    picks = _Picks(features, duplicates, min_distance)
     distances = _distances(features)
     k = min(count - 1, max(1, round(count / n)))
     radius = float(np.median(np.partition(distances, k, axis=1)[:, k])) if count > 1 else 0.0
     balls = distances <= radius
     gains = balls.sum(axis=1)  # uncovered rows in each row's ball
     covered = np.zeros(count, bool)
-    nearest = np.full(count, np.inf, np.float32)  # to the nearest chosen row
-    nearest_same = np.full(count, np.inf, np.float32)
-    open_ = np.ones(count, bool)  # neither picked nor skipped
-    picked: list[int] = []
-    while len(picked) < n and open_.any():
-        if covered.all():
-            candidate = int(np.argmax(np.where(open_, nearest, -np.inf)))
-        else:
-            candidate = int(np.argmax(np.where(open_, gains, -1)))
-        open_[candidate] = False
-        if nearest_same[candidate] < min_distance:
-            continue
-        picked.append(candidate)
-        new = balls[candidate] & ~covered
-        covered |= new
-        gains -= balls[:, new].sum(axis=1)
-        nearest = np.minimum(nearest, distances[candidate])
-        nearest_same = np.minimum(nearest_same, np.linalg.norm(same - same[candidate], axis=1))
-    return picked
+    while len(picks.rows) < n and picks.open.any():
+        candidate = picks.farthest() if covered.all() else int(np.argmax(np.where(picks.open, gains, -1)))
+        if picks.take(candidate):
+            new = balls[candidate] & ~covered
+            covered |= new
+            gains -= balls[:, new].sum(axis=1)
+    return picks.rows
 
 
 def _distances(features: np.ndarray) -> np.ndarray:
