@@ -167,8 +167,9 @@ def train_command(args: argparse.Namespace) -> None:
     steps = ", ".join(f"{name} {_duration(s)}" for name, s in summary.seconds.items())
     second = f" and {len(summary.harvested.rows)} pseudo-boxed" if summary.harvested is not None else ""
     log.info(
-        "wrote %s: %d runs (%d trained now) on %d boxed images%s, re-prompt margin %s; %s (%s); work kept in %s",
-        out, summary.runs, summary.trained, summary.images, second, margin, _duration(time.perf_counter() - start),
+        "wrote %s: %d run%s (%d trained now) on %d boxed images%s, re-prompt margin %s; %s (%s); work kept in %s",
+        out, summary.runs, "" if summary.runs == 1 else "s", summary.trained, summary.images, second, margin,
+        _duration(time.perf_counter() - start),
         steps, work,
     )  # fmt: skip
 
@@ -196,8 +197,8 @@ def suggest_command(args: argparse.Namespace) -> None:
     from autoprompt.device import numerics, select_device
     from autoprompt.errors import InputError
     from autoprompt.outputs import refuse_overlap
-    from autoprompt.own_data import default_work
-    from autoprompt.suggest_boxes import STUDIO, suggest_folder
+    from autoprompt.own_data import boxes_source, default_work
+    from autoprompt.suggest_boxes import NEXT, STUDIO, suggest_folder, suggest_next
 
     data = args.input
     if data.name == "images" and not (data / "images").is_dir():  # DATA/images given: DATA is its parent
@@ -205,7 +206,10 @@ def suggest_command(args: argparse.Namespace) -> None:
     if not (data / "images").is_dir():
         raise InputError(f"{data / 'images'}: folder not found; give the folder holding images/, as train takes it")
     settings = command_settings(args, "autoprompt suggest")
-    out = args.output or data
+    if args.model is None and (args.boxes is not None or args.label is not None):
+        raise InputError(f"{'--boxes' if args.boxes is not None else '--label'}: read only with --model, to know "
+                         "which images are boxed; add --model MODEL, or leave it out")  # fmt: skip
+    out = args.output or (data / NEXT if args.model is not None else data)
     work = args.work or default_work(data)
     refuse_overlap(
         {"-o": out / "boxes.csv", "-o's": out / STUDIO, "--work": work},
@@ -215,18 +219,22 @@ def suggest_command(args: argparse.Namespace) -> None:
     chosen = numerics(_numerics_mode(args), select_device(args.device, "--device"), settings.encode.threads)
     log.info("encoding on %s", chosen.describe(training=False))
     start = time.perf_counter()
-    found = suggest_folder(
-        data,
-        out,
-        work,
-        settings,
-        args.n,
-        chosen,
-        args.min_distance,
-        args.class_name or "structure",
-        args.studio_root,
-        args.method,
-    )
+    label = args.class_name or "structure"
+    if args.model is not None:
+        if not args.model.is_file():
+            raise InputError(f"--model {args.model}: no such file; give the model file that autoprompt train wrote")
+        boxes = boxes_source(settings, data, args.boxes, args.label)  # as train finds them
+        found = suggest_next(data, out, work, settings, args.model, boxes, args.n, chosen, args.min_distance, label,
+                             args.studio_root, args.label)  # fmt: skip
+        log.info(
+            "wrote %s: %d of the %d unboxed images and slices (the model is unsure of %d of the %d), in the order "
+            "chosen (%s); to review (boxes drawn from %s: add them to %s)",
+            ", ".join(str(p) for p in found.written[:2]), len(found.picks), found.candidates, found.doubtful,
+            found.candidates, _duration(time.perf_counter() - start), out / "boxes.csv", boxes,
+        )  # fmt: skip
+        return
+    found = suggest_folder(data, out, work, settings, args.n, chosen, args.min_distance, label, args.studio_root,
+                           args.method)  # fmt: skip
     log.info(
         "wrote %s: %d of %d images and slices to box, in the order chosen (%s); embeddings kept in %s for train",
         ", ".join(str(p) for p in found.written[:2]), len(found.picks), found.candidates,
@@ -310,7 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--class", dest="class_name", help="the structure's name, recorded in the model (default: structure)"
     )
     train.add_argument(
-        "--work", type=Path, help="folder for the steps' work, reused by later calls (default: OUTPUT.work)"
+        "--work",
+        type=Path,
+        help="folder for the steps' work, reused by later calls (default: beside -o, named after its stem: "
+        "model.work for model.pt)",
     )
     train.add_argument("--runs", type=positive, default=3, help="runs in the ensemble, one seed each")
     train.add_argument(
@@ -348,14 +359,18 @@ def build_parser() -> argparse.ArgumentParser:
         "suggest",
         "choose the images (volume slices) to box so that a few boxes cover the folder; write boxes.csv to fill in "
         "and a Label Studio project",
-        "autoprompt suggest -i my-scans -n 10",
+        "autoprompt suggest -i my-scans -n 10\n"
+        "  autoprompt suggest -i my-scans -n 5 --model my-scans.pt   (where the model is unsure)",
     )
     suggest.add_argument(
         "-i", "--input", type=Path, required=True, metavar="DATA", help="a folder with images/ (or DATA/images)"
     )
     suggest.add_argument("-n", type=positive, default=10, help="images (volume slices) to box")
     suggest.add_argument(
-        "-o", "--output", type=Path, help="folder for boxes.csv and label-studio/ (default: DATA, where train looks)"
+        "-o",
+        "--output",
+        type=Path,
+        help="folder for boxes.csv and label-studio/ (default: DATA, where train looks; with --model, DATA/next)",
     )
     suggest.add_argument(
         "--work", type=Path, help="folder for the embeddings, reused by train and later calls (default: DATA.work)"
@@ -372,8 +387,21 @@ def build_parser() -> argparse.ArgumentParser:
         default="kcenter",
         help="kcenter (the default): each next image the farthest from those chosen; typical: the most central image "
         "of each of n k-means clusters; cover: each next image the one whose neighbourhood holds the most images not "
-        "yet covered",
+        "yet covered (not with --model, which lists where the model is unsure)",
     )
+    suggest.add_argument(
+        "--model",
+        type=Path,
+        help="where the model is unsure: a model autoprompt train wrote from DATA's boxes; lists the unboxed images "
+        "(slices) its runs disagree on, or whose box breaks the volume's sequence, to review (default -o: DATA/next; "
+        "on real HC18, boxing these did worse than boxing as many at random: docs/own-data.md)",
+    )
+    suggest.add_argument(
+        "--boxes",
+        type=Path,
+        help="with --model: the boxes drawn so far, as train reads them (default: as train finds them)",
+    )
+    suggest.add_argument("--label", help="with --model: the boxes' label, where --boxes is a labelled export")
     suggest.add_argument("--class", dest="class_name", help="the box's label in Label Studio (default: structure)")
     suggest.add_argument(
         "--studio-root", type=Path, help="Label Studio's local files root, for the tasks' URLs (default: OUTPUT)"

@@ -401,6 +401,32 @@ def second_round(rule: SelfTraining, images: Path, boxed: int) -> bool:
     return wanted
 
 
+def judging_rule(rule: SelfTraining) -> Presence:
+    """How ``train.self_training`` judges a slice's evidence (``inference.pseudo_boxes``): the runs' agreement and,
+    in a volume, the box's fit to the sequence, at the section's thresholds; 2D images judged too."""
+    return Presence(("agreement", "sequence"), min_agreement=rule.min_agreement, min_box_iou=rule.min_box_iou,
+                    max_growth=rule.max_growth, images=True)  # fmt: skip
+
+
+def judging_predictor(model: Model, settings: Settings, numerics: Numerics) -> Predictor:
+    """``model`` run as ``predict`` runs it (re-prompted at its margin, volumes fitted) but with no presence rule, so
+    that each slice's evidence is judged by the caller (``judging_rule``); on ``settings``' train device."""
+    return Predictor(
+        model, select_device(settings.train.device, settings.train.key("device")), settings.train.predict_batch_size,
+        runtime=settings.encode.runtime, cache_dir=settings.encode.runtime_cache, reprompt_margin=model.reprompt_margin,
+        threshold=settings.evaluate.threshold, volume_min_iou=model.volume_min_iou, numerics=numerics,
+        box_threshold=model.reprompt_box_threshold,
+    )  # fmt: skip
+
+
+def folder_inputs(wanted: list[Wanted]) -> list[list[int]]:
+    """Each file's rows of ``read_folder``'s list, in slice order: the inputs a model segments one at a time."""
+    inputs: dict[str, list[int]] = {}
+    for row, w in enumerate(wanted):
+        inputs.setdefault(w.file, []).append(row)
+    return list(inputs.values())
+
+
 def pseudo_boxed(
     data: Path,
     work: Path,
@@ -421,22 +447,12 @@ def pseudo_boxed(
     group = zarr.open_group(store, mode="r")
     boxed_ids = set(table.loc[table["split"] == "train", "id"])
     boxed = {row for row, i in enumerate(ids) if i in boxed_ids}
-    inputs: dict[str, list[int]] = {}
-    for row, w in enumerate(wanted):
-        inputs.setdefault(w.file, []).append(row)
 
     def read(rows: list[int]) -> torch.Tensor:
         return torch.from_numpy(np.asarray(group["embeddings"][rows[0] : rows[-1] + 1]))
 
-    predictor = Predictor(
-        first, select_device(settings.train.device, settings.train.key("device")), settings.train.predict_batch_size,
-        runtime=settings.encode.runtime, cache_dir=settings.encode.runtime_cache, reprompt_margin=first.reprompt_margin,
-        threshold=settings.evaluate.threshold, volume_min_iou=first.volume_min_iou, numerics=numerics,
-        box_threshold=first.reprompt_box_threshold,
-    )  # fmt: skip
-    judged = Presence(("agreement", "sequence"), min_agreement=rule.min_agreement, min_box_iou=rule.min_box_iou,
-                      max_growth=rule.max_growth, images=True)  # fmt: skip
-    harvested = harvest(predictor, list(inputs.values()), read, boxed, judged)
+    judged = judging_rule(rule)
+    harvested = harvest(judging_predictor(first, settings, numerics), folder_inputs(wanted), read, boxed, judged)
     if not harvested.rows:
         return None, harvested  # the caller says so, once
     log.info("self-training: %s; runs agreeing at %g", harvested.describe(), rule.min_agreement)

@@ -19,6 +19,15 @@ copies from this store every boxed image whose pixels it holds (from its own wor
 no image is encoded twice by the same encoder (``suggest`` and ``train`` use the same one: ``own_data.encode_for``).
 The images themselves are read again on each call (reading is cheap beside the encoder).
 
+Where the model is unsure (``suggest_next``, ``autoprompt suggest --model MODEL``): once a model is trained, it
+segments every unboxed image and slice as ``predict`` does, each judged as the second round judges it
+(``inference.pseudo_boxes.doubts``): the slices whose runs disagree, or whose box breaks its volume's sequence, are in
+doubt. ``n`` of them are listed, chosen by k-center from the boxed slices (``training.suggest.box_next``) so that two
+never show one failure, and the rest of the folder fills the list where fewer are in doubt. The templates are the
+same; ``OUT`` defaults to ``DATA/next``, since ``DATA/boxes.csv`` holds the boxes. The list is for review: on real
+HC18, boxing what it lists did worse than boxing as many images at random (``bench/results/draws_next_authors.json``,
+``draws_next.json``; docs/own-data.md).
+
 Every output is written whole (a temporary, then renamed), and only over what ``suggest`` wrote: a ``boxes.csv``
 with a box in it, or a ``label-studio`` folder without its mark, is the user's and is refused.
 """
@@ -35,23 +44,36 @@ from urllib.parse import quote
 
 import cv2
 import numpy as np
+import torch
 import zarr
 
 from autoprompt.data import embeddings
 from autoprompt.data.box_templates import Wanted, csv_template, is_template, studio_config, studio_task
+from autoprompt.data.boxes import read_boxes
 from autoprompt.data.folder import BOXES, IMAGES
 from autoprompt.data.images import as_stack, intensities, read_image, to_uint8
 from autoprompt.data.records import preprocessing
 from autoprompt.device import EXACT_NUMERICS, Numerics
 from autoprompt.errors import InputError
+from autoprompt.inference.model import load_model
+from autoprompt.inference.pseudo_boxes import SAID, doubts
 from autoprompt.io import atomic_path, write_text
 from autoprompt.outputs import clear_stale, hold
-from autoprompt.own_data import encode_folder, encode_for, folder_section, read_folder
+from autoprompt.own_data import (
+    encode_folder,
+    encode_for,
+    folder_inputs,
+    folder_section,
+    judging_predictor,
+    judging_rule,
+    read_folder,
+)
 from autoprompt.settings import FolderPrepare, Settings
 from autoprompt.training import suggest
 
 log = logging.getLogger(__name__)
 
+NEXT = "next"  # suggest --model's default OUT in DATA: DATA/boxes.csv holds the boxes drawn so far
 STUDIO = "label-studio"  # OUT's folder of the Label Studio project
 STUDIO_MARK = ".autoprompt-suggest"  # in STUDIO: the folder is suggest's own, and may be replaced
 LOCAL_FILES = "/data/local-files/?d="  # Label Studio's URL of a file under LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT
@@ -65,6 +87,7 @@ class Suggestion:
     picks: list[Wanted]
     candidates: int
     written: list[Path]
+    doubtful: int | None = None  # suggest_next: the unboxed images and slices the model is unsure of
 
 
 def pooled_features(store: Path) -> np.ndarray:
@@ -112,9 +135,14 @@ def render(images: Path, picks: list[Wanted], section: FolderPrepare) -> dict[st
     return out
 
 
-def check_outputs(out: Path) -> None:
+def check_outputs(out: Path, studio_root: Path | None = None) -> None:
     """Refuse, before any work, to write over a ``boxes.csv`` that is not a template or a ``label-studio`` folder that
-    ``suggest`` did not write."""
+    ``suggest`` did not write, and a ``studio_root`` (Label Studio's document root) that does not hold ``out``."""
+    if studio_root is not None and not (out.resolve() / STUDIO).is_relative_to(Path(studio_root).resolve()):
+        raise InputError(
+            f"--studio-root {studio_root}: Label Studio serves local files only below its root, and {out / STUDIO} "
+            "is not below it; give a root that holds -o's folder"
+        )
     boxes, studio = out / BOXES, out / STUDIO
     if boxes.is_dir() or (boxes.exists() and not is_template(boxes)):
         raise InputError(
@@ -165,12 +193,7 @@ def suggest_folder(
     images are chosen (``pick``)."""
     section = folder_section(settings)
     settings = settings.model_copy(update={"encode": encode_for(settings.encode, numerics)})
-    check_outputs(out)
-    if studio_root is not None and not (out.resolve() / STUDIO).is_relative_to(Path(studio_root).resolve()):
-        raise InputError(
-            f"--studio-root {studio_root}: Label Studio serves local files only below its root, and {out / STUDIO} "
-            "is not below it; give a root that holds -o's folder"
-        )
+    check_outputs(out, studio_root)
     with hold(work, f"autoprompt suggest {data}", "autoprompt-train"):  # train's lock: one of them at a time
         clear_stale(work)
         wanted, slices, positions = read_folder(data / IMAGES, section)
@@ -190,3 +213,80 @@ def suggest_folder(
     pictures = render(data / IMAGES, chosen, section)
     written = write_outputs(out, chosen, pictures, label, out if studio_root is None else studio_root)
     return Suggestion(chosen, len(wanted), written)
+
+
+def boxed_rows(wanted: list[Wanted], boxes: Path, images: Path, label: str | None) -> list[int]:
+    """The rows of ``read_folder``'s list that the boxes file ``boxes`` boxes, matched as ``train`` matches them: a
+    box without a slice is on slice 0, and a 2D image is its own slice 0 (a viewer's ROI on a picture names slice 0)."""
+    keys = {(name, box.slice or 0) for name, found in read_boxes(boxes, images, label).items() for box in found}
+    return [row for row, w in enumerate(wanted) if (w.file, w.slice or 0) in keys]
+
+
+def suggest_next(
+    data: Path,
+    out: Path,
+    work: Path,
+    settings: Settings,
+    model_path: Path,
+    boxes: Path,
+    n: int,
+    numerics: Numerics = EXACT_NUMERICS,
+    min_distance: float = suggest.DUPLICATE,
+    label: str = "structure",
+    studio_root: Path | None = None,
+    box_label: str | None = None,
+) -> Suggestion:
+    """Choose ``n`` unboxed images (volume slices) of ``data`` to box next, those the model ``model_path`` is unsure
+    of first (see the module's docstring), and write their templates into ``out``. ``boxes``: the boxes drawn so far
+    (``box_label``: their label in a labelled export); the other arguments as ``suggest_folder``'s."""
+    section = folder_section(settings)
+    model = load_model(model_path)
+    if model.backbone != settings.encode.backbone:
+        raise InputError(
+            f"--model {model_path}: trained on {model.backbone} embeddings, and suggest would encode with "
+            f"{settings.encode.backbone}; give --backbone {model.backbone}"
+        )
+    if model.preprocessing != preprocessing(section):
+        raise InputError(
+            f"--model {model_path}: trained on images prepared as {model.preprocessing.as_dict()}, the params prepare "
+            f"them as {preprocessing(section).as_dict()}; give --params the file train read"
+        )
+    if len(model.heads) < 2:
+        log.warning("%s has one run, which cannot disagree with itself: only a box off its volume's sequence is in "
+                    "doubt; train with --runs 2 or more", model_path)  # fmt: skip
+    settings = settings.model_copy(update={"encode": encode_for(settings.encode, numerics)})
+    check_outputs(out, studio_root)
+    with hold(work, f"autoprompt suggest {data}", "autoprompt-train"):
+        clear_stale(work)
+        wanted, slices, positions = read_folder(data / IMAGES, section)
+        boxed = boxed_rows(wanted, boxes, data / IMAGES, section.label if box_label is None else box_label)
+        if len(boxed) == len(wanted):
+            raise InputError(f"{boxes}: every image and slice of {data / IMAGES} has a box; nothing to list")
+        store = encode_folder([w.id for w in wanted], slices, settings, work)
+        features = pooled_features(store)
+        group = zarr.open_group(store, mode="r")
+
+        def read(rows: list[int]) -> torch.Tensor:
+            return torch.from_numpy(np.asarray(group["embeddings"][rows[0] : rows[-1] + 1]))
+
+        unsure = doubts(judging_predictor(model, settings, numerics), folder_inputs(wanted), read, set(boxed),
+                        judging_rule(settings.train.self_training))  # fmt: skip
+    said = ", ".join(f"{unsure.said[s]} {s}" for s in SAID if unsure.said[s])
+    log.info("the model is unsure of %d of %d unboxed images and slices (%s; the runs disagree: under %g agreement)",
+             len(unsure.rows), unsure.looked, said, settings.train.self_training.min_agreement)  # fmt: skip
+    volumes = any(w.slice is not None for w in wanted)
+    spread = suggest.with_positions(features, positions) if volumes else features
+    rows = suggest.box_next(spread, n, boxed, unsure.rows, min_distance, duplicates=features)
+    chosen = [wanted[i] for i in rows]
+    if len(chosen) < min(n, unsure.looked):
+        log.warning("%d images and slices chosen, not %d: every other one lies within %g of a chosen or boxed one",
+                    len(chosen), n, min_distance)  # fmt: skip
+    if unsure.looked < n:
+        log.warning("%d unboxed images and slices in %s, fewer than -n %d: every one is listed", unsure.looked, data, n)
+    doubtful = set(unsure.rows)
+    for rank, (row, w) in enumerate(zip(rows, chosen, strict=True), 1):
+        log.info("%2d. %s%s (run agreement %.2f%s)", rank, w.file, "" if w.slice is None else f" slice {w.slice}",
+                 unsure.agreement[row], "" if row in doubtful else "; not in doubt, to cover the folder")  # fmt: skip
+    pictures = render(data / IMAGES, chosen, section)
+    written = write_outputs(out, chosen, pictures, label, out if studio_root is None else studio_root)
+    return Suggestion(chosen, unsure.looked, written, len(unsure.rows))

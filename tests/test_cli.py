@@ -218,7 +218,7 @@ def test_a_changed_box_retrains_only_the_runs_and_a_changed_image_only_its_embed
             autoprompt(*argv)
     finally:
         runtimes.build_encoder = real
-    assert "1 runs planned, 0 already trained, 1 to train" in caplog.text, "every run trains on img1's box"
+    assert "1 run planned, 0 already trained, 1 to train" in caplog.text, "every run trains on img1's box"
     assert "embeddings.zarr is complete; nothing to do" in caplog.text and "views.zarr is complete" in caplog.text
 
     image = cv2.imread(str(root / "data/images/img2.png"), cv2.IMREAD_GRAYSCALE)
@@ -547,3 +547,42 @@ def test_self_training_trains_a_second_round_on_the_unboxed_slices_pseudo_boxes(
     assert changed, "the second round's heads are new ones"
     assert f"and {record['images']} pseudo-boxed" in caplog.text
     assert "self-training: on (auto): 6 images and slices without a box" in caplog.text
+
+
+def test_suggest_with_the_model_lists_unboxed_images_to_box_next(trained: Path, tmp_path: Path, caplog) -> None:
+    """``suggest --model``: the unboxed pictures and slices, in doubt first, into DATA/next; the boxes untouched."""
+    data = trained / "data"
+    drawn = (data / "boxes.csv").read_text()
+    with pytest.raises(InputError, match=r"^--boxes: read only with --model"):
+        autoprompt("suggest", "-i", data, "--boxes", data / "boxes.csv")
+    argv = ["suggest", "-i", data, "-n", 4, "--model", trained / "model.pt", "--work", tmp_path / "suggest.work",
+            "--device", "cpu", "--threads", 2]  # fmt: skip
+    with caplog.at_level(logging.INFO):
+        autoprompt(*argv, "--params", params(tmp_path))
+    out = data / "next"
+    rows = [line.split(",") for line in (out / "boxes.csv").read_text().splitlines()[1:]]
+    boxed = {(name, "") for name in BOXES} | {("scan.nii.gz", str(k)) for k in VOLUME_BOXES}
+    listed = {(row[0], row[5]) for row in rows}
+    assert len(rows) == 4 and not listed & boxed, "unboxed images and slices only"
+    assert all(not any(row[1:5]) for row in rows), "a template: corners to fill"
+    assert len(json.loads((out / "label-studio" / "tasks.json").read_text())) == 4
+    assert (data / "boxes.csv").read_text() == drawn, "the boxes drawn so far are never written over"
+    unsure = re.search(r"the model is unsure of (\d+) of 6 unboxed images and slices", caplog.text)
+    assert unsure, "three unboxed pictures and the volume's three unboxed slices, judged"
+    covering = ["not in doubt" in line for line in re.findall(r" \d\. .*\(run agreement .*", caplog.text)]
+    assert len(covering) == 4 and covering == sorted(covering), "the ones in doubt first, the rest fill the list"
+    assert covering.count(False) >= min(1, int(unsure.group(1))), "near-duplicates of a boxed image aside"
+
+    every = tmp_path / "every.csv"
+    rows = [f"img{i}.png,1,1,5,5," for i in range(6)] + [f"scan.nii.gz,1,1,5,5,{k}" for k in range(VOLUME[0])]
+    every.write_text("image,x_min,y_min,x_max,y_max,slice\n" + "\n".join(rows) + "\n")
+    with pytest.raises(InputError, match=r"every\.csv: every image and slice of .* has a box; nothing to list$"):
+        autoprompt(*argv, "--params", params(tmp_path), "--boxes", every, "-o", tmp_path / "all")
+    assert not (tmp_path / "all").exists()
+
+    other = yaml.safe_load(params(tmp_path).read_text())
+    other["prepare"]["mine"]["crop"] = 128
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
+    with pytest.raises(InputError, match=r"trained on images prepared as .*give --params the file train read$"):
+        autoprompt(*argv, "--params", tmp_path / "other.yaml", "-o", tmp_path / "elsewhere")
+    assert not (tmp_path / "elsewhere").exists()

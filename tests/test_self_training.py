@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from autoprompt.inference.presence import Evidence, Presence
-from autoprompt.inference.pseudo_boxes import Harvest, harvest, inner_slice, reason_left_out
+from autoprompt.inference.pseudo_boxes import SAID, Harvest, doubts, harvest, inner_slice, reason_left_out
 from autoprompt.model import backbones, losses
 from autoprompt.model.decoding import decode
 from autoprompt.training.loop import PseudoBoxes, _Cycle, train_head
@@ -127,6 +127,22 @@ def test_harvest_skips_the_boxed_rows_and_counts_why_others_give_nothing() -> No
     assert found.rows == [0, 3] and found.looked == 3 and found.left_out == Counter({"agreement": 1})
     assert found.boxes.tolist() == [[10, 10, 30, 30], [1, 2, 3, 4]]
     assert found.describe() == "2 of 3 unboxed slices gave a pseudo-box (left out: 1 agreement)"
+
+
+def test_doubts_are_the_unboxed_slices_the_runs_disagree_on_or_off_the_sequence() -> None:
+    """``suggest --model``: a disagreement counts even on an emptied slice; an agreed empty slice does not."""
+    volume = evidence(
+        [True, True, False, True],
+        [0.95, 0.2, 0.4, 0.97],
+        [[50, 50, 60, 60], [11, 11, 30, 30], [0, 0, 0, 0], [10, 10, 30, 30]],
+    )
+    pictures = {4: evidence([True], [0.99], [[1, 2, 3, 4]]), 5: evidence([False], [1.0], [[0, 0, 0, 0]])}
+    predictor = StubPredictor({0: volume, **pictures})
+    read = lambda rows: torch.tensor(rows, dtype=torch.float32)[:, None, None, None].expand(-1, 1, 1, 1)  # noqa: E731
+    found = doubts(predictor, [[0, 1, 2, 3], [4], [5]], read, boxed={3}, rule=RULE)
+    assert found.rows == [0, 1, 2], "0 breaks the sequence, 1 is disagreed on, 2 is emptied but disagreed on"
+    assert found.looked == 5 and found.agreement[1] == pytest.approx(0.2) and 3 not in found.agreement
+    assert found.said == Counter({SAID[0]: 2, SAID[1]: 1, SAID[2]: 1, SAID[3]: 1})
 
 
 @pytest.mark.parametrize(

@@ -25,8 +25,8 @@ from autoprompt.data.boxes import read_boxes
 from autoprompt.data.prepared import task_table
 from autoprompt.errors import InputError
 from autoprompt.model import runtimes
-from autoprompt.own_data import DATASET, encode_boxed, folder_settings, prepare_boxed, work_layout
-from autoprompt.settings import TrainSettings, load_settings
+from autoprompt.own_data import DATASET, encode_boxed, folder_settings, prepare_boxed, read_folder, work_layout
+from autoprompt.settings import FolderPrepare, TrainSettings, load_settings
 from autoprompt.training import suggest
 from autoprompt.training.fewshot import draw_features, draw_subset, fewshot_ids, plan_runs
 from tests.helpers import RUNTIME_CACHE, write_pictures
@@ -64,6 +64,23 @@ def test_near_duplicates_are_skipped() -> None:
     picked = suggest.choose(copies, 6, min_distance=suggest.DUPLICATE)
     assert len(picked) == 3 and sorted(np.array(picked) % 3) == [0, 1, 2], "never two copies of one image"
     assert len(suggest.choose(copies, 6)) == 6, "without a threshold, the copies come last"
+
+
+def test_box_next_takes_the_doubtful_far_from_the_boxed_then_covers_the_rest() -> None:
+    """Five clusters: 0 boxed, the model unsure of a row of cluster 1 and of two near-copies in 2, sure of 3 and 4."""
+    features, labels = clusters(k=5, per=4)
+    boxed = [0, 1]
+    doubtful = [4, 8, 9]
+    features[9] = features[8] + 1e-4  # a near-copy of a doubtful row
+    picked = suggest.box_next(features, 4, boxed, doubtful, min_distance=suggest.DUPLICATE)
+    assert sorted(labels[picked[:2]]) == [1, 2] and set(picked[:2]) <= set(doubtful), "the doubtful first"
+    assert not {8, 9} <= set(picked), "never a near-copy"
+    assert sorted(labels[picked[2:]]) == [3, 4], "then the folder the boxes leave uncovered"
+    assert not set(picked) & set(boxed), "never a boxed row"
+    assert suggest.box_next(features, 4, boxed, doubtful, min_distance=suggest.DUPLICATE) == picked, "deterministic"
+    alone = suggest.box_next(features, 4, boxed, [], min_distance=suggest.DUPLICATE)
+    assert sorted(labels[alone]) == [1, 2, 3, 4], "in no doubt: k-center from the boxed rows"
+    assert suggest.box_next(features, 0, boxed, doubtful) == [] and suggest.box_next(features[:0], 3, [], []) == []
 
 
 def test_slices_spread_across_a_volume() -> None:
@@ -216,6 +233,18 @@ def test_a_second_call_encodes_nothing_and_train_copies_the_embeddings(tmp_path:
     with caplog.at_level(logging.INFO):
         encode_boxed(data, work, settings)
     assert stand_in == [1] and "data: 6 of its images encoded before, copied" in caplog.text
+
+
+def test_the_boxed_rows_are_matched_as_train_matches_them(tmp_path: Path) -> None:
+    """A picture boxed with slice 0 (as a viewer's ROI names it) or none, a volume's slice by its index."""
+    data = folder(tmp_path / "data")
+    wanted, _, _ = read_folder(data / "images", FolderPrepare(crop=64))
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text("image,x_min,y_min,x_max,y_max,slice\nimg0.png,1,1,9,9,0\nimg1.png,1,1,9,9,\n"
+                     "scan.nii.gz,1,1,9,9,2\n")  # fmt: skip
+    rows = suggest_boxes.boxed_rows(wanted, boxes, data / "images", None)
+    assert sorted((wanted[r].file, wanted[r].slice) for r in rows) == [("img0.png", None), ("img1.png", None),
+                                                                        ("scan.nii.gz", 2)]  # fmt: skip
 
 
 def test_suggest_never_writes_into_the_images_or_over_a_users_folder(tmp_path: Path, stand_in) -> None:

@@ -8,14 +8,19 @@ cue: the mean Dice of each run's mask with the ensemble's) and, in a volume, its
 by, asked here of every slice rather than walked in from a volume's ends. The pseudo-box is the box of the final
 mask's largest component, in the prepared frame where the embeddings are, so the second round trains on it as on a
 drawn box. Only boxes leave this module: no mask is ever used as a target.
+
+The same judgement, read the other way, says where the model is unsure (``doubts``, for ``autoprompt suggest
+--model``): the slices left out because the runs disagree or the box breaks the sequence, which the second round
+cannot learn from itself.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -67,6 +72,40 @@ def reason_left_out(evidence: Evidence, i: int, rule: Presence) -> str | None:
     return None
 
 
+class Judged(NamedTuple):
+    """One unboxed slice, judged: its store ``row``, why it gives no pseudo-box (``reason_left_out``; None: it gives
+    one), its input's ``evidence``, its ``index`` there and its ``embedding`` (256 x 64 x 64)."""
+
+    row: int
+    reason: str | None
+    evidence: Evidence
+    index: int
+    embedding: Tensor
+
+
+def judged(
+    predictor: Predictor,
+    inputs: Sequence[list[int]],
+    embeddings: Callable[[list[int]], Tensor],
+    boxed: set[int],
+    rule: Presence,
+    desc: str,
+) -> Iterator[Judged]:
+    """Each unboxed row of a store, judged (``Judged``). ``inputs`` lists each image's (volume's) rows in slice order,
+    ``embeddings(rows)`` reads them (Z x 256 x 64 x 64), ``boxed``: the rows a user boxed, segmented with their volume
+    (the volume fit needs every slice) but never judged. ``predictor``: the model, post-processed as it says and with
+    no presence rule (a slice's evidence is judged here, by ``rule``)."""
+    assert predictor.presence is None, "judge the evidence here: a presence rule would empty slices first"
+    for volume in tqdm(inputs, desc=desc, unit="input"):
+        if all(r in boxed for r in volume):
+            continue
+        read = embeddings(volume)
+        _, evidence = predictor.decode_with_evidence(read)
+        for i, row in enumerate(volume):
+            if row not in boxed:
+                yield Judged(row, reason_left_out(evidence, i, rule), evidence, i, read[i])
+
+
 def harvest(
     predictor: Predictor,
     inputs: Sequence[list[int]],
@@ -74,32 +113,65 @@ def harvest(
     boxed: set[int],
     rule: Presence,
 ) -> Harvest:
-    """Pseudo-boxes of the unboxed rows of a store: ``inputs`` lists each image's (volume's) rows in slice order,
-    ``embeddings(rows)`` reads them (Z x 256 x 64 x 64), ``boxed``: the rows a user boxed, segmented with their volume
-    (the volume fit needs every slice) but never harvested. ``predictor``: the first round's model, post-processed
-    as it says and with no presence rule (a slice's evidence is judged here, by ``rule``)."""
-    assert predictor.presence is None, "judge the evidence here: a presence rule would empty slices first"
+    """Pseudo-boxes of the unboxed rows of a store (``judged``'s arguments): the first round's model run on each
+    input, and the rows whose evidence passes ``rule``."""
     rows: list[int] = []
     boxes: list[Tensor] = []
     kept: list[Tensor] = []
     left_out: Counter = Counter()
     looked = 0
-    for volume in tqdm(inputs, desc="first round on the unboxed images", unit="input"):
-        if all(r in boxed for r in volume):
-            continue
-        read = embeddings(volume)
-        _, evidence = predictor.decode_with_evidence(read)
-        for i, row in enumerate(volume):
-            if row in boxed:
-                continue
-            looked += 1
-            reason = reason_left_out(evidence, i, rule)
-            if reason is None:
-                rows.append(row)
-                boxes.append(evidence.boxes[i])
-                kept.append(read[i])
-            else:
-                left_out[reason] += 1
+    for row, reason, evidence, i, embedding in judged(
+        predictor, inputs, embeddings, boxed, rule, "first round on the unboxed images"
+    ):
+        looked += 1
+        if reason is None:
+            rows.append(row)
+            boxes.append(evidence.boxes[i])
+            kept.append(embedding)
+        else:
+            left_out[reason] += 1
     if not rows:
         return Harvest(rows, torch.zeros(0, 4, dtype=torch.long), torch.zeros(0), looked, left_out)
     return Harvest(rows, torch.stack(boxes).long(), torch.stack(kept), looked, left_out)
+
+
+@dataclass(frozen=True)
+class Doubts:
+    """Where a model is unsure (``autoprompt suggest --model``): the unboxed ``rows`` its runs disagree on or whose
+    box breaks its volume's sequence, each row's run ``agreement`` (row -> mean Dice of each run's mask with the
+    ensemble's), and how many unboxed rows were ``looked`` at, counted by what the model said (``SAID``)."""
+
+    rows: list[int]
+    agreement: dict[int, float]
+    looked: int
+    said: Counter[str]
+
+
+SAID = ("runs disagree", "off the sequence", "empty, runs agree", "found, runs agree")  # doubts' count, in order
+
+
+def doubts(
+    predictor: Predictor,
+    inputs: Sequence[list[int]],
+    embeddings: Callable[[list[int]], Tensor],
+    boxed: set[int],
+    rule: Presence,
+) -> Doubts:
+    """The unboxed rows the model is unsure of (``judged``'s arguments): its runs agree less than
+    ``rule.min_agreement``, whether or not the final mask is empty, or the box breaks the sequence. A second round
+    cannot learn these from the model itself. A slice every run leaves empty is not among them: the runs agree the
+    structure is absent."""
+    rows: list[int] = []
+    agreement: dict[int, float] = {}
+    said: Counter[str] = Counter()
+    for row, reason, evidence, i, _ in judged(predictor, inputs, embeddings, boxed, rule, "the model on the unboxed"):
+        agreement[row] = float(evidence.agreement[i])
+        if agreement[row] < rule.min_agreement:
+            said[SAID[0]] += 1
+        elif reason == "sequence":
+            said[SAID[1]] += 1
+        else:
+            said[SAID[2] if reason == "empty" else SAID[3]] += 1
+            continue
+        rows.append(row)
+    return Doubts(rows, agreement, len(agreement), said)

@@ -247,9 +247,8 @@ def train_task(
     if extra is not None and todo and any(job.config.loss.pseudo_label for job in todo):
         masks = box_prompted_masks(decoder, extra.embeddings, extra.boxes, task.label_size, data.batch_size, device)
         extra = dataclasses.replace(extra, masks=masks)
-    log.info(
-        "%s: %d runs planned, %d already trained, %d to train", task.name, len(jobs), len(jobs) - len(todo), len(todo)
-    )
+    log.info("%s: %d run%s planned, %d already trained, %d to train", task.name, len(jobs),
+             "" if len(jobs) == 1 else "s", len(jobs) - len(todo), len(todo))  # fmt: skip
     validation = data.validation(with_masks=True) if todo and train.validate_every else None
     configured = None if checkpoints.is_packaged(encode.backbone) else encode.checkpoint
     for job in todo:

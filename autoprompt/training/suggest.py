@@ -21,6 +21,11 @@ as one more feature, weighted in the embeddings' own units (the median distance 
 slices apart in a volume count as apart even where they look alike. A weighted feature rather than strata of slice
 position: strata would force a pick into every band even where its slices are blank, while the feature keeps one
 objective. The duplicate test reads the embedding alone (``duplicates``): two blank end slices stay duplicates.
+
+Once a model is trained, ``box_next`` lists images where it is unsure (``autoprompt suggest --model``): the same
+k-center, started from the images boxed already, first among the rows the model is unsure of
+(``inference.pseudo_boxes.doubts``), then among the rest. As boxes to add they did worse than random ones on real
+HC18 (``bench/results/draws_next_authors.json``): the list is for review.
 """
 
 from __future__ import annotations
@@ -86,9 +91,17 @@ class _Picks:
         self.nearest = np.full(len(features), np.inf, np.float32)
         self.nearest_same = np.full(len(features), np.inf, np.float32)
 
-    def farthest(self) -> int:
-        """The open row farthest from every chosen one (the lowest index among ties)."""
-        return int(np.argmax(np.where(self.open, self.nearest, -np.inf)))
+    def farthest(self, among: np.ndarray | None = None) -> int:
+        """The open row (of ``among``, an N bool mask, where given) farthest from every chosen one (the lowest index
+        among ties)."""
+        candidates = self.open if among is None else self.open & among
+        return int(np.argmax(np.where(candidates, self.nearest, -np.inf)))
+
+    def centre(self, row: int) -> None:
+        """Close ``row`` as one chosen before (a boxed image): the picks keep away from it, and it is not returned."""
+        self.open[row] = False
+        self.nearest = np.minimum(self.nearest, np.linalg.norm(self.features - self.features[row], axis=1))
+        self.nearest_same = np.minimum(self.nearest_same, np.linalg.norm(self.same - self.same[row], axis=1))
 
     def take(self, row: int) -> bool:
         """Close ``row`` and choose it, unless it is a near-duplicate of a chosen row; whether it was chosen."""
@@ -102,6 +115,34 @@ class _Picks:
 
 
 METHODS = ("kcenter", "typical", "cover")  # greedy k-center (``choose``), k-means' typical rows, max coverage
+
+
+def box_next(
+    features: np.ndarray,
+    n: int,
+    boxed: list[int],
+    doubtful: list[int],
+    min_distance: float = 0.0,
+    duplicates: np.ndarray | None = None,
+) -> list[int]:
+    """Up to ``n`` rows of ``features`` (N x D) to box after the ``boxed`` ones, in the order picked: greedy k-center
+    from the boxed rows, first among the ``doubtful`` rows (those a trained model is unsure of), then, once none is
+    left, among the rest; near-duplicates skipped as in ``choose`` (with nothing boxed, the first pick is the lowest
+    open row).
+
+    The model's doubt says where it fails; k-center among the doubtful rows keeps two boxes from going to one
+    failure (a volume's neighbouring slices, a run of alike images) and each away from the images boxed already."""
+    features = np.asarray(features, np.float32)
+    if len(features) == 0 or n <= 0:
+        return []
+    picks = _Picks(features, duplicates, min_distance)
+    for row in boxed:
+        picks.centre(row)
+    doubt = np.zeros(len(features), bool)
+    doubt[list(doubtful)] = True
+    while len(picks.rows) < n and picks.open.any():
+        picks.take(picks.farthest(doubt if (picks.open & doubt).any() else None))
+    return picks.rows
 
 
 def cover(features: np.ndarray, n: int, min_distance: float = 0.0, duplicates: np.ndarray | None = None) -> list[int]:

@@ -20,15 +20,27 @@ studies score. ``--self-training`` also trains each draw with ``train --self-tra
 folder's unboxed images, reusing the first round's runs) and scores that model beside the first; it needs
 ``--split authors``, where the unboxed images are not the scored ones.
 
+Box next (``autoprompt suggest --model``): ``--next K`` adds the draw ``suggested_nextK``, ``--shots`` minus K
+images by k-center, a model trained on them, and the K images ``suggest --model`` lists with it, boxed too: the ten
+chosen in two steps. ``--more K`` adds K boxes to the k-center ten: those ``suggest --model`` lists with the ten's
+model (``kcenter_plus_next``) against K drawn uniformly from the rest (``kcenter_plus_uniformS``, ``--more-uniform``
+seeds), each trained in the first round only. ``--baseline FILE`` scores, beside this call's models, every model of an
+earlier call's results on the images both scored, so that draws trained then need not be trained again; the largest
+difference between the two calls' tight-box Dice on an image says how alike the two calls scored (the fast numerics
+are the CPU's own: another CPU scores a little differently).
+
     python -m bench.studies.draws [--hc18 ../shared/data/hc18-sample] [--uniform 5] [--shots 10]
     python -m bench.studies.draws --name draws_authors --split authors --methods kcenter typical cover --uniform 5 \
         --self-training
+    python -m bench.studies.draws --name draws_next_authors --split authors --methods kcenter --uniform 0 --next 5 \
+        --more 5 --self-training --baseline bench/results/draws_authors.json
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import logging
 import shutil
 import subprocess
@@ -49,6 +61,7 @@ log = logging.getLogger("bench.draws")
 WALKTHROUGH = common.REPO / "examples" / "own-data"
 THREADS = 2
 SECOND_ROUND = "second_round"  # a draw's model trained with --self-training: "<draw>_second_round"
+MORE = "kcenter_plus_"  # --more's draws: the k-center ten and more boxes (next, or uniform0, uniform1, ...)
 
 
 def tight_boxes(masks: Path) -> dict[str, tuple[int, int, int, int]]:
@@ -80,6 +93,27 @@ def suggested(data: Path, shots: int, out: Path, env: dict, method: str) -> list
                     str(THREADS), "--method", method], check=True, env=env)  # fmt: skip
     with (out / "boxes.csv").open() as handle:
         return [row["image"] for row in csv.DictReader(handle)]
+
+
+def listed_next(data: Path, model: Path, n: int, out: Path, env: dict) -> list[str]:
+    """The ``n`` images ``autoprompt suggest --model`` lists to box next in the folder ``data`` (a draw's folder,
+    its ``boxes.csv`` the boxes drawn), ``model`` trained there by ``train`` (its work folder reused)."""
+    shutil.rmtree(out, ignore_errors=True)
+    autoprompt = Path(sys.executable).with_name("autoprompt")
+    subprocess.run([str(autoprompt), "suggest", "-i", str(data), "-n", str(n), "--model", str(model), "-o", str(out),
+                    "--work", str(model.parent / "model.pt.work"), "--params", str(WALKTHROUGH / "params.yaml"),
+                    "--threads", str(THREADS)], check=True, env=env)  # fmt: skip
+    with (out / "boxes.csv").open() as handle:
+        return [row["image"] for row in csv.DictReader(handle)]
+
+
+def next_draw(folder: Path, shots: int, after: int, boxes: dict, work: Path, env: dict) -> list[str]:
+    """The ten of ``suggest`` then ``suggest --model`` (box next): ``shots - after`` images by k-center, a model
+    trained on their boxes (the first round alone), and the ``after`` images ``suggest --model`` lists with it."""
+    first = suggested(folder, shots - after, work / "suggest-first", env, "kcenter")
+    log.info("next: training on the first %d, %s", len(first), ", ".join(first))
+    model = train(folder, first, boxes, work / "first", env)
+    return first + listed_next(work / "first" / "data", model, after, work / "suggest-next", env)
 
 
 def authors_split(data: Path, work: Path) -> tuple[Path, list[str]]:
@@ -198,17 +232,40 @@ def area_percentiles(names: list[str], pool: list[str], boxes: dict) -> list[int
     return sorted(round(100 * float(np.mean(pool_areas < box_area(boxes[name])))) for name in names)
 
 
-def summarised(scores: dict[str, dict], methods: list[str], uniform: int, suffix: str) -> dict:
-    """Mean Dice of each suggested ten and of the uniform draws (each, and their mean), the tight box's, and every
-    draw's misses: of the models whose key ends with ``suffix`` (``""``: the first round)."""
+def summarised(scores: dict[str, dict], suggested: list[str], uniform: int, suffix: str) -> dict:
+    """Mean Dice of each ``suggested`` draw and of the uniform draws (each, and their mean), the tight box's, and
+    every draw's misses: of the models whose key ends with ``suffix`` (``""``: the first round)."""
     each = [scores[f"uniform{s}{suffix}"]["mean"] for s in range(uniform)]
-    drawn = [f"suggested_{m}" for m in methods] + [f"uniform{s}" for s in range(uniform)]
+    drawn = suggested + [f"uniform{s}" for s in range(uniform)]
+    uniforms = {"uniform_mean": round(float(np.mean(each)), 2), "uniform_each": each} if each else {}
     return {
-        **{f"suggested_{m}": scores[f"suggested_{m}{suffix}"]["mean"] for m in methods},
-        "uniform_mean": round(float(np.mean(each)), 2),
-        "uniform_each": each,
+        **{d: scores[f"{d}{suffix}"]["mean"] for d in suggested},
+        **uniforms,
         "tight_box": scores["tight_box"]["mean"],
         "below_50": {d: scores[f"{d}{suffix}"]["below_50"] for d in [*drawn, "tight_box"] if f"{d}{suffix}" in scores},
+    }
+
+
+def against_baseline(baseline: dict, scores: dict[str, dict], test: list[str], baseline_test: list[str]) -> dict:
+    """Every model of this call and of the ``baseline`` results (an earlier call's, scored on ``baseline_test``)
+    on the images both scored: mean Dice and misses, and the largest difference between the two calls' tight-box
+    Dice on an image (0: both scored alike)."""
+    common = [name for name in test if name in set(baseline_test)]
+    if not common:
+        raise SystemExit("--baseline: its results scored none of this call's images; give results of the same --split")
+    here, there = {n: i for i, n in enumerate(test)}, {n: i for i, n in enumerate(baseline_test)}
+
+    def on_common(per_image: list[float], index: dict[str, int]) -> dict:
+        values = np.array([per_image[index[name]] for name in common])
+        return {"mean": round(float(values.mean()), 2), "below_50": int((values < 50).sum())}
+
+    tight = [abs(scores["tight_box"]["per_image"][here[n]] - baseline["dice"]["tight_box"]["per_image"][there[n]])
+             for n in common]  # fmt: skip
+    return {
+        "images": len(common),
+        "tight_box_largest_difference": round(float(max(tight)), 2),
+        "here": {model: on_common(score["per_image"], here) for model, score in scores.items()},
+        "baseline": {model: on_common(score["per_image"], there) for model, score in baseline["dice"].items()},
     }
 
 
@@ -232,7 +289,31 @@ def main() -> None:
     parser.add_argument(
         "--self-training", action="store_true", help="also train each draw with a second round, scored beside it"
     )
+    parser.add_argument(
+        "--next",
+        type=int,
+        default=0,
+        help="also the draw suggested_nextK: --shots minus K images by k-center, then K by suggest --model with a "
+        "model trained on those (default: 0, none)",
+    )
+    parser.add_argument(
+        "--more",
+        type=int,
+        default=0,
+        help="also K more boxes after suggest's k-center ten (--methods kcenter): the K suggest --model lists with "
+        "the ten's model (kcenter_plus_next), and K drawn uniformly from the rest (kcenter_plus_uniformS, "
+        "--more-uniform seeds); first round only (default: 0, none)",
+    )
+    parser.add_argument("--more-uniform", type=int, default=3, help="uniform draws of --more images (default: 3)")
+    parser.add_argument(
+        "--baseline", type=Path, help="an earlier results file of this study: every model also scored beside its "
+        "models on the images both scored",
+    )  # fmt: skip
     args, machine = common.parse_and_start(parser)
+    if not 0 <= args.next < args.shots:
+        raise SystemExit(f"--next {args.next}: give 0 (none) to {args.shots - 1}, fewer than --shots {args.shots}")
+    if args.more and "kcenter" not in args.methods:
+        raise SystemExit("--more adds boxes to suggest's k-center ten; add kcenter to --methods")
     if not (args.hc18 / "training_set").is_dir():
         raise SystemExit(f"{args.hc18}: real HC18 sample not found (no training_set/); pass --hc18 PATH")
     if args.self_training and args.split == "folder":
@@ -249,6 +330,18 @@ def main() -> None:
     folder, held_out = (data, None) if args.split == "folder" else authors_split(data, work)
     pool = sorted(p.name for p in (folder / "images").glob("*.png") if p.name in boxes)
     draws = {f"suggested_{m}": suggested(folder, args.shots, work / f"suggest-{m}", env, m) for m in args.methods}
+    if args.next:
+        draws[f"suggested_next{args.next}"] = next_draw(folder, args.shots, args.next, boxes, work / "next", env)
+    if args.more:
+        ten = draws["suggested_kcenter"]
+        model = train(folder, ten, boxes, work / "suggested_kcenter", env)
+        listed = listed_next(work / "suggested_kcenter" / "data", model, args.more, work / "suggest-more", env)
+        draws[f"{MORE}next"] = ten + listed
+        rest = [name for name in pool if name not in ten]
+        for seed in range(args.more_uniform):
+            picks = np.random.default_rng(seed).choice(len(rest), size=args.more, replace=False)
+            draws[f"{MORE}uniform{seed}"] = ten + sorted(rest[i] for i in picks)
+    named = list(draws)
     for seed in range(args.uniform):
         picks = np.random.default_rng(seed).choice(len(pool), size=args.shots, replace=False)
         draws[f"uniform{seed}"] = sorted(pool[i] for i in picks)
@@ -256,16 +349,33 @@ def main() -> None:
     for draw, names in draws.items():
         log.info("%s: training on %s", draw, ", ".join(names))
         models[draw] = train(folder, names, boxes, work / draw, env)
-        if args.self_training:
+        if args.self_training and not draw.startswith(MORE):
             models[f"{draw}_{SECOND_ROUND}"] = train(folder, names, boxes, work / draw, env, second_round=True)
     trained = {name for names in draws.values() for name in names}
     test = held_out if held_out is not None else [name for name in pool if name not in trained]
     assert not trained & set(test), "a test image was boxed"
     log.info("scoring %d models on %d images that none trained on", len(models), len(test))
     scores = score(models, data, test, boxes)
-    summary = summarised(scores, args.methods, args.uniform, "")
+    summary = summarised(scores, named, args.uniform, "")
     if args.self_training:
-        summary[SECOND_ROUND] = summarised(scores, args.methods, args.uniform, f"_{SECOND_ROUND}")
+        summary[SECOND_ROUND] = summarised(scores, [d for d in named if not d.startswith(MORE)], args.uniform,
+                                           f"_{SECOND_ROUND}")  # fmt: skip
+    if args.more:
+        each = [scores[f"{MORE}uniform{s}"]["mean"] for s in range(args.more_uniform)]
+        summary["more"] = {"next": scores[f"{MORE}next"]["mean"], "uniform_mean": round(float(np.mean(each)), 2),
+                           "uniform_each": each}  # fmt: skip
+    compared = {}
+    if args.baseline is not None:
+        baseline = json.loads(args.baseline.read_text())
+        if baseline["settings"]["split"] != args.split:
+            raise SystemExit(f"--baseline {args.baseline}: split {baseline['settings']['split']}, this call's "
+                             f"{args.split}; give results of the same --split")  # fmt: skip
+        their_trained = {name for names in baseline["draws"].values() for name in names}
+        their_test = baseline.get("test") or (
+            held_out if held_out is not None else [name for name in pool if name not in their_trained]
+        )  # results written before "test" was recorded: the images no draw trained on, as then
+        compared = {"against_baseline": {"file": args.baseline.as_posix(),
+                                         **against_baseline(baseline, scores, test, their_test)}}  # fmt: skip
     log.info("draws: %s", summary)
     common.write_result(
         args.name,
@@ -284,13 +394,18 @@ def main() -> None:
                 "methods": args.methods,
                 "split": args.split,
                 "self_training": args.self_training,
+                "next": args.next,
+                "more": args.more,
+                "more_uniform": args.more_uniform if args.more else 0,
                 "numerics": "fast (the default)",
             },
             "draws": draws,
             "draws_area_percentiles": {draw: area_percentiles(names, pool, boxes) for draw, names in draws.items()},
             "test_images": len(test),
+            "test": test,
             "by_size": by_size(scores, test, boxes),
             "summary": summary,
+            **compared,
             "dice": scores,
             "machine": machine,
         },
