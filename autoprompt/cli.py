@@ -412,7 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     suggest.add_argument("--checkpoint", type=Path, help="medsam_vit_b.pth, for --backbone medsam_vit_b")
     suggest.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda, cuda:1, ...")
     suggest.add_argument("--threads", type=threads, help="CPU threads (default: all)")
-    suggest.add_argument("--params", type=Path, help="a params file: its folder section and encode section")
+    suggest.add_argument(
+        "--params", type=Path, help="a params file: its folder section and encode section (with --model: train's)"
+    )
     suggest.add_argument(
         "--exact",
         action="store_true",

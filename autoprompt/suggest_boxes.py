@@ -247,8 +247,9 @@ def suggest_next(
             f"{settings.encode.backbone}; give --backbone {model.backbone}"
         )
     if model.preprocessing != preprocessing(section):
+        params = settings.source if Path(settings.source).is_file() else "the defaults (no --params)"
         raise InputError(
-            f"--model {model_path}: trained on images prepared as {model.preprocessing.as_dict()}, the params prepare "
+            f"--model {model_path}: trained on images prepared as {model.preprocessing.as_dict()}, {params} prepare "
             f"them as {preprocessing(section).as_dict()}; give --params the file train read"
         )
     if len(model.heads) < 2:
@@ -271,9 +272,12 @@ def suggest_next(
 
         unsure = doubts(judging_predictor(model, settings, numerics), folder_inputs(wanted), read, set(boxed),
                         judging_rule(settings.train.self_training))  # fmt: skip
-    said = ", ".join(f"{unsure.said[s]} {s}" for s in SAID if unsure.said[s])
-    log.info("the model is unsure of %d of %d unboxed images and slices (%s; the runs disagree: under %g agreement)",
-             len(unsure.rows), unsure.looked, said, settings.train.self_training.min_agreement)  # fmt: skip
+    disagree, sequence, empty, found = (unsure.said[s] for s in SAID)
+    log.info("the model is unsure of %d of the %d unboxed images and slices: its runs disagree on %d (under %g "
+             "agreement) and %d break their volume's sequence; it is sure of the other %d (%d found, %d empty)",
+             len(unsure.rows), unsure.looked, disagree, settings.train.self_training.min_agreement, sequence,
+             found + empty, found, empty)  # fmt: skip
+    log.info("listing %d: those in doubt first, each the farthest from the boxed and listed ones (k-center)", n)
     volumes = any(w.slice is not None for w in wanted)
     spread = suggest.with_positions(features, positions) if volumes else features
     rows = suggest.box_next(spread, n, boxed, unsure.rows, min_distance, duplicates=features)

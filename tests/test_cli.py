@@ -567,7 +567,7 @@ def test_suggest_with_the_model_lists_unboxed_images_to_box_next(trained: Path, 
     assert all(not any(row[1:5]) for row in rows), "a template: corners to fill"
     assert len(json.loads((out / "label-studio" / "tasks.json").read_text())) == 4
     assert (data / "boxes.csv").read_text() == drawn, "the boxes drawn so far are never written over"
-    unsure = re.search(r"the model is unsure of (\d+) of 6 unboxed images and slices", caplog.text)
+    unsure = re.search(r"the model is unsure of (\d+) of the 6 unboxed images and slices", caplog.text)
     assert unsure, "three unboxed pictures and the volume's three unboxed slices, judged"
     covering = ["not in doubt" in line for line in re.findall(r" \d\. .*\(run agreement .*", caplog.text)]
     assert len(covering) == 4 and covering == sorted(covering), "the ones in doubt first, the rest fill the list"

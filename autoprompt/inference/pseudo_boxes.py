@@ -147,7 +147,7 @@ class Doubts:
     said: Counter[str]
 
 
-SAID = ("runs disagree", "off the sequence", "empty, runs agree", "found, runs agree")  # doubts' count, in order
+SAID = ("disagree", "sequence", "empty", "found")  # doubts' counts: runs disagree, box off the sequence, agreed on
 
 
 def doubts(
@@ -164,7 +164,7 @@ def doubts(
     rows: list[int] = []
     agreement: dict[int, float] = {}
     said: Counter[str] = Counter()
-    for row, reason, evidence, i, _ in judged(predictor, inputs, embeddings, boxed, rule, "the model on the unboxed"):
+    for row, reason, evidence, i, _ in judged(predictor, inputs, embeddings, boxed, rule, "the model on each input"):
         agreement[row] = float(evidence.agreement[i])
         if agreement[row] < rule.min_agreement:
             said[SAID[0]] += 1
