@@ -2,8 +2,8 @@
 
 On a CPU, ``train`` and ``predict`` compute on the fast path by default (the CPU's own instructions, bfloat16 where
 it has AVX-512 BF16 or AMX, the training step compiled: ``autoprompt.device.Numerics``); with ``--exact``, and for
-every other command, as the pipeline's stages do (the same numbers on any x86 machine with AVX2 for the same
---threads: autoprompt/cpu_paths.py). Heavy libraries are imported only once a command runs, so that --help answers
+every other command, as the pipeline's stages do (the same numbers on any machine of one CPU kind for the
+same --threads: autoprompt/cpu_paths.py). Heavy libraries are imported only once a command runs, so that --help answers
 at once.
 """
 
@@ -209,6 +209,9 @@ def suggest_command(args: argparse.Namespace) -> None:
     if args.model is None and (args.boxes is not None or args.label is not None):
         raise InputError(f"{'--boxes' if args.boxes is not None else '--label'}: read only with --model, to know "
                          "which images are boxed; add --model MODEL, or leave it out")  # fmt: skip
+    if args.model is not None and args.method is not None:
+        raise InputError(f"--method {args.method}: chooses the first boxes only; --model lists where the model is "
+                         "unsure, by k-center from the boxed images: leave --method out")  # fmt: skip
     out = args.output or (data / NEXT if args.model is not None else data)
     work = args.work or default_work(data)
     refuse_overlap(
@@ -234,7 +237,7 @@ def suggest_command(args: argparse.Namespace) -> None:
         )  # fmt: skip
         return
     found = suggest_folder(data, out, work, settings, args.n, chosen, args.min_distance, label, args.studio_root,
-                           args.method)  # fmt: skip
+                           args.method or "kcenter")  # fmt: skip
     log.info(
         "wrote %s: %d of %d images and slices to box, in the order chosen (%s); embeddings kept in %s for train",
         ", ".join(str(p) for p in found.written[:2]), len(found.picks), found.candidates,
@@ -347,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--exact",
         action="store_true",
-        help="float32 as the pipeline computes, the same model on any x86 machine for the same --threads, "
+        help="float32 as the pipeline computes, the same model on any machine of this CPU kind for the same --threads, "
         "about 3x slower to train (default: this CPU's fastest path, bfloat16 where it has AVX-512 BF16 or AMX, "
         "float32 elsewhere; its model may differ slightly on another CPU; recorded in the model; "
         "AUTOPROMPT_NUMERICS=exact makes --exact the default)",
@@ -384,10 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     suggest.add_argument(
         "--method",
         choices=("kcenter", "typical", "cover"),
-        default="kcenter",
         help="kcenter (the default): each next image the farthest from those chosen; typical: the most central image "
         "of each of n k-means clusters; cover: each next image the one whose neighbourhood holds the most images not "
-        "yet covered (not with --model, which lists where the model is unsure)",
+        "yet covered (not with --model, which lists where the model is unsure by k-center from the boxed images)",
     )
     suggest.add_argument(
         "--model",
@@ -466,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--exact",
         action="store_true",
-        help="float32 as the pipeline computes, the same masks on any x86 machine for the same --threads, "
+        help="float32 as the pipeline computes, the same masks on any machine of this CPU kind for the same --threads, "
         "about 2.5x slower (default: this CPU's fastest path, bfloat16 where it has AVX-512 BF16 or AMX, "
         "float32 elsewhere; its masks may differ slightly on another CPU; recorded in OUTPUT/predict.json; "
         "AUTOPROMPT_NUMERICS=exact makes --exact the default)",

@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -427,6 +428,17 @@ def folder_inputs(wanted: list[Wanted]) -> list[list[int]]:
     return list(inputs.values())
 
 
+def embedding_reader(store: Path) -> Callable[[list[int]], torch.Tensor]:
+    """The store's embeddings of consecutive rows (``len(rows) x 256 x 64 x 64``): one input of ``folder_inputs``, as
+    ``harvest`` and ``doubts`` read them."""
+    group = zarr.open_group(store, mode="r")
+
+    def read(rows: list[int]) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(group["embeddings"][rows[0] : rows[-1] + 1]))
+
+    return read
+
+
 def pseudo_boxed(
     data: Path,
     work: Path,
@@ -444,15 +456,10 @@ def pseudo_boxed(
     wanted, slices, _ = read_folder(work / "raw" / folder.IMAGES, section)
     ids = [w.id for w in wanted]
     store = encode_folder(ids, slices, settings, work, [suggest_store(default_work(data))])
-    group = zarr.open_group(store, mode="r")
     boxed_ids = set(table.loc[table["split"] == "train", "id"])
     boxed = {row for row, i in enumerate(ids) if i in boxed_ids}
-
-    def read(rows: list[int]) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(group["embeddings"][rows[0] : rows[-1] + 1]))
-
-    judged = judging_rule(rule)
-    harvested = harvest(judging_predictor(first, settings, numerics), folder_inputs(wanted), read, boxed, judged)
+    judge, judged = judging_predictor(first, settings, numerics), judging_rule(rule)
+    harvested = harvest(judge, folder_inputs(wanted), embedding_reader(store), boxed, judged)
     if not harvested.rows:
         return None, harvested  # the caller says so, once
     log.info("self-training: %s; runs agreeing at %g", harvested.describe(), rule.min_agreement)

@@ -38,13 +38,15 @@ import dataclasses
 import json
 import logging
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import quote
 
 import cv2
 import numpy as np
-import torch
 import zarr
 
 from autoprompt.data import embeddings
@@ -60,6 +62,7 @@ from autoprompt.inference.pseudo_boxes import SAID, doubts
 from autoprompt.io import atomic_path, write_text
 from autoprompt.outputs import clear_stale, hold
 from autoprompt.own_data import (
+    embedding_reader,
     encode_folder,
     encode_for,
     folder_inputs,
@@ -174,6 +177,38 @@ def write_outputs(
     return [boxes, studio / "tasks.json", studio / "config.xml", studio / "images"]
 
 
+class EncodedFolder(NamedTuple):
+    """Every image (volume slice) of a folder, encoded: ``read_folder``'s list and positions, the embeddings' store
+    and their pooled features (``N x 256``)."""
+
+    wanted: list[Wanted]
+    positions: np.ndarray
+    store: Path
+    features: np.ndarray
+
+
+@contextmanager
+def encoded_folder(
+    data: Path,
+    out: Path,
+    work: Path,
+    settings: Settings,
+    studio_root: Path | None,
+    check: Callable[[list[Wanted]], None] | None = None,
+) -> Iterator[EncodedFolder]:
+    """Check ``out`` (``check_outputs``), then read and encode every image (volume slice) of ``data`` into ``work``,
+    under train's hold on ``work`` (one of them at a time), which lasts while the caller reads the store. ``check``
+    sees the list of slices before the encoder runs, to refuse before minutes are spent."""
+    check_outputs(out, studio_root)
+    with hold(work, f"autoprompt suggest {data}", "autoprompt-train"):
+        clear_stale(work)
+        wanted, slices, positions = read_folder(data / IMAGES, folder_section(settings))
+        if check is not None:
+            check(wanted)
+        store = encode_folder([w.id for w in wanted], slices, settings, work)
+        yield EncodedFolder(wanted, positions, store, pooled_features(store))
+
+
 def suggest_folder(
     data: Path,
     out: Path,
@@ -193,14 +228,10 @@ def suggest_folder(
     images are chosen (``pick``)."""
     section = folder_section(settings)
     settings = settings.model_copy(update={"encode": encode_for(settings.encode, numerics)})
-    check_outputs(out, studio_root)
-    with hold(work, f"autoprompt suggest {data}", "autoprompt-train"):  # train's lock: one of them at a time
-        clear_stale(work)
-        wanted, slices, positions = read_folder(data / IMAGES, section)
-        store = encode_folder([w.id for w in wanted], slices, settings, work)
-        features = pooled_features(store)
-    volumes = any(w.slice is not None for w in wanted)
-    chosen = [wanted[i] for i in pick(features, positions, volumes, n, min_distance, method)]
+    with encoded_folder(data, out, work, settings, studio_root) as folder:
+        wanted = folder.wanted
+        volumes = any(w.slice is not None for w in wanted)
+        chosen = [wanted[i] for i in pick(folder.features, folder.positions, volumes, n, min_distance, method)]
     if len(chosen) < min(n, len(wanted)):
         log.warning(
             "%d images and slices chosen, not %d: every other one lies within %g of a chosen one (a near-duplicate)",
@@ -256,22 +287,16 @@ def suggest_next(
         log.warning("%s has one run, which cannot disagree with itself: only a box off its volume's sequence is in "
                     "doubt; train with --runs 2 or more", model_path)  # fmt: skip
     settings = settings.model_copy(update={"encode": encode_for(settings.encode, numerics)})
-    check_outputs(out, studio_root)
-    with hold(work, f"autoprompt suggest {data}", "autoprompt-train"):
-        clear_stale(work)
-        wanted, slices, positions = read_folder(data / IMAGES, section)
-        boxed = boxed_rows(wanted, boxes, data / IMAGES, section.label if box_label is None else box_label)
+    boxed: list[int] = []
+
+    def some_unboxed(wanted: list[Wanted]) -> None:
+        boxed.extend(boxed_rows(wanted, boxes, data / IMAGES, section.label if box_label is None else box_label))
         if len(boxed) == len(wanted):
             raise InputError(f"{boxes}: every image and slice of {data / IMAGES} has a box; nothing to list")
-        store = encode_folder([w.id for w in wanted], slices, settings, work)
-        features = pooled_features(store)
-        group = zarr.open_group(store, mode="r")
 
-        def read(rows: list[int]) -> torch.Tensor:
-            return torch.from_numpy(np.asarray(group["embeddings"][rows[0] : rows[-1] + 1]))
-
-        unsure = doubts(judging_predictor(model, settings, numerics), folder_inputs(wanted), read, set(boxed),
-                        judging_rule(settings.train.self_training))  # fmt: skip
+    with encoded_folder(data, out, work, settings, studio_root, some_unboxed) as (wanted, positions, store, features):
+        unsure = doubts(judging_predictor(model, settings, numerics), folder_inputs(wanted), embedding_reader(store),
+                        set(boxed), judging_rule(settings.train.self_training))  # fmt: skip
     disagree, sequence, empty, found = (unsure.said[s] for s in SAID)
     log.info("the model is unsure of %d of the %d unboxed images and slices: its runs disagree on %d (under %g "
              "agreement) and %d break their volume's sequence; it is sure of the other %d (%d found, %d empty)",

@@ -576,9 +576,13 @@ def test_suggest_with_the_model_lists_unboxed_images_to_box_next(trained: Path, 
     every = tmp_path / "every.csv"
     rows = [f"img{i}.png,1,1,5,5," for i in range(6)] + [f"scan.nii.gz,1,1,5,5,{k}" for k in range(VOLUME[0])]
     every.write_text("image,x_min,y_min,x_max,y_max,slice\n" + "\n".join(rows) + "\n")
+    fresh = [*argv[:-6], "--work", tmp_path / "fresh.work", *argv[-4:]]
     with pytest.raises(InputError, match=r"every\.csv: every image and slice of .* has a box; nothing to list$"):
-        autoprompt(*argv, "--params", params(tmp_path), "--boxes", every, "-o", tmp_path / "all")
+        autoprompt(*fresh, "--params", params(tmp_path), "--boxes", every, "-o", tmp_path / "all")
     assert not (tmp_path / "all").exists()
+    assert not (tmp_path / "fresh.work" / "suggest").exists(), "refused before the encoder runs"
+    with pytest.raises(InputError, match=r"^--method cover: chooses the first boxes only; .* leave --method out$"):
+        autoprompt(*argv, "--method", "cover", "-o", tmp_path / "cover")
 
     other = yaml.safe_load(params(tmp_path).read_text())
     other["prepare"]["mine"]["crop"] = 128
