@@ -17,6 +17,12 @@ points, one task's Dice entry by up to 7.47; between an Intel and an AMD CPU,
 rows have limits of their own: ``--max-drop-scratch`` for a Dice or NSD row's average, ``--max-drop-scratch-entry``
 for one task's Dice.
 
+Each CPU kind computes its own last bits, and a few-shot run amplifies them past these limits (between an Intel and
+an AMD CPU: ``bench/results/spread_amd_vs_intel_cardiac.json``). So ``--references .ci/reference`` compares against
+the metrics this CPU kind computes: ``.ci/reference/<vendor>/``, written by ``.ci/calibrate/reference.py``. It uses
+them only while they were made for the committed metrics the diff starts from; otherwise, and for a kind with no
+reference, it compares against the committed metrics and says so.
+
 HD95 (millimetres) is reported, not checked. ``--under`` keeps one pipeline's metrics files (``demo/metrics/``, the
 first demo; ``demo/cardiac/metrics/``, the cardiac one), so that a row is averaged over that demo's tasks.
 """
@@ -30,6 +36,9 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 from statistics import mean
+from typing import NamedTuple
+
+from dvc.utils.flatten import flatten
 
 log = logging.getLogger("check_metrics")
 
@@ -37,6 +46,22 @@ CHECKED = ("dice", "dice_3d", "nsd")  # percentages where higher is better: a di
 ROWS = ("dice", "nsd")  # averaged over the tasks
 ENTRIES = ("dice", "dice_3d")  # checked task by task
 FROM_SCRATCH = ("unet", "transunet", "autosam")  # baselines whose few training steps amplify the last bits
+PAIRED = "paired.json"  # in a reference folder: the machine, and the committed means its metrics were made for
+
+
+def cpu_kind() -> str:
+    """This machine's CPU vendor as ``/proc/cpuinfo`` names it (``GenuineIntel``, ``AuthenticAMD``)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return "unknown"
+    vendors = [line.split(":", 1)[1].strip() for line in lines if line.startswith("vendor_id")]
+    return vendors[0] if vendors else "unknown"
+
+
+def is_checked(name: str) -> bool:
+    """A mean of a percentage CI checks: ``dice.<recipe>.<regime>.mean``, ``dice_3d...``, ``nsd...``."""
+    return name.split(".")[0] in CHECKED and name.endswith(".mean")
 
 
 def checked_means(diff: dict) -> dict[str, dict[str, tuple[float | None, float | None]]]:
@@ -44,7 +69,7 @@ def checked_means(diff: dict) -> dict[str, dict[str, tuple[float | None, float |
     rows: dict[str, dict[str, tuple[float | None, float | None]]] = defaultdict(dict)
     for path, metrics in diff.items():
         for name, change in metrics.items():
-            if name.split(".")[0] in CHECKED and name.endswith(".mean"):
+            if is_checked(name):
                 rows[name][path] = (change.get("old"), change.get("new"))
     return rows
 
@@ -55,6 +80,48 @@ def under(diff: dict, folder: str | None) -> dict:
         return diff
     prefix = folder.rstrip("/") + "/"
     return {path: metrics for path, metrics in diff.items() if path.startswith(prefix)}
+
+
+def committed_means(diff: dict) -> dict[str, dict[str, object]]:
+    """``task file -> checked mean -> committed value``: the diff's old side, which a reference is paired with."""
+    return {
+        path: {name: change.get("old") for name, change in sorted(metrics.items()) if is_checked(name)}
+        for path, metrics in sorted(diff.items())
+    }
+
+
+class Against(NamedTuple):
+    """What a diff is checked against: the diff to check, in words, and whether a kind's reference went unused."""
+
+    diff: dict
+    what: str
+    stale: bool = False
+
+
+def against_reference(diff: dict, references: Path, kind: str) -> Against:
+    """``references/<kind>/``'s metrics as the diff's old side, where they were made for every metrics file of the
+    diff and for the committed values the diff starts from; the diff itself (the committed metrics) otherwise."""
+    folder = references / kind
+    record = folder / PAIRED
+    if not record.is_file():
+        return Against(diff, f"the committed metrics (no reference for a {kind} CPU: {folder} has no {PAIRED})")
+    paired = json.loads(record.read_text())["committed"]
+    now = committed_means(diff)
+    stale = [path for path in sorted(diff) if paired.get(path) != now[path]]
+    if stale:
+        why = "has no" if stale[0] not in paired else "was made for other committed values of"
+        return Against(
+            diff,
+            f"the committed metrics: {folder} {why} {stale[0]}; make it again on a {kind} machine "
+            "(`python .ci/calibrate/reference.py`, docs/determinism.md)",
+            stale=True,
+        )
+    checked = {}
+    for path, metrics in diff.items():
+        old = flatten(json.loads((folder / path).read_text()))
+        names = set(old) | set(metrics)
+        checked[path] = {name: {"old": old.get(name), "new": metrics.get(name, {}).get("new")} for name in names}
+    return Against(checked, f"the metrics a {kind} CPU computes for the committed ones ({folder})")
 
 
 def drops(
@@ -96,10 +163,14 @@ def main() -> None:
     args.add_argument("--max-drop-scratch", type=float, default=8.0, help="a FROM_SCRATCH baseline's row")
     args.add_argument("--max-drop-scratch-entry", type=float, default=30.0, help="a FROM_SCRATCH baseline's entry")
     args.add_argument("--under", help="check only the metrics files under this folder (e.g. demo/cardiac/metrics)")
+    args.add_argument("--references", type=Path, help="folder of per-CPU reference metrics (e.g. .ci/reference)")
     args = args.parse_args()
     diff = under(json.loads(args.diff.read_text() or "{}"), args.under)
     if args.under and not diff:
         sys.exit(f"{args.diff}: no metrics under {args.under}")
+    if args.references is not None:
+        diff, against, stale = against_reference(diff, args.references, cpu_kind())
+        (log.warning if stale else log.info)("comparing against %s", against)
     for row, tasks in sorted(checked_means(diff).items()):
         for path, (old, new) in sorted(tasks.items()):
             log.info("%s %s: %s -> %s", path, row, old, new)

@@ -1,4 +1,5 @@
-"""The CPU code paths every CPU run pins, so that it computes the same bits on any x86 machine with AVX2.
+"""The CPU code paths every CPU run pins, so that machines of one CPU kind compute the same bits, whatever
+wider instructions each has. An Intel and an AMD CPU still differ in the last bits (docs/determinism.md).
 
 ``pin_code_paths`` sets NumPy's, PyTorch's kernels', MKL's and oneDNN's (OpenVINO's CPU kernels honour it too) to
 AVX2, whatever wider instructions the CPU also has, unless the environment already sets them. The libraries read

@@ -1,4 +1,4 @@
-"""Where torch computes: the device a setting names, and CPU numerics that every x86 machine reproduces."""
+"""Where torch computes: the device a setting names, and CPU numerics that every machine of one CPU kind reproduces."""
 
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ def select_device(setting: str = "auto", key: str = "device") -> torch.device:
 
 def pin_cpu_numerics(threads: int | None) -> None:
     """Fix torch's CPU threads (None: torch's default), ask for deterministic algorithms and turn oneDNN off, so that
-    the same settings give the same numbers on any x86 machine with the same thread count.
+    the same settings give the same numbers on any machine of one CPU kind with the same thread count
+    (an Intel and an AMD CPU still differ in the last bits: docs/determinism.md).
 
     oneDNN picks its convolution kernels and blocking by the CPU's cache sizes, so its sums differ between
     machines; without it convolutions run as im2col + MKL GEMM, which ``MKL_CBWR`` (``autoprompt.cpu_paths``) makes
@@ -67,7 +68,8 @@ class Numerics:
     """How the head's training step and ``predict`` compute on a CPU, resolved once per process by ``numerics``.
 
     ``exact``: float32, the CPU code paths pinned to AVX2 and oneDNN off (``autoprompt.cpu_paths``,
-    ``pin_cpu_numerics``): the same bits on any x86 machine with the same threads. The pipeline's stages run so.
+    ``pin_cpu_numerics``): the same bits on any machine of one CPU kind with the same threads. The pipeline's
+    stages run so.
     ``fast``: the CPU's own instructions and oneDNN; ``precision`` bfloat16 autocast where the CPU has AVX-512 BF16 or
     AMX (float32 weights, losses and optimiser), and ``compile`` the decoder's forward and backward through
     ``torch.compile`` where a C++ compiler is found. Its numbers depend on the CPU, and are recorded with what they
@@ -91,7 +93,7 @@ class Numerics:
     def describe(self, training: bool = False) -> str:
         """In words, for the log; ``training`` adds whether the training step is compiled."""
         if self.mode == EXACT:
-            return "exact CPU numerics (float32, AVX2, oneDNN off: the same on any x86 machine)"
+            return "exact CPU numerics (float32, AVX2, oneDNN off: the same on any machine of this CPU kind)"
         step = ""
         if training:
             step = ", the step compiled" if self.compile else ", the step not compiled (no C++ compiler found)"

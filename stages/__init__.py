@@ -2,8 +2,9 @@
 
 Importing this package pins the CPU code paths of NumPy, PyTorch's kernels, MKL and oneDNN to AVX2 before either
 library loads, unless the environment already sets them (``autoprompt.cpu_paths``). With the thread count fixed in
-params.yaml and oneDNN off (``autoprompt.device.pin_cpu_numerics``), a CPU run then computes the same bits on any x86
-machine with AVX2, whatever wider instructions it also has (docs/determinism.md).
+params.yaml and oneDNN off (``autoprompt.device.pin_cpu_numerics``), a CPU run then computes the same bits on
+any machine of one CPU kind, whatever wider instructions it also has (docs/determinism.md: an Intel and an AMD CPU
+differ).
 """
 
 import argparse

@@ -16,7 +16,7 @@ from tests import encodings
 from tests.helpers import SHARED
 
 # autoprompt train and predict on the exact path, as --exact does (tests of the fast path set it themselves): the
-# suite's numbers then hold on any x86 machine, and no test waits on torch.compile
+# suite's numbers then hold on any machine of one CPU kind, and no test waits on torch.compile
 os.environ.setdefault("AUTOPROMPT_NUMERICS", "exact")
 encodings.install()  # each image encoded once per encoder, whatever the test (tests/encodings.py)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / ".ci" / "check_metrics.py"
@@ -99,3 +100,35 @@ def test_each_demo_is_checked_over_its_own_tasks():
     assert list(hc18) == ["demo/metrics/hc18.json"]
     assert failed_rows(hc18) == ["dice.workshop.fewshot.mean:"]
     assert list(check_metrics.under(diff, "demo/cardiac/metrics/")) == ["demo/cardiac/metrics/camus-lv.json"]
+
+
+def test_a_cpu_kinds_own_reference_is_compared_only_while_it_matches_the_committed_metrics(tmp_path: Path) -> None:
+    task, row = "demo/cardiac/metrics/acdc-rv.json", "dice_3d.augmented.fewshot_presence.mean"
+    committed, other_cpu = 70.87, 60.33  # the head's ACDC RV entry: an Intel CPU's committed value, an AMD CPU's
+    diff = {task: {row: {"old": committed, "new": other_cpu}}}
+    assert check_metrics.drops(diff, **LIMITS), "against the committed metrics, the other CPU's bits fail the check"
+    folder = tmp_path / "AuthenticAMD"
+    (folder / task).parent.mkdir(parents=True)
+    (folder / task).write_text(json.dumps({"dice_3d": {"augmented": {"fewshot_presence": {"mean": other_cpu}}}}))
+    (folder / "paired.json").write_text(json.dumps({"committed": {task: {row: committed}}}))
+
+    checked, against, stale = check_metrics.against_reference(diff, tmp_path, "AuthenticAMD")
+    assert check_metrics.drops(checked, **LIMITS) == [] and str(folder) in against and not stale
+    lower = {task: {row: {"old": committed, "new": other_cpu - 5}}}
+    assert check_metrics.drops(check_metrics.against_reference(lower, tmp_path, "AuthenticAMD").diff, **LIMITS), (
+        "a real drop still fails against the reference"
+    )
+
+    rerun = {task: {row: {"old": 75.0, "new": other_cpu}}}
+    checked, against, stale = check_metrics.against_reference(rerun, tmp_path, "AuthenticAMD")
+    assert checked == rerun and stale and "python .ci/calibrate/reference.py" in against, (
+        "a reference made for other committed metrics is not used, and the message says how to make it again"
+    )
+    added = {**diff, "demo/cardiac/metrics/new-task.json": {row: {"old": 80.0, "new": 80.0}}}
+    checked, against, stale = check_metrics.against_reference(added, tmp_path, "AuthenticAMD")
+    assert checked == added and stale and "has no demo/cardiac/metrics/new-task.json" in against, (
+        "a task the reference lacks makes the whole reference stale, not half-used"
+    )
+    checked, against, stale = check_metrics.against_reference(diff, tmp_path, "GenuineIntel")
+    assert checked == diff and not stale and "no reference for a GenuineIntel CPU" in against
+    assert check_metrics.cpu_kind(), "the vendor is read on any machine ('unknown' without /proc/cpuinfo)"
