@@ -104,7 +104,7 @@ def against_reference(diff: dict, references: Path, kind: str) -> Against:
     folder = references / kind
     record = folder / PAIRED
     if not record.is_file():
-        return Against(diff, f"the committed metrics (no reference for a {kind} CPU: {folder} has no {PAIRED})")
+        return Against(diff, f"the committed metrics (no reference for {kind} CPUs: {folder} has no {PAIRED})")
     paired = json.loads(record.read_text())["committed"]
     now = committed_means(diff)
     stale = [path for path in sorted(diff) if paired.get(path) != now[path]]
@@ -112,7 +112,7 @@ def against_reference(diff: dict, references: Path, kind: str) -> Against:
         why = "has no" if stale[0] not in paired else "was made for other committed values of"
         return Against(
             diff,
-            f"the committed metrics: {folder} {why} {stale[0]}; make it again on a {kind} machine "
+            f"the committed metrics: {folder} {why} {stale[0]}; make it again on a machine with a {kind} CPU "
             "(`python .ci/calibrate/reference.py`, docs/determinism.md)",
             stale=True,
         )
@@ -121,7 +121,7 @@ def against_reference(diff: dict, references: Path, kind: str) -> Against:
         old = flatten(json.loads((folder / path).read_text()))
         names = set(old) | set(metrics)
         checked[path] = {name: {"old": old.get(name), "new": metrics.get(name, {}).get("new")} for name in names}
-    return Against(checked, f"the metrics a {kind} CPU computes for the committed ones ({folder})")
+    return Against(checked, f"the metrics {kind} CPUs compute for the committed ones ({folder})")
 
 
 def drops(

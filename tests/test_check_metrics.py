@@ -130,5 +130,5 @@ def test_a_cpu_kinds_own_reference_is_compared_only_while_it_matches_the_committ
         "a task the reference lacks makes the whole reference stale, not half-used"
     )
     checked, against, stale = check_metrics.against_reference(diff, tmp_path, "GenuineIntel")
-    assert checked == diff and not stale and "no reference for a GenuineIntel CPU" in against
+    assert checked == diff and not stale and "no reference for GenuineIntel CPUs" in against
     assert check_metrics.cpu_kind(), "the vendor is read on any machine ('unknown' without /proc/cpuinfo)"

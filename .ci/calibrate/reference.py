@@ -78,7 +78,7 @@ def main() -> None:
             if mine[path][name].get("new") != old
         ]
         if not moved:
-            log.info("%s: this %s CPU computes the committed metrics; no reference needed", demo, kind)
+            log.info("%s: this CPU (%s) computes the committed metrics; no reference needed", demo, kind)
             continue
         log.info("%s: %d checked means differ from the committed ones (first: %s %s)", demo, len(moved), *moved[0])
         for path, means in committed.items():
@@ -87,12 +87,12 @@ def main() -> None:
             record["committed"][path] = means
     shutil.rmtree(folder, ignore_errors=True)  # a reference is made whole, for the committed metrics alone
     if not record["committed"]:
-        log.info("no reference for a %s CPU: it computes every committed metric", kind)
+        log.info("no reference for %s CPUs: this one computes every committed metric", kind)
         return
     record["machine"] = common.machine_info()
     record["what"] = (
-        f"the demos' metrics computed on a {kind} CPU from the committed params, data and code; 'committed': the "
-        "checked means of the committed metrics they were made for"
+        f"the demos' metrics computed on a CPU of vendor {kind} from the committed params, data and code; "
+        "'committed': the checked means of the committed metrics they were made for"
     )
     (partial / check.PAIRED).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     partial.rename(folder)
