@@ -3,7 +3,8 @@
 Reads ``dvc metrics diff --all --json BASE`` (or two metrics files: ``--old`` and ``--new``) and writes, to stdout,
 one table of the Dice and NSD rows (``dice.<row>.mean``, ``nsd.<row>.mean``) averaged over the tasks, with the base,
 this change and the difference, then the task entries that moved most, and the drops that ``check_metrics.py`` would
-fail on. Unchanged rows are counted, not listed. The benchmark suite's metrics (``bench/dvc.yaml``) are left out.
+fail on; with ``--references``, the base's side is this CPU kind's own reference where it has one. Unchanged rows
+are counted, not listed. The benchmark suite's metrics (``bench/dvc.yaml``) are left out.
 
     dvc metrics diff --all --json origin/main > diff.json
     python .ci/metrics_table.py diff.json --base origin/main > diff.md
@@ -59,12 +60,16 @@ def _change(old: float | None, new: float | None) -> str:
     return "0" if abs(delta) < 0.005 else f"{delta:+.2f}"
 
 
-def table(diff: dict, base: str = "base") -> str:
-    """The Markdown of the module's docstring."""
+def table(diff: dict, base: str = "base", references: Path | None = None) -> str:
+    """The Markdown of the module's docstring; with ``references``, the base's side is what this CPU kind computes
+    for the base's committed metrics, where a reference holds it (``check_metrics.against_reference``)."""
     checks = _check_metrics()
     diff = {path: metrics for path, metrics in diff.items() if not path.startswith(BENCH)}
-    rows = checks.checked_means(diff)
     lines = [f"### Demo metrics: this change against {base}", ""]
+    if references is not None:
+        diff, against, _ = checks.against_reference(diff, references, checks.cpu_kind())
+        lines += [f"Compared with {against}.", ""]
+    rows = checks.checked_means(diff)
     changed, unchanged = [], 0
     for row, tasks in sorted(rows.items()):
         if row.split(".")[0] not in checks.ROWS:
@@ -106,12 +111,13 @@ def main() -> None:
     parser.add_argument("--old", type=Path, nargs="*", default=[], help="base metrics files (<task>.json)")
     parser.add_argument("--new", type=Path, nargs="*", default=[], help="changed metrics files (<task>.json)")
     parser.add_argument("--base", default="base", help="what the base is called in the table")
+    parser.add_argument("--references", type=Path, help="the base's per-CPU reference metrics (.ci/reference)")
     args = parser.parse_args()
     if args.diff is not None:
         diff = json.loads(args.diff.read_text() or "{}")
     else:
         diff = diff_files({p.stem: p for p in args.old}, {p.stem: p for p in args.new})
-    print(table(diff, args.base), end="")
+    print(table(diff, args.base, args.references), end="")
 
 
 if __name__ == "__main__":

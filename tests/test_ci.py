@@ -85,3 +85,23 @@ def test_the_committed_demo_metrics_come_from_the_committed_params_and_data(pipe
         f"{folder}/metrics were computed from other params or data: rerun `dvc repro {pipeline}` and commit "
         f"{folder}/metrics and {folder}/dvc.lock"
     )
+
+
+def test_the_comment_compares_with_this_cpu_kinds_reference(tmp_path) -> None:
+    """On a runner whose CPU kind has a reference, the table's base side is that kind's metrics, not the committed."""
+    spec = importlib.util.spec_from_file_location("check_metrics", REPO / ".ci/check_metrics.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    spec = importlib.util.spec_from_file_location("metrics_table", REPO / ".ci/metrics_table.py")
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    task, row = "demo/metrics/hc18.json", "dice.workshop.fewshot.mean"
+    diff = {task: {row: {"old": 90.0, "new": 80.0}}}
+    folder = tmp_path / check.cpu_kind() / "demo" / "metrics"
+    folder.mkdir(parents=True)
+    (folder / "hc18.json").write_text('{"dice": {"workshop": {"fewshot": {"mean": 80.0}}}}')
+    (tmp_path / check.cpu_kind() / "paired.json").write_text(f'{{"committed": {{"{task}": {{"{row}": 90.0}}}}}}')
+    assert "hc18.json: dice.workshop.fewshot.mean 90.0 -> 80.0" in table.table(diff), "against the committed"
+    compared = table.table(diff, references=tmp_path)
+    assert "All 1 rows unchanged." in compared and compared.rstrip().endswith("none.")
+    assert f"Compared with the metrics {check.cpu_kind()} CPUs compute" in compared
