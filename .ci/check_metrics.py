@@ -112,7 +112,7 @@ def against_reference(diff: dict, references: Path, kind: str) -> Against:
         why = "has no" if stale[0] not in paired else "was made for other committed values of"
         return Against(
             diff,
-            f"the committed metrics: {folder} {why} {stale[0]}; make it again on a machine with a {kind} CPU "
+            f"the committed metrics: {folder} {why} {stale[0]}; make it again on a machine whose CPU vendor is {kind} "
             "(`python .ci/calibrate/reference.py`, docs/determinism.md)",
             stale=True,
         )
@@ -149,8 +149,23 @@ def drops(
         old_mean, new_mean = mean(o for o, _ in both), mean(n for _, n in both)
         limit = max_drop_scratch if scratch else max_drop_nsd if family == "nsd" else max_drop
         if old_mean - new_mean > limit:
-            failures.append(f"{row}: {old_mean:.2f} -> {new_mean:.2f} (average of {len(both)} tasks; limit {limit})")
+            over = f"{len(both)} task" if len(both) == 1 else f"{len(both)} tasks"
+            failures.append(f"{row}: {old_mean:.2f} -> {new_mean:.2f} (average of {over}; limit {limit})")
     return failures
+
+
+def read_diff(path: Path) -> dict:
+    """``dvc metrics diff --all --json``'s output (an empty file: no metrics), or exit with one line saying why not."""
+    fix = "give the output of `dvc metrics diff --all --json REV`"
+    try:
+        diff = json.loads(path.read_text() or "{}")
+    except OSError as error:
+        sys.exit(f"{path}: cannot be read ({error.strerror}); {fix}")
+    except json.JSONDecodeError:
+        sys.exit(f"{path}: not JSON; {fix}")
+    if not isinstance(diff, dict) or not all(isinstance(metrics, dict) for metrics in diff.values()):
+        sys.exit(f"{path}: not a metrics diff (metrics file -> metric -> old and new); {fix}")
+    return diff
 
 
 def main() -> None:
@@ -163,9 +178,17 @@ def main() -> None:
     args.add_argument("--max-drop-scratch", type=float, default=8.0, help="a FROM_SCRATCH baseline's row")
     args.add_argument("--max-drop-scratch-entry", type=float, default=30.0, help="a FROM_SCRATCH baseline's entry")
     args.add_argument("--under", help="check only the metrics files under this folder (e.g. demo/cardiac/metrics)")
-    args.add_argument("--references", type=Path, help="folder of per-CPU reference metrics (e.g. .ci/reference)")
-    args = args.parse_args()
-    diff = under(json.loads(args.diff.read_text() or "{}"), args.under)
+    args.add_argument(
+        "--references",
+        type=Path,
+        help="folder of per-CPU reference metrics, <vendor>/paired.json in it (e.g. .ci/reference); needs --under",
+    )
+    parser, args = args, args.parse_args()
+    if args.references is not None and args.under is None:
+        parser.error("--references needs --under: a reference holds the demos' metrics, checked one demo at a time")
+    if args.references is not None and not args.references.is_dir():
+        sys.exit(f"--references {args.references}: no such folder; give the folder holding <vendor>/{PAIRED}")
+    diff = under(read_diff(args.diff), args.under)
     if args.under and not diff:
         sys.exit(f"{args.diff}: no metrics under {args.under}")
     if args.references is not None:

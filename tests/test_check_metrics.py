@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / ".ci" / "check_metrics.py"
@@ -132,3 +134,25 @@ def test_a_cpu_kinds_own_reference_is_compared_only_while_it_matches_the_committ
     checked, against, stale = check_metrics.against_reference(diff, tmp_path, "GenuineIntel")
     assert checked == diff and not stale and "no reference for GenuineIntel CPUs" in against
     assert check_metrics.cpu_kind(), "the vendor is read on any machine ('unknown' without /proc/cpuinfo)"
+
+
+def test_a_bad_diff_or_references_folder_is_refused_in_one_line(tmp_path: Path) -> None:
+    def run(*argv: object) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, SCRIPT, *map(str, argv)], capture_output=True, text=True)
+
+    (tmp_path / "bad.json").write_text("dvc failed")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "diff.json").write_text("{}")
+    for name, says in [("bad.json", "not JSON"), ("list.json", "not a metrics diff"), ("none.json", "cannot be read")]:
+        result = run(tmp_path / name)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode != 0 and len(lines) == 1 and lines[0].startswith(f"{tmp_path / name}: {says}"), (
+            f"{name}: one line, no traceback"
+        )
+        assert "dvc metrics diff --all --json" in lines[0], "the fix is named"
+    result = run(tmp_path / "diff.json", "--references", tmp_path)
+    assert result.returncode != 0 and "--references needs --under" in result.stderr
+    result = run(tmp_path / "diff.json", "--references", tmp_path / "nope", "--under", "demo/metrics")
+    assert result.returncode != 0 and result.stderr.strip() == (
+        f"--references {tmp_path / 'nope'}: no such folder; give the folder holding <vendor>/paired.json"
+    ), "a mistyped folder is not taken for a kind without a reference"

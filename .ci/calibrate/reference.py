@@ -10,6 +10,7 @@ committed, on a machine of the other kind, then this script there:
 It copies each demo's metrics files into ``OUT/<vendor>/`` (``GenuineIntel``, ``AuthenticAMD``) with
 ``paired.json``: the machine, and the committed means they were made for. ``.ci/check_metrics.py --references``
 uses them only while the committed metrics are those; a demo this kind reproduces exactly needs none and is skipped.
+It refuses a checkout whose sources differ from HEAD, or where a demo's stages are not reproduced (``dvc status``).
 """
 
 from __future__ import annotations
@@ -40,23 +41,47 @@ def _check_metrics():  # .ci/check_metrics.py: what it compares, and how it name
 
 
 def changed_sources() -> list[str]:
-    """Tracked files that differ from HEAD, other than what ``dvc repro`` of the demos rewrites (their metrics and
-    ``dvc.lock``): a reference is of the committed params, data and code only."""
-    names = subprocess.run(
-        ["git", "diff", "--name-only", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-    ).stdout.split()
-    return [name for name in names if "/metrics/" not in name and not name.endswith("dvc.lock")]
+    """Files that differ from HEAD (tracked, or new and not ignored), other than what ``dvc repro`` of the demos
+    rewrites (their metrics and ``dvc.lock``) and the references: a reference is of the committed params, data and
+    code only."""
+    lines = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    rewritten = ("/metrics/", "dvc.lock")
+
+    def ours(name: str) -> bool:
+        return name.startswith(".ci/reference") or (name.startswith("demo/") and any(p in name for p in rewritten))
+
+    return [line[3:] for line in lines if not ours(line[3:])]
+
+
+def unreproduced() -> list[str]:
+    """The demos' stages whose outputs are not those of their inputs here (``dvc status``): metrics not computed
+    on this machine, which must not become, or remove, a reference."""
+    stale = []
+    for demo in DEMOS:
+        pipeline = f"{Path(demo).parent}/dvc.yaml"
+        status = subprocess.run(
+            ["dvc", "status", "--json", pipeline], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout
+        stale += [f"{stage} (run `dvc repro {pipeline}` first)" for stage in json.loads(status or "{}")]
+    return stale
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=REPO / ".ci" / "reference", help="references folder")
+    parser.add_argument(
+        "--out", type=Path, default=REPO / ".ci" / "reference", help="references folder (default: .ci/reference)"
+    )
     args = parser.parse_args()
     check = _check_metrics()
     changed = changed_sources()
     if changed:
         sys.exit(f"{changed[0]}: differs from HEAD; make the reference in a clean clone of the commit")
+    stale = unreproduced()
+    if stale:
+        sys.exit(f"{stale[0]}: not reproduced in this checkout; a reference is made from both demos run here")
     diff_text = subprocess.run(
         ["dvc", "metrics", "diff", "--all", "--json", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout
