@@ -389,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("kcenter", "typical", "cover"),
         help="kcenter (the default): each next image the farthest from those chosen; typical: the most central image "
         "of each of n k-means clusters; cover: each next image the one whose neighbourhood holds the most images not "
-        "yet covered (not with --model, which lists where the model is unsure by k-center from the boxed images)",
+        "yet covered. Cannot be combined with --model, which lists where the model is unsure, by k-center from the "
+        "boxed images",
     )
     suggest.add_argument(
         "--model",

@@ -85,26 +85,26 @@ def write_boxes(names: list[str], boxes: dict, path: Path) -> None:
     path.write_text(to_csv({name: (Box("", None, *boxes[name]),) for name in names}))
 
 
-def suggested(data: Path, shots: int, out: Path, env: dict, method: str) -> list[str]:
-    """The images ``autoprompt suggest --method METHOD`` lists, in its order."""
+def listed(data: Path, n: int, out: Path, env: dict, *options: str) -> list[str]:
+    """The images ``autoprompt suggest -i data -n n -o out OPTIONS`` lists, in its order (``out`` made anew)."""
     autoprompt = Path(sys.executable).with_name("autoprompt")
     shutil.rmtree(out, ignore_errors=True)
-    subprocess.run([str(autoprompt), "suggest", "-i", str(data), "-n", str(shots), "-o", str(out), "--threads",
-                    str(THREADS), "--method", method], check=True, env=env)  # fmt: skip
+    subprocess.run([str(autoprompt), "suggest", "-i", str(data), "-n", str(n), "-o", str(out), "--threads",
+                    str(THREADS), *options], check=True, env=env)  # fmt: skip
     with (out / "boxes.csv").open() as handle:
         return [row["image"] for row in csv.DictReader(handle)]
+
+
+def suggested(data: Path, shots: int, out: Path, env: dict, method: str) -> list[str]:
+    """The images ``autoprompt suggest --method METHOD`` lists, in its order."""
+    return listed(data, shots, out, env, "--method", method)
 
 
 def listed_next(data: Path, model: Path, n: int, out: Path, env: dict) -> list[str]:
     """The ``n`` images ``autoprompt suggest --model`` lists to box next in the folder ``data`` (a draw's folder,
     its ``boxes.csv`` the boxes drawn), ``model`` trained there by ``train`` (its work folder reused)."""
-    shutil.rmtree(out, ignore_errors=True)
-    autoprompt = Path(sys.executable).with_name("autoprompt")
-    subprocess.run([str(autoprompt), "suggest", "-i", str(data), "-n", str(n), "--model", str(model), "-o", str(out),
-                    "--work", str(model.parent / "model.pt.work"), "--params", str(WALKTHROUGH / "params.yaml"),
-                    "--threads", str(THREADS)], check=True, env=env)  # fmt: skip
-    with (out / "boxes.csv").open() as handle:
-        return [row["image"] for row in csv.DictReader(handle)]
+    return listed(data, n, out, env, "--model", str(model), "--work", str(model.parent / "model.pt.work"), "--params",
+                  str(WALKTHROUGH / "params.yaml"))  # fmt: skip
 
 
 def next_draw(folder: Path, shots: int, after: int, boxes: dict, work: Path, env: dict) -> list[str]:
@@ -314,6 +314,10 @@ def main() -> None:
         raise SystemExit(f"--next {args.next}: give 0 (none) to {args.shots - 1}, fewer than --shots {args.shots}")
     if args.more and "kcenter" not in args.methods:
         raise SystemExit("--more adds boxes to suggest's k-center ten; add kcenter to --methods")
+    baseline = json.loads(args.baseline.read_text()) if args.baseline is not None else None
+    if baseline is not None and baseline["settings"]["split"] != args.split:
+        raise SystemExit(f"--baseline {args.baseline}: split {baseline['settings']['split']}, this call's "
+                         f"{args.split}; give results of the same --split")  # fmt: skip
     if not (args.hc18 / "training_set").is_dir():
         raise SystemExit(f"{args.hc18}: real HC18 sample not found (no training_set/); pass --hc18 PATH")
     if args.self_training and args.split == "folder":
@@ -335,8 +339,8 @@ def main() -> None:
     if args.more:
         ten = draws["suggested_kcenter"]
         model = train(folder, ten, boxes, work / "suggested_kcenter", env)
-        listed = listed_next(work / "suggested_kcenter" / "data", model, args.more, work / "suggest-more", env)
-        draws[f"{MORE}next"] = ten + listed
+        added = listed_next(work / "suggested_kcenter" / "data", model, args.more, work / "suggest-more", env)
+        draws[f"{MORE}next"] = ten + added
         rest = [name for name in pool if name not in ten]
         for seed in range(args.more_uniform):
             picks = np.random.default_rng(seed).choice(len(rest), size=args.more, replace=False)
@@ -365,11 +369,7 @@ def main() -> None:
         summary["more"] = {"next": scores[f"{MORE}next"]["mean"], "uniform_mean": round(float(np.mean(each)), 2),
                            "uniform_each": each}  # fmt: skip
     compared = {}
-    if args.baseline is not None:
-        baseline = json.loads(args.baseline.read_text())
-        if baseline["settings"]["split"] != args.split:
-            raise SystemExit(f"--baseline {args.baseline}: split {baseline['settings']['split']}, this call's "
-                             f"{args.split}; give results of the same --split")  # fmt: skip
+    if baseline is not None:
         their_trained = {name for names in baseline["draws"].values() for name in names}
         their_test = baseline.get("test") or (
             held_out if held_out is not None else [name for name in pool if name not in their_trained]
