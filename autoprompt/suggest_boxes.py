@@ -121,7 +121,7 @@ def pick(
     with the slices' ``positions`` as a feature where the folder has ``volumes`` (``training.suggest``)."""
     spread = suggest.with_positions(features, positions) if volumes else features
     if method == "typical":
-        return suggest.typical(spread, n)
+        return suggest.typical(spread, n, min_distance=min_distance, duplicates=features)
     if method == "cover":
         return suggest.cover(spread, n, min_distance=min_distance, duplicates=features)
     return suggest.choose(spread, n, min_distance=min_distance, duplicates=features)

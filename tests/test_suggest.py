@@ -282,6 +282,20 @@ def test_typical_takes_each_clusters_most_central_image_largest_first():
     assert suggest.typical(with_outlier, 3) == suggest.typical(with_outlier, 3), "seeded: the same picks"
 
 
+def test_typical_skips_near_duplicates_as_k_center_does():
+    """Blank slices at both ends of a volume: apart by position, alike in the embedding. Each end is a cluster, but
+    the second end's slices are near-duplicates of the first's pick: none of them is taken, and the third pick is
+    another of the slices that show something."""
+    rng = np.random.default_rng(0)
+    embedding = np.concatenate([np.zeros(8), np.zeros(8), 10 + rng.normal(0, 0.5, 8)])[:, None]
+    position = np.concatenate([rng.normal(0, 0.1, 8), 10 + rng.normal(0, 0.1, 8), 5 + rng.normal(0, 0.1, 8)])
+    spread = np.column_stack([embedding, position])
+    assert len(suggest.typical(spread, 3)) == 3, "three clusters, three picks"
+    picks = suggest.typical(spread, 3, min_distance=0.05, duplicates=embedding)
+    assert len(picks) == 3 and sum(int(i) < 16 for i in picks) == 1, "one blank slice, two that show something"
+    assert len(suggest.typical(spread[:16], 3, min_distance=0.05, duplicates=embedding[:16])) == 1, "blank alone"
+
+
 def test_cover_takes_the_dense_shares_first_and_an_outlier_last():
     """Max coverage: the first picks lie in the folder's dense shares, largest first, one per share; an outlier,
     which k-center reaches for, comes only once the shares are covered; copies are skipped."""

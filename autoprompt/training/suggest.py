@@ -185,9 +185,20 @@ def _distances(features: np.ndarray) -> np.ndarray:
     return distances
 
 
-def typical(features: np.ndarray, n: int, seed: int = 0, iterations: int = 100) -> list[int]:
+def typical(
+    features: np.ndarray,
+    n: int,
+    seed: int = 0,
+    iterations: int = 100,
+    min_distance: float = 0.0,
+    duplicates: np.ndarray | None = None,
+) -> list[int]:
     """Up to ``n`` distinct rows of ``features`` (N x D): the folder cut into ``n`` clusters by k-means (k-means++
-    start, ``seed``), and of each cluster the row nearest its centre, the largest clusters first.
+    start, ``seed``), and of each cluster the row nearest its centre, the largest clusters first. A row whose nearest
+    chosen row in ``duplicates`` (N x D', default ``features``) is closer than ``min_distance`` is a near-duplicate:
+    the cluster's next most central row is taken instead, and a cluster of near-duplicates alone gives none. Where
+    fewer than ``n`` clusters gave a row (that, or a cluster left empty), the rest are taken as ``choose`` takes them,
+    each the farthest from those chosen: fewer than ``n`` come back only where the rest are near-duplicates.
 
     k-center takes the rows farthest from those chosen, the folder's outliers among them; with ten boxes a few
     outliers are a few images that teach the rare case and leave the common one to chance. Here each pick stands for
@@ -213,9 +224,12 @@ def typical(features: np.ndarray, n: int, seed: int = 0, iterations: int = 100) 
             break
         centres = moved
     labels = np.argmin(((features[:, None, :] - centres[None]) ** 2).sum(-1), axis=1)
-    picks = []
+    picks = _Picks(features.astype(np.float32), duplicates, min_distance)
     for c in sorted(range(k), key=lambda c: (-int(np.sum(labels == c)), c)):
         members = np.flatnonzero(labels == c)
-        if len(members):
-            picks.append(int(members[np.argmin(np.linalg.norm(features[members] - centres[c], axis=1))]))
-    return picks
+        for row in members[np.argsort(np.linalg.norm(features[members] - centres[c], axis=1), kind="stable")]:
+            if picks.take(int(row)):
+                break
+    while len(picks.rows) < n and picks.open.any():
+        picks.take(picks.farthest())
+    return picks.rows
