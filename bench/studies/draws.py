@@ -20,6 +20,13 @@ studies score. ``--self-training`` also trains each draw with ``train --self-tra
 folder's unboxed images, reusing the first round's runs) and scores that model beside the first; it needs
 ``--split authors``, where the unboxed images are not the scored ones.
 
+One ten per rule says little: uniform tens of ten differ by several points of Dice. ``--tens N`` draws each rule
+``N`` times (``--methods kcenter typical``): ``suggest``'s ten, then ``suggested_<method>_seed1`` ... from other
+starts, like ``train.draw: suggest``'s subsets (k-center from a seeded image instead of the medoid, typical with
+another k-means++ seed), chosen from the embeddings ``suggest`` kept. ``summary.rules`` gives each rule's tens, their
+mean minus the uniform tens' mean and the standard error of that difference, from the spread between tens; all are
+trained and scored in one call, on one CPU kind (with ``--self-training``, each ten's second round too).
+
 Box next (``autoprompt suggest --model``): ``--next K`` adds the draw ``suggested_nextK``, ``--shots`` minus K
 images by k-center, a model trained on them, and the K images ``suggest --model`` lists with it, boxed too: the ten
 chosen in two steps. ``--more K`` adds K boxes to the k-center ten: those ``suggest --model`` lists with the ten's
@@ -32,6 +39,8 @@ are the CPU's own: another CPU scores a little differently).
     python -m bench.studies.draws [--hc18 ../shared/data/hc18-sample] [--uniform 5] [--shots 10]
     python -m bench.studies.draws --name draws_authors --split authors --methods kcenter typical cover --uniform 5 \
         --self-training
+    python -m bench.studies.draws --name draws_rules_authors --split authors --methods kcenter typical --tens 5 \
+        --uniform 5
     python -m bench.studies.draws --name draws_next_authors --split authors --methods kcenter --uniform 0 --next 5 \
         --more 5 --self-training --baseline bench/results/draws_authors.json
 """
@@ -50,6 +59,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
+import zarr
 
 from autoprompt.data.splits import authors_lists
 from autoprompt.io import atomic_path
@@ -61,6 +71,7 @@ log = logging.getLogger("bench.draws")
 WALKTHROUGH = common.REPO / "examples" / "own-data"
 THREADS = 2
 SECOND_ROUND = "second_round"  # a draw's model trained with --self-training: "<draw>_second_round"
+SEED = "_seed"  # --tens: a method's ten from another start, "suggested_<method>_seed<S>"
 MORE = "kcenter_plus_"  # --more's draws: the k-center ten and more boxes (next, or uniform0, uniform1, ...)
 
 
@@ -98,6 +109,31 @@ def listed(data: Path, n: int, out: Path, env: dict, *options: str) -> list[str]
 def suggested(data: Path, shots: int, out: Path, env: dict, method: str) -> list[str]:
     """The images ``autoprompt suggest --method METHOD`` lists, in its order."""
     return listed(data, shots, out, env, "--method", method)
+
+
+def other_tens(data: Path, first: list[str], method: str, tens: int) -> list[list[str]]:
+    """``tens - 1`` more tens by ``method``'s rule from other starts, like ``train.draw: suggest``'s subsets
+    after the first: k-center from a seeded image instead of the medoid, typical with another k-means++ seed (seeds
+    1, 2, ...). They are chosen from the pooled embeddings that ``suggest`` kept in ``DATA.work``, whose first ten
+    must be ``first``, the ten ``suggest`` listed."""
+    from autoprompt.own_data import default_work, suggest_store
+    from autoprompt.suggest_boxes import pooled_features
+    from autoprompt.training import suggest
+
+    store = suggest_store(default_work(data))
+    features = pooled_features(store)
+    names = [f"{i}.png" for i in zarr.open_group(store, mode="r").attrs["ids"]]
+
+    def ten(seed: int) -> list[str]:
+        if method == "typical":
+            rows = suggest.typical(features, len(first), seed=seed, min_distance=suggest.DUPLICATE)
+        else:
+            start = int(np.random.default_rng(seed).integers(len(names))) if seed else None
+            rows = suggest.choose(features, len(first), start=start, min_distance=suggest.DUPLICATE)
+        return [names[row] for row in rows]
+
+    assert ten(0) == first, f"{method}: the store's first ten {ten(0)} are not those suggest listed, {first}"
+    return [ten(seed) for seed in range(1, tens)]
 
 
 def listed_next(data: Path, model: Path, n: int, out: Path, env: dict) -> list[str]:
@@ -246,6 +282,38 @@ def summarised(scores: dict[str, dict], suggested: list[str], uniform: int, suff
     }
 
 
+def ten_index(draw: str) -> int:
+    """A draw's place among its rule's tens: ``S`` of ``uniformS`` and of ``suggested_<method>_seedS``, else 0."""
+    digits = draw.removeprefix("uniform").rsplit(SEED, 1)[-1]
+    return int(digits) if digits.isdigit() else 0
+
+
+def rules(scores: dict[str, dict], methods: list[str], tens: int, uniform: int, suffix: str = "") -> dict:
+    """Each rule's ``tens`` tens against the ``uniform`` tens, of the models whose key ends with ``suffix`` (``""``:
+    the first round): each ten's mean Dice and misses, their mean and standard deviation, and the rule's mean minus
+    the uniform tens' with the standard error of that difference, from the spread between tens (a difference within
+    two standard errors of 0 is not one)."""
+
+    def tens_of(draws: list[str]) -> dict:
+        each = [scores[f"{d}{suffix}"]["mean"] for d in draws]
+        spread = round(float(np.std(each, ddof=1)), 2) if len(each) > 1 else None
+        return {"each": each, "mean": round(float(np.mean(each)), 2), "std": spread,
+                "below_50_each": [scores[f"{d}{suffix}"]["below_50"] for d in draws]}  # fmt: skip
+
+    uniforms = [f"uniform{s}" for s in range(uniform)]
+    out = {"uniform": tens_of(uniforms)} if uniforms else {}
+    for method in methods:
+        rule = tens_of([f"suggested_{method}", *(f"suggested_{method}{SEED}{s}" for s in range(1, tens))])
+        if len(uniforms) > 1:
+            base = out["uniform"]["each"]
+            rule["minus_uniform"] = round(rule["mean"] - float(np.mean(base)), 2)
+            rule["standard_error"] = round(
+                float(np.sqrt(np.var(rule["each"], ddof=1) / tens + np.var(base, ddof=1) / len(base))), 2
+            )
+        out[method] = rule
+    return out
+
+
 def against_baseline(baseline: dict, scores: dict[str, dict], test: list[str], baseline_test: list[str]) -> dict:
     """Every model of this call and of the ``baseline`` results (an earlier call's, scored on ``baseline_test``)
     on the images both scored: mean Dice and misses, and the largest difference between the two calls' tight-box
@@ -280,6 +348,13 @@ def main() -> None:
     parser.add_argument("--shots", type=int, default=10, help="boxed images in each draw (default: 10)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="suggest's methods")
     parser.add_argument(
+        "--tens",
+        type=int,
+        default=1,
+        help="tens drawn by each method's rule: suggest's, then others from seeded starts (suggested_METHOD_seedS; "
+        "kcenter and typical only) (default: 1)",
+    )
+    parser.add_argument(
         "--split",
         choices=("folder", "authors"),
         default="folder",
@@ -312,6 +387,8 @@ def main() -> None:
     args, machine = common.parse_and_start(parser)
     if not 0 <= args.next < args.shots:
         raise SystemExit(f"--next {args.next}: give 0 (none) to {args.shots - 1}, fewer than --shots {args.shots}")
+    if args.tens < 1 or (args.tens > 1 and "cover" in args.methods):
+        raise SystemExit(f"--tens {args.tens}: give 1, or more with --methods kcenter typical (cover has no seed)")
     if args.more and "kcenter" not in args.methods:
         raise SystemExit("--more adds boxes to suggest's k-center ten; add kcenter to --methods")
     baseline = json.loads(args.baseline.read_text()) if args.baseline is not None else None
@@ -334,6 +411,9 @@ def main() -> None:
     folder, held_out = (data, None) if args.split == "folder" else authors_split(data, work)
     pool = sorted(p.name for p in (folder / "images").glob("*.png") if p.name in boxes)
     draws = {f"suggested_{m}": suggested(folder, args.shots, work / f"suggest-{m}", env, m) for m in args.methods}
+    for method in args.methods if args.tens > 1 else ():
+        for seed, ten in enumerate(other_tens(folder, draws[f"suggested_{method}"], method, args.tens), 1):
+            draws[f"suggested_{method}{SEED}{seed}"] = ten
     if args.next:
         draws[f"suggested_next{args.next}"] = next_draw(folder, args.shots, args.next, boxes, work / "next", env)
     if args.more:
@@ -350,7 +430,8 @@ def main() -> None:
         picks = np.random.default_rng(seed).choice(len(pool), size=args.shots, replace=False)
         draws[f"uniform{seed}"] = sorted(pool[i] for i in picks)
     models = {}
-    for draw, names in draws.items():
+    for draw in sorted(draws, key=ten_index):  # a rule's tens and the uniform ones in turn: any prefix is balanced
+        names = draws[draw]
         log.info("%s: training on %s", draw, ", ".join(names))
         models[draw] = train(folder, names, boxes, work / draw, env)
         if args.self_training and not draw.startswith(MORE):
@@ -361,9 +442,13 @@ def main() -> None:
     log.info("scoring %d models on %d images that none trained on", len(models), len(test))
     scores = score(models, data, test, boxes)
     summary = summarised(scores, named, args.uniform, "")
+    if args.tens > 1:
+        summary["rules"] = rules(scores, args.methods, args.tens, args.uniform)
     if args.self_training:
-        summary[SECOND_ROUND] = summarised(scores, [d for d in named if not d.startswith(MORE)], args.uniform,
-                                           f"_{SECOND_ROUND}")  # fmt: skip
+        first_rounds = [d for d in named if not d.startswith(MORE)]
+        summary[SECOND_ROUND] = summarised(scores, first_rounds, args.uniform, f"_{SECOND_ROUND}")
+        if args.tens > 1:
+            summary[SECOND_ROUND]["rules"] = rules(scores, args.methods, args.tens, args.uniform, f"_{SECOND_ROUND}")
     if args.more:
         each = [scores[f"{MORE}uniform{s}"]["mean"] for s in range(args.more_uniform)]
         summary["more"] = {"next": scores[f"{MORE}next"]["mean"], "uniform_mean": round(float(np.mean(each)), 2),
@@ -392,6 +477,7 @@ def main() -> None:
                 "shots": args.shots,
                 "uniform_draws": args.uniform,
                 "methods": args.methods,
+                "tens": args.tens,
                 "split": args.split,
                 "self_training": args.self_training,
                 "next": args.next,
