@@ -1,0 +1,71 @@
+"""The picture of docs/own-data.md's "Which rule, over several tens": each ten's mean Dice, by the rule that chose it
+(``suggest``'s k-center and typical, from several starts, and uniform draws), on the held-out images of each split the
+draws study measured with ``--tens``, the tight-box prompt's Dice drawn as the bound.
+
+    python docs/figures/draw_rules.py        (reads bench/results/draws_rules*.json, writes docs/figures/draw-rules.png)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "bench" / "results"
+OUT = Path(__file__).with_name("draw-rules.png")
+SPLITS = {  # results file -> the panel's title
+    "draws_rules_authors.json": "the authors' split: 183 to draw from, {test} test images",
+    "draws_rules.json": "the walkthrough's folder: the {test} images no ten trained on",
+}
+LABELS = {"kcenter": "k-center\n(suggest)", "typical": "typical\n(--method typical)", "uniform": "uniform\n(at random)"}
+
+log = logging.getLogger("draw_rules")
+
+
+def panel(axis: plt.Axes, result: dict, title: str) -> None:
+    """One split: a column of dots per rule (each a ten's mean Dice), its mean as a bar, the tight box as a line."""
+    rules = result["summary"]["rules"]
+    names = [name for name in ("kcenter", "typical", "uniform") if name in rules]
+    for x, name in enumerate(names):
+        each = np.asarray(rules[name]["each"])
+        jitter = np.linspace(-0.12, 0.12, len(each))
+        axis.scatter(x + jitter, each, s=28, color="tab:gray" if name == "uniform" else "tab:blue", zorder=3)
+        axis.hlines(rules[name]["mean"], x - 0.25, x + 0.25, color="black", linewidth=2, zorder=4)
+        if "minus_uniform" in rules[name]:
+            note = f"{rules[name]['minus_uniform']:+.2f}\n± {rules[name]['standard_error']:.2f}"
+            axis.annotate(note, (x, min(each)), xytext=(0, -22), textcoords="offset points", ha="center", fontsize=8)
+    bound = result["summary"]["tight_box"]
+    axis.axhline(bound, color="tab:green", linestyle="--", linewidth=1)
+    axis.annotate(f"tight box {bound:.2f}", (len(names) - 0.5, bound), xytext=(0, 3), textcoords="offset points",
+                  ha="right", fontsize=8, color="tab:green")  # fmt: skip
+    axis.set_xticks(range(len(names)), [LABELS[name] for name in names], fontsize=8)
+    axis.set_xlim(-0.6, len(names) - 0.4)
+    axis.set_title(title.format(test=result["test_images"]), fontsize=9)
+    axis.set_ylabel("mean Dice (%) of a ten's model")
+    axis.grid(axis="y", alpha=0.3)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    found = {name: json.loads((RESULTS / name).read_text()) for name in SPLITS if (RESULTS / name).is_file()}
+    if not found:
+        raise SystemExit(f"{RESULTS}: no draws_rules*.json; run dvc repro -s bench/dvc.yaml:draws@draws_rules_authors")
+    figure, axes = plt.subplots(1, len(found), figsize=(4.6 * len(found), 4.2), squeeze=False)
+    for axis, (name, result) in zip(axes[0], found.items(), strict=True):
+        panel(axis, result, SPLITS[name])
+    figure.suptitle("Several tens per rule: a dot per ten's model, a bar at their mean;\n"
+                    "below, the rule's mean minus uniform's ± standard error", fontsize=9)  # fmt: skip
+    figure.tight_layout()
+    figure.savefig(OUT, dpi=110)
+    log.info("wrote %s", OUT.relative_to(REPO))
+
+
+if __name__ == "__main__":
+    main()
