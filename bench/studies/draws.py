@@ -112,10 +112,10 @@ def suggested(data: Path, shots: int, out: Path, env: dict, method: str) -> list
 
 
 def other_tens(data: Path, first: list[str], method: str, tens: int) -> list[list[str]]:
-    """``tens - 1`` more tens by ``method``'s rule from other starts, like ``train.draw: suggest``'s subsets
-    after the first: k-center from a seeded image instead of the medoid, typical with another k-means++ seed (seeds
-    1, 2, ...). They are chosen from the pooled embeddings that ``suggest`` kept in ``DATA.work``, whose first ten
-    must be ``first``, the ten ``suggest`` listed."""
+    """``tens - 1`` more tens by ``method``'s rule from other starts, like ``train.draw: suggest``'s subsets after the
+    first: k-center from a seeded image instead of the medoid, typical with another k-means++ seed (seeds 1, 2, ...).
+    They are chosen from the pooled embeddings that ``suggest`` kept in ``DATA.work`` (a folder of 2D images: no
+    slice positions), whose first ten must be ``first``, the ten ``suggest`` listed."""
     from autoprompt.own_data import default_work, suggest_store
     from autoprompt.suggest_boxes import pooled_features
     from autoprompt.training import suggest
