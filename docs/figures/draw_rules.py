@@ -1,6 +1,7 @@
 """The picture of docs/own-data.md's "Which rule, over several tens": each ten's mean Dice, by the rule that chose it
 (``suggest``'s k-center and typical, from several starts, and uniform draws), on the held-out images of each split the
-draws study measured with ``--tens``, the tight-box prompt's Dice drawn as the bound.
+draws study measured with ``--tens``, the tight-box prompt's Dice drawn as the bound. Where the study also trained
+each ten's second round (``--self-training``), its dots stand to the right of the first round's.
 
     python docs/figures/draw_rules.py        (reads bench/results/draws_rules*.json, writes docs/figures/draw-rules.png)
 """
@@ -29,18 +30,34 @@ LABELS = {"kcenter": "k-center\n(suggest)", "typical": "typical\n(--method typic
 log = logging.getLogger("draw_rules")
 
 
+ROUNDS = {"first round": "tab:blue", "with the second round": "tab:orange"}
+
+
+def column(axis: plt.Axes, x: float, rule: dict, color: str, width: float) -> None:
+    """One rule's tens in one round: a dot per ten's mean Dice, a bar at their mean, the lead over uniform below."""
+    each = np.asarray(rule["each"])
+    axis.scatter(x + np.linspace(-width / 2, width / 2, len(each)), each, s=24, color=color, zorder=3)
+    axis.hlines(rule["mean"], x - width, x + width, color="black", linewidth=2, zorder=4)
+    if "minus_uniform" in rule:
+        note = f"{rule['minus_uniform']:+.2f}\n± {rule['standard_error']:.2f}"
+        axis.annotate(note, (x, min(each)), xytext=(0, -22), textcoords="offset points", ha="center", fontsize=7)
+
+
 def panel(axis: plt.Axes, result: dict, title: str) -> None:
-    """One split: a column of dots per rule (each a ten's mean Dice), its mean as a bar, the tight box as a line."""
-    rules = result["summary"]["rules"]
-    names = [name for name in ("kcenter", "typical", "uniform") if name in rules]
+    """One split: per rule a column of dots for each round (each a ten's mean Dice), the tight box as a line."""
+    rounds = [result["summary"]["rules"]]
+    if "rules" in result["summary"].get("second_round", {}):
+        rounds.append(result["summary"]["second_round"]["rules"])
+    names = [name for name in ("kcenter", "typical", "uniform") if name in rounds[0]]
+    offsets = [0.0] if len(rounds) == 1 else [-0.2, 0.2]
+    width = 0.12 if len(rounds) == 1 else 0.08
     for x, name in enumerate(names):
-        each = np.asarray(rules[name]["each"])
-        jitter = np.linspace(-0.12, 0.12, len(each))
-        axis.scatter(x + jitter, each, s=28, color="tab:gray" if name == "uniform" else "tab:blue", zorder=3)
-        axis.hlines(rules[name]["mean"], x - 0.25, x + 0.25, color="black", linewidth=2, zorder=4)
-        if "minus_uniform" in rules[name]:
-            note = f"{rules[name]['minus_uniform']:+.2f}\n± {rules[name]['standard_error']:.2f}"
-            axis.annotate(note, (x, min(each)), xytext=(0, -22), textcoords="offset points", ha="center", fontsize=8)
+        for rules, offset, (label, color) in zip(rounds, offsets, ROUNDS.items(), strict=False):
+            column(axis, x + offset, rules[name], color, width)
+            if x == 0 and len(rounds) > 1:
+                axis.scatter([], [], s=24, color=color, label=label)
+    if len(rounds) > 1:
+        axis.legend(loc="lower left", fontsize=7)
     bound = result["summary"]["tight_box"]
     axis.axhline(bound, color="tab:green", linestyle="--", linewidth=1)
     axis.annotate(f"tight box {bound:.2f}", (len(names) - 0.5, bound), xytext=(0, 3), textcoords="offset points",
@@ -57,7 +74,7 @@ def main() -> None:
     found = {name: json.loads((RESULTS / name).read_text()) for name in SPLITS if (RESULTS / name).is_file()}
     if not found:
         raise SystemExit(f"{RESULTS}: no draws_rules*.json; run dvc repro -s bench/dvc.yaml:draws@draws_rules_authors")
-    figure, axes = plt.subplots(1, len(found), figsize=(4.6 * len(found), 4.2), squeeze=False)
+    figure, axes = plt.subplots(1, len(found), figsize=(5.2 * len(found), 4.4), squeeze=False)
     for axis, (name, result) in zip(axes[0], found.items(), strict=True):
         panel(axis, result, SPLITS[name])
     figure.suptitle("Several tens per rule: a dot per ten's model, a bar at their mean;\n"
