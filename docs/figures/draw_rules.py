@@ -33,10 +33,10 @@ log = logging.getLogger("draw_rules")
 ROUNDS = {"first round": "tab:blue", "with the second round": "tab:orange"}
 
 
-def column(axis: plt.Axes, x: float, rule: dict, color: str, width: float) -> None:
+def column(axis: plt.Axes, x: float, rule: dict, color: str, width: float, label: str | None = None) -> None:
     """One rule's tens in one round: a dot per ten's mean Dice, a bar at their mean, the lead over uniform below."""
     each = np.asarray(rule["each"])
-    axis.scatter(x + np.linspace(-width / 2, width / 2, len(each)), each, s=24, color=color, zorder=3)
+    axis.scatter(x + np.linspace(-width / 2, width / 2, len(each)), each, s=24, color=color, zorder=3, label=label)
     axis.hlines(rule["mean"], x - width, x + width, color="black", linewidth=2, zorder=4)
     if "minus_uniform" in rule:
         note = f"{rule['minus_uniform']:+.2f}\n± {rule['standard_error']:.2f}"
@@ -53,9 +53,7 @@ def panel(axis: plt.Axes, result: dict, title: str) -> None:
     width = 0.12 if len(rounds) == 1 else 0.08
     for x, name in enumerate(names):
         for rules, offset, (label, color) in zip(rounds, offsets, ROUNDS.items(), strict=False):
-            column(axis, x + offset, rules[name], color, width)
-            if x == 0 and len(rounds) > 1:
-                axis.scatter([], [], s=24, color=color, label=label)
+            column(axis, x + offset, rules[name], color, width, label if x == 0 else None)
     if len(rounds) > 1:
         axis.legend(loc="lower left", fontsize=7)
     bound = result["summary"]["tight_box"]
