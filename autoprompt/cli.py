@@ -237,7 +237,7 @@ def suggest_command(args: argparse.Namespace) -> None:
         )  # fmt: skip
         return
     found = suggest_folder(data, out, work, settings, args.n, chosen, args.min_distance, label, args.studio_root,
-                           args.method or "kcenter")  # fmt: skip
+                           args.method or "typical")  # fmt: skip
     log.info(
         "wrote %s: %d of %d images and slices to box, in the order chosen (%s); embeddings kept in %s for train",
         ", ".join(str(p) for p in found.written[:2]), len(found.picks), found.candidates,
@@ -387,8 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     suggest.add_argument(
         "--method",
         choices=("kcenter", "typical", "cover"),
-        help="kcenter (the default): each next image the farthest from those chosen; typical: the most central image "
-        "of each of n k-means clusters; cover: each next image the one whose neighbourhood holds the most images not "
+        help="typical (the default): the most central image of each of n k-means clusters; kcenter: each next image "
+        "the farthest from those chosen; cover: each next image the one whose neighbourhood holds the most images not "
         "yet covered. Cannot be combined with --model, which lists where the model is unsure, by k-center from the "
         "boxed images",
     )

@@ -2,9 +2,9 @@
 
 ``suggest_folder`` reads every image of ``DATA/images`` (2D files, NIfTI and other volumes, DICOM series: every slice
 of a volume), prepares each slice exactly as ``autoprompt train`` does (``images.frame_slices`` under the folder
-section's clip, spacing, crop and fit), encodes them all, and chooses ``n`` to box by greedy k-center on their pooled
-embeddings (``training.suggest``: from the medoid, never two near-duplicates, volume slices spread by their position
-in the volume). It writes, in ``OUT``:
+section's clip, spacing, crop and fit), encodes them all, and chooses ``n`` to box on their pooled embeddings
+(``training.suggest.typical``: the central image of each of ``n`` k-means clusters, never two near-duplicates, volume
+slices spread by their position in the volume; ``--method kcenter`` and ``cover`` choose otherwise). It writes, in ``OUT``:
 
 - ``boxes.csv``: a template listing the chosen images (and slices) in the order chosen, corners empty: the first rows
   cover the folder best, so a user who boxes fewer may delete the last rows;
@@ -114,10 +114,10 @@ def pick(
     volumes: bool,
     n: int,
     min_distance: float = suggest.DUPLICATE,
-    method: str = "kcenter",
+    method: str = "typical",
 ) -> list[int]:
-    """``n`` rows to box (fewer where the rest are near-duplicates): greedy k-center on the pooled ``features``,
-    each k-means cluster's most central row, or greedy maximum coverage (``method``: ``training.suggest.METHODS``),
+    """``n`` rows to box (fewer where the rest are near-duplicates): each k-means cluster's most central row of the
+    pooled ``features``, greedy k-center, or greedy maximum coverage (``method``: ``training.suggest.METHODS``),
     with the slices' ``positions`` as a feature where the folder has ``volumes`` (``training.suggest``)."""
     spread = suggest.with_positions(features, positions) if volumes else features
     if method == "typical":
@@ -219,7 +219,7 @@ def suggest_folder(
     min_distance: float = suggest.DUPLICATE,
     label: str = "structure",
     studio_root: Path | None = None,
-    method: str = "kcenter",
+    method: str = "typical",
 ) -> Suggestion:
     """Choose ``n`` images (volume slices) of the folder ``data`` to box and write their templates into ``out`` (see
     the module's docstring); the embeddings are kept in ``work``. ``settings``: the params (``prepare``'s folder

@@ -4,11 +4,11 @@ A run is named by its regime and number: ``fewshot/subset1-seed2`` trains on sub
 seed 2; ``all/seed0`` trains on every training image. Subsets are drawn from the training split with their own
 seed, so the same params give the same images on every machine: uniformly (``train.draw: uniform``), one image
 from each of ``shots`` strata of tight-box area (``box_area``), so that the few shots cover the structure's sizes,
-small apex cavities and large basal ones alike, from boxes alone; or spread over the split's pooled embeddings by
-greedy k-center (``suggest``: ``training.suggest``, the way ``autoprompt suggest`` chooses the images a user boxes),
-with each volume slice's position in its volume as a feature. Subset 0 starts from the medoid, as ``autoprompt
-suggest`` does; subset k > 0 from an image drawn with ``subset_seed`` and k, so that several subsets differ. A subset
-always has ``shots`` images: near-duplicates are not skipped here (k-center takes them last anyway).
+small apex cavities and large basal ones alike, from boxes alone; or over the split's pooled embeddings as
+``autoprompt suggest`` chooses the images a user boxes (``suggest``: ``training.suggest.typical``, the central image
+of each of ``shots`` k-means clusters), with each volume slice's position in its volume as a feature. Subset 0 takes
+k-means++'s seed 0, as ``autoprompt suggest`` does; subset k > 0 a seed drawn with ``subset_seed`` and k, so that
+several subsets differ. A subset always has ``shots`` images: near-duplicates are not skipped here.
 """
 
 from __future__ import annotations
@@ -55,13 +55,13 @@ def draw_subset(
     """``shots`` ids drawn without replacement from the sorted ``ids``; the same arguments give the same ids.
 
     With ``areas`` (id -> tight-box area), the pool sorted by area is cut into ``shots`` strata of (nearly) equal
-    size and one id is drawn from each. With ``features`` (id -> a vector, ``draw_features``), greedy k-center on
-    them (``suggest.choose``), from the medoid for subset 0 and from a seeded id for the others."""
+    size and one id is drawn from each. With ``features`` (id -> a vector, ``draw_features``), each k-means
+    cluster's central id (``suggest.typical``), with seed 0 for subset 0 and a seeded seed for the others."""
     pool = sorted(ids)
     rng = np.random.default_rng([subset_seed, subset])
     if features is not None:
-        start = None if subset == 0 else int(rng.integers(len(pool)))
-        picked = suggest.choose(np.stack([features[i] for i in pool]), shots, start=start)
+        seed = 0 if subset == 0 else int(rng.integers(2**31))
+        picked = suggest.typical(np.stack([features[i] for i in pool]), shots, seed=seed)
     elif areas is None:
         picked = rng.choice(len(pool), size=shots, replace=False)
     else:
