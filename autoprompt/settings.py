@@ -548,9 +548,9 @@ class TrainSettings(Section):
     """The head's runs: ``subsets`` x ``seeds`` few-shot runs of ``shots`` images (or ``all``), and with
     ``all_images`` (true, or a list of recipes) runs on every training image; each recipe of ``recipe`` trains
     them. ``draw``: the few shots drawn ``uniform``-ly, one from each of ``shots`` strata of tight-box area
-    (``box_area``), or over the split's embeddings as ``autoprompt suggest`` chooses the images to box (``suggest``:
-    the central image of each of ``shots`` k-means clusters). ``select``: the ``last`` epoch's head or the ``best`` by validation Dice against the
-    box-prompted masks. ``self_training``: ``autoprompt train``'s second round on the unboxed images
+    (``box_area``), or over the split's embeddings as ``autoprompt suggest`` chooses the images to box
+    (``suggest``: the central image of each of ``shots`` k-means clusters). ``select``: the ``last`` epoch's head
+    or the ``best`` by validation Dice against the box-prompted masks. ``self_training``: ``autoprompt train``'s second round on the unboxed images
     (``SelfTraining``)."""
 
     shots: Positive | Literal["all"] = 10

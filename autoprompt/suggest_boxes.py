@@ -2,9 +2,10 @@
 
 ``suggest_folder`` reads every image of ``DATA/images`` (2D files, NIfTI and other volumes, DICOM series: every slice
 of a volume), prepares each slice exactly as ``autoprompt train`` does (``images.frame_slices`` under the folder
-section's clip, spacing, crop and fit), encodes them all, and chooses ``n`` to box on their pooled embeddings
-(``training.suggest.typical``: the central image of each of ``n`` k-means clusters, never two near-duplicates, volume
-slices spread by their position in the volume; ``--method kcenter`` and ``cover`` choose otherwise). It writes, in ``OUT``:
+section's clip, spacing, crop and fit), encodes them all, and chooses ``n`` to box on their pooled
+embeddings (``training.suggest.typical``: the central image of each of ``n`` k-means clusters, never two
+near-duplicates, volume slices spread by their position in the volume; ``--method kcenter`` and ``cover`` choose
+otherwise). It writes, in ``OUT``:
 
 - ``boxes.csv``: a template listing the chosen images (and slices) in the order chosen, corners empty: the first rows
   cover the folder best, so a user who boxes fewer may delete the last rows;
