@@ -550,8 +550,8 @@ class TrainSettings(Section):
     them. ``draw``: the few shots drawn ``uniform``-ly, one from each of ``shots`` strata of tight-box area
     (``box_area``), or over the split's embeddings as ``autoprompt suggest`` chooses the images to box
     (``suggest``: the central image of each of ``shots`` k-means clusters). ``select``: the ``last`` epoch's head
-    or the ``best`` by validation Dice against the box-prompted masks. ``self_training``: ``autoprompt train``'s second round on the unboxed images
-    (``SelfTraining``)."""
+    or the ``best`` by validation Dice against the box-prompted masks. ``self_training``: ``autoprompt train``'s
+    second round on the unboxed images (``SelfTraining``)."""
 
     shots: Positive | Literal["all"] = 10
     subsets: Positive = 1
