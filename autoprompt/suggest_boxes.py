@@ -8,7 +8,7 @@ near-duplicates, volume slices spread by their position in the volume; ``--metho
 otherwise). It writes, in ``OUT``:
 
 - ``boxes.csv``: a template listing the chosen images (and slices) in the order chosen, corners empty: the first rows
-  cover the folder best, so a user who boxes fewer may delete the last rows;
+  stand for the largest shares of the folder, so a user who boxes fewer may delete the last rows;
 - ``label-studio/``: ``tasks.json`` to import, ``config.xml`` (the labeling interface) and ``images/``, a PNG of each
   chosen slice on its own pixel grid; the export of the boxes drawn there is read by ``autoprompt train --boxes``
   (``data.box_templates``).

@@ -1,4 +1,5 @@
-"""Which images to box: greedy k-center on pooled embeddings (``training.suggest``), ``train.draw: suggest``, and
+"""Which images to box: typical images of k-means clusters, greedy k-center and coverage on pooled embeddings
+(``training.suggest``), ``train.draw: suggest``, and
 ``autoprompt suggest`` on a tiny folder of pictures and a volume, with a stand-in encoder (the choice and the files
 are under test here, not the backbone): its boxes.csv template, its Label Studio tasks read back from an export, a
 second call and ``train``'s encoding reusing its embeddings."""
@@ -100,6 +101,22 @@ def test_slices_spread_across_a_volume() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ train.draw: suggest
+def test_typical_spreads_a_volumes_slices_by_thirds() -> None:
+    """Two volumes of 21 slices that look alike: with their positions as a feature, the k-means clusters cut each
+    volume along its length, so each volume's three picks lie one in each third; without the positions, the picks
+    fall where the noise puts them."""
+    rng = np.random.default_rng(1)
+    volumes = [rng.normal(size=(1, 8)).repeat(21, 0) + 0.02 * rng.normal(size=(21, 8)) for _ in range(2)]
+    look = normalise(np.concatenate(volumes))
+    positions = np.tile(np.linspace(0, 1, 21), 2)
+    picked = suggest.typical(suggest.with_positions(look, positions), 6)
+    for volume in (0, 1):
+        mine = sorted(positions[[p for p in picked if p // 21 == volume]])
+        assert [int(min(p * 3, 2)) for p in mine] == [0, 1, 2], (volume, mine)
+    blind = suggest.typical(look, 6)
+    assert any(sorted(int(min(positions[p] * 3, 2)) for p in blind if p // 21 == v) != [0, 1, 2] for v in (0, 1))
+
+
 def test_train_draw_suggest_is_a_setting(tmp_path: Path) -> None:
     assert TrainSettings(draw="suggest").draw == "suggest"
     with pytest.raises(ValidationError):
@@ -111,9 +128,9 @@ def test_train_draw_suggest_is_a_setting(tmp_path: Path) -> None:
 
 
 def test_the_suggest_draw_gives_distinct_spread_shots_as_augment_draws_them() -> None:
-    """Ten ids in five pairs of look-alikes: four shots take four pairs, each once, whichever subset; subsets start
-    from different images, so on features without clusters they differ; ``fewshot_ids`` (augment) draws what
-    ``plan_runs`` (train) does."""
+    """Ten ids in five pairs of look-alikes: four shots take four pairs, each once, whichever subset; subsets take
+    different k-means++ seeds, so on features without clusters they differ; subset 0 is what ``autoprompt suggest``
+    lists (typical, seed 0); ``fewshot_ids`` (augment) draws what ``plan_runs`` (train) does."""
     features, labels = clusters(k=5, per=2, seed=3)
     ids = [f"img{i:02d}" for i in range(10)]
     store = zarr.open_group(zarr.storage.MemoryStore(), mode="w")  # pooled reads any grid: 2 x 2 here
@@ -128,6 +145,9 @@ def test_the_suggest_draw_gives_distinct_spread_shots_as_augment_draws_them() ->
     for shots in (first, second):
         assert len(set(shots)) == 4 and len({labels[ids.index(i)] for i in shots}) == 4, shots
     assert draw_subset(ids, 4, 0, 0, features=found) == first, "the same arguments, the same shots"
+    pool = sorted(found)
+    listed = suggest.typical(np.stack([found[i] for i in pool]), 4, seed=0)
+    assert first == tuple(sorted(pool[i] for i in listed)), "subset 0: the images autoprompt suggest lists"
     spread = dict(zip(ids, normalise(np.random.default_rng(4).normal(size=(10, 16))), strict=True))
     assert len({draw_subset(ids, 4, s, 0, features=spread) for s in range(3)}) > 1, "subsets start apart"
     plan = plan_runs(ids, 4, 2, [0], 0, False, features=found)
@@ -204,6 +224,17 @@ def test_suggest_writes_a_template_and_label_studio_tasks_that_read_back(tmp_pat
         found = read_boxes(tmp_path / name, data / "images")
         read = sorted((image, "" if b.slice is None else str(b.slice)) for image, bs in found.items() for b in bs)
         assert read == sorted(zip(rows["image"], rows["slice"], strict=True)), name
+
+
+def test_suggest_lists_typical_images_unless_told_otherwise(tmp_path: Path, stand_in) -> None:
+    """The default rule is ``typical``: the list ``--method typical`` gives, not the one ``--method kcenter`` gives."""
+    lists = {}
+    for name, extra in (("default", ()), ("typical", ("--method", "typical")), ("kcenter", ("--method", "kcenter"))):
+        folder(tmp_path / name / "data")
+        run_suggest(tmp_path / name, *extra)
+        lists[name] = pd.read_csv(tmp_path / name / "data/boxes.csv", dtype=str, keep_default_na=False)
+    assert lists["default"].equals(lists["typical"])
+    assert not lists["default"].equals(lists["kcenter"]), "the rules list differently on this folder"
 
 
 def test_a_second_call_encodes_nothing_and_train_copies_the_embeddings(tmp_path: Path, stand_in, caplog) -> None:

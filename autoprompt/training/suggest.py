@@ -1,26 +1,33 @@
-"""Which images to box: greedy k-center (farthest-point) selection in embedding space, so that a few boxes cover a
-folder (``autoprompt suggest``) or a training split (``train.draw: suggest``); ``autoprompt suggest --method``
-also offers ``typical`` (k-means clusters' central images) and ``cover`` (greedy maximum coverage), which
-``bench/results/draws.json`` and ``draws_authors.json`` compare with uniform draws.
+"""Which images to box, so that a few boxes cover a folder (``autoprompt suggest``) or a training split
+(``train.draw: suggest``). Three rules, ``autoprompt suggest --method``:
+
+- ``typical`` (the default): the folder cut into ``n`` k-means clusters, and of each the image nearest its centre.
+  Each pick stands for a share of the folder, the common image of that share.
+- ``kcenter``: greedy k-center (farthest-point). It starts from the medoid (the image nearest the mean) and then adds,
+  each time, the image farthest from every image chosen so far: deterministic, never more than twice the best
+  covering radius, and any prefix of its picks is itself a greedy cover. It reaches for the folder's outliers.
+- ``cover``: greedy maximum coverage of the images within a radius.
+
+Typical is the default because its tens were ahead of k-center's and of uniform draws on real HC18, with the
+smallest spread from one start to another (``bench/results/draws_rules_authors.json``, ``draws_rules.json``,
+``draw_suggest.json``; ``docs/own-data.md`` tells the study).
 
 The features are the backbone's embeddings pooled to one vector per image (``data.embeddings.pooled``: the mean over
 the 64 x 64 grid of each of the 256 channels, L2-normalised): cheap, one read of the store, and blind to where in
-the frame the structure lies, which the box says anyway. Greedy k-center starts from the medoid (the image nearest
-the mean: the most typical one, which a single box should cover) and then adds, each time, the image farthest from
-every image chosen so far; it is deterministic and never more than twice the best covering radius. Any prefix of its
-picks is itself a greedy cover, so a user who boxes only the first rows of the list still covers the folder.
+the frame the structure lies, which the box says anyway.
 
 Near-duplicates (a copy, a volume's neighbouring slices that look alike) teach nothing new: a candidate whose nearest
 chosen image lies closer than ``DUPLICATE`` is skipped, so fewer than ``n`` may come back. ``DUPLICATE`` is in the
 pooled, normalised space: on 12 HC18 images with LiteMedSAM, distinct images lay 0.18 to 0.47 apart, an image and
 its mirror image 0.11, an exact copy 0.
 
-Volumes: slices of one volume look alike, so k-center alone may take two neighbouring slices and none from the other
-end. ``with_positions`` appends each slice's relative position in its volume (0 first, 1 last; 0.5 for a 2D image)
-as one more feature, weighted in the embeddings' own units (the median distance of the images to their mean), so that
-slices apart in a volume count as apart even where they look alike. A weighted feature rather than strata of slice
-position: strata would force a pick into every band even where its slices are blank, while the feature keeps one
-objective. The duplicate test reads the embedding alone (``duplicates``): two blank end slices stay duplicates.
+Volumes: slices of one volume look alike, so a rule on the embeddings alone may take two neighbouring slices and none
+from the other end, or let one cluster stand for a whole volume. ``with_positions`` appends each slice's relative
+position in its volume (0 first, 1 last; 0.5 for a 2D image) as one more feature, weighted in the embeddings' own units
+(the median distance of the images to their mean), so that slices apart in a volume count as apart even where they look
+alike. A weighted feature rather than strata of slice position: strata would force a pick into every band even where its
+slices are blank, while the feature keeps one objective. The duplicate test reads the embedding alone (``duplicates``):
+two blank end slices stay duplicates.
 
 Once a model is trained, ``box_next`` lists images where it is unsure (``autoprompt suggest --model``): the same
 k-center, started from the images boxed already, first among the rows the model is unsure of

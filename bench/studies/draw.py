@@ -1,19 +1,19 @@
-"""Shots drawn uniformly, one per stratum of box area, or spread by k-center (``train.draw``): test Dice and misses
-on real HC18 images.
+"""Shots drawn uniformly, one per stratum of box area, or as ``autoprompt suggest`` lists them (``train.draw``): test
+Dice and misses on real HC18 images.
 
 Ten images drawn uniformly rarely include the smallest heads, and the misses of a few-shot head are mostly there.
-``train.draw: box_area`` cuts the training split, sorted by tight-box area, into ``shots`` strata and draws one
-image from each; ``suggest`` spreads the ten over the split's pooled embeddings by greedy k-center, as ``autoprompt
-suggest`` lists the images a user should box (subset 0 from the medoid, where ``suggest`` starts; the others from a
-seeded image). This study trains the same recipe on ``--subsets`` subsets of each draw (seed 0), on the real HC18
+``train.draw: box_area`` cuts the training split, sorted by tight-box area, into ``shots`` strata and draws one image
+from each; ``suggest`` takes the central image of each of ten k-means clusters of the split's pooled embeddings, as
+``autoprompt suggest`` lists the images a user should box (subset 0 with k-means++ seed 0, as ``suggest``; the others
+with seeded seeds). This study trains the same recipe on ``--subsets`` subsets of each draw (seed 0), on the real HC18
 sample prepared and encoded as ``bench.studies.accuracy`` does (``bench.lib.workspace``: its work folder, its worker
-processes), with the last epoch's head, and scores the test split: each run, alone and re-prompted at the margin
-that ``reprompt.margin: auto`` chooses on the validation boxes for it (a user's model: one ten), the ensemble of the
-runs, and that ensemble re-prompted: with the masks' own boxes, as ``params.yaml`` pins, and (the ensemble alone:
-five box thresholds cost each run minutes of decoding) with the box threshold chosen among
-``reprompt.box_thresholds`` with the margin (``box_threshold: auto``, ``autoprompt train``'s default). Misses: test
-images under 50 Dice, and masks empty where the reference is not (``autoprompt.evaluation.metrics``). It also records
-which box-area percentiles each subset covers.
+processes), with the last epoch's head, and scores the test split: each run, alone and re-prompted at the margin that
+``reprompt.margin: auto`` chooses on the validation boxes for it (a user's model: one ten), the ensemble of the runs,
+and that ensemble re-prompted: with the masks' own boxes, as ``params.yaml`` pins, and (the ensemble alone: five box
+thresholds cost each run minutes of decoding) with the box threshold chosen among ``reprompt.box_thresholds`` with the
+margin (``box_threshold: auto``, ``autoprompt train``'s default). Misses: test images under 50 Dice, and masks empty
+where the reference is not (``autoprompt.evaluation.metrics``). It also records which box-area percentiles each subset
+covers.
 
     python -m bench.studies.draw [--subsets 4] [--recipe augmented] [--draws uniform box_area suggest] [--name draw]
 

@@ -1,5 +1,5 @@
 """The picture of docs/own-data.md's "Which rule, over several tens": each ten's mean Dice, by the rule that chose it
-(``suggest``'s k-center and typical, from several starts, and uniform draws), on the held-out images of each split the
+(``suggest``'s typical and k-center, from several starts, and uniform draws), on the held-out images of each split the
 draws study measured with ``--tens``, the tight-box prompt's Dice drawn as the bound. Where the study also trained
 each ten's second round (``--self-training``), its dots stand to the right of the first round's.
 
@@ -25,7 +25,7 @@ SPLITS = {  # results file -> the panel's title
     "draws_rules_authors.json": "the authors' split: 183 to draw from, {test} test images",
     "draws_rules.json": "the walkthrough's folder: the {test} images no ten trained on",
 }
-LABELS = {"kcenter": "k-center\n(suggest)", "typical": "typical\n(--method typical)", "uniform": "uniform\n(at random)"}
+LABELS = {"kcenter": "k-center\n(--method kcenter)", "typical": "typical\n(suggest)", "uniform": "uniform\n(at random)"}
 
 log = logging.getLogger("draw_rules")
 
@@ -48,7 +48,7 @@ def panel(axis: plt.Axes, result: dict, title: str) -> None:
     rounds = [result["summary"]["rules"]]
     if "rules" in result["summary"].get("second_round", {}):
         rounds.append(result["summary"]["second_round"]["rules"])
-    names = [name for name in ("kcenter", "typical", "uniform") if name in rounds[0]]
+    names = [name for name in ("typical", "kcenter", "uniform") if name in rounds[0]]
     offsets = [0.0] if len(rounds) == 1 else [-0.2, 0.2]
     width = 0.12 if len(rounds) == 1 else 0.08
     for x, name in enumerate(names):
@@ -58,8 +58,8 @@ def panel(axis: plt.Axes, result: dict, title: str) -> None:
         axis.legend(loc="lower left", fontsize=7)
     bound = result["summary"]["tight_box"]
     axis.axhline(bound, color="tab:green", linestyle="--", linewidth=1)
-    axis.annotate(f"tight box {bound:.2f}", (len(names) - 0.5, bound), xytext=(0, 3), textcoords="offset points",
-                  ha="right", fontsize=8, color="tab:green")  # fmt: skip
+    axis.annotate(f"tight box {bound:.2f}", (len(names) - 0.5, bound), xytext=(0, -3), textcoords="offset points",
+                  ha="right", va="top", fontsize=8, color="tab:green")  # fmt: skip
     axis.set_xticks(range(len(names)), [LABELS[name] for name in names], fontsize=8)
     axis.set_xlim(-0.6, len(names) - 0.4)
     axis.set_title(title.format(test=result["test_images"]), fontsize=9)
