@@ -549,14 +549,15 @@ class TrainSettings(Section):
     ``all_images`` (true, or a list of recipes) runs on every training image; each recipe of ``recipe`` trains
     them. ``draw``: the few shots drawn ``uniform``-ly, one from each of ``shots`` strata of tight-box area
     (``box_area``), or over the split's embeddings as ``autoprompt suggest`` chooses the images to box
-    (``suggest``: the central image of each of ``shots`` k-means clusters). ``select``: the ``last`` epoch's head
+    (``suggest``: the central image of each of ``shots`` k-means clusters), or by greedy k-center on them
+    (``kcenter``, as ``autoprompt suggest --method kcenter``). ``select``: the ``last`` epoch's head
     or the ``best`` by validation Dice against the box-prompted masks. ``self_training``: ``autoprompt train``'s
     second round on the unboxed images (``SelfTraining``)."""
 
     shots: Positive | Literal["all"] = 10
     subsets: Positive = 1
     subset_seed: Int = 0
-    draw: Literal["uniform", "box_area", "suggest"] = "uniform"
+    draw: Literal["uniform", "box_area", "suggest", "kcenter"] = "uniform"
     seeds: tuple[Int, ...] = Field((0, 1, 2), min_length=1)
     all_images: bool | tuple[str, ...] = False
     recipe: Annotated[tuple[str, ...], BeforeValidator(_names), Field(min_length=1)] = ("augmented",)

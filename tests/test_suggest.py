@@ -29,7 +29,7 @@ from autoprompt.model import runtimes
 from autoprompt.own_data import DATASET, encode_boxed, folder_settings, prepare_boxed, read_folder, work_layout
 from autoprompt.settings import FolderPrepare, TrainSettings, load_settings
 from autoprompt.training import suggest
-from autoprompt.training.fewshot import draw_features, draw_subset, fewshot_ids, plan_runs
+from autoprompt.training.fewshot import Spread, draw_features, draw_subset, fewshot_ids, plan_runs
 from tests.helpers import RUNTIME_CACHE, write_pictures
 from tests.test_cli import write_volume
 
@@ -127,10 +127,12 @@ def test_train_draw_suggest_is_a_setting(tmp_path: Path) -> None:
         load_settings(path)
 
 
-def test_the_suggest_draw_gives_distinct_spread_shots_as_augment_draws_them() -> None:
+@pytest.mark.parametrize("draw", ["suggest", "kcenter"])
+def test_the_suggest_draws_give_distinct_spread_shots_as_augment_draws_them(draw: str) -> None:
     """Ten ids in five pairs of look-alikes: four shots take four pairs, each once, whichever subset; subsets take
-    different k-means++ seeds, so on features without clusters they differ; subset 0 is what ``autoprompt suggest``
-    lists (typical, seed 0); ``fewshot_ids`` (augment) draws what ``plan_runs`` (train) does."""
+    different k-means++ seeds (``suggest``) or start from different images (``kcenter``), so on features without
+    clusters they differ; subset 0 is what ``autoprompt suggest`` lists by the same rule; ``fewshot_ids`` (augment)
+    draws what ``plan_runs`` (train) does."""
     features, labels = clusters(k=5, per=2, seed=3)
     ids = [f"img{i:02d}" for i in range(10)]
     store = zarr.open_group(zarr.storage.MemoryStore(), mode="w")  # pooled reads any grid: 2 x 2 here
@@ -138,19 +140,22 @@ def test_the_suggest_draw_gives_distinct_spread_shots_as_augment_draws_them() ->
     table = pd.DataFrame({"id": ids, "subject": ids, "split": "train", "head_area": 500})
     table = table.assign(head_x0=0, head_y0=0, head_x1=20, head_y1=20)
     rows = task_table(table, "head", 10)
-    train = TrainSettings(shots=4, subsets=2, draw="suggest")
+    train = TrainSettings(shots=4, subsets=2, draw=draw)
     found = draw_features(rows, train, store)
     assert draw_features(rows, TrainSettings(draw="uniform"), store) is None
-    first, second = (draw_subset(ids, 4, s, 0, features=found) for s in (0, 1))
+    rule = {"suggest": "typical", "kcenter": "kcenter"}[draw]
+    assert found.rule == rule
+    first, second = (draw_subset(ids, 4, s, 0, spread=found) for s in (0, 1))
     for shots in (first, second):
         assert len(set(shots)) == 4 and len({labels[ids.index(i)] for i in shots}) == 4, shots
-    assert draw_subset(ids, 4, 0, 0, features=found) == first, "the same arguments, the same shots"
-    pool = sorted(found)
-    listed = suggest.typical(np.stack([found[i] for i in pool]), 4, seed=0)
+    assert draw_subset(ids, 4, 0, 0, spread=found) == first, "the same arguments, the same shots"
+    pool = sorted(found.features)
+    pooled = np.stack([found.features[i] for i in pool])
+    listed = suggest_boxes.pick(pooled, np.zeros(len(pool)), False, 4, min_distance=0.0, method=rule)
     assert first == tuple(sorted(pool[i] for i in listed)), "subset 0: the images autoprompt suggest lists"
-    spread = dict(zip(ids, normalise(np.random.default_rng(4).normal(size=(10, 16))), strict=True))
-    assert len({draw_subset(ids, 4, s, 0, features=spread) for s in range(3)}) > 1, "subsets start apart"
-    plan = plan_runs(ids, 4, 2, [0], 0, False, features=found)
+    apart = Spread(dict(zip(ids, normalise(np.random.default_rng(4).normal(size=(10, 16))), strict=True)), rule)
+    assert len({draw_subset(ids, 4, s, 0, spread=apart) for s in range(3)}) > 1, "subsets differ"
+    plan = plan_runs(ids, 4, 2, [0], 0, False, spread=found)
     assert fewshot_ids(table, {"hc18": "head"}, 10, train, store) == sorted({i for r in plan for i in r.ids})
 
 

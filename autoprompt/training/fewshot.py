@@ -8,7 +8,9 @@ small apex cavities and large basal ones alike, from boxes alone; or over the sp
 ``autoprompt suggest`` chooses the images a user boxes (``suggest``: ``training.suggest.typical``, the central image
 of each of ``shots`` k-means clusters), with each volume slice's position in its volume as a feature. Subset 0 takes
 k-means++'s seed 0, as ``autoprompt suggest`` does; subset k > 0 a seed drawn with ``subset_seed`` and k, so that
-several subsets differ. A subset always has ``shots`` images: near-duplicates are not skipped here.
+several subsets differ. ``kcenter`` spreads them by greedy k-center instead (``suggest --method kcenter``): subset 0
+from the medoid, subset k > 0 from a seeded image. A subset always has ``shots`` images: near-duplicates are not
+skipped here.
 """
 
 from __future__ import annotations
@@ -31,6 +33,18 @@ ALL = "all"
 
 
 @dataclass(frozen=True)
+class Spread:
+    """What a draw over the embeddings spreads the shots over: id -> feature vector (``draw_features``), and the rule
+    that spreads them (``typical`` or ``kcenter``: ``training.suggest``)."""
+
+    features: Mapping[str, np.ndarray]
+    rule: str = "typical"
+
+
+SPREAD_RULES = {"suggest": "typical", "kcenter": "kcenter"}  # train.draw -> the rule of training.suggest it runs
+
+
+@dataclass(frozen=True)
 class Run:
     """One training run: its regime, name, initialisation seed and training image ids."""
 
@@ -50,18 +64,22 @@ def draw_subset(
     subset: int,
     subset_seed: int,
     areas: Mapping[str, float] | None = None,
-    features: Mapping[str, np.ndarray] | None = None,
+    spread: Spread | None = None,
 ) -> tuple[str, ...]:
     """``shots`` ids drawn without replacement from the sorted ``ids``; the same arguments give the same ids.
 
     With ``areas`` (id -> tight-box area), the pool sorted by area is cut into ``shots`` strata of (nearly) equal
-    size and one id is drawn from each. With ``features`` (id -> a vector, ``draw_features``), each k-means
-    cluster's central id (``suggest.typical``), with seed 0 for subset 0 and a seeded seed for the others."""
+    size and one id is drawn from each. With ``spread`` (``draw_features``), its rule on its features: each k-means
+    cluster's central id (``suggest.typical``) with seed 0 for subset 0 and a seeded seed for the others, or greedy
+    k-center (``suggest.choose``) from the medoid for subset 0 and from a seeded id for the others."""
     pool = sorted(ids)
     rng = np.random.default_rng([subset_seed, subset])
-    if features is not None:
-        seed = 0 if subset == 0 else int(rng.integers(2**31))
-        picked = suggest.typical(np.stack([features[i] for i in pool]), shots, seed=seed)
+    if spread is not None:
+        features = np.stack([spread.features[i] for i in pool])
+        if spread.rule == "kcenter":
+            picked = suggest.choose(features, shots, start=None if subset == 0 else int(rng.integers(len(pool))))
+        else:
+            picked = suggest.typical(features, shots, seed=0 if subset == 0 else int(rng.integers(2**31)))
     elif areas is None:
         picked = rng.choice(len(pool), size=shots, replace=False)
     else:
@@ -81,21 +99,21 @@ def draw_areas(rows: pd.DataFrame, train: TrainSettings) -> dict[str, float] | N
     return box_areas(rows) if train.draw == "box_area" else None
 
 
-def draw_features(rows: pd.DataFrame, train: TrainSettings, store: zarr.Group | None) -> dict[str, np.ndarray] | None:
-    """Id -> the features that ``train.draw: suggest`` spreads the shots over, or None for the other draws: the
+def draw_features(rows: pd.DataFrame, train: TrainSettings, store: zarr.Group | None) -> Spread | None:
+    """The features that ``train.draw: suggest`` or ``kcenter`` spreads the shots over, or None for the other draws: the
     rows' pooled embeddings from the embedding ``store`` (their ``row``); where the rows are slices (a ``slice``
     column), with each slice's position among its subject's rows (0 at the lowest slice, 1 at the highest,
     ``suggest.CENTRE`` for a subject of one slice) as a feature (``suggest.with_positions``)."""
-    if train.draw != "suggest":
+    if train.draw not in SPREAD_RULES:
         return None
-    assert store is not None, "train.draw: suggest reads the embedding store"
+    assert store is not None, f"train.draw: {train.draw} reads the embedding store"
     features = pooled(store["embeddings"], rows["row"].to_numpy())
     if "slice" in rows:
         by_subject = rows.groupby("subject")["slice"]
         low, high = by_subject.transform("min"), by_subject.transform("max")
         positions = ((rows["slice"] - low) / (high - low).where(high > low)).fillna(suggest.CENTRE)
         features = suggest.with_positions(features, positions.to_numpy(dtype=np.float32))
-    return dict(zip(rows["id"], features, strict=True))
+    return Spread(dict(zip(rows["id"], features, strict=True)), SPREAD_RULES[train.draw])
 
 
 def plan_runs(
@@ -108,11 +126,11 @@ def plan_runs(
     task: str = "task",
     key: str = "train.shots",
     areas: Mapping[str, float] | None = None,
-    features: Mapping[str, np.ndarray] | None = None,
+    spread: Spread | None = None,
 ) -> list[Run]:
     """Every run of a task: ``subsets x seeds`` few-shot runs of ``shots`` images (unless ``shots`` is ``all``), then
     ``seeds`` runs on every training image when ``all_images`` is set (or ``shots`` is ``all``). ``key`` names the
-    shots setting in messages; ``areas`` (id -> box area) stratifies the draw, ``features`` spreads it
+    shots setting in messages; ``areas`` (id -> box area) stratifies the draw, ``spread`` spreads it
     (``draw_subset``)."""
     count = None if shots == ALL else int(shots)
     if not train_ids:
@@ -125,7 +143,7 @@ def plan_runs(
                 "to all"
             )
         for subset in range(subsets):
-            chosen = draw_subset(train_ids, count, subset, subset_seed, areas, features)
+            chosen = draw_subset(train_ids, count, subset, subset_seed, areas, spread)
             runs += [Run(FEWSHOT, f"subset{subset}-seed{seed}", seed, chosen) for seed in seeds]
     if all_images or count is None:
         everything = tuple(sorted(train_ids))
@@ -142,7 +160,7 @@ def fewshot_ids(
 ) -> list[str]:
     """The ids, in index order, of every image that a few-shot run of one of ``tasks`` (task name -> class, the
     dataset's tasks) trains on, in the prepared index ``table``: the images whose encoded views the recipes draw.
-    ``store``: the dataset's embedding store, which ``train.draw: suggest`` reads (``draw_features``)."""
+    ``store``: the dataset's embedding store, which ``train.draw: suggest`` and ``kcenter`` read (``draw_features``)."""
     wanted: set[str] = set()
     for task, class_name in tasks.items():
         rows = task_table(table, class_name, min_foreground)
@@ -153,8 +171,8 @@ def fewshot_ids(
         if not train_ids:
             continue
         key = train.key("shots")
-        areas, features = draw_areas(rows, train), draw_features(rows, train, store)
+        areas, spread = draw_areas(rows, train), draw_features(rows, train, store)
         shots, subsets, seed = train.shots, train.subsets, train.subset_seed
-        plan = plan_runs(train_ids, shots, subsets, [0], seed, False, task, key, areas, features)
+        plan = plan_runs(train_ids, shots, subsets, [0], seed, False, task, key, areas, spread)
         wanted.update(i for r in plan if r.regime == FEWSHOT for i in r.ids)
     return [i for i in table["id"] if i in wanted]

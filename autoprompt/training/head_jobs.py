@@ -123,7 +123,7 @@ def plan_head_jobs(
         )
     jobs = []
     rows = task.rows("train")
-    areas, features = draw_areas(rows, train), draw_features(rows, train, task.embeddings)
+    areas, spread = draw_areas(rows, train), draw_features(rows, train, task.embeddings)
     for recipe in train.recipe:
         plan = plan_runs(
             rows["id"].tolist(),
@@ -135,7 +135,7 @@ def plan_head_jobs(
             task.name,
             train.key("shots"),
             areas,
-            features,
+            spread,
         )
         for run in plan:
             config = TrainConfig.from_settings(train, recipe, run.regime)

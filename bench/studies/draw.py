@@ -55,7 +55,7 @@ from bench.lib.workspace import (
 
 log = logging.getLogger("bench.draw")
 
-DRAWS = ("uniform", "box_area", "suggest")
+DRAWS = ("uniform", "box_area", "suggest", "kcenter")
 
 
 def scored(probs: torch.Tensor, masks: torch.Tensor) -> dict:
@@ -138,7 +138,7 @@ def run_draw(args: argparse.Namespace, params: dict, draw: str, recipe: str) -> 
     train = settings_from({"train": {**drawn["train"], "select": "last", "validate_every": 0}}, str(args.params)).train
     plan = plan_runs(
         train_rows["id"].tolist(), args.shots, args.subsets, [0], 0, False, "hc18",
-        areas=draw_areas(train_rows, train), features=draw_features(train_rows, train, task.embeddings),
+        areas=draw_areas(train_rows, train), spread=draw_features(train_rows, train, task.embeddings),
     )  # fmt: skip
     config = TrainConfig.from_settings(train, recipe, "fewshot")
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
