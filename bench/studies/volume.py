@@ -9,8 +9,13 @@ ensemble re-prompted, and that row with the boxes fitted across each test volume
 each with its Dice and misses (under 50 Dice; empty masks), and the mean Dice of the basal, middle and apical third of
 each test volume's slices, as a cardiac reader looks at them.
 
+``--draws`` runs the pipeline once per ``train.draw`` in the same clone (the phantoms prepared and encoded once) and
+records, beside each draw's rows, which third of its volume each run's shots came from: whether the rules of
+``autoprompt suggest`` (``suggest``: typical images; ``kcenter``) box the apical slices, where few-shot heads miss.
+
     python -m bench.studies.volume                      # writes bench/results/volume_tail.json
     python -m bench.studies.volume --anatomy classic    # the earlier phantoms: bench/results/volume_classic.json
+    python -m bench.studies.volume --draws uniform suggest kcenter --name volume_tail_draws
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
+import torch
 import yaml
 
 from bench.lib import common
@@ -33,6 +39,7 @@ DEMO = Path("demo/cardiac")  # the cardiac demo: ACDC phantoms, written by its s
 TASKS = ("acdc-rv", "acdc-lv")
 ROWS = {"ensemble": "fewshot_ensemble", "reprompted": "fewshot_reprompted", "volume": "fewshot_volume"}
 THIRDS = ("basal", "middle", "apical")
+DRAWS = ("uniform", "box_area", "suggest", "kcenter")  # train.draw
 
 
 def configure(params: Path, args: argparse.Namespace) -> dict:
@@ -48,6 +55,24 @@ def configure(params: Path, args: argparse.Namespace) -> dict:
     data["train"]["all_images"] = False
     params.write_text(yaml.safe_dump(data, sort_keys=False))
     return {"simulate.acdc": acdc, "train": {k: data["train"][k] for k in ("shots", "subsets", "seeds", "recipe")}}
+
+
+def third_of(index: pd.DataFrame) -> dict[str, str]:
+    """Id -> the third of its volume (basal, middle, apical) each slice of a prepared index lies in, by its rank
+    among its subject's slices, as ``thirds`` cuts the test volumes."""
+    rank = index.groupby("subject")["slice"].rank(method="first") - 1
+    size = index.groupby("subject")["slice"].transform("count")
+    return {i: THIRDS[min(int(3 * r / n), 2)] for i, r, n in zip(index["id"], rank, size, strict=True)}
+
+
+def shots_by_third(models: Path, index: pd.DataFrame, recipe: str) -> dict[str, int]:
+    """How many of the few-shot runs' distinct training images of one recipe lie in each third of their volume (the
+    ids each run's ``head.pt`` records)."""
+    ids = set()
+    for head in sorted((models / recipe / "fewshot").glob("*/head.pt")):
+        ids.update(torch.load(head, map_location="cpu", weights_only=True)["config"]["ids"])
+    where = third_of(index)
+    return {t: sum(where[i] == t for i in ids) for t in THIRDS}
 
 
 def thirds(per_image: pd.DataFrame, column: str) -> dict[str, float]:
@@ -89,12 +114,37 @@ def summarize_task(metrics: dict, per_image: pd.DataFrame, recipes: list[str]) -
     return out
 
 
+def run_pipeline(clone: Path, recipes: list[str]) -> tuple[dict, float]:
+    """The cardiac demo's evaluate stages run in ``clone`` (resumed where done): each task's summary, and seconds."""
+    log.info("running the ACDC phantom pipeline in %s (several minutes)", clone)
+    targets = [f"{DEMO}/dvc.yaml:evaluate@{task}" for task in TASKS]  # not its report: the CAMUS tasks are cut
+    lines, status = common.timed_lines([sys.executable, "-m", "dvc", "repro", *targets], clone)
+    if status != 0:
+        sys.exit("\n".join(line for _, line in lines[-20:]) + f"\ndvc repro failed (exit {status})")
+    results = {}
+    for task in TASKS:
+        metrics = json.loads((clone / DEMO / "metrics" / f"{task}.json").read_text())
+        per_image = pd.read_csv(clone / DEMO / "metrics" / task / "per_image.csv")
+        results[task] = summarize_task(metrics, per_image, recipes)
+        log.info("%s: %s", task, json.dumps(results[task]))
+    return results, round(lines[-1][0], 1)
+
+
+def set_draw(params: Path, draw: str) -> None:
+    """``train.draw`` of the demo's params in the clone."""
+    data = yaml.safe_load(params.read_text())
+    data["train"]["draw"] = draw
+    params.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--training", type=int, default=12, help="training patients (default 12)")
     parser.add_argument("--testing", type=int, default=8, help="test patients (default 8)")
     parser.add_argument("--slices", type=int, nargs=2, default=(6, 9), help="slices per volume, min max (6 9)")
     parser.add_argument("--anatomy", default="tail", choices=("tail", "classic"), help="simulate.acdc.anatomy")
+    parser.add_argument("--draws", nargs="+", choices=DRAWS, help="run once per train.draw (default: the demo's own)")
+    parser.add_argument("--name", help="the result's name (default volume_ANATOMY)")
     parser.add_argument("--keep", type=Path, help="clone into this folder and keep it (default: a scratch folder)")
     args, machine = common.parse_and_start(parser)
     with tempfile.TemporaryDirectory() as scratch:
@@ -102,28 +152,35 @@ def main() -> None:
         if not (clone / ".git").is_dir():  # a kept clone is reused: dvc repro resumes it
             subprocess.run(["git", "clone", "-q", str(common.REPO), str(clone)], check=True)
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True).stdout
-        setup = configure(clone / DEMO / "params.yaml", args)
-        log.info("running the ACDC phantom pipeline in %s (several minutes)", clone)
-        targets = [f"{DEMO}/dvc.yaml:evaluate@{task}" for task in TASKS]  # not its report: the CAMUS tasks are cut
-        lines, status = common.timed_lines([sys.executable, "-m", "dvc", "repro", *targets], clone)
-        if status != 0:
-            sys.exit("\n".join(line for _, line in lines[-20:]) + f"\ndvc repro failed (exit {status})")
-        results = {}
-        for task in TASKS:
-            metrics = json.loads((clone / DEMO / "metrics" / f"{task}.json").read_text())
-            per_image = pd.read_csv(clone / DEMO / "metrics" / task / "per_image.csv")
-            results[task] = summarize_task(metrics, per_image, setup["train"]["recipe"])
-            log.info("%s: %s", task, json.dumps(results[task]))
+        params = clone / DEMO / "params.yaml"
+        setup = configure(params, args)
+        recipes = setup["train"]["recipe"]
+        if not args.draws:
+            results, seconds = run_pipeline(clone, recipes)
+            found = {"seconds": seconds, "tasks": results}
+        else:
+            setup["draws"] = args.draws
+            found = {"draws": {}}
+            for draw in args.draws:
+                set_draw(params, draw)
+                results, seconds = run_pipeline(clone, recipes)
+                index = pd.read_csv(clone / DEMO / "data" / "prepared" / "acdc.csv")
+                models = clone / DEMO / "models"
+                shots = {t: {r: shots_by_third(models / t, index, r) for r in recipes} for t in TASKS}
+                log.info("%s: the shots by third of their volume: %s", draw, json.dumps(shots))
+                found["draws"][draw] = {"seconds": seconds, "tasks": results, "shots_by_third": shots}
     common.write_result(
-        f"volume_{args.anatomy}",
+        args.name or f"volume_{args.anatomy}",
         {
             "what": "ACDC phantoms through the demo pipeline (few-shot heads, the head_masks baseline): test Dice "
             "(%) and misses of each recipe's ensemble, re-prompted, and with boxes fitted across each volume; "
-            "thirds: mean Dice of the basal / middle / apical third of each test volume's slices",
+            "thirds: mean Dice of the basal / middle / apical third of each test volume's slices"
+            + (
+                "; per train.draw, with how many distinct shots lie in each third of their volume" if args.draws else ""
+            ),
             "commit": commit.strip(),
             "setup": setup,
-            "seconds": round(lines[-1][0], 1),
-            "tasks": results,
+            **found,
             "machine": machine,
         },
     )
