@@ -1,11 +1,11 @@
 """augment@<dataset>: encode augmented views of the images the few-shot runs train on (docs/paper.md: Augmented views).
 
-The few-shot subsets of every task of the dataset (``train.shots``, ``subsets``, ``subset_seed``, ``draw``) are drawn
-as the train stage draws them (``draw: suggest`` reads the dataset's embeddings, ``--embeddings``), and each of their
-images gets ``augment.count`` views, flipped, zoomed, shifted and
-changed in intensity (``autoprompt.data.views``), encoded like ``encode`` (same runtime, resumable shards). The store's
-``source_sha256`` covers the prepared images and the ``augment`` settings, so a store made with other settings is
-refused by the train stage.
+The few-shot subsets of every task of the dataset (``train.shots``, ``subsets``, ``subset_seed``, ``draw``) are drawn as
+the train stage draws them (``draw: suggest`` and ``kcenter`` read the dataset's embeddings, ``--embeddings``), and each
+of their images gets ``augment.count`` views, flipped, zoomed, shifted and changed in intensity
+(``autoprompt.data.views``), encoded like ``encode`` (same runtime, resumable shards). The store's ``source_sha256``
+covers the prepared images and the ``augment`` settings, so a store made with other settings is refused by the train
+stage.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from autoprompt.encode.augmented import encode_views
 from autoprompt.encode.store import part_from_env
 from autoprompt.errors import InputError
 from autoprompt.settings import load_settings
-from autoprompt.training.fewshot import fewshot_ids
+from autoprompt.training.fewshot import SPREAD_RULES, fewshot_ids
 from stages import parser
 
 log = logging.getLogger("augment")
@@ -33,7 +33,9 @@ def main(argv: list[str] | None = None) -> None:
     args.add_argument("--store", type=Path, required=True, help="prepared Zarr store")
     args.add_argument("--index", type=Path, required=True, help="prepared CSV index")
     args.add_argument("--out", type=Path, required=True, help="views embedding Zarr store to write")
-    args.add_argument("--embeddings", type=Path, help="the dataset's embedding store, read by train.draw: suggest")
+    args.add_argument(
+        "--embeddings", type=Path, help="the dataset's embedding store, read by train.draw: suggest and kcenter"
+    )
     args.add_argument("--part-id", type=int, default=None)
     args.add_argument("--num-parts", type=int, default=None)
     args = args.parse_args(argv)
@@ -44,9 +46,11 @@ def main(argv: list[str] | None = None) -> None:
     group, table = read_index(args.store, args.index)
     tasks = {name: spec.class_name for name, spec in settings.tasks.items() if spec.dataset == args.dataset}
     store = None
-    if augment.count and settings.train.draw == "suggest":
+    if augment.count and settings.train.draw in SPREAD_RULES:
         if args.embeddings is None:
-            raise InputError(f"{settings.train.key('draw')} is suggest, which reads the embeddings; pass --embeddings")
+            raise InputError(
+                f"{settings.train.key('draw')} is {settings.train.draw}, which reads the embeddings; pass --embeddings"
+            )
         store = open_embeddings(args.embeddings)
         check_source(store, args.embeddings, settings.encode.backbone, group.attrs["source_sha256"])
     ids = fewshot_ids(table, tasks, settings.prepare.min_foreground, settings.train, store) if augment.count else []

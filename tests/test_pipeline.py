@@ -394,6 +394,27 @@ def test_runs_that_draw_views_are_fingerprinted_with_them(pipeline):
         assert ("view_boxes" in hashes and "view_pseudo_labels" in hashes) == drawn, f"{recipe}: {sorted(hashes)}"
 
 
+@pytest.mark.parametrize("draw", ["suggest", "kcenter"])
+def test_augment_draws_by_the_embeddings_for_either_rule(pipeline, tmp_path, monkeypatch, draw):
+    """``train.draw: suggest`` and ``kcenter`` both read the embeddings: without them augment says so, with them it
+    encodes the views of the training images the draw takes, no more than shots x subsets of them."""
+    params = yaml.safe_load((pipeline / "params.yaml").read_text())
+    params["train"]["draw"] = draw
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    index = pipeline / "prepared.csv"
+    args = ["--params", str(tmp_path / "params.yaml"), "--dataset", "hc18", "--store", str(pipeline / "prepared.zarr")]
+    args += ["--index", str(index), "--out", str(tmp_path / VIEWS)]
+    with pytest.raises(InputError, match=rf"train\.draw is {draw}, which reads the embeddings; pass --embeddings"):
+        augment.main(args)
+    drawn: list[list[str]] = []
+    monkeypatch.setattr(augment, "encode_views", lambda group, table, ids, *rest: drawn.append(ids))
+    augment.main([*args, "--embeddings", str(pipeline / "embeddings.zarr")])
+    table = pd.read_csv(index)
+    train_ids = set(table.loc[table["split"] == "train", "id"])
+    (ids,) = drawn
+    assert ids and set(ids) <= train_ids and len(ids) <= params["train"]["shots"] * params["train"]["subsets"]
+
+
 def test_views_made_with_other_settings_are_refused(pipeline, tmp_path):
     params = yaml.safe_load((pipeline / "params.yaml").read_text())
     params["augment"]["zoom"] = 0.5

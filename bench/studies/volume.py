@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 import yaml
 
+from autoprompt.data.prepared import task_table
 from bench.lib import common
 
 log = common.log.getChild("volume")
@@ -58,18 +59,20 @@ def configure(params: Path, args: argparse.Namespace) -> dict:
 
 
 def third_of(index: pd.DataFrame) -> dict[str, str]:
-    """Id -> the third of its volume (basal, middle, apical) each slice of a prepared index lies in, by its rank
-    among its subject's slices, as ``thirds`` cuts the test volumes."""
+    """Id -> the third of its volume (basal, middle, apical) each slice of ``index`` (a task's rows of the prepared
+    index: the slices that hold its structure) lies in, by its rank among its subject's slices, as ``thirds`` cuts
+    the test volumes."""
     rank = index.groupby("subject")["slice"].rank(method="first") - 1
     size = index.groupby("subject")["slice"].transform("count")
     return {i: THIRDS[min(int(3 * r / n), 2)] for i, r, n in zip(index["id"], rank, size, strict=True)}
 
 
-def shots_by_third(models: Path, index: pd.DataFrame, recipe: str) -> dict[str, int]:
-    """How many of the few-shot runs' distinct training images of one recipe lie in each third of their volume (the
-    ids each run's ``head.pt`` records)."""
+def shots_by_third(models: Path, index: pd.DataFrame, recipe: str, runs: list[str]) -> dict[str, int]:
+    """How many of the few-shot ``runs``' distinct training images of one recipe lie in each third of their volume
+    (the ids each run's ``head.pt`` records; ``index``: the task's rows, as ``third_of`` reads them)."""
     ids = set()
-    for head in sorted((models / recipe / "fewshot").glob("*/head.pt")):
+    for run in runs:
+        head = models / recipe / "fewshot" / run / "head.pt"
         ids.update(torch.load(head, map_location="cpu", weights_only=True)["config"]["ids"])
     where = third_of(index)
     return {t: sum(where[i] == t for i in ids) for t in THIRDS}
@@ -130,6 +133,18 @@ def run_pipeline(clone: Path, recipes: list[str]) -> tuple[dict, float]:
     return results, round(lines[-1][0], 1)
 
 
+def task_rows(params: Path, index: Path) -> dict[str, pd.DataFrame]:
+    """Each task's rows of the prepared index (its slices holding at least ``prepare.min_foreground`` pixels of the
+    task's class), with their ``slice``."""
+    data = yaml.safe_load(params.read_text())
+    table = pd.read_csv(index)
+    found = {}
+    for task in TASKS:
+        rows = task_table(table, data["tasks"][task]["class"], data["prepare"]["min_foreground"])
+        found[task] = table.loc[rows["row"], ["id", "subject", "slice"]].reset_index(drop=True)
+    return found
+
+
 def set_draw(params: Path, draw: str) -> None:
     """``train.draw`` of the demo's params in the clone."""
     data = yaml.safe_load(params.read_text())
@@ -161,12 +176,15 @@ def main() -> None:
         else:
             setup["draws"] = args.draws
             found = {"draws": {}}
+            runs = [f"subset{i}-seed{s}" for i in range(setup["train"]["subsets"]) for s in setup["train"]["seeds"]]
             for draw in args.draws:
                 set_draw(params, draw)
                 results, seconds = run_pipeline(clone, recipes)
-                index = pd.read_csv(clone / DEMO / "data" / "prepared" / "acdc.csv")
-                models = clone / DEMO / "models"
-                shots = {t: {r: shots_by_third(models / t, index, r) for r in recipes} for t in TASKS}
+                rows = task_rows(params, clone / DEMO / "data" / "prepared" / "acdc.csv")
+                shots = {
+                    t: {r: shots_by_third(clone / DEMO / "models" / t, rows[t], r, runs) for r in recipes}
+                    for t in TASKS
+                }
                 log.info("%s: the shots by third of their volume: %s", draw, json.dumps(shots))
                 found["draws"][draw] = {"seconds": seconds, "tasks": results, "shots_by_third": shots}
     common.write_result(
