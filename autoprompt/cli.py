@@ -386,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     suggest.add_argument(
         "--method",
-        choices=("kcenter", "typical", "cover"),
+        choices=("typical", "kcenter", "cover"),
         help="typical (the default): the most central image of each of n k-means clusters; kcenter: each next image "
         "the farthest from those chosen; cover: each next image the one whose neighbourhood holds the most images not "
         "yet covered. Cannot be combined with --model, which lists where the model is unsure, by k-center from the "
