@@ -58,13 +58,18 @@ def configure(params: Path, args: argparse.Namespace) -> dict:
     return {"simulate.acdc": acdc, "train": {k: data["train"][k] for k in ("shots", "subsets", "seeds", "recipe")}}
 
 
+def cut_thirds(subjects: pd.Series, positions: pd.Series) -> list[str]:
+    """The third of its volume (basal, middle, apical) each slice lies in: its rank by ``positions`` among the slices
+    of its subject, cut into three (slice 0 is basal in the phantoms)."""
+    by_subject = positions.groupby(subjects)
+    rank, size = by_subject.rank(method="first") - 1, by_subject.transform("count")
+    return [THIRDS[min(int(3 * r / n), 2)] for r, n in zip(rank, size, strict=True)]
+
+
 def third_of(index: pd.DataFrame) -> dict[str, str]:
-    """Id -> the third of its volume (basal, middle, apical) each slice of ``index`` (a task's rows of the prepared
-    index: the slices that hold its structure) lies in, by its rank among its subject's slices, as ``thirds`` cuts
-    the test volumes."""
-    rank = index.groupby("subject")["slice"].rank(method="first") - 1
-    size = index.groupby("subject")["slice"].transform("count")
-    return {i: THIRDS[min(int(3 * r / n), 2)] for i, r, n in zip(index["id"], rank, size, strict=True)}
+    """Id -> the third of its volume each slice of ``index`` (a task's rows of the prepared index: the slices that
+    hold its structure) lies in, cut as ``thirds`` cuts the test volumes."""
+    return dict(zip(index["id"], cut_thirds(index["subject"], index["slice"]), strict=True))
 
 
 def shots_by_third(models: Path, index: pd.DataFrame, recipe: str, runs: list[str]) -> dict[str, int]:
@@ -81,10 +86,8 @@ def shots_by_third(models: Path, index: pd.DataFrame, recipe: str, runs: list[st
 def thirds(per_image: pd.DataFrame, column: str) -> dict[str, float]:
     """Mean Dice (%) of the basal, middle and apical third of each test volume's slices (slice 0 is basal in the
     phantoms; a volume's slices are cut into thirds by their rank)."""
-    table = per_image.assign(position=per_image["id"].str.extract(r"slice(\d+)$")[0].astype(int))
-    rank = table.groupby("subject")["position"].rank(method="first") - 1
-    size = table.groupby("subject")["position"].transform("count")
-    table["third"] = [THIRDS[min(int(3 * r / n), 2)] for r, n in zip(rank, size, strict=True)]
+    positions = per_image["id"].str.extract(r"slice(\d+)$")[0].astype(int)
+    table = per_image.assign(third=cut_thirds(per_image["subject"], positions))
     return {t: round(100 * float(table.loc[table["third"] == t, column].mean()), 2) for t in THIRDS}
 
 
