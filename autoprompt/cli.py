@@ -236,11 +236,13 @@ def suggest_command(args: argparse.Namespace) -> None:
             found.candidates, _duration(time.perf_counter() - start), out / "boxes.csv", boxes,
         )  # fmt: skip
         return
+    method = args.method or "typical"
     found = suggest_folder(data, out, work, settings, args.n, chosen, args.min_distance, label, args.studio_root,
-                           args.method or "typical")  # fmt: skip
+                           method)  # fmt: skip
     log.info(
-        "wrote %s: %d of %d images and slices to box, in the order chosen (%s); embeddings kept in %s for train",
-        ", ".join(str(p) for p in found.written[:2]), len(found.picks), found.candidates,
+        "wrote %s: %d of %d images and slices to box, chosen by %s, in the order chosen (%s); embeddings kept in %s "
+        "for train",
+        ", ".join(str(p) for p in found.written[:2]), len(found.picks), found.candidates, method,
         _duration(time.perf_counter() - start), work,
     )  # fmt: skip
 

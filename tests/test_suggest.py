@@ -231,12 +231,15 @@ def test_suggest_writes_a_template_and_label_studio_tasks_that_read_back(tmp_pat
         assert read == sorted(zip(rows["image"], rows["slice"], strict=True)), name
 
 
-def test_suggest_lists_typical_images_unless_told_otherwise(tmp_path: Path, stand_in) -> None:
+def test_suggest_lists_typical_images_unless_told_otherwise(tmp_path: Path, stand_in, caplog) -> None:
     """The default rule is ``typical``: the list ``--method typical`` gives, not the one ``--method kcenter`` gives."""
     lists = {}
     for name, extra in (("default", ()), ("typical", ("--method", "typical")), ("kcenter", ("--method", "kcenter"))):
         folder(tmp_path / name / "data")
-        run_suggest(tmp_path / name, *extra)
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            run_suggest(tmp_path / name, *extra)
+        assert f"chosen by {extra[1] if extra else 'typical'}," in caplog.text, "the log names the rule"
         lists[name] = pd.read_csv(tmp_path / name / "data/boxes.csv", dtype=str, keep_default_na=False)
     assert lists["default"].equals(lists["typical"])
     assert not lists["default"].equals(lists["kcenter"]), "the rules list differently on this folder"
