@@ -48,7 +48,6 @@ are the CPU's own: another CPU scores a little differently).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import shutil
@@ -61,31 +60,23 @@ import SimpleITK as sitk
 import torch
 import zarr
 
-from autoprompt.data.splits import authors_lists
-from autoprompt.io import atomic_path
 from autoprompt.training.suggest import METHODS
 from bench.lib import common
+from bench.lib.walkthrough import (
+    SEED,
+    THREADS,
+    WALKTHROUGH,
+    authors_split,
+    box_area,
+    gathered,
+    listed,
+    tight_boxes,
+)
 
 log = logging.getLogger("bench.draws")
 
-WALKTHROUGH = common.REPO / "examples" / "own-data"
-THREADS = 2
 SECOND_ROUND = "second_round"  # a draw's model trained with --self-training: "<draw>_second_round"
-SEED = "_seed"  # --tens: a method's ten from another start, "suggested_<method>_seed<S>"
 MORE = "kcenter_plus_"  # --more's draws: the k-center ten and more boxes (next, or uniform0, uniform1, ...)
-
-
-def tight_boxes(masks: Path) -> dict[str, tuple[int, int, int, int]]:
-    """Image name -> the tight box (x_min, y_min, x_max, y_max, inclusive) of its mask."""
-    from autoprompt.data.images import read_image
-    from autoprompt.data.preprocess import tight_box
-
-    boxes = {}
-    for path in sorted(masks.glob("*.png")):
-        box = tight_box(sitk.GetArrayFromImage(read_image(path)) > 0)
-        if box is not None:
-            boxes[path.name] = box
-    return boxes
 
 
 def write_boxes(names: list[str], boxes: dict, path: Path) -> None:
@@ -94,16 +85,6 @@ def write_boxes(names: list[str], boxes: dict, path: Path) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(to_csv({name: (Box("", None, *boxes[name]),) for name in names}))
-
-
-def listed(data: Path, n: int, out: Path, env: dict, *options: str) -> list[str]:
-    """The images ``autoprompt suggest -i data -n n -o out OPTIONS`` lists, in its order (``out`` made anew)."""
-    autoprompt = Path(sys.executable).with_name("autoprompt")
-    shutil.rmtree(out, ignore_errors=True)
-    subprocess.run([str(autoprompt), "suggest", "-i", str(data), "-n", str(n), "-o", str(out), "--threads",
-                    str(THREADS), *options], check=True, env=env)  # fmt: skip
-    with (out / "boxes.csv").open() as handle:
-        return [row["image"] for row in csv.DictReader(handle)]
 
 
 def suggested(data: Path, shots: int, out: Path, env: dict, method: str) -> list[str]:
@@ -150,23 +131,6 @@ def next_draw(folder: Path, shots: int, after: int, boxes: dict, work: Path, env
     log.info("next: training on the first %d, %s", len(first), ", ".join(first))
     model = train(folder, first, boxes, work / "first", env)
     return first + listed_next(work / "first" / "data", model, after, work / "suggest-next", env)
-
-
-def authors_split(data: Path, work: Path) -> tuple[Path, list[str]]:
-    """The authors' training split of the sample as a folder of its own (``images/``: links), and the names of their
-    test split's images (the lists: ``autoprompt.data.splits.authors_lists``)."""
-    lists = {split: set(ids) for split, ids in authors_lists("hc18").entries.items()}
-    names = sorted(p.name for p in (data / "images").glob("*.png"))
-    train = [n for n in names if Path(n).stem in lists["train"]]
-    test = [n for n in names if Path(n).stem in lists["test"]]
-    pool = work / "authors-train"
-    if not pool.exists():
-        with atomic_path(pool) as tmp:
-            (tmp / "images").mkdir(parents=True)
-            for name in train:
-                (tmp / "images" / name).symlink_to((data / "images" / name).resolve())
-    log.info("the authors' split: %d training images to draw from, %d test images", len(train), len(test))
-    return pool, test
 
 
 def train(data: Path, names: list[str], boxes: dict, work: Path, env: dict, second_round: bool = False) -> Path:
@@ -241,11 +205,6 @@ def score(models: dict[str, Path], data: Path, names: list[str], boxes: dict) ->
                "below_50": int((np.array(v) < 50).sum()), "per_image": [round(x, 2) for x in v]}
         for draw, v in dice.items()
     }  # fmt: skip
-
-
-def box_area(box: tuple[int, int, int, int]) -> int:
-    """Pixels of an inclusive box (x_min, y_min, x_max, y_max)."""
-    return (box[2] - box[0] + 1) * (box[3] - box[1] + 1)
 
 
 def by_size(scores: dict[str, dict], test: list[str], boxes: dict) -> dict:
@@ -403,10 +362,7 @@ def main() -> None:
     work = (args.work or common.BENCH / ".work" / args.name).resolve()
     work.mkdir(parents=True, exist_ok=True)
     env = common.numerics_env(False, TORCHINDUCTOR_CACHE_DIR=str(work / "inductor"))
-    data = work / "fetal-head"
-    if not data.exists():
-        subprocess.run([sys.executable, str(WALKTHROUGH / "gather.py"), "--hc18", str(args.hc18.resolve()), "--boxes",
-                        str(WALKTHROUGH / "boxes.csv"), "--out", str(data)], check=True)  # fmt: skip
+    data = gathered(args.hc18, work)
     boxes = tight_boxes(data / "masks")
     folder, held_out = (data, None) if args.split == "folder" else authors_split(data, work)
     pool = sorted(p.name for p in (folder / "images").glob("*.png") if p.name in boxes)
