@@ -41,3 +41,39 @@ def test_shots_are_counted_by_third_of_their_volume(tmp_path: Path) -> None:
             torch.save({"config": {"ids": ids}}, tmp_path / recipe / "fewshot" / run / "head.pt")
     found = volume.shots_by_third(tmp_path, index, "augmented", list(runs))
     assert found == {"basal": 1, "middle": 1, "apical": 2}
+
+
+def test_whole_volume_rows_are_read_beside_the_slice_rows() -> None:
+    """Where evaluate scored whole volumes, a recipe's fitted and presence rows and the tight box carry their 3D Dice
+    and false and missed slices; the slice rows are those of the slices holding the structure, as before."""
+    row = {"mean": 0.5, "std": 0.1}
+    misses = {"below_50_dice": 1, "empty": 0}
+    recipe = {name: row for name in volume.ROWS.values()}
+    metrics = {
+        "test_images": 4,
+        "dice": {"tight_box": {"mean": 0.9}, "augmented": recipe},
+        "misses": {"tight_box": 0, "augmented": {name: misses for name in volume.ROWS.values()}},
+        "reprompt": {"groups": {"augmented/fewshot": {"margin": 0.1}}},
+        "whole_volumes": {"volumes": 1, "slices": 6, "slices_with_structure": 4},
+        "whole_dice_3d": {
+            "tight_box": {"mean": 80.0},
+            "augmented": {"fewshot_volume": {"mean": 61.234}, "fewshot_presence": {"mean": 75.0}},
+        },
+        "slices": {
+            "tight_box": {"false": 0, "missed": 0},
+            "augmented": {"fewshot_volume": {"false": 2, "missed": 0}, "fewshot_presence": {"false": 0, "missed": 1}},
+        },
+    }
+    per_image = pd.DataFrame({"id": [f"p1_slice{s}" for s in range(4)], "subject": "p1"})
+    for column in ("dice:tight_box", *(f"dice:augmented/{name}" for name in volume.ROWS.values())):
+        per_image[column] = 0.5
+    out = volume.summarize_task(metrics, per_image, ["augmented"])
+    assert out["augmented"]["volume"]["dice"] == 0.5
+    assert out["augmented"]["whole"] == {
+        "volume": {"dice_3d": 61.23, "false": 2, "missed": 0},
+        "presence": {"dice_3d": 75.0, "false": 0, "missed": 1},
+    }
+    assert out["tight_box"]["whole"] == {"dice_3d": 80.0, "false": 0, "missed": 0}
+    assert out["whole_volumes"]["slices"] == 6
+    del metrics["whole_volumes"]
+    assert "whole" not in volume.summarize_task(metrics, per_image, ["augmented"])["augmented"]

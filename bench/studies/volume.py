@@ -7,7 +7,10 @@ only, larger than the demo's (``--training`` / ``--testing`` patients of ``--sli
 every head recipe few-shot, no baselines. For each task and recipe it reads the evaluate stage's rows: the ensemble, the
 ensemble re-prompted, and that row with the boxes fitted across each test volume (the slices prompted again, by reason),
 each with its Dice and misses (under 50 Dice; empty masks), and the mean Dice of the basal, middle and apical third of
-each test volume's slices, as a cardiac reader looks at them.
+each test volume's slices, as a cardiac reader looks at them. Those rows score the slices that hold the structure;
+``whole`` scores each test volume whole, the demo's ``simulate.acdc.beyond`` slices past each end included: the fitted
+row and the row with the slices judged empty left empty (``presence``, what ``predict`` writes), each with its 3D Dice
+and its false and missed slices.
 
 ``--draws`` runs the pipeline once per ``train.draw`` in the same clone (the phantoms prepared and encoded once) and
 records, beside each draw's rows, which third of its volume each run's shots came from: whether the rules of
@@ -39,6 +42,7 @@ log = common.log.getChild("volume")
 DEMO = Path("demo/cardiac")  # the cardiac demo: ACDC phantoms, written by its simulate stage
 TASKS = ("acdc-rv", "acdc-lv")
 ROWS = {"ensemble": "fewshot_ensemble", "reprompted": "fewshot_reprompted", "volume": "fewshot_volume"}
+WHOLE_ROWS = {"volume": "fewshot_volume", "presence": "fewshot_presence"}  # scored on whole volumes too
 THIRDS = ("basal", "middle", "apical")
 DRAWS = ("uniform", "box_area", "suggest", "kcenter")  # train.draw
 
@@ -116,8 +120,25 @@ def summarize_task(metrics: dict, per_image: pd.DataFrame, recipes: list[str]) -
             }
         rows["slices_prompted_again"] = fitted.get(f"{recipe}/fewshot")
         rows["margin"] = metrics["reprompt"]["groups"][f"{recipe}/fewshot"]["margin"]
+        if "whole_volumes" in metrics:
+            rows["whole"] = {name: whole(metrics, recipe, row) for name, row in WHOLE_ROWS.items()}
         out[recipe] = rows
+    if "whole_volumes" in metrics:
+        out["whole_volumes"] = metrics["whole_volumes"]
+        out["tight_box"]["whole"] = whole(metrics, "tight_box", None)
     return out
+
+
+def whole(metrics: dict, recipe: str, row: str | None) -> dict:
+    """A row scored on whole test volumes (the slices past each end included: ``simulate.acdc.beyond``): its 3D Dice
+    (%, mean over volumes), and its false slices (a mask where the reference is empty) and missed slices (none where
+    it is not). ``row`` None: the tight box's entry, which has no rows."""
+
+    def entry(family: str) -> dict:
+        return metrics[family][recipe] if row is None else metrics[family][recipe][row]
+
+    slices = entry("slices")
+    return {"dice_3d": round(entry("whole_dice_3d")["mean"], 2), "false": slices["false"], "missed": slices["missed"]}
 
 
 def run_pipeline(clone: Path, recipes: list[str]) -> tuple[dict, float]:
@@ -195,7 +216,8 @@ def main() -> None:
         {
             "what": "ACDC phantoms through the demo pipeline (few-shot heads, the head_masks baseline): test Dice "
             "(%) and misses of each recipe's ensemble, re-prompted, and with boxes fitted across each volume; "
-            "thirds: mean Dice of the basal / middle / apical third of each test volume's slices"
+            "thirds: mean Dice of the basal / middle / apical third of each test volume's slices; whole: each test "
+            "volume scored whole, slices past each end included (3D Dice, false and missed slices)"
             + (
                 "; per train.draw, with how many distinct shots lie in each third of their volume" if args.draws else ""
             ),
