@@ -384,7 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-distance",
         type=_real(lambda v: 0 <= v <= 2, "a distance from 0 to 2"),
         default=0.05,
-        help="skip an image whose pooled, normalised embedding lies closer than this to a chosen one",
+        help="skip an image that is nearly the same as one chosen already: closer than this in the embedding space "
+        "(0 to 2; the default skips copies; distinct HC18 images lay 0.18 or more apart, an image and its mirror "
+        "image 0.11) (default: 0.05)",
     )
     suggest.add_argument(
         "--method",
