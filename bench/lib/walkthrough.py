@@ -12,7 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import SimpleITK as sitk
+import zarr
 
 from autoprompt.data.splits import authors_lists
 from autoprompt.io import atomic_path
@@ -78,3 +80,27 @@ def listed(data: Path, n: int, out: Path, env: dict, *options: str) -> list[str]
 def box_area(box: tuple[int, int, int, int]) -> int:
     """Pixels of an inclusive box (x_min, y_min, x_max, y_max)."""
     return (box[2] - box[0] + 1) * (box[3] - box[1] + 1)
+
+
+def kept_features(data: Path) -> tuple[list[str], np.ndarray]:
+    """The image names and the N x 256 pooled embeddings that ``autoprompt suggest`` kept for the folder ``data``
+    (in ``DATA.work``; a folder of 2D images: no slice positions)."""
+    from autoprompt.own_data import default_work, suggest_store
+    from autoprompt.suggest_boxes import pooled_features
+
+    store = suggest_store(default_work(data))
+    names = [f"{i}.png" for i in zarr.open_group(store, mode="r").attrs["ids"]]
+    return names, pooled_features(store)
+
+
+def seeded_ten(features: np.ndarray, n: int, method: str, seed: int) -> list[int]:
+    """The rows of ``features`` (N x D) that ``method``'s rule picks from start ``seed``, near-duplicates skipped as
+    ``suggest`` skips them: seed 0 is ``suggest``'s own list; the others are like ``train.draw: suggest``'s subsets
+    after the first (typical with k-means++ seed ``seed``, k-center from a seeded image instead of the medoid)."""
+    from autoprompt.training import suggest
+
+    if method == "typical":
+        return suggest.typical(features, n, seed=seed, min_distance=suggest.DUPLICATE)
+    assert method == "kcenter", f"seeded tens are drawn by typical or kcenter, not {method}"
+    start = int(np.random.default_rng(seed).integers(len(features))) if seed else None
+    return suggest.choose(features, n, start=start, min_distance=suggest.DUPLICATE)

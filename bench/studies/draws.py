@@ -58,7 +58,6 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
-import zarr
 
 from autoprompt.training.suggest import METHODS
 from bench.lib import common
@@ -69,7 +68,9 @@ from bench.lib.walkthrough import (
     authors_split,
     box_area,
     gathered,
+    kept_features,
     listed,
+    seeded_ten,
     tight_boxes,
 )
 
@@ -97,21 +98,10 @@ def other_tens(data: Path, first: list[str], method: str, tens: int) -> list[lis
     first: k-center from a seeded image instead of the medoid, typical with another k-means++ seed (seeds 1, 2, ...).
     They are chosen from the pooled embeddings that ``suggest`` kept in ``DATA.work`` (a folder of 2D images: no
     slice positions), whose first ten must be ``first``, the ten ``suggest`` listed."""
-    from autoprompt.own_data import default_work, suggest_store
-    from autoprompt.suggest_boxes import pooled_features
-    from autoprompt.training import suggest
-
-    store = suggest_store(default_work(data))
-    features = pooled_features(store)
-    names = [f"{i}.png" for i in zarr.open_group(store, mode="r").attrs["ids"]]
+    names, features = kept_features(data)
 
     def ten(seed: int) -> list[str]:
-        if method == "typical":
-            rows = suggest.typical(features, len(first), seed=seed, min_distance=suggest.DUPLICATE)
-        else:
-            start = int(np.random.default_rng(seed).integers(len(names))) if seed else None
-            rows = suggest.choose(features, len(first), start=start, min_distance=suggest.DUPLICATE)
-        return [names[row] for row in rows]
+        return [names[row] for row in seeded_ten(features, len(first), method, seed)]
 
     assert ten(0) == first, f"{method}: the store's first ten {ten(0)} are not those suggest listed, {first}"
     return [ten(seed) for seed in range(1, tens)]

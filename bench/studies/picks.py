@@ -44,14 +44,12 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-import zarr
 from scipy.stats import spearmanr
 
 from autoprompt.data.embeddings import pooled
 from autoprompt.data.tasks import TaskFiles, load_task
 from autoprompt.own_data import default_work, suggest_store
 from autoprompt.settings import load_settings
-from autoprompt.suggest_boxes import pooled_features
 from autoprompt.training import suggest
 from autoprompt.training.fewshot import Spread, box_areas, draw_subset
 from bench.lib import common, walkthrough
@@ -166,25 +164,18 @@ def pipeline_pool(work: Path, hc18: Path, params: dict, shots: int, restarts: in
 def folder_pool(folder: Path, boxes: dict, shots: int, restarts: int) -> Pool:
     """A folder's images as ``autoprompt suggest`` encodes them, its tens drawn as ``suggest`` and
     ``bench.studies.draws`` draw them."""
-    store = suggest_store(default_work(folder))
-    if not store.exists():
+    if not suggest_store(default_work(folder)).exists():
         walkthrough.listed(folder, shots, folder.with_name(folder.name + ".suggest"), common.numerics_env(False))
-    features = pooled_features(store)
-    names = [f"{i}.png" for i in zarr.open_group(store, mode="r").attrs["ids"]]
-    duplicate = suggest.DUPLICATE
+    names, features = walkthrough.kept_features(folder)
     boxed = sorted(name for name in names if name in boxes)
 
     def ten(rule: str, start: int) -> list[str]:
         if rule == "uniform":
             return sorted(boxed[i] for i in np.random.default_rng(start).choice(len(boxed), shots, replace=False))
-        if rule == "kcenter":
-            first = int(np.random.default_rng(start).integers(len(names))) if start else None
-            rows = suggest.choose(features, shots, start=first, min_distance=duplicate)
-        elif rule == "typical":
-            rows = suggest.typical(features, shots, seed=start, min_distance=duplicate)
-        else:
-            rows = best_typical(features, shots, range(start * restarts, (start + 1) * restarts), duplicate)
-        return [names[row] for row in rows]
+        if rule == "typical_best":
+            seeds = range(start * restarts, (start + 1) * restarts)
+            return [names[row] for row in best_typical(features, shots, seeds, suggest.DUPLICATE)]
+        return [names[row] for row in walkthrough.seeded_ten(features, shots, rule, start)]
 
     return Pool(names, features, {name: float(walkthrough.box_area(boxes[name])) for name in names}, ten)
 
