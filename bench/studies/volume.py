@@ -19,6 +19,7 @@ records, beside each draw's rows, which third of its volume each run's shots cam
     python -m bench.studies.volume                      # writes bench/results/volume_tail.json
     python -m bench.studies.volume --anatomy classic    # the earlier phantoms: bench/results/volume_classic.json
     python -m bench.studies.volume --draws uniform suggest kcenter --name volume_tail_draws
+    python -m bench.studies.volume --draws uniform suggest kcenter --seed 1 --name volume_tail_draws_seed1
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ def configure(params: Path, args: argparse.Namespace) -> dict:
     acdc = data["simulate"]["acdc"]
     acdc.update(training=args.training, testing=args.testing, slices=list(args.slices))
     acdc["anatomy"] = args.anatomy  # always: the demo's own default is not the earlier phantoms
+    if args.seed is not None:
+        acdc["seed"] = args.seed
     data["simulate"] = {"acdc": acdc}
     data["baseline"]["methods"] = ["head_masks"]  # the cheapest; the stage refuses a plan of no runs
     data["train"]["all_images"] = False
@@ -182,6 +185,7 @@ def main() -> None:
     parser.add_argument("--testing", type=int, default=8, help="test patients (default 8)")
     parser.add_argument("--slices", type=int, nargs=2, default=(6, 9), help="slices per volume, min max (6 9)")
     parser.add_argument("--anatomy", default="tail", choices=("tail", "classic"), help="simulate.acdc.anatomy")
+    parser.add_argument("--seed", type=int, help="simulate.acdc.seed: other phantoms (default: the demo's own)")
     parser.add_argument("--draws", nargs="+", choices=DRAWS, help="run once per train.draw (default: the demo's own)")
     parser.add_argument("--name", help="the result's name (default volume_ANATOMY)")
     parser.add_argument("--keep", type=Path, help="clone into this folder and keep it (default: a scratch folder)")
