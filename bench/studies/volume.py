@@ -179,6 +179,26 @@ def set_draw(params: Path, draw: str) -> None:
     params.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
+def write(args: argparse.Namespace, commit: str, setup: dict, found: dict, machine: dict) -> None:
+    """``bench/results/<name>.json`` with what was measured so far (``found``: the rows, or each draw's)."""
+    common.write_result(
+        args.name or f"volume_{args.anatomy}",
+        {
+            "what": "ACDC phantoms through the demo pipeline (few-shot heads, the head_masks baseline): test Dice "
+            "(%) and misses of each recipe's ensemble, re-prompted, and with boxes fitted across each volume; "
+            "thirds: mean Dice of the basal / middle / apical third of each test volume's slices; whole: each test "
+            "volume scored whole, slices past each end included (3D Dice, false and missed slices)"
+            + (
+                "; per train.draw, with how many distinct shots lie in each third of their volume" if args.draws else ""
+            ),
+            "commit": commit.strip(),
+            "setup": setup,
+            **found,
+            "machine": machine,
+        },
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--training", type=int, default=12, help="training patients (default 12)")
@@ -215,22 +235,8 @@ def main() -> None:
                 }
                 log.info("%s: the shots by third of their volume: %s", draw, json.dumps(shots))
                 found["draws"][draw] = {"seconds": seconds, "tasks": results, "shots_by_third": shots}
-    common.write_result(
-        args.name or f"volume_{args.anatomy}",
-        {
-            "what": "ACDC phantoms through the demo pipeline (few-shot heads, the head_masks baseline): test Dice "
-            "(%) and misses of each recipe's ensemble, re-prompted, and with boxes fitted across each volume; "
-            "thirds: mean Dice of the basal / middle / apical third of each test volume's slices; whole: each test "
-            "volume scored whole, slices past each end included (3D Dice, false and missed slices)"
-            + (
-                "; per train.draw, with how many distinct shots lie in each third of their volume" if args.draws else ""
-            ),
-            "commit": commit.strip(),
-            "setup": setup,
-            **found,
-            "machine": machine,
-        },
-    )
+                write(args, commit, setup, found, machine)  # after each draw: a stopped run keeps what it measured
+    write(args, commit, setup, found, machine)
 
 
 if __name__ == "__main__":
