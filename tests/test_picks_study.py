@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from autoprompt.training import suggest
+from autoprompt.training.fewshot import Spread, plan_runs
 from bench.studies import picks
 
 
@@ -17,22 +18,24 @@ def blobs(seed: int = 0) -> np.ndarray:
 
 
 def test_cost_is_the_mean_distance_to_the_nearest_pick() -> None:
-    """On a line, picks 0 and 3 leave rows 1, 2 at 1 and 2 from their nearest pick and row 4 at 1: (0+1+1+0+1) / 5
-    with row 2 nearer pick 3."""
+    """On a line with picks 0 and 3, rows 1, 2 (nearer pick 3) and 4 lie 1 from their nearest pick, rows 0 and 3 on
+    one: 3 / 5."""
     features = np.arange(5, dtype=np.float32)[:, None]
     assert picks.cost(features, [0, 3]) == np.float32(0.6)
     assert picks.cost(features, [0, 1, 2, 3, 4]) == 0
 
 
 def test_best_typical_keeps_the_lowest_cost_start() -> None:
-    """Of several k-means++ starts, the ten kept is one of theirs, of the lowest cost; one start gives typical's."""
+    """Of several k-means++ starts, the ten kept is one of theirs, of the lowest cost (here not the first start's);
+    one start gives typical's."""
     features = blobs()
-    seeds = range(6)
+    seeds = range(1, 6)
     each = [suggest.typical(features, 4, seed=s) for s in seeds]
     best = picks.best_typical(features, 4, seeds)
     assert best in each
     assert picks.cost(features, best) == min(picks.cost(features, t) for t in each)
-    assert picks.best_typical(features, 4, range(2, 3)) == each[2]
+    assert picks.cost(features, each[0]) > picks.cost(features, best), "the first start must not be the best here"
+    assert picks.best_typical(features, 4, range(3, 4)) == each[2]
 
 
 def test_percentiles_deciles_and_a_rules_summary() -> None:
@@ -68,3 +71,35 @@ def test_committed_tens_are_read_by_pool_and_rule() -> None:
         "uniform": True,
     }
     assert picks.same_as(pipeline, "pipeline", {"typical": [["a"], ["q"]]})["typical"] is False
+
+
+def test_the_pipeline_pools_tens_are_train_draws_subsets() -> None:
+    """Each rule's ten from start k is subset k of the pipeline's plan for that train.draw (subset seed 0)."""
+    features = blobs(1)
+    ids = sorted(f"img{i:03d}" for i in range(len(features)))
+    for rule in ("uniform", "typical", "kcenter"):
+        spread = None if rule == "uniform" else Spread(dict(zip(ids, features, strict=True)), rule)
+        plan = plan_runs(ids[::-1], 5, 3, [0], 0, False, spread=spread)
+        for start, run in enumerate(plan):
+            assert picks.pipeline_ten(ids, features, 5, 4, rule, start) == list(run.ids), (rule, start)
+
+
+def test_coverage_pairs_each_run_with_its_own_reprompted_dice() -> None:
+    """The pipeline's re-prompted runs are paired with their runs by name, whatever their order; a ten reaching the
+    smaller heads scoring higher gives rho -1 on the smallest percentile."""
+    areas = {f"i{k}": float(k) for k in range(10)}
+    runs = [{"run": f"subset{k}-seed0", "ids": [f"i{k}", "i9"], "dice": 80.0 + k} for k in range(4)]
+    again = [{"run": r["run"], "dice": 90.0 - 2 * k} for k, r in enumerate(runs)][::-1]
+    results = {
+        "draw_suggest": {"draws": {"uniform": {"runs": runs, "runs_reprompted_masks_boxes": again}}},
+        "draws_rules_authors": {
+            "draws": {f"t{k}": [f"i{k}", "i8"] for k in range(3)},
+            "draws_area_percentiles": {f"t{k}": [] for k in range(3)},
+            "dice": {f"t{k}": {"mean": 85.0} for k in range(3)},
+        },
+    }
+    pool = picks.Pool(list(areas), np.zeros((10, 1)), areas, lambda rule, start: [])
+    found = picks.coverage_and_dice(results, {"pipeline": pool, "authors": pool})
+    assert found["pipeline_runs"]["smallest"]["rho"] == 1.0
+    assert found["pipeline_runs_reprompted"]["smallest"]["rho"] == -1.0
+    assert found["own_data_tens"]["smallest"] == {"rho": None, "p": None, "n": 3}, "constant Dice: no correlation"

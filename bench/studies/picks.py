@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import itertools
 import json
 import logging
@@ -60,7 +61,7 @@ log = logging.getLogger("bench.picks")
 
 RULES = ("uniform", "kcenter", "typical", "typical_best")
 SMALLEST = 10  # percentile: a ten "boxes a small head" where one of its boxes lies under it
-COMMITTED = {  # pool -> the committed study that trained its tens, and its draws' names (rule -> start -> draw)
+COMMITTED = {  # pool -> the committed study that trained its tens (its draws: committed_ten)
     "pipeline": "draw_suggest",
     "authors": "draws_rules_authors",
     "folder": "draws_rules",
@@ -147,18 +148,21 @@ def pipeline_pool(work: Path, hc18: Path, params: dict, shots: int, restarts: in
     encode.main([*options, "--store", str(files.prepared), "--out", str(files.embeddings)])
     loaded = load_settings(work / "params.yaml")
     task = load_task("hc18", loaded.task("hc18"), files, loaded.prepare.min_foreground, BACKBONE)
-    rows = task.rows("train")
+    rows = task.rows("train").sort_values("id").reset_index(drop=True)  # draw_subset's order
     ids = rows["id"].tolist()
     features = pooled(task.embeddings["embeddings"], rows["row"].to_numpy())
+    return Pool(ids, features, box_areas(rows), functools.partial(pipeline_ten, ids, features, shots, restarts))
 
-    def ten(rule: str, start: int) -> list[str]:
-        if rule == "typical_best":
-            picked = best_typical(features, shots, range(start * restarts, (start + 1) * restarts))
-            return [ids[row] for row in picked]
-        spread = None if rule == "uniform" else Spread(dict(zip(ids, features, strict=True)), rule)
-        return list(draw_subset(ids, shots, start, 0, spread=spread))
 
-    return Pool(ids, features, box_areas(rows), ten)
+def pipeline_ten(ids: list[str], features: np.ndarray, shots: int, restarts: int, rule: str, start: int) -> list[str]:
+    """``rule``'s ten from ``start`` of the sorted ``ids`` (their N x D ``features`` in that order), as ``train.draw``
+    draws subset ``start`` (``draw_subset``, subset seed 0); ``typical_best``: the lowest-cost of ``restarts``
+    k-means++ seeds."""
+    assert ids == sorted(ids), "the pipeline's pool is read in draw_subset's order, sorted by id"
+    if rule == "typical_best":
+        return [ids[row] for row in best_typical(features, shots, range(start * restarts, (start + 1) * restarts))]
+    spread = None if rule == "uniform" else Spread(dict(zip(ids, features, strict=True)), rule)
+    return list(draw_subset(ids, shots, start, 0, spread=spread))
 
 
 def folder_pool(folder: Path, boxes: dict, shots: int, restarts: int) -> Pool:
@@ -177,7 +181,7 @@ def folder_pool(folder: Path, boxes: dict, shots: int, restarts: int) -> Pool:
             return [names[row] for row in best_typical(features, shots, seeds, suggest.DUPLICATE)]
         return [names[row] for row in walkthrough.seeded_ten(features, shots, rule, start)]
 
-    return Pool(names, features, {name: float(walkthrough.box_area(boxes[name])) for name in names}, ten)
+    return Pool(names, features, {name: float(walkthrough.box_area(boxes[name])) for name in boxed}, ten)
 
 
 def committed_ten(result: dict, pool: str, rule: str, start: int) -> list[str] | None:
@@ -202,26 +206,35 @@ def same_as(result: dict, pool: str, tens: dict[str, list[list[str]]]) -> dict:
     return same
 
 
-def coverage_and_dice(results: dict[str, dict]) -> dict:
-    """Spearman's correlation (rho, p, n) of a trained ten's smallest area percentile and deciles with its Dice."""
+def coverage_and_dice(results: dict[str, dict], pools: dict[str, Pool]) -> dict:
+    """Spearman's correlation (rho, p, n; rho None where a side is constant) of a trained ten's smallest area
+    percentile and of its deciles with its Dice: the pipeline's runs (alone, and re-prompted: paired by run) and the
+    own-data tens on the split, each ten's percentiles among its pool's (``percentiles``)."""
 
-    def correlated(spans: list[list[float]], dice: list[float]) -> dict:
+    def correlated(tens: list[list[str]], dice: list[float], areas: dict[str, float]) -> dict:
+        spans = [percentiles(ten, areas) for ten in tens]
         out = {}
-        for key, values in (("smallest", [min(s) for s in spans]), ("deciles", [deciles(s) for s in spans])):
+        for key, values in (("smallest", [s[0] for s in spans]), ("deciles", [deciles(s) for s in spans])):
+            if len(set(values)) < 2 or len(set(dice)) < 2:  # a constant side: no rank correlation
+                out[key] = {"rho": None, "p": None, "n": len(dice)}
+                continue
             rho, p = spearmanr(values, dice)
             out[key] = {"rho": round(float(rho), 3), "p": round(float(p), 3), "n": len(dice)}
         return out
 
-    pipeline = results["draw_suggest"]["draws"]
-    runs = [run for draw in pipeline.values() for run in draw["runs"]]
-    again = [run for draw in pipeline.values() for run in draw["runs_reprompted_masks_boxes"]]
+    pipeline = results["draw_suggest"]["draws"].values()
+    runs = [run for draw in pipeline for run in draw["runs"]]
+    again = {run["run"] + str(i): run for i, draw in enumerate(pipeline) for run in draw["runs_reprompted_masks_boxes"]}
+    keys = [run["run"] + str(i) for i, draw in enumerate(pipeline) for run in draw["runs"]]
+    assert set(keys) == set(again), "each pipeline run is re-prompted once"
     own = results["draws_rules_authors"]
     first_rounds = list(own["draws_area_percentiles"])
+    areas, own_areas = pools["pipeline"].areas, pools["authors"].areas
     return {
-        "pipeline_runs": correlated([r["box_area_percentiles"] for r in runs], [r["dice"] for r in runs]),
-        "pipeline_runs_reprompted": correlated([r["box_area_percentiles"] for r in runs], [r["dice"] for r in again]),
+        "pipeline_runs": correlated([r["ids"] for r in runs], [r["dice"] for r in runs], areas),
+        "pipeline_runs_reprompted": correlated([r["ids"] for r in runs], [again[k]["dice"] for k in keys], areas),
         "own_data_tens": correlated(
-            [own["draws_area_percentiles"][d] for d in first_rounds], [own["dice"][d]["mean"] for d in first_rounds]
+            [own["draws"][d] for d in first_rounds], [own["dice"][d]["mean"] for d in first_rounds], own_areas
         ),
     }
 
@@ -252,11 +265,12 @@ def main() -> None:
     measured = {}
     for name, pool in pools.items():
         tens = {rule: [pool.tens(rule, start) for start in range(args.starts)] for rule in RULES}
+        records = {rule: [ten_record(pool, t) for t in each] for rule, each in tens.items()}
         measured[name] = {
             "images": len(pool.names),
             "same_as": same_as(results[COMMITTED[name]], name, tens),
-            "rules": {rule: rule_summary([ten_record(pool, t) for t in each]) for rule, each in tens.items()},
-            "tens": {rule: [ten_record(pool, t) for t in each] for rule, each in tens.items()},
+            "rules": {rule: rule_summary(each) for rule, each in records.items()},
+            "tens": records,
         }
         log.info("%s: %s", name, {rule: measured[name]["rules"][rule] for rule in RULES})
     common.write_result(
@@ -272,7 +286,7 @@ def main() -> None:
                 "set": args.set,
             },
             "pools": measured,
-            "coverage_and_dice": coverage_and_dice(results),
+            "coverage_and_dice": coverage_and_dice(results, pools),
             "machine": machine,
         },
     )
