@@ -222,17 +222,17 @@ def coverage_and_dice(results: dict[str, dict], pools: dict[str, Pool]) -> dict:
             out[key] = {"rho": round(float(rho), 3), "p": round(float(p), 3), "n": len(dice)}
         return out
 
-    pipeline = results["draw_suggest"]["draws"].values()
-    runs = [run for draw in pipeline for run in draw["runs"]]
-    again = {run["run"] + str(i): run for i, draw in enumerate(pipeline) for run in draw["runs_reprompted_masks_boxes"]}
-    keys = [run["run"] + str(i) for i, draw in enumerate(pipeline) for run in draw["runs"]]
-    assert set(keys) == set(again), "each pipeline run is re-prompted once"
+    runs, again = [], []  # each pipeline run, and its Dice re-prompted (found by the run's name within its draw)
+    for draw in results["draw_suggest"]["draws"].values():
+        reprompted = {run["run"]: run["dice"] for run in draw["runs_reprompted_masks_boxes"]}
+        runs += draw["runs"]
+        again += [reprompted[run["run"]] for run in draw["runs"]]
     own = results["draws_rules_authors"]
     first_rounds = list(own["draws_area_percentiles"])
     areas, own_areas = pools["pipeline"].areas, pools["authors"].areas
     return {
         "pipeline_runs": correlated([r["ids"] for r in runs], [r["dice"] for r in runs], areas),
-        "pipeline_runs_reprompted": correlated([r["ids"] for r in runs], [again[k]["dice"] for k in keys], areas),
+        "pipeline_runs_reprompted": correlated([r["ids"] for r in runs], again, areas),
         "own_data_tens": correlated(
             [own["draws"][d] for d in first_rounds], [own["dice"][d]["mean"] for d in first_rounds], own_areas
         ),
