@@ -3,7 +3,10 @@ committed tens it reads them against."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
+import pytest
 
 from autoprompt.training import suggest
 from autoprompt.training.fewshot import Spread, plan_runs
@@ -103,3 +106,13 @@ def test_coverage_pairs_each_run_with_its_own_reprompted_dice() -> None:
     assert found["pipeline_runs"]["smallest"]["rho"] == 1.0
     assert found["pipeline_runs_reprompted"]["smallest"]["rho"] == -1.0
     assert found["own_data_tens"]["smallest"] == {"rho": None, "p": None, "n": 3}, "constant Dice: no correlation"
+
+
+def test_bad_options_are_refused_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ten at all, and a results name that would write over a result the study reads, are refused before any
+    work, each in one line naming the option."""
+    for argv, said in ((["--starts", "0"], "--starts 0: give 1 or more"), (["--name", "draw_suggest"], "--name")):
+        monkeypatch.setattr(sys, "argv", ["picks", *argv, "--hc18", "/nonexistent"])
+        with pytest.raises(SystemExit) as stopped:
+            picks.main()
+        assert str(stopped.value).startswith(said)
